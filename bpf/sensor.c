@@ -1,0 +1,246 @@
+/* Process lifecycle probe: exec, fork, exit and cgroup creation/removal, into one BPF ring buffer.
+ *
+ * No kernel struct is read through the compile-time headers, which may belong to another kernel: every
+ * OFF_* macro is a byte offset taken from the running kernel's BTF by sensor/kernel_offsets.py and passed in
+ * with -D. Reads go through bpf_probe_read_kernel so a wrong pointer yields zeros, never a fault.
+ */
+#include "sensor.h"
+
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 2048
+#endif
+
+#define SIGNAL_GROUP_EXIT 0x00000004
+
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(exec_scratch, struct exec_record, 1);
+BPF_PERCPU_ARRAY(cgroup_scratch, struct cgroup_record, 1);
+BPF_PERCPU_ARRAY(loss_counters, u64, LOSS_COUNTERS);
+
+static __always_inline void count_loss(u32 index)
+{
+    u64 *counter = loss_counters.lookup(&index);
+    if (counter)
+        (*counter)++;
+}
+
+static __always_inline u64 read_u64(const void *base, u32 offset)
+{
+    u64 value = 0;
+    if (base)
+        bpf_probe_read_kernel(&value, sizeof(value), (const char *)base + offset);
+    return value;
+}
+
+static __always_inline u32 read_u32(const void *base, u32 offset)
+{
+    u32 value = 0;
+    if (base)
+        bpf_probe_read_kernel(&value, sizeof(value), (const char *)base + offset);
+    return value;
+}
+
+static __always_inline void *read_ptr(const void *base, u32 offset)
+{
+    return (void *)read_u64(base, offset);
+}
+
+/* The number of a struct pid as seen from the initial pid namespace. */
+static __always_inline u32 global_pid_nr(const void *pid)
+{
+    return read_u32(pid, OFF_PID_NUMBERS + OFF_UPID_NR);
+}
+
+static __always_inline u32 ns_inum(const void *nsproxy, u32 member_offset, u32 inum_offset)
+{
+    return read_u32(read_ptr(nsproxy, member_offset), inum_offset);
+}
+
+static __always_inline void fill_namespaces(struct exec_record *e, const void *task)
+{
+    void *nsproxy = read_ptr(task, OFF_TASK_NSPROXY);
+    e->ns[NS_MNT] = ns_inum(nsproxy, OFF_NSPROXY_MNT_NS, OFF_MNT_NS_INUM);
+    e->ns[NS_NET] = ns_inum(nsproxy, OFF_NSPROXY_NET_NS, OFF_NET_NS_INUM);
+    e->ns[NS_UTS] = ns_inum(nsproxy, OFF_NSPROXY_UTS_NS, OFF_UTS_NS_INUM);
+    e->ns[NS_IPC] = ns_inum(nsproxy, OFF_NSPROXY_IPC_NS, OFF_IPC_NS_INUM);
+    e->ns[NS_CGROUP] = ns_inum(nsproxy, OFF_NSPROXY_CGROUP_NS, OFF_CGROUP_NS_INUM);
+
+    /* The task's own pid namespace is the one at its struct pid's deepest level, not pid_ns_for_children. */
+    void *pid = read_ptr(task, OFF_TASK_THREAD_PID);
+    u32 level = read_u32(pid, OFF_PID_LEVEL) & 0x1f;
+    void *pid_ns = read_ptr(pid, OFF_PID_NUMBERS + level * SIZEOF_UPID + OFF_UPID_NS);
+    e->ns[NS_PID] = read_u32(pid_ns, OFF_PID_NS_INUM);
+
+    void *cred = read_ptr(task, OFF_TASK_CRED);
+    e->ns[NS_USER] = read_u32(read_ptr(cred, OFF_CRED_USER_NS), OFF_USER_NS_INUM);
+    e->euid = read_u32(cred, OFF_CRED_EUID);
+    e->egid = read_u32(cred, OFF_CRED_EGID);
+}
+
+static __always_inline void fill_session(struct exec_record *e, const void *task)
+{
+    void *signal = read_ptr(task, OFF_TASK_SIGNAL);
+    e->sid = global_pid_nr(read_ptr(signal, OFF_SIGNAL_PIDS + 8 * PIDTYPE_SID_INDEX));
+    e->pgid = global_pid_nr(read_ptr(signal, OFF_SIGNAL_PIDS + 8 * PIDTYPE_PGID_INDEX));
+    void *tty = read_ptr(signal, OFF_SIGNAL_TTY);
+    if (tty) {
+        void *driver = read_ptr(tty, OFF_TTY_DRIVER);
+        e->tty_major = read_u32(driver, OFF_TTY_DRIVER_MAJOR);
+        e->tty_minor = read_u32(driver, OFF_TTY_DRIVER_MINOR_START) + read_u32(tty, OFF_TTY_INDEX);
+    } else {
+        e->tty_major = 0;
+        e->tty_minor = 0;
+    }
+}
+
+/* raw tracepoint sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm):
+ * fires once the new image is in place, so mm->arg_start..arg_end holds the final argv (interpreter
+ * included for scripts) in the new process's memory, and bprm gives the true argc. */
+RAW_TRACEPOINT_PROBE(sched_process_exec)
+{
+    void *task = (void *)ctx->args[0];
+    void *bprm = (void *)ctx->args[2];
+    u32 zero = 0;
+    struct exec_record *e = exec_scratch.lookup(&zero);
+    if (!e)
+        return 0;
+
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u64 uid_gid = bpf_get_current_uid_gid();
+    e->hdr.type = RECORD_EXEC;
+    e->hdr.ktime_ns = bpf_ktime_get_boot_ns();
+    e->pid = pid_tgid >> 32;
+    e->tid = (u32)pid_tgid;
+    e->old_tid = (u32)ctx->args[1];
+    e->ppid = read_u32(read_ptr(task, OFF_TASK_REAL_PARENT), OFF_TASK_TGID);
+    e->uid = (u32)uid_gid;
+    e->gid = uid_gid >> 32;
+    e->cgroup_id = bpf_get_current_cgroup_id();
+    e->start_boottime_ns = read_u64(task, OFF_TASK_START_BOOTTIME);
+    e->flags = 0;
+    fill_namespaces(e, task);
+    fill_session(e, task);
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+
+    void *file = read_ptr(bprm, OFF_BPRM_FILE);
+    void *inode = read_ptr(file, OFF_FILE_F_INODE);
+    e->exe_ino = read_u64(inode, OFF_INODE_I_INO);
+    e->exe_dev = read_u32(read_ptr(inode, OFF_INODE_I_SB), OFF_SB_S_DEV);
+    e->argc = read_u32(bprm, OFF_BPRM_ARGC);
+
+    u32 filename_len = 0;
+    long copied = bpf_probe_read_kernel_str(e->data, FILENAME_MAX_LEN, read_ptr(bprm, OFF_BPRM_FILENAME));
+    if (copied > 0) {
+        filename_len = copied - 1;
+        if (copied >= FILENAME_MAX_LEN)
+            e->flags |= EXEC_FILENAME_TRUNCATED;
+    }
+    filename_len &= FILENAME_MAX_LEN - 1;
+
+    void *mm = read_ptr(task, OFF_TASK_MM);
+    u64 arg_start = read_u64(mm, OFF_MM_ARG_START);
+    u64 arg_end = read_u64(mm, OFF_MM_ARG_END);
+    u64 args_len = arg_end > arg_start ? arg_end - arg_start : 0;
+    if (args_len >= ARGS_MAX) {
+        args_len = ARGS_MAX - 1;
+        e->flags |= EXEC_ARGS_TRUNCATED;
+        count_loss(LOSS_ARGS_TRUNCATED);
+    }
+    args_len &= ARGS_MAX - 1;
+    if (args_len && bpf_probe_read_user(&e->data[filename_len], args_len, (void *)arg_start) < 0) {
+        args_len = 0;
+        e->flags |= EXEC_ARGS_READ_FAILED;
+        count_loss(LOSS_ARGS_READ_FAILED);
+    }
+    e->filename_len = filename_len;
+    e->args_len_lo = args_len & 0xffff;
+    e->args_len_hi = args_len >> 16;
+
+    u32 size = sizeof(*e) - sizeof(e->data) + filename_len + (u32)args_len;
+    e->hdr.size = size;
+    if (events.ringbuf_output(e, size, 0) < 0)
+        count_loss(LOSS_RINGBUF_FULL);
+    return 0;
+}
+
+/* raw tracepoint sched_process_fork(struct task_struct *parent, struct task_struct *child) */
+RAW_TRACEPOINT_PROBE(sched_process_fork)
+{
+    void *parent = (void *)ctx->args[0];
+    void *child = (void *)ctx->args[1];
+    u32 child_pid = read_u32(child, OFF_TASK_PID);
+    u32 child_tgid = read_u32(child, OFF_TASK_TGID);
+    if (child_pid != child_tgid)
+        return 0; /* a new thread, not a new process */
+
+    struct fork_record r = {};
+    u64 uid_gid = bpf_get_current_uid_gid();
+    r.hdr.type = RECORD_FORK;
+    r.hdr.size = sizeof(r);
+    r.hdr.ktime_ns = bpf_ktime_get_boot_ns();
+    r.parent_pid = read_u32(parent, OFF_TASK_TGID);
+    r.pid = child_tgid;
+    r.start_boottime_ns = read_u64(child, OFF_TASK_START_BOOTTIME);
+    r.uid = (u32)uid_gid;
+    r.gid = uid_gid >> 32;
+    r.cgroup_id = bpf_get_current_cgroup_id();
+    if (events.ringbuf_output(&r, sizeof(r), 0) < 0)
+        count_loss(LOSS_RINGBUF_FULL);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    if (!args->group_dead)
+        return 0; /* other threads of the process live on */
+    void *task = (void *)bpf_get_current_task();
+    void *signal = read_ptr(task, OFF_TASK_SIGNAL);
+
+    struct exit_record r = {};
+    r.hdr.type = RECORD_EXIT;
+    r.hdr.size = sizeof(r);
+    r.hdr.ktime_ns = bpf_ktime_get_boot_ns();
+    r.pid = bpf_get_current_pid_tgid() >> 32;
+    if (read_u32(signal, OFF_SIGNAL_FLAGS) & SIGNAL_GROUP_EXIT)
+        r.exit_code = read_u32(signal, OFF_SIGNAL_GROUP_EXIT_CODE);
+    else
+        r.exit_code = read_u32(task, OFF_TASK_EXIT_CODE);
+    r.start_boottime_ns = read_u64(task, OFF_TASK_START_BOOTTIME);
+    if (events.ringbuf_output(&r, sizeof(r), 0) < 0)
+        count_loss(LOSS_RINGBUF_FULL);
+    return 0;
+}
+
+static __always_inline int emit_cgroup(u32 type, s32 root, s32 level, u64 id, const void *path)
+{
+    u32 zero = 0;
+    struct cgroup_record *r = cgroup_scratch.lookup(&zero);
+    if (!r)
+        return 0;
+    r->hdr.type = type;
+    r->hdr.ktime_ns = bpf_ktime_get_boot_ns();
+    r->root = root;
+    r->level = level;
+    r->id = id;
+    long copied = bpf_probe_read_kernel_str(r->path, sizeof(r->path), path);
+    u32 path_len = copied > 0 ? copied - 1 : 0;
+    path_len &= CGROUP_PATH_MAX - 1;
+    r->path_len = path_len;
+    u32 size = sizeof(*r) - sizeof(r->path) + path_len;
+    r->hdr.size = size;
+    if (events.ringbuf_output(r, size, 0) < 0)
+        count_loss(LOSS_RINGBUF_FULL);
+    return 0;
+}
+
+TRACEPOINT_PROBE(cgroup, cgroup_mkdir)
+{
+    return emit_cgroup(RECORD_CGROUP_MKDIR, args->root, args->level, args->id,
+                       (const char *)args + (args->data_loc_path & 0xffff));
+}
+
+TRACEPOINT_PROBE(cgroup, cgroup_rmdir)
+{
+    return emit_cgroup(RECORD_CGROUP_RMDIR, args->root, args->level, args->id,
+                       (const char *)args + (args->data_loc_path & 0xffff));
+}

@@ -1,0 +1,105 @@
+/* Record layouts shared by the BPF program and sensor/probe_layout.py (a test keeps the two in step).
+ *
+ * Every record starts with struct record_header; `type` says which layout follows and `size` how many bytes of
+ * the record are valid (exec records are variable-length: only the argv and filename bytes read are sent).
+ */
+#ifndef CONTAINER_SENSOR_H
+#define CONTAINER_SENSOR_H
+
+#ifndef ARGS_MAX
+#define ARGS_MAX 16384 /* bytes of argv kept per exec; must be a power of two */
+#endif
+#ifndef FILENAME_MAX_LEN
+#define FILENAME_MAX_LEN 1024 /* bytes of the executable path kept; must be a power of two */
+#endif
+#define CGROUP_PATH_MAX 512 /* must be a power of two */
+#define COMM_LEN 16
+
+enum record_type {
+    RECORD_EXEC = 1,
+    RECORD_FORK = 2,
+    RECORD_EXIT = 3,
+    RECORD_CGROUP_MKDIR = 4,
+    RECORD_CGROUP_RMDIR = 5,
+};
+
+/* Bits of exec_record.flags */
+enum exec_flags {
+    EXEC_ARGS_TRUNCATED = 1,     /* argv did not fit in ARGS_MAX */
+    EXEC_ARGS_READ_FAILED = 2,   /* argv could not be read at all */
+    EXEC_FILENAME_TRUNCATED = 4, /* path did not fit in FILENAME_MAX_LEN */
+};
+
+/* Indexes into the loss counters map */
+enum loss_counter {
+    LOSS_RINGBUF_FULL = 0,
+    LOSS_ARGS_TRUNCATED = 1,
+    LOSS_ARGS_READ_FAILED = 2,
+    LOSS_COUNTERS = 3,
+};
+
+struct record_header {
+    u32 type;
+    u32 size;
+    u64 ktime_ns; /* CLOCK_BOOTTIME */
+};
+
+enum ns_index { NS_PID, NS_MNT, NS_NET, NS_UTS, NS_IPC, NS_CGROUP, NS_USER, NS_COUNT };
+
+struct exec_record {
+    struct record_header hdr;
+    u32 pid;
+    u32 tid;
+    u32 old_tid;
+    u32 ppid;
+    u32 uid;
+    u32 gid;
+    u32 euid;
+    u32 egid;
+    u32 sid;
+    u32 pgid;
+    u32 tty_major;
+    u32 tty_minor;
+    u64 cgroup_id;
+    u64 start_boottime_ns;
+    u64 exe_ino;
+    u32 exe_dev;
+    u32 flags;
+    u32 ns[NS_COUNT];
+    u32 argc;
+    u16 filename_len;
+    u16 args_len_lo; /* args_len = args_len_lo | args_len_hi << 16 */
+    u16 args_len_hi;
+    u16 pad;
+    char comm[COMM_LEN];
+    char data[FILENAME_MAX_LEN + ARGS_MAX]; /* filename bytes, then argv bytes (NUL-separated) */
+};
+
+struct fork_record {
+    struct record_header hdr;
+    u32 parent_pid;
+    u32 pid;
+    u64 start_boottime_ns;
+    u32 uid;
+    u32 gid;
+    u64 cgroup_id;
+};
+
+struct exit_record {
+    struct record_header hdr;
+    u32 pid;
+    s32 exit_code;
+    u64 start_boottime_ns;
+};
+
+struct cgroup_record {
+    struct record_header hdr;
+    s32 root;
+    s32 level;
+    u64 id;
+    u32 path_len;
+    u32 pad;
+    char path[CGROUP_PATH_MAX];
+};
+
+#endif

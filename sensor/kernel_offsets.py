@@ -1,0 +1,74 @@
+"""The OFF_* macros the BPF program needs, taken from the running kernel's BTF."""
+
+from __future__ import annotations
+
+from sensor.btf import KernelBTF
+
+# macro -> (struct, member path); each is a byte offset inside that struct.
+MEMBER_OFFSETS: dict[str, tuple[str, str]] = {
+    "OFF_TASK_PID": ("task_struct", "pid"),
+    "OFF_TASK_TGID": ("task_struct", "tgid"),
+    "OFF_TASK_REAL_PARENT": ("task_struct", "real_parent"),
+    "OFF_TASK_START_BOOTTIME": ("task_struct", "start_boottime"),
+    "OFF_TASK_NSPROXY": ("task_struct", "nsproxy"),
+    "OFF_TASK_SIGNAL": ("task_struct", "signal"),
+    "OFF_TASK_THREAD_PID": ("task_struct", "thread_pid"),
+    "OFF_TASK_CRED": ("task_struct", "cred"),
+    "OFF_TASK_MM": ("task_struct", "mm"),
+    "OFF_TASK_EXIT_CODE": ("task_struct", "exit_code"),
+    "OFF_MM_ARG_START": ("mm_struct", "arg_start"),
+    "OFF_MM_ARG_END": ("mm_struct", "arg_end"),
+    "OFF_BPRM_FILE": ("linux_binprm", "file"),
+    "OFF_BPRM_FILENAME": ("linux_binprm", "filename"),
+    "OFF_BPRM_ARGC": ("linux_binprm", "argc"),
+    "OFF_FILE_F_INODE": ("file", "f_inode"),
+    "OFF_INODE_I_INO": ("inode", "i_ino"),
+    "OFF_INODE_I_SB": ("inode", "i_sb"),
+    "OFF_SB_S_DEV": ("super_block", "s_dev"),
+    "OFF_NSPROXY_MNT_NS": ("nsproxy", "mnt_ns"),
+    "OFF_NSPROXY_NET_NS": ("nsproxy", "net_ns"),
+    "OFF_NSPROXY_UTS_NS": ("nsproxy", "uts_ns"),
+    "OFF_NSPROXY_IPC_NS": ("nsproxy", "ipc_ns"),
+    "OFF_NSPROXY_CGROUP_NS": ("nsproxy", "cgroup_ns"),
+    "OFF_MNT_NS_INUM": ("mnt_namespace", "ns.inum"),
+    "OFF_NET_NS_INUM": ("net", "ns.inum"),
+    "OFF_UTS_NS_INUM": ("uts_namespace", "ns.inum"),
+    "OFF_IPC_NS_INUM": ("ipc_namespace", "ns.inum"),
+    "OFF_CGROUP_NS_INUM": ("cgroup_namespace", "ns.inum"),
+    "OFF_PID_NS_INUM": ("pid_namespace", "ns.inum"),
+    "OFF_USER_NS_INUM": ("user_namespace", "ns.inum"),
+    "OFF_PID_LEVEL": ("pid", "level"),
+    "OFF_PID_NUMBERS": ("pid", "numbers"),
+    "OFF_UPID_NR": ("upid", "nr"),
+    "OFF_UPID_NS": ("upid", "ns"),
+    "OFF_CRED_EUID": ("cred", "euid"),
+    "OFF_CRED_EGID": ("cred", "egid"),
+    "OFF_CRED_USER_NS": ("cred", "user_ns"),
+    "OFF_SIGNAL_PIDS": ("signal_struct", "pids"),
+    "OFF_SIGNAL_TTY": ("signal_struct", "tty"),
+    "OFF_SIGNAL_FLAGS": ("signal_struct", "flags"),
+    "OFF_SIGNAL_GROUP_EXIT_CODE": ("signal_struct", "group_exit_code"),
+    "OFF_TTY_INDEX": ("tty_struct", "index"),
+    "OFF_TTY_DRIVER": ("tty_struct", "driver"),
+    "OFF_TTY_DRIVER_MAJOR": ("tty_driver", "major"),
+    "OFF_TTY_DRIVER_MINOR_START": ("tty_driver", "minor_start"),
+}
+
+
+def kernel_macros(btf: KernelBTF) -> dict[str, int]:
+    """Every macro the BPF program expects, or BTFError naming the first one the kernel lacks."""
+    macros = {name: btf.offset(struct, path) for name, (struct, path) in MEMBER_OFFSETS.items()}
+    macros["SIZEOF_UPID"] = btf.size(btf.struct_id("upid"))
+    macros["PIDTYPE_SID_INDEX"] = btf.enum_value("pid_type", "PIDTYPE_SID")
+    macros["PIDTYPE_PGID_INDEX"] = btf.enum_value("pid_type", "PIDTYPE_PGID")
+    return macros
+
+
+def main() -> None:
+    """Prints the offsets in use, for debugging a kernel the probe misreads."""
+    for name, value in sorted(kernel_macros(KernelBTF.from_file()).items()):
+        print(f"{name:32} {value}")
+
+
+if __name__ == "__main__":
+    main()

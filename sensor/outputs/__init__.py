@@ -1,0 +1,1 @@
+"""Where documents go: stdout, rotating files, Elasticsearch with an on-disk spool."""

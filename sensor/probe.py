@@ -1,0 +1,125 @@
+"""Loads bpf/sensor.c with BCC, attaches it, and turns ring-buffer records into sensor.records types.
+
+The only module that imports bcc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sensor.btf import BTFError, KernelBTF
+from sensor.kernel_headers import HeaderError, ensure_kernel_headers
+from sensor.kernel_offsets import kernel_macros
+from sensor.probe_layout import (
+    LOSS_ARGS_READ_FAILED,
+    LOSS_ARGS_TRUNCATED,
+    LOSS_COUNTERS,
+    LOSS_RINGBUF_FULL,
+    DecodeError,
+    decode,
+)
+from sensor.records import LossRecord, Record
+from sensor.tracefs import TracefsError, ensure_tracefs
+
+
+class ProbeError(Exception):
+    """The probe cannot be loaded or attached; the message says why and what to do."""
+
+
+def bpf_source_dir() -> Path:
+    """bpf/ beside the package (a source checkout or an editable install), or SENSOR_BPF_DIR."""
+    override = os.environ.get("SENSOR_BPF_DIR")
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parent.parent / "bpf"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeOptions:
+    ringbuf_pages: int = 2048  # 8 MiB: a storm of small records at saturation fits several hundred ms of backlog
+
+
+class Probe:
+    """The loaded BPF program. `poll` delivers each record to the callback given at construction."""
+
+    def __init__(self, on_record: Callable[[Record], None], options: ProbeOptions | None = None) -> None:
+        self._on_record = on_record
+        self._options = options or ProbeOptions()
+        self._bpf = None
+        self.decode_errors = 0
+        self.records = 0
+
+    def load(self) -> None:
+        opts = self._options
+        if opts.ringbuf_pages & (opts.ringbuf_pages - 1):
+            raise ProbeError(f"ring buffer pages must be a power of two, not {opts.ringbuf_pages}")
+        try:
+            ensure_tracefs()
+            macros = kernel_macros(KernelBTF.from_file())
+            ensure_kernel_headers()
+        except (TracefsError, BTFError, HeaderError) as exc:
+            raise ProbeError(str(exc)) from exc
+        try:
+            from bcc import BPF  # noqa: PLC0415 - the one place bcc is imported
+        except ImportError as exc:
+            raise ProbeError(
+                "the bcc Python module is missing: install Debian's python3-bpfcc and use a venv made with "
+                "'/usr/bin/python3 -m venv --system-site-packages'"
+            ) from exc
+        source_dir = bpf_source_dir()
+        source = source_dir / "sensor.c"
+        if not source.is_file():
+            raise ProbeError(f"BPF source not found at {source} (set SENSOR_BPF_DIR)")
+        cflags = [f"-I{source_dir}", f"-DRINGBUF_PAGES={opts.ringbuf_pages}"]
+        cflags += [f"-D{name}={value}" for name, value in macros.items()]
+        try:
+            self._bpf = BPF(src_file=str(source).encode(), cflags=cflags)
+        except Exception as exc:  # bcc raises bare Exception on compile or load failure
+            raise ProbeError(f"cannot compile or load the BPF program: {exc}") from exc
+        try:
+            self._bpf["events"].open_ring_buffer(self._callback)
+        except Exception as exc:
+            raise ProbeError(f"cannot open the BPF ring buffer: {exc}") from exc
+
+    def _callback(self, _ctx: object, data: int, size: int) -> int:
+        try:
+            record = decode(ctypes.string_at(data, size))
+        except DecodeError:
+            self.decode_errors += 1
+            return 0
+        self.records += 1
+        self._on_record(record)
+        return 0
+
+    def poll(self, timeout_ms: int) -> None:
+        assert self._bpf is not None
+        self._bpf.ring_buffer_poll(timeout_ms)
+
+    def drain(self) -> None:
+        """Delivers what is already in the ring buffer without waiting."""
+        if self._bpf is not None:
+            self._bpf.ring_buffer_consume()
+
+    def loss(self) -> LossRecord:
+        """Kernel-side counters since load."""
+        totals = [0] * LOSS_COUNTERS
+        if self._bpf is not None:
+            table = self._bpf["loss_counters"]
+            for index in range(LOSS_COUNTERS):
+                totals[index] = sum(table[ctypes.c_int(index)])
+        return LossRecord(
+            ktime_ns=time.clock_gettime_ns(time.CLOCK_BOOTTIME),
+            ringbuf_full=totals[LOSS_RINGBUF_FULL],
+            argv_truncated=totals[LOSS_ARGS_TRUNCATED],
+            argv_read_failed=totals[LOSS_ARGS_READ_FAILED],
+        )
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None

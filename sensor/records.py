@@ -1,0 +1,174 @@
+"""Plain records of what the probe saw, and their msgpack encoding.
+
+These are the only types that cross from the probe to the rest of the pipeline. They hold ints and bytes
+exactly as the kernel gave them (argv bytes are not decoded here), so a recording replays bit for bit.
+Nothing in this module imports bcc.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import astuple, dataclass, fields
+from typing import IO, ClassVar
+
+import msgpack
+
+
+@dataclass(frozen=True, slots=True)
+class Namespaces:
+    """Namespace inode numbers of a task, as in /proc/PID/ns/*; 0 where unknown."""
+
+    pid: int = 0
+    mnt: int = 0
+    net: int = 0
+    uts: int = 0
+    ipc: int = 0
+    cgroup: int = 0
+    user: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ExecRecord:
+    """One successful execve/execveat, captured at sched_process_exec."""
+
+    kind: ClassVar[str] = "exec"
+    ktime_ns: int  # CLOCK_BOOTTIME of the event
+    pid: int  # thread group id after the exec
+    tid: int
+    old_tid: int  # thread that called execve (differs from pid when a non-leader thread execs)
+    ppid: int  # thread group id of the real parent
+    uid: int
+    gid: int
+    euid: int
+    egid: int
+    comm: bytes
+    filename: bytes  # the path as the kernel resolved it for the binary (bprm->filename)
+    argv: tuple[bytes, ...]
+    argc: int  # the real argument count, which may exceed len(argv)
+    args_truncated: bool  # argv was cut by the capture limits (count or bytes)
+    cgroup_id: int  # cgroup v2 id (inode of the directory under the unified hierarchy)
+    ns: Namespaces
+    sid: int  # session id in the initial pid namespace; 0 where unknown
+    pgid: int
+    tty_major: int  # controlling tty device numbers; 0/0 when none
+    tty_minor: int
+    start_boottime_ns: int  # task start, CLOCK_BOOTTIME, stable for the life of the process
+    exe_ino: int  # inode and device of the executed file; 0 where unknown
+    exe_dev: int
+    cwd: bytes = b""  # best effort, filled in user space when the process still lives
+
+
+@dataclass(frozen=True, slots=True)
+class ForkRecord:
+    """A new process (thread group) created by fork/clone; threads are not reported."""
+
+    kind: ClassVar[str] = "fork"
+    ktime_ns: int
+    parent_pid: int  # thread group id of the parent
+    pid: int  # thread group id of the child
+    start_boottime_ns: int
+    uid: int = 0
+    gid: int = 0
+    cgroup_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ExitRecord:
+    """The end of a thread group (its last thread exited)."""
+
+    kind: ClassVar[str] = "exit"
+    ktime_ns: int
+    pid: int
+    exit_code: int  # as wait(2) reports it: (status << 8) | signal
+    start_boottime_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupRecord:
+    """A cgroup created or removed, keyed by hierarchy (root) and id, with its path in that hierarchy."""
+
+    kind: ClassVar[str] = "cgroup"
+    ktime_ns: int
+    op: str  # "mkdir" or "rmdir"
+    root: int  # hierarchy id: cgroup ids are only unique within one hierarchy
+    cgroup_id: int
+    level: int
+    path: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LossRecord:
+    """Counters of records the kernel could not deliver or had to cut, reported periodically."""
+
+    kind: ClassVar[str] = "loss"
+    ktime_ns: int
+    ringbuf_full: int  # records dropped because the ring buffer had no room
+    argv_truncated: int  # exec records whose argv was cut
+    argv_read_failed: int  # exec records whose argv could not be read at all
+
+
+Record = ExecRecord | ForkRecord | ExitRecord | CgroupRecord | LossRecord
+
+RECORD_TYPES: dict[str, type] = {
+    cls.kind: cls for cls in (ExecRecord, ForkRecord, ExitRecord, CgroupRecord, LossRecord)
+}
+
+
+def to_wire(record: Record) -> list:
+    """A msgpack-ready list: [kind, field values...] in field order."""
+    out: list = [record.kind]
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if isinstance(value, Namespaces):
+            value = list(astuple(value))
+        elif isinstance(value, tuple):
+            value = list(value)
+        out.append(value)
+    return out
+
+
+def from_wire(item: list) -> Record:
+    kind, *values = item
+    cls = RECORD_TYPES.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown record kind {kind!r}")
+    if cls is ExecRecord:
+        names = [f.name for f in fields(ExecRecord)]
+        kwargs = dict(zip(names, values, strict=False))
+        kwargs["ns"] = Namespaces(*kwargs["ns"])
+        kwargs["argv"] = tuple(kwargs["argv"])
+        return ExecRecord(**kwargs)
+    return cls(*values)
+
+
+RECORDING_MAGIC = b"CSREC1"
+
+
+class RecordingWriter:
+    """Writes a recording file: a magic header then one msgpack array per record."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._packer = msgpack.Packer(use_bin_type=True)
+        self.count = 0
+        stream.write(self._packer.pack(RECORDING_MAGIC))
+
+    def write(self, record: Record) -> None:
+        self._stream.write(self._packer.pack(to_wire(record)))
+        self.count += 1
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+def read_recording(stream: IO[bytes]) -> Iterator[Record]:
+    """Yields the records of a recording file; raises ValueError on a file that is not one."""
+    unpacker = msgpack.Unpacker(stream, raw=False, use_list=True, max_buffer_size=64 * 1024 * 1024)
+    try:
+        magic = next(unpacker)
+    except StopIteration:
+        return
+    if magic != RECORDING_MAGIC:
+        raise ValueError("not a container-sensor recording (bad magic)")
+    for item in unpacker:
+        yield from_wire(item)
