@@ -1,0 +1,476 @@
+"""The sensor's configuration: one frozen `Config` built from a YAML file, the environment and flags.
+
+Precedence is flags over environment over file over defaults. Every option has one dotted key (as in the YAML
+file, e.g. `elasticsearch.url`), one environment variable (`CONTAINER_SENSOR_` + the key upper-cased with dots
+as underscores, e.g. `CONTAINER_SENSOR_ELASTICSEARCH_URL`) and one field of `Config` (the key with dots as
+underscores, e.g. `elasticsearch_url`). `load_config` checks everything and raises one `ConfigError` listing
+every problem it found, so an operator fixes them all in one go.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENV_PREFIX = "CONTAINER_SENSOR_"
+# Names the configuration file; read by `resolve_config_file`, not an option itself.
+CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG"
+DEFAULT_CONFIG_FILE = Path("/etc/container-sensor/config.yaml")
+SECRET_MASK = "********"
+
+OUTPUT_KINDS = ("stdout", "file", "elasticsearch")
+FORMATS = ("ndjson", "compact")
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+SPOOL_POLICIES = ("drop-oldest", "drop-newest")
+PAGE_SIZE = 4096
+
+
+class ConfigError(Exception):
+    """Every problem found in one configuration, one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration. Field names are the dotted keys with dots as underscores."""
+
+    outputs: tuple[str, ...] = ("stdout",)
+    format: str = "ndjson"
+    ready_file: Path | None = None
+    rules_paths: tuple[Path, ...] = ()
+    rules_builtin: bool = True
+    fold_window: float = 0.0
+    metrics_address: str | None = "127.0.0.1:9464"
+    log_format: str = "json"
+    log_level: str = "info"
+    node_name: str | None = None
+    file_path: Path | None = None
+    file_max_bytes: int = 100 * 1024 * 1024
+    file_backups: int = 5
+    spool_dir: Path = Path("/var/lib/container-sensor/spool")
+    spool_limit: int = 1024 * 1024 * 1024
+    spool_policy: str = "drop-oldest"
+    elasticsearch_url: str | None = None
+    elasticsearch_api_key: str | None = None
+    elasticsearch_username: str | None = None
+    elasticsearch_password: str | None = None
+    elasticsearch_ca_cert: Path | None = None
+    elasticsearch_verify_tls: bool = True
+    elasticsearch_index: str | None = None
+    elasticsearch_timeout: float = 10.0
+    probe_ringbuf_size: int = 16 * 1024 * 1024
+    probe_argv_max_args: int = 64
+    probe_argv_max_bytes: int = 4096
+    # Where each value came from ("default", "file", "env CONTAINER_SENSOR_...", "flag"), by field name.
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def masked(self) -> dict[str, Any]:
+        """The configuration as a nested dict in the file's layout, secrets replaced by a mask."""
+        nested: dict[str, Any] = {}
+        for option in OPTIONS:
+            value = getattr(self, option.field_name)
+            if value is not None and option.secret:
+                value = SECRET_MASK
+            elif option.key == "elasticsearch.url" and value:
+                value = mask_url_password(value)
+            section = nested
+            *parents, leaf = option.key.split(".")
+            for part in parents:
+                section = section.setdefault(part, {})
+            section[leaf] = _plain(value)
+        return nested
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def mask_url_password(url: str) -> str:
+    """`https://user:secret@host` -> `https://user:********@host`; other URLs unchanged."""
+    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*):[^@/]*@", rf"\1:{SECRET_MASK}@", url)
+
+
+# ---- value parsers: each takes a raw value (YAML scalar/list, or an env/flag string) and returns the typed
+# value, or raises ValueError with a message that completes "KEY: ...".
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3,
+}
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_size(raw: Any) -> int:
+    if isinstance(raw, bool):
+        raise ValueError(f"expected a size such as 16MiB, got {raw!r}")
+    if isinstance(raw, int):
+        value = raw
+    else:
+        match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(raw))
+        unit = match.group(2).lower() if match else None
+        if not match or unit not in _SIZE_UNITS:
+            raise ValueError(f"expected a size such as 16MiB, 512k or 1048576, got {raw!r}")
+        value = int(match.group(1)) * _SIZE_UNITS[unit]
+    if value < 0:
+        raise ValueError(f"must not be negative, got {raw!r}")
+    return value
+
+
+def parse_duration(raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise ValueError(f"expected a duration such as 2s or 500ms, got {raw!r}")
+    if isinstance(raw, int | float):
+        value = float(raw)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", str(raw).lower())
+        if not match or match.group(2) not in _DURATION_UNITS:
+            raise ValueError(f"expected a duration such as 2s, 500ms or 1.5, got {raw!r}")
+        value = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if value < 0:
+        raise ValueError(f"must not be negative, got {raw!r}")
+    return value
+
+
+def parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def parse_int(raw: Any) -> int:
+    if isinstance(raw, bool):
+        raise ValueError(f"expected a whole number, got {raw!r}")
+    try:
+        return int(str(raw).strip()) if not isinstance(raw, int) else raw
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {raw!r}") from None
+
+
+def parse_str(raw: Any) -> str | None:
+    if isinstance(raw, list | dict):
+        raise ValueError(f"expected a single value, got {raw!r}")
+    text = str(raw).strip()
+    return text or None
+
+
+def parse_path(raw: Any) -> Path | None:
+    text = parse_str(raw)
+    return Path(text) if text else None
+
+
+def _items(raw: Any) -> list[str]:
+    if isinstance(raw, list | tuple):
+        items = [str(item).strip() for item in raw]
+    elif isinstance(raw, dict):
+        raise ValueError(f"expected a list, got {raw!r}")
+    else:
+        # Comma-separated in the environment and on the command line.
+        items = [item.strip() for item in str(raw).split(",")]
+    return [item for item in items if item]
+
+
+def parse_paths(raw: Any) -> tuple[Path, ...]:
+    return tuple(Path(item) for item in _items(raw))
+
+
+def choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        text = str(raw).strip().lower()
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {raw!r}")
+        return text
+
+    return parse
+
+
+def parse_outputs(raw: Any) -> tuple[str, ...]:
+    names = [item.lower() for item in _items(raw)]
+    unknown = [name for name in names if name not in OUTPUT_KINDS]
+    if unknown:
+        raise ValueError(f"unknown output {', '.join(unknown)} (known: {', '.join(OUTPUT_KINDS)})")
+    if not names:
+        raise ValueError("at least one output is needed")
+    # Order kept, duplicates dropped: `stdout,stdout` means stdout once.
+    return tuple(dict.fromkeys(names))
+
+
+def parse_address(raw: Any) -> str | None:
+    """`host:port` or `[v6]:port`; empty, `off` or `none` turns the server off."""
+    text = "" if raw is None else str(raw).strip()
+    if text.lower() in ("", "off", "none", "false", "no"):
+        return None
+    split_address(text)
+    return text
+
+
+def split_address(text: str, allow_any_port: bool = False) -> tuple[str, int]:
+    """(host, port) of `host:port` or `[v6]:port`; port 0 (any free port) only with allow_any_port."""
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", text)
+    if not match:
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9464 or [::1]:9464), or off, got {text!r}")
+    host = match.group(1) if match.group(1) is not None else match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not (0 if allow_any_port else 1) <= port < 65536:
+        raise ValueError(f"port must be 1-65535, got {port}")
+    if match.group(1) is not None:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    return host, port
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    parse: Callable[[Any], Any]
+    help: str
+    secret: bool = False
+
+    @property
+    def may_be_empty(self) -> bool:
+        """Whether None is a meaningful value (unset, or off) rather than a mistake."""
+        return OPTIONAL_FIELDS.get(self.field_name, False)
+
+    @property
+    def field_name(self) -> str:
+        return self.key.replace(".", "_")
+
+    @property
+    def env_name(self) -> str:
+        return ENV_PREFIX + self.field_name.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("outputs", parse_outputs, "where documents go: stdout, file, elasticsearch (list)"),
+    Option("format", choice(FORMATS), "stdout encoding: ndjson (JSON per line) or compact (one short line)"),
+    Option("ready_file", parse_path, "file written once the probes are attached and outputs are up"),
+    Option("rules.paths", parse_paths, "Elastic detection-rule files or directories to load (list)"),
+    Option("rules.builtin", parse_bool, "load the built-in ssh/sshd/autossh-in-container rule"),
+    Option("fold_window", parse_duration, "window within which the pipeline folds repeated events; 0 is off"),
+    Option("metrics.address", parse_address, "HOST:PORT of /metrics and /healthz; off disables"),
+    Option("log.format", choice(LOG_FORMATS), "json or text log lines on stderr"),
+    Option("log.level", choice(LOG_LEVELS), "debug, info, warning, error or critical"),
+    Option("node_name", parse_str, "name of this node (the DaemonSet passes spec.nodeName)"),
+    Option("file.path", parse_path, "file the file output writes (rotated)"),
+    Option("file.max_bytes", parse_size, "size at which the file output rotates"),
+    Option("file.backups", parse_int, "rotated files kept"),
+    Option("spool.dir", parse_path, "directory of the Elasticsearch outage spool"),
+    Option("spool.limit", parse_size, "most bytes the spool may hold"),
+    Option("spool.policy", choice(SPOOL_POLICIES), "when the spool is full: drop-oldest or drop-newest"),
+    Option("elasticsearch.url", parse_str, "Elasticsearch URL, e.g. https://es.example:9200"),
+    Option("elasticsearch.api_key", parse_str, "API key (base64 id:key) for Elasticsearch", secret=True),
+    Option("elasticsearch.username", parse_str, "basic-auth user for Elasticsearch"),
+    Option("elasticsearch.password", parse_str, "basic-auth password for Elasticsearch", secret=True),
+    Option("elasticsearch.ca_cert", parse_path, "PEM file of the CA that signed Elasticsearch's certificate"),
+    Option("elasticsearch.verify_tls", parse_bool, "verify Elasticsearch's TLS certificate"),
+    Option("elasticsearch.index", parse_str, "index or data stream; default: the document's data_stream"),
+    Option("elasticsearch.timeout", parse_duration, "request timeout for Elasticsearch"),
+    Option("probe.ringbuf_size", parse_size, "BPF ring buffer size (power of two, at least 4096)"),
+    Option("probe.argv_max_args", parse_int, "most arguments captured per exec"),
+    Option("probe.argv_max_bytes", parse_int, "most argument bytes captured per exec"),
+)
+# Fields whose type admits None.
+OPTIONAL_FIELDS = {f.name: "None" in str(f.type) for f in fields(Config)}
+OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
+OPTIONS_BY_FIELD = {option.field_name: option for option in OPTIONS}
+OPTIONS_BY_ENV = {option.env_name: option for option in OPTIONS}
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _flatten(data: Mapping[str, Any], prefix: str, problems: list[str], source: str) -> dict[str, Any]:
+    """The file's nested mapping as {dotted key: raw value}; unknown keys become problems."""
+    known_sections = {key.split(".")[0] for key in OPTIONS_BY_KEY if "." in key}
+    flat: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if key in OPTIONS_BY_KEY:
+            flat[key] = value
+        elif isinstance(value, Mapping) and not prefix and key in known_sections:
+            flat.update(_flatten(value, key + ".", problems, source))
+        elif not prefix and key in known_sections:
+            problems.append(f"{source}: {key}: expected a section (a mapping of keys), got {value!r}")
+        else:
+            problems.append(f"{source}: unknown key {key}{_suggest(key, list(OPTIONS_BY_KEY))}")
+    return flat
+
+
+def _read_file(path: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        problems.append(f"{path}: cannot read the configuration file: {error.strerror or error}")
+        return {}
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problems.append(f"{path}: not valid YAML{line}: {getattr(error, 'problem', None) or error}")
+        return {}
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        problems.append(f"{path}: expected a mapping of keys at the top, got {type(data).__name__}")
+        return {}
+    return _flatten(data, "", problems, str(path))
+
+
+def _env_values(env: Mapping[str, str], problems: list[str]) -> dict[str, tuple[str, Any]]:
+    values: dict[str, tuple[str, Any]] = {}
+    for name, value in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_FILE_ENV:
+            continue
+        option = OPTIONS_BY_ENV.get(name)
+        if option is None:
+            problems.append(f"unknown environment variable {name}{_suggest(name, list(OPTIONS_BY_ENV))}")
+            continue
+        values[option.key] = (f"env {name}", value)
+    return values
+
+
+def _flag_values(flags: Mapping[str, Any], problems: list[str]) -> dict[str, tuple[str, Any]]:
+    values: dict[str, tuple[str, Any]] = {}
+    for name, value in flags.items():
+        # click hands over every declared option, None (or an empty tuple for multiple=True) when not given.
+        if value is None or value == ():
+            continue
+        option = OPTIONS_BY_FIELD.get(name.replace("-", "_")) or OPTIONS_BY_KEY.get(name)
+        if option is None:
+            problems.append(f"unknown option {name}")
+            continue
+        values[option.key] = (f"flag --{option.key.replace('.', '-').replace('_', '-')}", value)
+    return values
+
+
+def _check(config: Config, problems: list[str]) -> None:
+    """Problems that involve more than one option, or the filesystem."""
+    if "elasticsearch" in config.outputs:
+        if not config.elasticsearch_url:
+            problems.append("elasticsearch.url: required when outputs include elasticsearch")
+        elif not re.match(r"^https?://[^/\s]+", config.elasticsearch_url):
+            shown = mask_url_password(config.elasticsearch_url)
+            problems.append(f"elasticsearch.url: expected http(s)://HOST[:PORT], got {shown!r}")
+    if config.elasticsearch_api_key and (config.elasticsearch_username or config.elasticsearch_password):
+        problems.append("elasticsearch: give either api_key or username/password, not both")
+    if bool(config.elasticsearch_username) != bool(config.elasticsearch_password):
+        problems.append("elasticsearch: username and password go together; one of them is missing")
+    if config.elasticsearch_ca_cert and not config.elasticsearch_ca_cert.is_file():
+        problems.append(f"elasticsearch.ca_cert: no such file {config.elasticsearch_ca_cert}")
+    if config.elasticsearch_timeout <= 0:
+        problems.append("elasticsearch.timeout: must be more than 0")
+    if "file" in config.outputs and config.file_path is None:
+        problems.append("file.path: required when outputs include file")
+    if config.file_max_bytes < 4096:
+        problems.append(f"file.max_bytes: must be at least 4096, got {config.file_max_bytes}")
+    if config.file_backups < 0:
+        problems.append(f"file.backups: must not be negative, got {config.file_backups}")
+    if config.spool_limit < 1024 * 1024:
+        problems.append(f"spool.limit: must be at least 1MiB, got {config.spool_limit}")
+    size = config.probe_ringbuf_size
+    if size < PAGE_SIZE or size & (size - 1):
+        problems.append(f"probe.ringbuf_size: must be a power of two of at least 4096 bytes, got {size}")
+    if not 1 <= config.probe_argv_max_args <= 1024:
+        problems.append(f"probe.argv_max_args: must be 1-1024, got {config.probe_argv_max_args}")
+    if not 64 <= config.probe_argv_max_bytes <= 65536:
+        problems.append(f"probe.argv_max_bytes: must be 64-65536, got {config.probe_argv_max_bytes}")
+    for path in config.rules_paths:
+        if not path.exists():
+            problems.append(f"rules.paths: no such file or directory {path}")
+
+
+def load_config(file: Path | None, env: Mapping[str, str], flags: Mapping[str, Any]) -> Config:
+    """The configuration from defaults < file < environment < flags, or ConfigError with every problem.
+
+    `flags` maps `Config` field names (or dotted keys) to values; None means "not given".
+    """
+    problems: list[str] = []
+    raw: dict[str, tuple[str, Any]] = {}
+    if file is not None:
+        for key, value in _read_file(file, problems).items():
+            raw[key] = (f"file {file}", value)
+    raw.update(_env_values(env, problems))
+    raw.update(_flag_values(flags, problems))
+
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {option.field_name: "default" for option in OPTIONS}
+    for key, (origin, value) in raw.items():
+        option = OPTIONS_BY_KEY[key]
+        if value is None:
+            continue  # `key: null` in the file means "not set here"
+        try:
+            parsed = option.parse(value)
+        except ValueError as error:
+            problems.append(f"{key}: {error} (from {origin})")
+            continue
+        if parsed is None and not option.may_be_empty:
+            problems.append(f"{key}: must not be empty (from {origin})")
+            continue
+        values[option.field_name] = parsed
+        origins[option.field_name] = origin
+
+    config = Config(**values, origins=origins)
+    _check(config, problems)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def resolve_config_file(flag: Path | None, env: Mapping[str, str]) -> Path | None:
+    """The file to read: --config, else $CONTAINER_SENSOR_CONFIG, else the default file if it exists."""
+    if flag is not None:
+        return flag
+    if env.get(CONFIG_FILE_ENV):
+        return Path(env[CONFIG_FILE_ENV])
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None
+
+
+def render_config(config: Config, with_origins: bool = True) -> str:
+    """The configuration as YAML in the file's layout, secrets masked, non-default origins as comments."""
+    text = yaml.safe_dump(config.masked(), sort_keys=False, default_flow_style=False)
+    if not with_origins:
+        return text
+    lines = []
+    section = ""
+    for line in text.splitlines():
+        stripped = line.lstrip()
+        key = stripped.split(":", 1)[0]
+        if line == stripped:
+            section = key
+            dotted = key
+        else:
+            dotted = f"{section}.{key}"
+        option = OPTIONS_BY_KEY.get(dotted)
+        origin = config.origins.get(option.field_name) if option else None
+        lines.append(f"{line}  # {origin}" if origin and origin != "default" else line)
+    return "\n".join(lines) + "\n"
+
+
+def describe_options() -> str:
+    """One line per option: key, environment variable and meaning (for `--help` and docs)."""
+    return "\n".join(f"{option.key:28} {option.env_name:44} {option.help}" for option in OPTIONS)

@@ -1,0 +1,94 @@
+"""The sensor's own log lines on stderr, as JSON (one object per line, ECS-style keys) or plain text.
+
+Events and alerts never go through logging: they go to the outputs. Logs are for operators: start-up, what
+was attached, problems, and periodic counters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import IO, Any
+
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+# Attributes every LogRecord has; anything else on a record came from `extra=` and is logged as a field.
+_STANDARD_ATTRIBUTES = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime", "taskName"}
+)
+
+
+def _timestamp(created: float) -> str:
+    seconds = int(created)
+    micros = int((created - seconds) * 1e6)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
+
+
+def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {key: value for key, value in vars(record).items() if key not in _STANDARD_ATTRIBUTES}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: @timestamp, log.level, log.logger, message, error.*, plus `extra=` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "@timestamp": _timestamp(record.created),
+            "log.level": record.levelname.lower(),
+            "log.logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and record.exc_info[0] is not None:
+            doc["error.type"] = record.exc_info[0].__name__
+            doc["error.message"] = str(record.exc_info[1])
+            doc["error.stack_trace"] = self.formatException(record.exc_info)
+        for key, value in _extra_fields(record).items():
+            doc.setdefault(key, value)
+        return json.dumps(doc, default=str, separators=(",", ":"))
+
+
+class TextFormatter(logging.Formatter):
+    """`TIME LEVEL logger: message key=value ...` for people reading a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{_timestamp(record.created)} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        extras = _extra_fields(record)
+        if extras:
+            line += " " + " ".join(f"{key}={json.dumps(value, default=str)}" for key, value in extras.items())
+        if record.exc_info and record.exc_info[0] is not None:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup_logging(fmt: str, level: str, stream: IO[str] | None = None) -> logging.Handler:
+    """Sends all log records at `level` or above to stderr (or `stream`) in `fmt` ("json" or "text").
+
+    Calling it again replaces the handler it installed before, so `run` can switch format once its
+    configuration is loaded. Returns the handler.
+    """
+    if fmt not in ("json", "text"):
+        raise ValueError(f"log format must be json or text, got {fmt!r}")
+    if level.lower() not in LEVELS:
+        raise ValueError(f"log level must be one of {', '.join(LEVELS)}, got {level!r}")
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.set_name("container-sensor")
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if old.get_name() == "container-sensor":
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(LEVELS[level.lower()])
+    # Library chatter (the Elasticsearch client logs every request at INFO) stays out unless debugging.
+    quiet = logging.DEBUG if level.lower() == "debug" else logging.WARNING
+    for name in ("elastic_transport", "elasticsearch", "urllib3"):
+        logging.getLogger(name).setLevel(quiet)
+    return handler

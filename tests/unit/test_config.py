@@ -1,0 +1,211 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sensor.config import (
+    OPTIONS,
+    SECRET_MASK,
+    Config,
+    ConfigError,
+    load_config,
+    mask_url_password,
+    parse_duration,
+    parse_size,
+    render_config,
+    resolve_config_file,
+)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def problems_of(file: Path | None = None, env: dict | None = None, flags: dict | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(file, env or {}, flags or {})
+    return caught.value.problems
+
+
+def test_defaults_without_any_source():
+    config = load_config(None, {}, {})
+    assert config == Config()
+    assert config.outputs == ("stdout",)
+    assert config.metrics_address == "127.0.0.1:9464"
+    assert all(origin == "default" for origin in config.origins.values())
+
+
+def test_every_option_maps_to_a_config_field():
+    field_names = set(Config.__dataclass_fields__) - {"origins"}
+    assert {option.field_name for option in OPTIONS} == field_names
+
+
+def test_flags_override_env_which_overrides_file(tmp_path):
+    file = write(tmp_path, "log:\n  level: warning\n  format: text\nfold_window: 2s\nformat: compact\n")
+    env = {"CONTAINER_SENSOR_LOG_LEVEL": "error", "CONTAINER_SENSOR_FOLD_WINDOW": "500ms"}
+    config = load_config(file, env, {"log_level": "debug", "format": None})
+    assert config.log_level == "debug"  # flag beats env and file
+    assert config.fold_window == 0.5  # env beats file
+    assert config.log_format == "text"  # file beats default
+    assert config.format == "compact"  # a flag given as None is "not given"
+    assert config.origins["log_level"] == "flag --log-level"
+    assert config.origins["fold_window"] == "env CONTAINER_SENSOR_FOLD_WINDOW"
+    assert config.origins["log_format"] == f"file {file}"
+
+
+def test_lists_from_yaml_env_and_flags(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    text = f"outputs: [stdout, file]\nfile:\n  path: {tmp_path}/out.ndjson\nrules:\n  paths: [{rules}]\n"
+    file = write(tmp_path, text)
+    config = load_config(file, {}, {})
+    assert config.outputs == ("stdout", "file")
+    assert config.rules_paths == (rules,)
+    config = load_config(file, {"CONTAINER_SENSOR_OUTPUTS": "file, stdout,file"}, {})
+    assert config.outputs == ("file", "stdout")
+    config = load_config(file, {}, {"outputs": ("stdout",)})
+    assert config.outputs == ("stdout",)
+
+
+def test_all_problems_are_reported_together(tmp_path):
+    file = write(tmp_path, "log:\n  levle: info\nspool:\n  limit: lots\nmetrics: 9464\n")
+    env = {"CONTAINER_SENSOR_OUTPUT": "stdout", "CONTAINER_SENSOR_PROBE_RINGBUF_SIZE": "3000"}
+    flags = {"outputs": "stdout,kafka", "metrics_address": "localhost"}
+    problems = problems_of(file, env, flags)
+    text = "\n".join(problems)
+    assert f"{file}: unknown key log.levle (did you mean log.level?)" in problems
+    assert "spool.limit: expected a size" in text
+    assert f"{file}: metrics: expected a section" in text
+    typo = "unknown environment variable CONTAINER_SENSOR_OUTPUT"
+    assert f"{typo} (did you mean CONTAINER_SENSOR_OUTPUTS?)" in text
+    assert "outputs: unknown output kafka" in text
+    assert "metrics.address: expected HOST:PORT" in text and "(from flag --metrics-address)" in text
+    assert "probe.ringbuf_size: must be a power of two" in text
+    assert len(problems) == 7
+
+
+def test_cross_field_checks():
+    problems = problems_of(env={
+        "CONTAINER_SENSOR_OUTPUTS": "elasticsearch,file",
+        "CONTAINER_SENSOR_ELASTICSEARCH_API_KEY": "k",
+        "CONTAINER_SENSOR_ELASTICSEARCH_USERNAME": "elastic",
+        "CONTAINER_SENSOR_ELASTICSEARCH_CA_CERT": "/nonexistent/ca.pem",
+        "CONTAINER_SENSOR_RULES_PATHS": "/nonexistent/rules",
+    })
+    assert "elasticsearch.url: required when outputs include elasticsearch" in problems
+    assert "file.path: required when outputs include file" in problems
+    assert "elasticsearch: give either api_key or username/password, not both" in problems
+    assert "elasticsearch: username and password go together; one of them is missing" in problems
+    assert "elasticsearch.ca_cert: no such file /nonexistent/ca.pem" in problems
+    assert "rules.paths: no such file or directory /nonexistent/rules" in problems
+
+
+def test_bad_elasticsearch_url_is_shown_masked():
+    problems = problems_of(env={"CONTAINER_SENSOR_OUTPUTS": "elasticsearch",
+                                "CONTAINER_SENSOR_ELASTICSEARCH_URL": "es://elastic:hunter2@es:9200"})
+    assert len(problems) == 1
+    assert "hunter2" not in problems[0] and SECRET_MASK in problems[0]
+
+
+@pytest.mark.parametrize("text,problem", [
+    ("outputs: [stdout\n", "not valid YAML at line 2"),
+    ("- stdout\n", "expected a mapping of keys at the top, got list"),
+])
+def test_broken_files(tmp_path, text, problem):
+    file = write(tmp_path, text)
+    problems = problems_of(file)
+    assert len(problems) == 1 and problem in problems[0] and str(file) in problems[0]
+
+
+def test_missing_file_is_one_problem(tmp_path):
+    absent = tmp_path / "absent.yaml"
+    assert problems_of(absent) == [f"{absent}: cannot read the configuration file: No such file or directory"]
+
+
+def test_empty_file_and_null_values_keep_defaults(tmp_path):
+    assert load_config(write(tmp_path, ""), {}, {}) == Config()
+    config = load_config(write(tmp_path, "spool:\n  dir: null\nready_file: null\n"), {}, {})
+    assert config.spool_dir == Config().spool_dir and config.ready_file is None
+
+
+def test_empty_value_for_a_required_setting():
+    assert problems_of(env={"CONTAINER_SENSOR_SPOOL_DIR": " "}) == [
+        "spool.dir: must not be empty (from env CONTAINER_SENSOR_SPOOL_DIR)"
+    ]
+
+
+def test_metrics_address_forms_and_off():
+    for raw in ("off", "", "none"):
+        assert load_config(None, {"CONTAINER_SENSOR_METRICS_ADDRESS": raw}, {}).metrics_address is None
+    assert load_config(None, {}, {"metrics_address": "[::1]:9464"}).metrics_address == "[::1]:9464"
+    assert load_config(None, {}, {"metrics_address": "0.0.0.0:9100"}).metrics_address == "0.0.0.0:9100"
+    assert problems_of(flags={"metrics_address": "127.0.0.1:70000"}) == [
+        "metrics.address: port must be 1-65535, got 70000 (from flag --metrics-address)"
+    ]
+
+
+def test_sizes_and_durations():
+    assert parse_size("16MiB") == 16 * 1024 * 1024
+    assert parse_size("512k") == 512_000
+    assert parse_size(4096) == 4096
+    assert parse_size("1 GiB") == 1 << 30
+    assert parse_duration("500ms") == 0.5
+    assert parse_duration("2") == 2.0
+    assert parse_duration(1.5) == 1.5
+    assert parse_duration("1m") == 60.0
+    for bad in ("16 parsecs", "-1", True, "1.5MiB"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+    with pytest.raises(ValueError):
+        parse_duration("soon")
+
+
+def test_booleans():
+    env = {"CONTAINER_SENSOR_ELASTICSEARCH_VERIFY_TLS": "no"}
+    assert load_config(None, env, {}).elasticsearch_verify_tls is False
+    assert load_config(None, {}, {"rules_builtin": False}).rules_builtin is False
+    assert problems_of(env={"CONTAINER_SENSOR_RULES_BUILTIN": "maybe"}) == [
+        "rules.builtin: expected true or false, got 'maybe' (from env CONTAINER_SENSOR_RULES_BUILTIN)"
+    ]
+
+
+def test_render_masks_secrets_and_names_origins(tmp_path):
+    env = {
+        "CONTAINER_SENSOR_OUTPUTS": "elasticsearch",
+        "CONTAINER_SENSOR_ELASTICSEARCH_URL": "https://elastic:pa55word@es.example:9200",
+        "CONTAINER_SENSOR_ELASTICSEARCH_API_KEY": "VnVhQ2ZHY0JDZGJrU",
+    }
+    config = load_config(None, env, {"node_name": "node-1"})
+    text = render_config(config)
+    assert "pa55word" not in text and "VnVhQ2ZHY0JDZGJrU" not in text
+    assert "https://elastic:********@es.example:9200" in text
+    assert "node_name: node-1  # flag --node-name" in text
+    assert "  api_key: '********'  # env CONTAINER_SENSOR_ELASTICSEARCH_API_KEY" in text
+    # Without the comments it is a valid configuration file again (secrets aside).
+    reloaded = yaml.safe_load(render_config(config, with_origins=False))
+    assert reloaded["elasticsearch"]["url"] == "https://elastic:********@es.example:9200"
+    assert reloaded["outputs"] == ["elasticsearch"]
+    assert reloaded["probe"]["ringbuf_size"] == config.probe_ringbuf_size
+
+
+def test_rendered_defaults_load_back_to_the_same_config(tmp_path):
+    file = write(tmp_path, render_config(Config(), with_origins=False))
+    assert load_config(file, {}, {}) == Config()
+
+
+def test_mask_url_password():
+    assert mask_url_password("https://u:p@h:9200/x") == f"https://u:{SECRET_MASK}@h:9200/x"
+    assert mask_url_password("https://h:9200") == "https://h:9200"
+    assert mask_url_password("https://u@h") == "https://u@h"
+
+
+def test_resolve_config_file(tmp_path):
+    flag = tmp_path / "a.yaml"
+    assert resolve_config_file(flag, {"CONTAINER_SENSOR_CONFIG": "/x.yaml"}) == flag
+    assert resolve_config_file(None, {"CONTAINER_SENSOR_CONFIG": "/x.yaml"}) == Path("/x.yaml")
+    # CONTAINER_SENSOR_CONFIG names the file; it is not an unknown option.
+    assert load_config(None, {"CONTAINER_SENSOR_CONFIG": "/x.yaml"}, {}) == Config()
