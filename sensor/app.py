@@ -1,0 +1,217 @@
+"""Builds every stage from one configuration and runs the event loop. The only place stages are wired."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sensor import host as host_facts
+from sensor.ecs import DocumentBuilder
+from sensor.outputs.base import Output
+from sensor.outputs.stdout import StdoutOutput
+from sensor.pipeline import Pipeline, basic_leaders
+from sensor.processes import ProcessTable
+from sensor.records import Namespaces, Record, RecordingWriter
+
+log = logging.getLogger("container_sensor")
+
+CGROUP_V2_CANDIDATES = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
+TICK_SECONDS = 1.0
+POLL_MS = 50
+
+
+def cgroup_v2_root() -> Path | None:
+    for candidate in CGROUP_V2_CANDIDATES:
+        if (candidate / "cgroup.procs").exists() and (candidate / "cgroup.controllers").exists():
+            return candidate
+    return None
+
+
+def host_namespaces(proc_root: Path = Path("/proc")) -> Namespaces:
+    """pid 1's namespaces; where pid 1 cannot be inspected (a hardened init), the sensor's own, which are the
+    host's when it runs as the DaemonSet or the systemd unit runs it."""
+    names = ("pid", "mnt", "net", "uts", "ipc", "cgroup", "user")
+    values = []
+    for name in names:
+        try:
+            values.append(os.stat(proc_root / "1" / "ns" / name).st_ino)
+        except OSError:
+            try:
+                values.append(os.stat(proc_root / "self" / "ns" / name).st_ino)
+            except OSError:
+                values.append(0)
+    return Namespaces(*values)
+
+
+@dataclass
+class RunSummary:
+    seen: int
+    emitted: int
+    lost: int
+    alerts: int
+    output_dropped: int
+
+    def line(self) -> str:
+        return (f"container-sensor: {self.seen} events seen, {self.emitted} documents emitted, "
+                f"{self.lost} lost, {self.alerts} alerts, {self.output_dropped} dropped by outputs")
+
+
+class StopFlag:
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handler)
+
+    def _handler(self, _signum: int, _frame: Any) -> None:
+        self.stopped = True
+
+
+def boot_wall_offset_ns() -> int:
+    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+def build_outputs(config: Any) -> list[Output]:
+    """Every configured output; the factory in sensor.outputs handles files and Elasticsearch."""
+    specs = list(getattr(config, "outputs", ("stdout",)))
+    compact = getattr(config, "format", "ndjson") == "compact"
+    try:
+        from sensor.outputs.factory import build_outputs as factory  # noqa: PLC0415
+    except ImportError:
+        factory = None
+    if factory is None or specs == ["stdout"]:
+        return [StdoutOutput(compact=compact) for spec in specs if spec == "stdout"]
+    return factory(specs, config)
+
+
+def build_detector(config: Any) -> Any:
+    paths = list(getattr(config, "rules_paths", ()))
+    builtin = getattr(config, "rules_builtin", True)
+    try:
+        from sensor.rules.detector import Detector  # noqa: PLC0415
+        from sensor.rules.loader import load_rules  # noqa: PLC0415
+    except ImportError:
+        return None
+    rules: list[Any] = []
+    for path in paths:
+        loaded, refused = load_rules(Path(path))
+        rules.extend(loaded)
+        for refusal in refused:
+            log.warning("rule refused: %s (%s): %s", refusal.name, refusal.path, refusal.reason)
+    window = getattr(config, "fold_window", 60.0) or 60.0
+    return Detector(rules, builtin_ssh=builtin, fold_window_s=window)
+
+
+def build_resolver(host_ns: Namespaces) -> Any:
+    try:
+        from sensor.containers.resolver import ContainerResolver  # noqa: PLC0415
+    except ImportError:
+        return None
+    resolver = ContainerResolver(host_ns=host_ns, cgroup_root=cgroup_v2_root())
+    resolver.seed()
+    return resolver
+
+
+def build_leaders() -> Callable:
+    try:
+        from sensor.sessions import find_leaders  # noqa: PLC0415
+    except ImportError:
+        return basic_leaders
+    return find_leaders
+
+
+def build_pipeline(config: Any, outputs: list[Output], *, live: bool) -> Pipeline:
+    facts = host_facts.gather(hostname=getattr(config, "node_name", None))
+    table = ProcessTable(facts.boot_id or "unknown-boot")
+    builder = DocumentBuilder(facts, boot_wall_offset_ns=boot_wall_offset_ns())
+    resolver = build_resolver(host_namespaces()) if live else None
+    return Pipeline(table=table, builder=builder, outputs=outputs, resolver=resolver,
+                    detector=build_detector(config), leaders=build_leaders(), read_cwd=live)
+
+
+def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | None = None,
+             on_ready: Callable[[Pipeline], None] | None = None) -> RunSummary:
+    """Attaches the probe and runs until SIGINT/SIGTERM. Raises ProbeError when the probe cannot load."""
+    from sensor.probe import Probe, ProbeOptions  # noqa: PLC0415 - bcc only where the probe runs
+
+    stop = stop or StopFlag()
+    stop.install()
+    outputs = build_outputs(config)
+    pipeline = build_pipeline(config, outputs, live=True)
+    recorder = None
+    record_stream = None
+    if record_to is not None:
+        record_stream = open(record_to, "wb")  # noqa: SIM115 - closed in finally below
+        recorder = RecordingWriter(record_stream)
+
+    def on_record(record: Record) -> None:
+        if recorder is not None:
+            recorder.write(record)
+        pipeline.handle(record)
+
+    probe = Probe(on_record, ProbeOptions())
+    started = time.monotonic()
+    probe.load()
+    # Attached first, seeded second: an exec that races the seeding is queued in the ring buffer, not missed.
+    seeded = pipeline.table.seed_from_proc(cgroup_v2_root())
+    log.info("probe attached in %.2fs, %d running processes seeded", time.monotonic() - started, seeded)
+    ready_file = getattr(config, "ready_file", None)
+    if ready_file:
+        Path(ready_file).write_text(f"{os.getpid()}\n")
+    if on_ready is not None:
+        on_ready(pipeline)
+    next_tick = time.monotonic() + TICK_SECONDS
+    try:
+        while not stop.stopped:
+            probe.poll(POLL_MS)
+            pipeline.flush()
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK_SECONDS
+                pipeline.handle(probe.loss())
+                pipeline.tick(time.clock_gettime_ns(time.CLOCK_BOOTTIME))
+        probe.drain()
+        pipeline.handle(probe.loss())
+    finally:
+        pipeline.flush()
+        probe.close()
+        for output in outputs:
+            output.close()
+        if record_stream is not None:
+            record_stream.close()
+        if ready_file:
+            Path(ready_file).unlink(missing_ok=True)
+    return summarize(pipeline, outputs, probe.records)
+
+
+def run_replay(config: Any, records: Iterable[Record]) -> RunSummary:
+    """Feeds recorded records through every stage after the probe."""
+    outputs = build_outputs(config)
+    pipeline = build_pipeline(config, outputs, live=False)
+    seen = 0
+    try:
+        for record in records:
+            seen += 1
+            pipeline.handle(record)
+            if seen % 4096 == 0:
+                pipeline.flush()
+        pipeline.tick(0)
+    finally:
+        pipeline.flush()
+        for output in outputs:
+            output.close()
+    return summarize(pipeline, outputs, seen)
+
+
+def summarize(pipeline: Pipeline, outputs: list[Output], seen: int) -> RunSummary:
+    dropped = sum(o.stats().get("dropped", 0) for o in outputs)
+    stats = pipeline.stats
+    return RunSummary(seen=seen, emitted=stats.documents, lost=stats.kernel_lost, alerts=stats.alerts,
+                      output_dropped=dropped)

@@ -1,0 +1,193 @@
+"""The `container-sensor` command: parses flags and hands them to sensor.app, nothing else."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sensor import __version__
+
+log = logging.getLogger("container_sensor")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"container-sensor: {message}", err=True)
+    sys.exit(code)
+
+
+def _load_config(config_file: Path | None, flags: dict[str, Any]) -> Any:
+    from sensor.config import ConfigError, load_config, resolve_config_file  # noqa: PLC0415
+
+    try:
+        path = resolve_config_file(config_file, os.environ)
+        return load_config(path, os.environ, flags)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"container-sensor: config: {problem}", err=True)
+        sys.exit(2)
+
+
+def _setup_logging(config: Any) -> None:
+    from sensor.logs import setup_logging  # noqa: PLC0415
+
+    setup_logging(config.log_format, config.log_level)
+
+
+def _ops_server(config: Any, pipeline_ref: dict[str, Any]) -> Any:
+    address = getattr(config, "metrics_address", None)
+    if not address:
+        return None
+    from sensor.ops_server import OpsServer  # noqa: PLC0415
+
+    def metrics() -> dict[str, float]:
+        pipeline = pipeline_ref.get("pipeline")
+        if pipeline is None:
+            return {}
+        values: dict[str, float] = {f"pipeline_{k}": v for k, v in pipeline.stats.as_dict().items()}
+        values["process_table_size"] = len(pipeline.table)
+        for output in pipeline.outputs:
+            for key, value in output.stats().items():
+                values[f"output_{output.name}_{key}"] = value
+        for part in ("resolver", "detector"):
+            stage = getattr(pipeline, part)
+            if stage is not None:
+                for key, value in stage.stats().items():
+                    values[f"{part}_{key}"] = value
+        return values
+
+    def health() -> tuple[bool, str]:
+        pipeline = pipeline_ref.get("pipeline")
+        if pipeline is None:
+            return False, "probe not attached yet"
+        unhealthy = [o.name for o in pipeline.outputs if not o.healthy()]
+        if unhealthy:
+            return False, f"outputs unhealthy: {', '.join(unhealthy)}"
+        return True, "ok"
+
+    server = OpsServer(address, metrics, health)
+    try:
+        server.start()
+    except OSError as exc:
+        _fail(f"cannot listen on {address} for /healthz and /metrics: {exc.strerror}")
+    return server
+
+
+def _run_options(func: Any) -> Any:
+    options = [
+        click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+                     help="YAML configuration file (default: $CONTAINER_SENSOR_CONFIG or "
+                          "/etc/container-sensor/config.yaml when present)."),
+        click.option("--output", "outputs", multiple=True,
+                     help="stdout (default), file:PATH or elasticsearch:URL; repeat for several."),
+        click.option("--format", "fmt", type=click.Choice(["ndjson", "compact"]), default=None,
+                     help="ndjson: one ECS document per line; compact: one short line per event."),
+        click.option("--ready-file", type=click.Path(path_type=Path), default=None,
+                     help="Created once the probes are attached; removed on exit."),
+        click.option("--rules", "rules_paths", multiple=True, type=click.Path(path_type=Path),
+                     help="Elastic detection-rule TOML file or folder; repeat for several."),
+        click.option("--no-builtin-rules", is_flag=True, default=None,
+                     help="Do not run the built-in ssh-in-container rule."),
+        click.option("--fold-window", type=float, default=None,
+                     help="Seconds within which identical alerts are folded into one with a count."),
+        click.option("--metrics-address", default=None,
+                     help="HOST:PORT for /healthz and /metrics (default 127.0.0.1:9464; 'off' disables)."),
+        click.option("--log-format", type=click.Choice(["json", "text"]), default=None),
+        click.option("--log-level", default=None),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _flags(outputs: tuple[str, ...], fmt: str | None, ready_file: Path | None, rules_paths: tuple[Path, ...],
+           no_builtin_rules: bool | None, fold_window: float | None, metrics_address: str | None,
+           log_format: str | None, log_level: str | None) -> dict[str, Any]:
+    flags: dict[str, Any] = {
+        "outputs": list(outputs) or None,
+        "format": fmt,
+        "ready_file": ready_file,
+        "rules_paths": list(rules_paths) or None,
+        "rules_builtin": False if no_builtin_rules else None,
+        "fold_window": fold_window,
+        "metrics_address": metrics_address,
+        "log_format": log_format,
+        "log_level": log_level,
+    }
+    return flags
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="container-sensor")
+def main() -> None:
+    """eBPF live container sensor: every exec as an ECS document, ssh-in-container alerts."""
+
+
+def _run(config_file: Path | None, flags: dict[str, Any], record_to: Path | None) -> None:
+    from sensor.app import run_live  # noqa: PLC0415
+    from sensor.probe import ProbeError  # noqa: PLC0415
+
+    config = _load_config(config_file, flags)
+    _setup_logging(config)
+    pipeline_ref: dict[str, Any] = {}
+    server = _ops_server(config, pipeline_ref)
+    try:
+        summary = run_live(config, record_to=record_to,
+                           on_ready=lambda pipeline: pipeline_ref.__setitem__("pipeline", pipeline))
+    except ProbeError as exc:
+        _fail(f"{exc} (run 'container-sensor check' for every prerequisite)")
+    except OSError as exc:
+        _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+    finally:
+        if server is not None:
+            server.stop()
+    click.echo(summary.line(), err=True)
+
+
+@main.command()
+@_run_options
+def run(config_file: Path | None, **kwargs: Any) -> None:
+    """Attach the probes and emit one ECS document per exec and exit until SIGINT/SIGTERM."""
+    _run(config_file, _flags(**kwargs), None)
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@_run_options
+def record(file: Path, config_file: Path | None, **kwargs: Any) -> None:
+    """Like run, and also save every probe record to FILE (msgpack) for `replay`."""
+    _run(config_file, _flags(**kwargs), file)
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@_run_options
+def replay(file: Path, config_file: Path | None, **kwargs: Any) -> None:
+    """Run a recording through the whole pipeline, without BPF or root, to the same outputs."""
+    from sensor.app import run_replay  # noqa: PLC0415
+    from sensor.records import read_recording  # noqa: PLC0415
+
+    flags = _flags(**kwargs)
+    flags["metrics_address"] = flags["metrics_address"] or "off"
+    config = _load_config(config_file, flags)
+    _setup_logging(config)
+    try:
+        with open(file, "rb") as stream:
+            summary = run_replay(config, read_recording(stream))
+    except ValueError as exc:
+        _fail(f"{file}: {exc}")
+    click.echo(summary.line(), err=True)
+
+
+@main.command()
+def check() -> None:
+    """Name each missing prerequisite with its fix; exit non-zero when the sensor cannot run here."""
+    from sensor.preflight import report, run_checks  # noqa: PLC0415
+
+    text, can_run = report(run_checks())
+    click.echo(text)
+    sys.exit(0 if can_run else 1)

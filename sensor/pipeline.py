@@ -1,0 +1,168 @@
+"""One loop that reads like the pipeline: record -> process table -> container -> ECS document -> rules -> outputs.
+
+Takes plain records (from the probe or a recording) and knows nothing of where they came from.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sensor.ecs import ContainerLike, DocumentBuilder, Leaders
+from sensor.outputs.base import Output
+from sensor.processes import Process, ProcessTable
+from sensor.records import CgroupRecord, ExecRecord, ExitRecord, ForkRecord, LossRecord, Namespaces, Record
+
+
+class Resolver(Protocol):
+    def on_cgroup(self, rec: CgroupRecord) -> None: ...
+
+    def resolve(self, cgroup_id: int, ns: Namespaces, ancestry: Sequence[tuple[int, str]] = ()) -> Any: ...
+
+    def cgroup_path(self, cgroup_id: int) -> str | None: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+
+class Detector(Protocol):
+    def evaluate(self, doc: dict[str, Any]) -> list[dict[str, Any]]: ...
+
+    def tick(self, now_s: float) -> list[dict[str, Any]]: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+
+LeaderFinder = Callable[[Process, ProcessTable, Any], Leaders]
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    records: int = 0
+    execs: int = 0
+    exits: int = 0
+    forks: int = 0
+    cgroup_events: int = 0
+    documents: int = 0
+    alerts: int = 0
+    output_errors: int = 0
+    kernel_lost: int = 0
+    argv_truncated: int = 0
+    argv_read_failed: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: v for k, v in ((n, getattr(self, n)) for n in self.__slots__) if isinstance(v, int)}
+
+
+def basic_leaders(proc: Process, table: ProcessTable, _container: Any) -> Leaders:
+    """Group and session leaders from the table; the entry leader needs sensor.sessions."""
+    return Leaders(group=table.get(proc.pgid) if proc.pgid else None,
+                   session=table.get(proc.sid) if proc.sid else None)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        table: ProcessTable,
+        builder: DocumentBuilder,
+        outputs: list[Output],
+        resolver: Resolver | None = None,
+        detector: Detector | None = None,
+        leaders: LeaderFinder = basic_leaders,
+        read_cwd: bool = True,
+        emit_exit: bool = True,
+    ) -> None:
+        self.table = table
+        self.builder = builder
+        self.outputs = outputs
+        self.resolver = resolver
+        self.detector = detector
+        self._leaders = leaders
+        self._read_cwd = read_cwd
+        self._emit_exit = emit_exit
+        self.stats = PipelineStats()
+        self._sequence = 0
+
+    def handle(self, record: Record) -> None:
+        self.stats.records += 1
+        if isinstance(record, ExecRecord):
+            self._on_exec(record)
+        elif isinstance(record, ForkRecord):
+            self.stats.forks += 1
+            self.table.on_fork(record)
+        elif isinstance(record, ExitRecord):
+            self._on_exit(record)
+        elif isinstance(record, CgroupRecord):
+            self.stats.cgroup_events += 1
+            if self.resolver is not None:
+                self.resolver.on_cgroup(record)
+        elif isinstance(record, LossRecord):
+            self.stats.kernel_lost = record.ringbuf_full
+            self.stats.argv_truncated = record.argv_truncated
+            self.stats.argv_read_failed = record.argv_read_failed
+
+    def _container(self, proc: Process) -> tuple[ContainerLike | None, str | None]:
+        if self.resolver is None:
+            return None, None
+        ancestry = [(p.pid, p.name) for p in self.table.ancestors(proc, limit=16)]
+        container = self.resolver.resolve(proc.cgroup_id, proc.ns, ancestry)
+        return container, self.resolver.cgroup_path(proc.cgroup_id)
+
+    def _on_exec(self, rec: ExecRecord) -> None:
+        self.stats.execs += 1
+        cwd = rec.cwd.decode("utf-8", "backslashreplace") if rec.cwd else ""
+        if not cwd and self._read_cwd:
+            try:
+                cwd = os.readlink(f"/proc/{rec.pid}/cwd")
+            except OSError:
+                cwd = ""
+        proc = self.table.on_exec(rec, cwd)
+        self._emit_process_event("exec", rec.ktime_ns, proc, None)
+
+    def _on_exit(self, rec: ExitRecord) -> None:
+        self.stats.exits += 1
+        proc = self.table.on_exit(rec)
+        if proc is None or not self._emit_exit:
+            return
+        self._emit_process_event("exit", rec.ktime_ns, proc, rec.exit_code)
+
+    def _emit_process_event(self, kind: str, ktime_ns: int, proc: Process, exit_status: int | None) -> None:
+        container, cgroup_path = self._container(proc)
+        self._sequence += 1
+        doc = self.builder.process_event(
+            kind=kind, ktime_ns=ktime_ns, sequence=self._sequence, proc=proc,
+            parent=self.table.get(proc.ppid), leaders=self._leaders(proc, self.table, container),
+            container=container, cgroup_path=cgroup_path, exit_status=exit_status,
+        )
+        self.emit(doc)
+        if self.detector is not None:
+            for alert in self.detector.evaluate(doc):
+                self.stats.alerts += 1
+                self.emit(alert)
+
+    def emit(self, doc: dict[str, Any]) -> None:
+        self.stats.documents += 1
+        for output in self.outputs:
+            try:
+                output.write(doc)
+            except Exception:  # one broken output must not stop the others
+                self.stats.output_errors += 1
+
+    def tick(self, now_ktime_ns: int) -> None:
+        """Periodic work: expire exited processes, release folded alerts, flush outputs."""
+        self.table.expire(now_ktime_ns)
+        if self.detector is not None:
+            for alert in self.detector.tick(time.monotonic()):
+                self.stats.alerts += 1
+                self.emit(alert)
+        self.flush()
+
+    def flush(self) -> None:
+        for output in self.outputs:
+            try:
+                output.flush()
+            except Exception:
+                self.stats.output_errors += 1

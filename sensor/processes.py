@@ -1,0 +1,232 @@
+"""The process table: pid -> what we know of the process, seeded from /proc, kept current by probe records.
+
+Entries are replaced, not edited, on exec and fork, so a document built from an entry keeps the values it saw.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import psutil
+
+from sensor.records import ExecRecord, ExitRecord, ForkRecord, Namespaces
+
+# /proc/PID/stat reports start time in clock ticks; entity ids use the same granularity so that a process
+# seeded from /proc and the same process seen later by the probe get the same id.
+TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+NS_NAMES = ("pid", "mnt", "net", "uts", "ipc", "cgroup", "user")
+
+
+def decode_arg(raw: bytes) -> str:
+    """argv bytes as text that is always valid UTF-8; undecodable bytes become \\xNN escapes."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def entity_id(boot_id: str, pid: int, start_boottime_ns: int) -> str:
+    digest = hashlib.sha256(f"{boot_id}:{pid}:{start_boottime_ns // TICK_NS}".encode()).digest()
+    return base64.urlsafe_b64encode(digest[:18]).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Process:
+    pid: int
+    ppid: int
+    start_boottime_ns: int
+    entity_id: str
+    executable: str = ""
+    name: str = ""
+    args: tuple[str, ...] = ()
+    args_count: int = 0
+    args_truncated: bool = False
+    uid: int = -1
+    gid: int = -1
+    euid: int = -1
+    egid: int = -1
+    sid: int = 0
+    pgid: int = 0
+    tty_major: int = 0
+    tty_minor: int = 0
+    cgroup_id: int = 0
+    ns: Namespaces = field(default_factory=Namespaces)
+    exe_ino: int = 0
+    exe_dev: int = 0  # userspace st_dev encoding
+    cwd: str = ""
+    exec_seen: bool = False  # an exec of this process was observed (not only fork or /proc)
+    from_proc: bool = False  # seeded from /proc at start-up
+    kthread: bool = False
+
+    @property
+    def command_line(self) -> str:
+        return " ".join(self.args)
+
+    @property
+    def interactive(self) -> bool:
+        return self.tty_major != 0
+
+
+def kernel_dev_to_st_dev(kdev: int) -> int:
+    """The kernel's internal dev_t (major << 20 | minor) as stat(2) reports it."""
+    return os.makedev(kdev >> 20, kdev & 0xFFFFF)
+
+
+def read_boot_id(proc: Path = Path("/proc")) -> str:
+    try:
+        return (proc / "sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown-boot"
+
+
+class ProcessTable:
+    """Live processes and recently exited ones (kept for `linger_ns` so late references still resolve)."""
+
+    def __init__(self, boot_id: str, *, linger_ns: int = 30_000_000_000, max_exited: int = 65536) -> None:
+        self.boot_id = boot_id
+        self._procs: dict[int, Process] = {}
+        self._exited: deque[tuple[int, int, int]] = deque()  # (exit ktime, pid, start) in exit order
+        self._linger_ns = linger_ns
+        self._max_exited = max_exited
+
+    def __len__(self) -> int:
+        return len(self._procs)
+
+    def get(self, pid: int) -> Process | None:
+        return self._procs.get(pid)
+
+    def put(self, proc: Process) -> None:
+        self._procs[proc.pid] = proc
+
+    def ancestors(self, proc: Process, limit: int = 64) -> list[Process]:
+        """Parent first; stops at pid 0/1 loops, unknown parents, or `limit`."""
+        out: list[Process] = []
+        seen = {proc.pid}
+        current = proc
+        while len(out) < limit:
+            parent = self._procs.get(current.ppid)
+            if parent is None or parent.pid in seen:
+                break
+            out.append(parent)
+            seen.add(parent.pid)
+            current = parent
+        return out
+
+    def on_fork(self, rec: ForkRecord) -> Process:
+        parent = self._procs.get(rec.parent_pid)
+        eid = entity_id(self.boot_id, rec.pid, rec.start_boottime_ns)
+        if parent is None:
+            child = Process(pid=rec.pid, ppid=rec.parent_pid, start_boottime_ns=rec.start_boottime_ns,
+                            entity_id=eid, uid=rec.uid, gid=rec.gid, cgroup_id=rec.cgroup_id)
+        else:
+            child = replace(parent, pid=rec.pid, ppid=rec.parent_pid, start_boottime_ns=rec.start_boottime_ns,
+                            entity_id=eid, exec_seen=False, from_proc=False, cgroup_id=rec.cgroup_id)
+        self._procs[rec.pid] = child
+        return child
+
+    def on_exec(self, rec: ExecRecord, cwd: str = "") -> Process:
+        args = tuple(decode_arg(a) for a in rec.argv)
+        executable = decode_arg(rec.filename)
+        proc = Process(
+            pid=rec.pid, ppid=rec.ppid, start_boottime_ns=rec.start_boottime_ns,
+            entity_id=entity_id(self.boot_id, rec.pid, rec.start_boottime_ns),
+            executable=executable, name=executable.rsplit("/", 1)[-1], args=args, args_count=rec.argc,
+            args_truncated=rec.args_truncated, uid=rec.uid, gid=rec.gid, euid=rec.euid, egid=rec.egid,
+            sid=rec.sid, pgid=rec.pgid, tty_major=rec.tty_major, tty_minor=rec.tty_minor,
+            cgroup_id=rec.cgroup_id, ns=rec.ns, exe_ino=rec.exe_ino, exe_dev=kernel_dev_to_st_dev(rec.exe_dev),
+            cwd=cwd, exec_seen=True,
+        )
+        self._procs[rec.pid] = proc
+        return proc
+
+    def on_exit(self, rec: ExitRecord) -> Process | None:
+        proc = self._procs.get(rec.pid)
+        if proc is not None:
+            self._exited.append((rec.ktime_ns, rec.pid, proc.start_boottime_ns))
+            if len(self._exited) > self._max_exited:
+                self._forget(*self._exited.popleft()[1:])
+        return proc
+
+    def expire(self, now_ktime_ns: int) -> int:
+        """Forgets processes that exited more than `linger_ns` ago; returns how many."""
+        removed = 0
+        while self._exited and now_ktime_ns - self._exited[0][0] > self._linger_ns:
+            _t, pid, start = self._exited.popleft()
+            removed += self._forget(pid, start)
+        return removed
+
+    def _forget(self, pid: int, start: int) -> int:
+        current = self._procs.get(pid)
+        if current is not None and current.start_boottime_ns == start:
+            del self._procs[pid]
+            return 1
+        return 0
+
+    def seed_from_proc(self, cgroup_v2_root: Path | None) -> int:
+        """Adds every process running now; returns how many. Races with exiting processes are skipped."""
+        count = 0
+        for ps in psutil.process_iter():
+            try:
+                proc = self._from_psutil(ps, cgroup_v2_root)
+            except (psutil.Error, OSError, ValueError):
+                continue
+            self._procs.setdefault(proc.pid, proc)
+            count += 1
+        return count
+
+    def _from_psutil(self, ps: psutil.Process, cgroup_v2_root: Path | None) -> Process:
+        pid = ps.pid
+        base = Path(f"/proc/{pid}")
+        stat_fields = (base / "stat").read_text().rsplit(")", 1)[1].split()
+        # fields after the comm: state ppid pgrp session tty_nr ... starttime is the 20th
+        ppid, pgid, sid, tty_nr = (int(x) for x in stat_fields[1:5])
+        flags = int(stat_fields[6])
+        start_ns = int(stat_fields[19]) * TICK_NS
+        with ps.oneshot():
+            uids, gids = ps.uids(), ps.gids()
+            cmdline = ps.cmdline()
+            try:
+                exe = ps.exe()
+            except (psutil.AccessDenied, psutil.ZombieProcess, OSError):
+                exe = ""
+            name = ps.name()
+        ns = Namespaces(*(_ns_inode(base, n) for n in NS_NAMES))
+        cgroup_id = _cgroup_id(base, cgroup_v2_root)
+        try:
+            st = os.stat(base / "exe")
+            exe_ino, exe_dev = st.st_ino, st.st_dev
+        except OSError:
+            exe_ino = exe_dev = 0
+        try:
+            cwd = os.readlink(base / "cwd")
+        except OSError:
+            cwd = ""
+        return Process(
+            pid=pid, ppid=ppid, start_boottime_ns=start_ns, entity_id=entity_id(self.boot_id, pid, start_ns),
+            executable=exe, name=exe.rsplit("/", 1)[-1] if exe else name, args=tuple(cmdline),
+            args_count=len(cmdline), uid=uids.real, gid=gids.real, euid=uids.effective, egid=gids.effective,
+            sid=sid, pgid=pgid, tty_major=(tty_nr >> 8) & 0xFFF, tty_minor=(tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00),
+            cgroup_id=cgroup_id, ns=ns, exe_ino=exe_ino, exe_dev=exe_dev, cwd=cwd, from_proc=True,
+            kthread=bool(flags & 0x00200000),  # PF_KTHREAD
+        )
+
+
+def _ns_inode(base: Path, name: str) -> int:
+    try:
+        return os.stat(base / "ns" / name).st_ino
+    except OSError:
+        return 0
+
+
+def _cgroup_id(base: Path, cgroup_v2_root: Path | None) -> int:
+    if cgroup_v2_root is None:
+        return 0
+    try:
+        for line in (base / "cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                return os.stat(cgroup_v2_root / line[3:].lstrip("/")).st_ino
+    except OSError:
+        pass
+    return 0
