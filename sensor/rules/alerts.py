@@ -1,0 +1,68 @@
+"""Turning an event document into an ECS alert document for one rule."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from sensor.rules.metadata import RuleMetadata
+
+ALERT_DATASET = "endpoint.alerts"
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def alert_id(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def container_evidence(doc: dict) -> list[str]:
+    """Which fields of the event place the process in a container (empty for the host)."""
+    evidence = []
+    container = doc.get("container")
+    if isinstance(container, dict) and container.get("id"):
+        evidence.append("container.id")
+    leader = (doc.get("process") or {}).get("entry_leader") or {}
+    if isinstance(leader, dict) and (leader.get("entry_meta") or {}).get("type") == "container":
+        evidence.append("process.entry_leader.entry_meta.type")
+    return evidence
+
+
+def build_alert(doc: dict, rule: RuleMetadata, details: dict[str, Any], *,
+                created: str | None = None) -> dict:
+    """A copy of the event with `event.kind: alert`, the rule, its threat mapping and
+    `container_sensor.alert`.
+
+    The event's own process, parent, leaders, container, host and `container_sensor.{cgroup,namespaces}` are
+    kept as they were, so the alert carries the evidence that placed the process in a container."""
+    alert = copy.deepcopy(doc)
+    source_event = doc.get("event") if isinstance(doc.get("event"), dict) else {}
+    now = created or utc_now_iso()
+    event = dict(alert.get("event") or {})
+    identity = alert_id(rule.rule_id, str(source_event.get("id")), str(details.get("sequence_ids", "")))
+    event.update({"kind": "alert", "created": now, "dataset": ALERT_DATASET, "id": identity})
+    score = rule.severity_score
+    if score is not None:
+        event["severity"] = score
+    event["risk_score"] = rule.risk_score
+    alert["event"] = event
+    alert["@timestamp"] = now
+    stream = alert.get("data_stream")
+    if isinstance(stream, dict):
+        alert["data_stream"] = {**stream, "dataset": ALERT_DATASET}
+    alert["rule"] = rule.rule_fields()
+    if rule.threat:
+        alert["threat"] = copy.deepcopy(list(rule.threat))
+    sensor = alert.setdefault("container_sensor", {})
+    sensor["alert"] = {
+        "severity": rule.severity,
+        "original_event": {k: source_event[k] for k in ("id", "sequence", "action") if k in source_event},
+        "original_time": doc.get("@timestamp"),
+        "container_evidence": container_evidence(doc),
+        **details,
+    }
+    return alert

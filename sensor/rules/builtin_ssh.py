@@ -1,0 +1,91 @@
+"""The built-in rule: ssh, sshd or autossh executed inside a container, recognised by identity, not only by
+name.
+
+Container evidence is `container.id` or an entry leader of type `container`; an sshd session inside a
+container (entry leader type `sshd`) still counts when the container id is there. Host ssh never alerts.
+"""
+
+from __future__ import annotations
+
+from sensor.rules.alerts import container_evidence
+from sensor.rules.identity import ExecutableIdentity, Recognition
+from sensor.rules.metadata import RuleMetadata
+
+BUILTIN_SSH_RULE = RuleMetadata(
+    rule_id="0c6f3e52-6a0e-4c1b-9f4e-0b5c9a7d2e41",
+    name="SSH Client or Server Started Inside a Container",
+    description=("An ssh client, sshd server or autossh started inside a container, recognised by the "
+                 "executed file's identity (name, symbolic link, hard link or content), not only by its name. "
+                 "Containers rarely need ssh; an attacker uses it to move laterally or to keep a way back in."),
+    severity="medium",
+    risk_score=47,
+    references=(
+        "https://microsoft.github.io/Threat-Matrix-for-Kubernetes/techniques/SSH%20server%20running%20inside%20container/",
+        "https://www.blackhillsinfosec.com/sshazam-hide-your-c2-inside-of-ssh/",
+    ),
+    version="1",
+    ruleset="container-sensor built-in",
+    license="Apache-2.0",
+    threat=(
+        {"framework": "MITRE ATT&CK",
+         "tactic": {"id": "TA0008", "name": "Lateral Movement",
+                    "reference": "https://attack.mitre.org/tactics/TA0008/"},
+         "technique": [{"id": "T1021", "name": "Remote Services",
+                        "reference": "https://attack.mitre.org/techniques/T1021/",
+                        "subtechnique": [{"id": "T1021.004", "name": "SSH",
+                                          "reference": "https://attack.mitre.org/techniques/T1021/004/"}]}]},
+        {"framework": "MITRE ATT&CK",
+         "tactic": {"id": "TA0003", "name": "Persistence",
+                    "reference": "https://attack.mitre.org/tactics/TA0003/"},
+         "technique": [{"id": "T1133", "name": "External Remote Services",
+                        "reference": "https://attack.mitre.org/techniques/T1133/"}]},
+    ),
+)
+
+
+def _is_exec_start(doc: dict) -> bool:
+    event = doc.get("event")
+    if not isinstance(event, dict):
+        return False
+    if event.get("action") != "exec":
+        return False
+    kinds = event.get("type")
+    return kinds == "start" or (isinstance(kinds, list) and "start" in kinds)
+
+
+def _live_pids(process: dict) -> list[int]:
+    """The exec'd process first, then relatives that are likely still alive and share its mount namespace."""
+    pids: list[int] = []
+    for holder in (process, process.get("parent"), process.get("group_leader"), process.get("session_leader"),
+                   process.get("entry_leader")):
+        if isinstance(holder, dict):
+            pid = holder.get("pid")
+            if isinstance(pid, int) and pid > 0 and pid not in pids:
+                pids.append(pid)
+    return pids
+
+
+class BuiltinSshRule:
+    def __init__(self, identity: ExecutableIdentity) -> None:
+        self.identity = identity
+        self.metadata = BUILTIN_SSH_RULE
+
+    def match(self, doc: dict) -> tuple[Recognition, list[str]] | None:
+        """(how ssh was recognised, which fields place it in a container) or None."""
+        if not _is_exec_start(doc):
+            return None
+        evidence = container_evidence(doc)
+        if not evidence:
+            return None
+        process = doc.get("process")
+        if not isinstance(process, dict):
+            return None
+        executable = (doc.get("container_sensor") or {}).get("executable") or {}
+        device, inode = executable.get("device"), executable.get("inode")
+        recognition = self.identity.classify(
+            process.get("executable"), process.get("name"),
+            device if isinstance(device, int) else None, inode if isinstance(inode, int) else None,
+            _live_pids(process))
+        if recognition is None:
+            return None
+        return recognition, evidence

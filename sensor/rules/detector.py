@@ -1,0 +1,151 @@
+"""The detection stage: the built-in ssh-in-container rule plus loaded Elastic EQL rules, run on every event.
+
+`evaluate` never raises: an error inside one rule is counted against that rule (first one logged) and the
+other rules and the event go on. Alerts are folded per (rule, container, executable, parent) within
+`fold_window_s`; `tick` hands out the summaries of windows that closed and `flush` all that are still open
+(call it at shutdown).
+The folding clock is `clock` (time.monotonic by default): pass the same clock's reading to `tick`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from sensor.rules.alerts import build_alert
+from sensor.rules.builtin_ssh import BuiltinSshRule
+from sensor.rules.folding import AlertFolder, fold_key
+from sensor.rules.identity import ExecutableIdentity
+from sensor.rules.loader import LoadedRule
+from sensor.rules.metadata import RuleMetadata
+from sensor.rules.sequences import SequenceMatch, SequenceMatcher
+
+log = logging.getLogger(__name__)
+
+
+class Detector:
+    def __init__(self, rules: list[LoadedRule], *, builtin_ssh: bool = True, fold_window_s: float = 60.0,
+                 max_sequences: int = 10000, proc_root: str = "/proc",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._single = [(rule, rule.compiled.predicate) for rule in rules if not rule.compiled.is_sequence]
+        self._sequences = [(rule, SequenceMatcher(rule.compiled, max_sequences))
+                           for rule in rules if rule.compiled.is_sequence]
+        self._identity = ExecutableIdentity(proc_root)
+        self._builtin = BuiltinSshRule(self._identity) if builtin_ssh else None
+        self._folder = AlertFolder(fold_window_s)
+        self._clock = clock
+        self._counts = {"events": 0, "alerts": 0, "builtin_matches": 0, "rule_matches": 0, "rule_errors": 0,
+                        "detector_errors": 0}
+        self.rule_errors: dict[str, int] = {}
+        self.rule_matches: dict[str, int] = {}
+
+    @property
+    def rules(self) -> list[LoadedRule]:
+        return [rule for rule, _ in self._single] + [rule for rule, _ in self._sequences]
+
+    def evaluate(self, doc: dict) -> list[dict]:
+        """Alert documents raised by this event (usually none)."""
+        try:
+            return self._evaluate(doc)
+        except Exception as exc:  # one bad document must not stop the pipeline
+            self._counts["detector_errors"] += 1
+            if self._counts["detector_errors"] == 1:
+                log.warning("detection failed on an event: %s: %s", type(exc).__name__, exc)
+            return []
+
+    def _evaluate(self, doc: dict) -> list[dict]:
+        self._counts["events"] += 1
+        out: list[dict] = []
+        if self._builtin is not None:
+            try:
+                found = self._builtin.match(doc)
+            except Exception as exc:
+                self._rule_error(self._builtin.metadata.name, exc)
+                found = None
+            if found is not None:
+                recognition, evidence = found
+                self._counts["builtin_matches"] += 1
+                details = {"recognized_by": recognition.way, "program": recognition.program}
+                if recognition.target:
+                    details["symlink_target"] = recognition.target
+                out.extend(self._raise(doc, self._builtin.metadata, details))
+        for rule, predicate in self._single:
+            try:
+                hit = predicate(doc)
+            except Exception as exc:
+                self._rule_error(rule.name, exc)
+                continue
+            if hit:
+                self._matched(rule)
+                out.extend(self._raise(doc, rule.metadata, {"rule_file": rule.path.name}))
+        for rule, matcher in self._sequences:
+            try:
+                matches = matcher.feed(doc)
+            except Exception as exc:
+                self._rule_error(rule.name, exc)
+                continue
+            for match in matches:
+                self._matched(rule)
+                out.extend(self._raise(doc, rule.metadata, self._sequence_details(rule, match)))
+        return out
+
+    @staticmethod
+    def _sequence_details(rule: LoadedRule, match: SequenceMatch) -> dict:
+        return {"rule_file": rule.path.name,
+                "sequence": {"events": [{"id": s.event_id, "timestamp": s.timestamp} for s in match.steps],
+                             "by": [list(v) if isinstance(v, tuple) else v for v in match.key]},
+                "sequence_ids": ",".join(str(s.event_id) for s in match.steps)}
+
+    def _matched(self, rule: LoadedRule) -> None:
+        self._counts["rule_matches"] += 1
+        self.rule_matches[rule.name] = self.rule_matches.get(rule.name, 0) + 1
+
+    def _raise(self, doc: dict, metadata: RuleMetadata, details: dict) -> list[dict]:
+        def make() -> dict:
+            return build_alert(doc, metadata, details)
+
+        alerts = self._folder.offer(fold_key(metadata.rule_id, doc), self._clock(), make)
+        self._counts["alerts"] += len(alerts)
+        return alerts
+
+    def _rule_error(self, name: str, exc: Exception) -> None:
+        self._counts["rule_errors"] += 1
+        seen = self.rule_errors.get(name, 0)
+        self.rule_errors[name] = seen + 1
+        if not seen:
+            log.warning("rule %r failed on an event (counted, event kept): %s: %s",
+                        name, type(exc).__name__, exc)
+
+    def tick(self, now_s: float) -> list[dict]:
+        """Summaries of folded alerts whose window has closed by `now_s` (same clock as `clock`)."""
+        try:
+            for _, matcher in self._sequences:
+                matcher.expire_stale()
+            summaries = self._folder.tick(now_s)
+        except Exception as exc:
+            self._counts["detector_errors"] += 1
+            log.warning("alert folding failed: %s: %s", type(exc).__name__, exc)
+            return []
+        self._counts["alerts"] += len(summaries)
+        return summaries
+
+    def flush(self) -> list[dict]:
+        """Summaries of every open fold window (at shutdown)."""
+        summaries = self._folder.flush()
+        self._counts["alerts"] += len(summaries)
+        return summaries
+
+    def stats(self) -> dict[str, int]:
+        stats = dict(self._counts)
+        stats.update({
+            "folded": self._folder.folded,
+            "fold_summaries": self._folder.summaries,
+            "fold_windows_closed_early": self._folder.windows_closed_early,
+            "sequences_evicted": sum(m.evicted for _, m in self._sequences),
+            "sequences_expired": sum(m.expired for _, m in self._sequences),
+            "sequence_partials": sum(m.partials for _, m in self._sequences),
+            "rules_loaded": len(self._single) + len(self._sequences),
+        })
+        stats.update(self._identity.counts)
+        return stats

@@ -1,0 +1,263 @@
+"""Is an executed file ssh, sshd or autossh, whatever it is called, and how do we know?
+
+Ways of recognising, in the order tried:
+- "name": the executed path's last component (or the process name) is ssh, sshd or autossh;
+- "symlink": the path's last component is a symbolic link (inside the container's root) to such a binary;
+- "hardlink": the executed file has other names (link count > 1) and is such a binary;
+- "content": a file under another name whose bytes say it is OpenSSH's client/server or autossh (ELF markers);
+- "inode": the file could not be looked at any more, but its (device, inode) is a binary already known as one.
+
+The verdict for a file is cached by (device, inode) so an exec storm costs one lookup per distinct binary;
+content reads are bounded (ELF only, at most `max_read_bytes`). A cached verdict is re-checked against the
+file's ctime while the process still lives, so a recycled inode number cannot hide a new binary.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+SSH_PROGRAMS = ("ssh", "sshd", "autossh")
+HOST_SSH_PATHS = (
+    "/usr/bin/ssh", "/bin/ssh", "/usr/local/bin/ssh", "/usr/bin/slogin",
+    "/usr/sbin/sshd", "/sbin/sshd", "/usr/local/sbin/sshd",
+    "/usr/lib/autossh/autossh", "/usr/bin/autossh", "/usr/local/bin/autossh",
+)
+DEFAULT_MAX_READ_BYTES = 64 * 1024 * 1024
+_ELF_MAGIC = b"\x7fELF"
+_MAX_SYMLINKS = 40
+
+
+@dataclass(frozen=True)
+class Recognition:
+    program: str          # "ssh", "sshd" or "autossh"
+    way: str              # "name", "symlink", "hardlink", "content" or "inode"
+    target: str | None = None   # where a symlink led, inside the container's root
+
+
+@dataclass
+class _Verdict:
+    program: str          # "" when the file is none of them
+    source: str           # "inventory" or "content"
+    ctime_ns: int | None
+
+
+def program_from_content(data: bytes | mmap.mmap) -> str:
+    """Which OpenSSH/autossh program an ELF image is, from strings every build carries; "" for none."""
+    if data[:4] != _ELF_MAGIC:
+        return ""
+    if data.find(b"AUTOSSH_GATETIME") >= 0:
+        return "autossh"
+    if data.find(b"OpenSSH_") < 0:
+        return ""
+    if data.find(b"usage: sshd ") >= 0:
+        return "sshd"
+    if data.find(b"usage: ssh ") >= 0:
+        return "ssh"
+    return ""
+
+
+def _device_forms(st_dev: int) -> tuple[int, int]:
+    """The userspace st_dev and the kernel's internal dev_t (major << 20 | minor) of the same device."""
+    return st_dev, (os.major(st_dev) << 20) | os.minor(st_dev)
+
+
+def resolve_in_root(root: str, path: str) -> tuple[str, bool]:
+    """Resolve the directories of `path` inside `root` without escaping it; report whether its last component
+    is itself a symbolic link. Returns (host path of the last component, final component is a link)."""
+    parts = [p for p in path.split("/") if p and p != "."]
+    resolved: list[str] = []
+    hops = 0
+    index = 0
+    while index < len(parts):
+        part = parts[index]
+        index += 1
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = root + "/" + "/".join([*resolved, part])
+        is_last = index == len(parts)
+        if is_last:
+            try:
+                return candidate, stat.S_ISLNK(os.lstat(candidate).st_mode)
+            except OSError:
+                return candidate, False
+        try:
+            if not os.path.islink(candidate):
+                resolved.append(part)
+                continue
+            target = os.readlink(candidate)
+        except OSError:
+            resolved.append(part)
+            continue
+        hops += 1
+        if hops > _MAX_SYMLINKS:
+            break
+        target_parts = [p for p in target.split("/") if p and p != "."]
+        if target.startswith("/"):
+            resolved = []
+        parts = target_parts + parts[index:]
+        index = 0
+    return root + "/" + "/".join(resolved), False
+
+
+def follow_link_in_root(root: str, path: str) -> str | None:
+    """The in-root path a chain of symbolic links at `path` ends at (None if it loops or breaks)."""
+    current = path
+    for _ in range(_MAX_SYMLINKS):
+        host_path, is_link = resolve_in_root(root, current)
+        if not is_link:
+            return current if os.path.exists(host_path) else None
+        try:
+            target = os.readlink(host_path)
+        except OSError:
+            return None
+        if not target.startswith("/"):
+            target = os.path.join(os.path.dirname(current) or "/", target)
+        current = os.path.normpath(target)
+    return None
+
+
+class ExecutableIdentity:
+    def __init__(self, proc_root: str = "/proc", *, max_read_bytes: int = DEFAULT_MAX_READ_BYTES,
+                 cache_size: int = 65536, host_paths: Iterable[str] = HOST_SSH_PATHS) -> None:
+        self._proc = proc_root.rstrip("/")
+        self._max_read = max_read_bytes
+        self._cache_size = max(16, cache_size)
+        self._verdicts: dict[tuple[int, int], _Verdict] = {}
+        self._known: dict[tuple[int, int], str] = {}
+        self.counts = {"identity_cache_hits": 0, "identity_lookups": 0, "identity_content_reads": 0,
+                       "identity_unreadable": 0, "identity_too_large": 0, "identity_stale": 0}
+        for path in host_paths:
+            self._learn_path(path)
+
+    # inventory ----------------------------------------------------------------------------------------------
+    def _learn_path(self, path: str) -> None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        name = os.path.basename(os.path.realpath(path))
+        program = name if name in SSH_PROGRAMS else ""
+        if not program:
+            if st.st_size > self._max_read:
+                return
+            try:
+                with open(path, "rb") as handle:
+                    program = program_from_content(handle.read())
+            except OSError:
+                return
+        if program:
+            for dev in _device_forms(st.st_dev):
+                self._known[(dev, st.st_ino)] = program
+
+    def learn(self, device: int, inode: int, program: str) -> None:
+        """Remember a binary seen executed under its own name, so other names for it are recognised."""
+        self._known[(device, inode)] = program
+
+    # classification -----------------------------------------------------------------------------------------
+    def classify(self, executable: str | None, process_name: str | None, device: int | None,
+                 inode: int | None, pids: Sequence[int]) -> Recognition | None:
+        """Recognise ssh/sshd/autossh; `pids` are live processes sharing the exec's mount namespace, the
+        exec'd process first (its /proc/<pid>/exe and /proc/<pid>/root are used to reach the file)."""
+        base = os.path.basename(executable) if executable else None
+        for name in (base, process_name):
+            if name in SSH_PROGRAMS:
+                if device is not None and inode is not None:
+                    self._known.setdefault((device, inode), name)
+                return Recognition(name, "name")
+        if device is None or inode is None:
+            return None
+        key = (device, inode)
+        verdict = self._verdict(key, executable, pids)
+        if verdict is None or not verdict.program:
+            return None
+        return self._way(verdict, key, executable, pids)
+
+    def _verdict(self, key: tuple[int, int], executable: str | None, pids: Sequence[int]) -> _Verdict | None:
+        cached = self._verdicts.get(key)
+        if cached is not None:
+            if cached.ctime_ns is None or not pids or self._still_same(pids[0], key, cached.ctime_ns):
+                self.counts["identity_cache_hits"] += 1
+                return cached
+            self.counts["identity_stale"] += 1
+            del self._verdicts[key]
+        self.counts["identity_lookups"] += 1
+        verdict = self._identify(key, executable, pids)
+        if verdict is not None:
+            if len(self._verdicts) >= self._cache_size:
+                del self._verdicts[next(iter(self._verdicts))]
+            self._verdicts[key] = verdict
+        return verdict
+
+    def _still_same(self, pid: int, key: tuple[int, int], ctime_ns: int) -> bool:
+        try:
+            st = os.stat(f"{self._proc}/{pid}/exe")
+        except OSError:
+            return True  # the process is gone: nothing newer to compare with
+        if st.st_ino != key[1] or key[0] not in _device_forms(st.st_dev):
+            return True  # the pid was reused by another program; the cached verdict is for key, not for it
+        return st.st_ctime_ns == ctime_ns
+
+    def _open_candidates(self, executable: str | None, pids: Sequence[int]) -> Iterable[str]:
+        if pids:
+            yield f"{self._proc}/{pids[0]}/exe"
+        if executable and executable.startswith("/"):
+            for pid in pids:
+                host_path, _ = resolve_in_root(f"{self._proc}/{pid}/root", executable)
+                yield host_path
+
+    def _identify(self, key: tuple[int, int], executable: str | None, pids: Sequence[int]) -> _Verdict | None:
+        for candidate in self._open_candidates(executable, pids):
+            try:
+                fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(fd)
+                if st.st_ino != key[1] or key[0] not in _device_forms(st.st_dev):
+                    continue
+                known = self._known.get(key)
+                if known:
+                    return _Verdict(known, "inventory", st.st_ctime_ns)
+                if not stat.S_ISREG(st.st_mode) or st.st_size < 4:
+                    return _Verdict("", "content", st.st_ctime_ns)
+                if st.st_size > self._max_read:
+                    self.counts["identity_too_large"] += 1
+                    return _Verdict("", "content", st.st_ctime_ns)
+                self.counts["identity_content_reads"] += 1
+                with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as image:
+                    return _Verdict(program_from_content(image), "content", st.st_ctime_ns)
+            except (OSError, ValueError):
+                continue
+            finally:
+                os.close(fd)
+        known = self._known.get(key)
+        if known:
+            return _Verdict(known, "inventory", None)
+        self.counts["identity_unreadable"] += 1
+        return None
+
+    def _way(self, verdict: _Verdict, key: tuple[int, int], executable: str | None,
+             pids: Sequence[int]) -> Recognition:
+        if executable and executable.startswith("/"):
+            for pid in pids:
+                root = f"{self._proc}/{pid}/root"
+                if not os.path.isdir(root + "/"):
+                    continue
+                host_path, is_link = resolve_in_root(root, executable)
+                if is_link:
+                    return Recognition(verdict.program, "symlink", follow_link_in_root(root, executable))
+                try:
+                    st = os.lstat(host_path)
+                except OSError:
+                    continue
+                if st.st_ino == key[1]:
+                    if st.st_nlink > 1:
+                        return Recognition(verdict.program, "hardlink")
+                    return Recognition(verdict.program, "content" if verdict.source == "content" else "inode")
+        return Recognition(verdict.program, "content" if verdict.source == "content" else "inode")
