@@ -1,0 +1,267 @@
+"""Container names, images and pod metadata from what the runtimes keep on the host; no API server needed.
+
+Sources, in the order tried for a container id (each a plain file read, done off the hot path):
+  podman     <storage>/overlay-containers/containers.json (names, image-name) + <id>/userdata/config.json
+  docker     /var/lib/docker/containers/<id>/config.v2.json (Name, Config.Image, Config.Labels)
+  containerd /run/containerd/io.containerd.runtime.v2.task/<namespace>/<id>/config.json (OCI bundle)
+  cri-o      /run/containers/storage/overlay-containers/<id>/userdata/config.json (OCI bundle)
+  runc/crun  /run/runc/<id>/state.json (labels carry bundle=<dir>), /run/crun/<id>/status, docker's and
+             containerd's runc roots; the bundle's config.json annotations then name runtime, pod and image
+  LXC        /var/lib/lxc/<name>/config (the name is the id; LXC has no images)
+Every reader returns None when its files are not there (yet): the caller retries later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .info import ContainerMetadata
+
+# Annotations written into the OCI config.json, per manager.
+CONTAINERD_CRI = {
+    "name": "io.kubernetes.cri.container-name",
+    "image": "io.kubernetes.cri.image-name",
+    "pod_name": "io.kubernetes.cri.sandbox-name",
+    "pod_namespace": "io.kubernetes.cri.sandbox-namespace",
+    "pod_uid": "io.kubernetes.cri.sandbox-uid",
+}
+CRIO = {
+    "name": "io.kubernetes.container.name",
+    "image": "io.kubernetes.cri-o.ImageName",
+    "pod_name": "io.kubernetes.pod.name",
+    "pod_namespace": "io.kubernetes.pod.namespace",
+    "pod_uid": "io.kubernetes.pod.uid",
+}
+# dockershim and cri-dockerd put the same keys on docker labels
+DOCKER_K8S_LABELS = {
+    "name": "io.kubernetes.container.name",
+    "pod_name": "io.kubernetes.pod.name",
+    "pod_namespace": "io.kubernetes.pod.namespace",
+    "pod_uid": "io.kubernetes.pod.uid",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StateRoots:
+    """Where each runtime keeps its state; all default to the host's standard locations."""
+
+    podman_storage: tuple[Path, ...] = (Path("/var/lib/containers/storage"),)
+    crio_run: tuple[Path, ...] = (Path("/run/containers/storage"),)
+    docker: tuple[Path, ...] = (Path("/var/lib/docker"),)
+    containerd_tasks: tuple[Path, ...] = (Path("/run/containerd/io.containerd.runtime.v2.task"),)
+    runc_roots: tuple[Path, ...] = field(default_factory=lambda: (
+        Path("/run/runc"),
+        Path("/run/docker/runtime-runc/moby"),
+        Path("/run/containerd/runc/k8s.io"),
+        Path("/run/containerd/runc/default"),
+    ))
+    crun_roots: tuple[Path, ...] = (Path("/run/crun"),)
+    lxc_paths: tuple[Path, ...] = (Path("/var/lib/lxc"),)
+
+    @classmethod
+    def under(cls, root: Path) -> StateRoots:
+        """The same layout below ROOT (a test's fake host, or /host in a DaemonSet)."""
+        default = cls()
+        return cls(**{
+            name: tuple(root / p.relative_to("/") for p in getattr(default, name))
+            for name in cls.__dataclass_fields__
+        })
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with open(path, "rb") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def _from_annotations(annotations: Mapping[str, str], source: str) -> ContainerMetadata:
+    if annotations.get("io.container.manager") == "libpod":
+        runtime, keys = "podman", CRIO
+    elif any(k.startswith("io.kubernetes.cri.") for k in annotations):
+        runtime, keys = "containerd", CONTAINERD_CRI
+    elif any(k.startswith("io.kubernetes.cri-o.") for k in annotations):
+        runtime, keys = "cri-o", CRIO
+    else:
+        runtime, keys = None, CRIO
+    return ContainerMetadata(
+        runtime=runtime,
+        name=annotations.get(keys["name"]) or None,
+        image=annotations.get(keys["image"]) or None,
+        pod_uid=annotations.get(keys["pod_uid"]) or None,
+        pod_name=annotations.get(keys["pod_name"]) or None,
+        pod_namespace=annotations.get(keys["pod_namespace"]) or None,
+        source=source,
+    )
+
+
+def _bundle_metadata(bundle: Path) -> ContainerMetadata | None:
+    config = _read_json(bundle / "config.json")
+    if not isinstance(config, dict):
+        return None
+    annotations = config.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        annotations = {}
+    return _from_annotations(annotations, str(bundle / "config.json"))
+
+
+class _PodmanIndex:
+    """containers.json parsed once per change of the file (it lists every container of the store)."""
+
+    def __init__(self) -> None:
+        self._stamp: dict[Path, tuple[int, int]] = {}
+        self._entries: dict[Path, dict[str, dict]] = {}
+
+    def get(self, storage: Path, container_id: str) -> dict | None:
+        path = storage / "overlay-containers/containers.json"
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        stamp = (st.st_mtime_ns, st.st_size)
+        if self._stamp.get(path) != stamp:
+            data = _read_json(path)
+            self._entries[path] = {c.get("id"): c for c in data if isinstance(c, dict)} if isinstance(
+                data, list) else {}
+            self._stamp[path] = stamp
+        return self._entries[path].get(container_id)
+
+
+class MetadataReader:
+    """Looks a container up in every runtime's on-disk state; one instance per worker thread."""
+
+    def __init__(self, roots: StateRoots | None = None) -> None:
+        self.roots = roots or StateRoots()
+        self._podman = _PodmanIndex()
+        self.file_reads = 0
+
+    def lookup(self, container_id: str, runtime_hint: str | None,
+               by_name: bool = False) -> ContainerMetadata | None:
+        readers: list[Callable[[str], ContainerMetadata | None]]
+        if by_name or runtime_hint == "lxc":
+            readers = [self._lxc, self._containerd, self._runc_state]
+        else:
+            order = {
+                "podman": [self._podman_store, self._runc_state],
+                "docker": [self._docker, self._runc_state],
+                "containerd": [self._containerd, self._runc_state],
+                "cri-o": [self._crio, self._runc_state],
+            }
+            readers = order.get(runtime_hint or "", [
+                self._podman_store, self._docker, self._containerd, self._crio, self._runc_state,
+            ])
+        for reader in readers:
+            found = reader(container_id)
+            if found is not None:
+                return found
+        return None
+
+    def _podman_store(self, container_id: str) -> ContainerMetadata | None:
+        for storage in self.roots.podman_storage:
+            entry = self._podman.get(storage, container_id)
+            self.file_reads += 1
+            if entry is None:
+                continue
+            try:
+                meta = json.loads(entry.get("metadata") or "{}")
+            except ValueError:
+                meta = {}
+            names = entry.get("names") or []
+            bundle = _bundle_metadata(storage / "overlay-containers" / container_id / "userdata")
+            return ContainerMetadata(
+                runtime="podman",
+                name=meta.get("name") or (names[0] if names else None),
+                image=meta.get("image-name") or None,
+                pod_uid=bundle.pod_uid if bundle else None,
+                pod_name=bundle.pod_name if bundle else None,
+                pod_namespace=bundle.pod_namespace if bundle else None,
+                source=str(storage / "overlay-containers/containers.json"),
+            )
+        return None
+
+    def _docker(self, container_id: str) -> ContainerMetadata | None:
+        for root in self.roots.docker:
+            path = root / "containers" / container_id / "config.v2.json"
+            data = _read_json(path)
+            self.file_reads += 1
+            if not isinstance(data, dict):
+                continue
+            config = data.get("Config") or {}
+            labels = config.get("Labels") or {}
+            name = (data.get("Name") or "").lstrip("/") or None
+            if labels.get(DOCKER_K8S_LABELS["name"]):
+                name = labels[DOCKER_K8S_LABELS["name"]]
+            return ContainerMetadata(
+                runtime="docker",
+                name=name,
+                image=config.get("Image") or None,
+                pod_uid=labels.get(DOCKER_K8S_LABELS["pod_uid"]),
+                pod_name=labels.get(DOCKER_K8S_LABELS["pod_name"]),
+                pod_namespace=labels.get(DOCKER_K8S_LABELS["pod_namespace"]),
+                source=str(path),
+            )
+        return None
+
+    def _containerd(self, container_id: str) -> ContainerMetadata | None:
+        for tasks in self.roots.containerd_tasks:
+            try:
+                namespaces = [e.name for e in os.scandir(tasks) if e.is_dir()]
+            except OSError:
+                continue
+            for namespace in namespaces:
+                bundle = tasks / namespace / container_id
+                found = _bundle_metadata(bundle)
+                self.file_reads += 1
+                if found is not None:
+                    return replace(found, runtime="containerd")
+        return None
+
+    def _crio(self, container_id: str) -> ContainerMetadata | None:
+        for run in self.roots.crio_run:
+            found = _bundle_metadata(run / "overlay-containers" / container_id / "userdata")
+            self.file_reads += 1
+            if found is not None:
+                return replace(found, runtime=found.runtime or "cri-o")
+        return None
+
+    def _runc_state(self, container_id: str) -> ContainerMetadata | None:
+        for root in self.roots.runc_roots:
+            state = _read_json(root / container_id / "state.json")
+            self.file_reads += 1
+            if not isinstance(state, dict):
+                continue
+            labels = (state.get("config") or {}).get("labels") or []
+            bundle = next((lb.split("=", 1)[1] for lb in labels if isinstance(lb, str) and
+                           lb.startswith("bundle=")), None)
+            found = _bundle_metadata(Path(bundle)) if bundle else None
+            if found is None:
+                return ContainerMetadata(runtime="runc", source=str(root / container_id / "state.json"))
+            return replace(found, runtime=found.runtime or "runc")
+        for root in self.roots.crun_roots:
+            status = _read_json(root / container_id / "status")
+            self.file_reads += 1
+            if not isinstance(status, dict):
+                continue
+            bundle = status.get("bundle")
+            found = _bundle_metadata(Path(bundle)) if bundle else None
+            if found is None:
+                return ContainerMetadata(runtime="crun", source=str(root / container_id / "status"))
+            return replace(found, runtime=found.runtime or "crun")
+        return None
+
+    def _lxc(self, name: str) -> ContainerMetadata | None:
+        for lxc_path in self.roots.lxc_paths:
+            config = lxc_path / name / "config"
+            self.file_reads += 1
+            if not config.is_file():
+                continue
+            # LXC containers have no image and the name is the id: the config existing is what is confirmed
+            return ContainerMetadata(runtime="lxc", name=name, source=str(config))
+        return None
+

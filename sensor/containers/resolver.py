@@ -1,0 +1,365 @@
+"""Decides, per exec, whether the process runs in a container and which one.
+
+Decision, from evidence captured at exec time (cgroup v2 id, namespace inodes) and the ancestors' names:
+  1. the cgroup path (from the id, through the map kept by cgroup_mkdir/rmdir) matches a runtime layout:
+     that container (BY_CGROUP);
+  2. otherwise, the pid namespace is that of a container already known by its cgroup (nsenter, or a runtime's
+     exec that does not move into the container's cgroup): that container (BY_NAMESPACE_OF_KNOWN);
+  3. otherwise, pid and mnt and one of uts/ipc/net namespaces differ from the host's: a container known only
+     by its namespaces (systemd-nspawn --keep-unit, unshare/nsenter made ones); the runtime is named from the
+     nearest ancestor that is a known launcher (BY_NAMESPACES);
+  4. otherwise the host: None. A host service in its own cgroup, or a process that only unshared its mount
+     namespace, stays on the host.
+Each (cgroup path, namespaces) pair is decided once and cached; the runtimes' on-disk metadata is read by a
+worker thread, and an event is never held for it: it goes out with what is known at that moment.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from sensor.records import CgroupRecord, Namespaces
+
+from .cgroupmap import V2_HIERARCHY, CgroupMap, CgroupMount, find_v2_mount
+from .info import (
+    BY_CGROUP,
+    BY_NAMESPACE_OF_KNOWN,
+    BY_NAMESPACES,
+    ID_NAME,
+    ID_PID_NAMESPACE,
+    ID_RUNTIME,
+    ContainerInfo,
+    ContainerMetadata,
+    split_image,
+)
+from .layouts import CgroupMatch, PathMatcher
+from .metadata import MetadataReader, StateRoots
+from .namespaces import differing, looks_like_container, read_namespaces
+from .worker import DEFAULT_RETRY_DELAYS, RetryWorker
+
+# Ancestor names (comm, 15 characters at most) that launch containers, nearest ancestor first wins.
+LAUNCHERS: tuple[tuple[str, str], ...] = (
+    ("systemd-nspawn", "systemd-nspawn"),
+    ("lxc-start", "lxc"),
+    ("lxc-execute", "lxc"),
+    ("lxc-attach", "lxc"),
+    ("memfd:lxc-attac", "lxc"),  # lxc-attach re-executes itself from a memfd (seen here, LXC 5.0.2)
+    ("conmon", "podman"),
+    ("containerd-shim", "containerd"),
+    ("crun", "crun"),
+    ("runc", "runc"),
+    ("nsenter", "nsenter"),
+    ("unshare", "unshare"),
+    ("bwrap", "bubblewrap"),
+    ("firejail", "firejail"),
+)
+
+_NO_METADATA_RUNTIMES = frozenset({"systemd-nspawn", "libvirt-lxc"})
+_HOST = object()  # cached "not a container"
+
+
+def launcher_runtime(ancestry: Sequence[tuple[int, str]]) -> str | None:
+    for _pid, name in ancestry:
+        for prefix, runtime in LAUNCHERS:
+            if name.startswith(prefix):
+                return runtime
+    return None
+
+
+class ContainerResolver:
+    """Cgroup id + namespaces (+ ancestors' names) -> ContainerInfo, or None on the host.
+
+    Call seed() once after the probe is attached (so no cgroup created in between is missed), then feed
+    every CgroupRecord to on_cgroup() in order with the exec records, and call resolve() per exec.
+    resolve() and on_cgroup() are meant for one (the pipeline's) thread; the worker thread only adds entries.
+    """
+
+    def __init__(
+        self,
+        *,
+        host_ns: Namespaces,
+        cgroup_root: Path | None = None,
+        proc_root: Path = Path("/proc"),
+        state_roots: StateRoots | None = None,
+        grace_seconds: float = 30.0,
+        cache_size: int = 8192,
+        retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS,
+        start_worker: bool = True,
+    ) -> None:
+        self._host_ns = host_ns
+        self._proc_root = proc_root
+        if cgroup_root is not None:
+            self._mount: CgroupMount | None = CgroupMount(Path(cgroup_root), "/")
+        else:
+            self._mount = find_v2_mount(proc_root)
+        self._cgroups = CgroupMap(grace_seconds)
+        self._matcher = PathMatcher()
+        self._reader = MetadataReader(state_roots)
+        self._worker = RetryWorker(retry_delays, start=start_worker)
+        self._resolved: OrderedDict[tuple[str | None, Namespaces], object] = OrderedDict()
+        self._cache_size = cache_size
+        # (id, id is a name) -> metadata; None: looked up until given up, nothing found
+        self._metadata: dict[tuple[str, bool], ContainerMetadata | None] = {}
+        # pid namespace -> the cgroup match of the container that owns it
+        self._by_pid_ns: dict[int, CgroupMatch] = {}
+        self._v1_by_ns: dict[tuple[int, int], str | None] = {}
+        self._last_rescan = 0.0
+        self._rescan_lock = threading.Lock()
+        self._counts = {
+            "resolve_calls": 0, "resolve_cached": 0, "containers_by_cgroup": 0, "containers_by_known_ns": 0,
+            "containers_by_namespaces": 0, "host": 0, "unknown_cgroup_ids": 0, "rescans": 0, "proc_reads": 0,
+            "metadata_requested": 0, "metadata_found": 0, "metadata_missing": 0, "cgroup_records": 0,
+            "cgroup_records_bad": 0,
+        }
+
+    # -- set-up --------------------------------------------------------------------------------------------
+
+    def seed(self) -> None:
+        """Walks the cgroup v2 tree once (id -> path) and learns which pid namespaces belong to which
+        containers from the processes already running (so nsenter into an older container resolves to it)."""
+        if self._mount is not None:
+            self._cgroups.seed(self._mount, V2_HIERARCHY)
+        self._learn_running_containers()
+
+    def _learn_running_containers(self) -> None:
+        try:
+            pids = [e.name for e in os.scandir(self._proc_root) if e.name.isdigit()]
+        except OSError:
+            return
+        for pid in pids:
+            path = self._proc_v2_path(pid)
+            if path is None or self._matcher.match(path) is None:
+                continue
+            ns = read_namespaces(pid, self._proc_root)
+            if self._mount is None or not ns.pid:
+                continue
+            try:
+                cgroup_id = os.stat(self._mount.mountpoint / path.lstrip("/")).st_ino
+            except OSError:
+                continue
+            self.resolve(cgroup_id, ns)
+
+    def _proc_v2_path(self, pid: str) -> str | None:
+        try:
+            text = (self._proc_root / pid / "cgroup").read_text()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("0::"):
+                return line[3:] or "/"
+        return None
+
+    # -- cgroup tracking -----------------------------------------------------------------------------------
+
+    def on_cgroup(self, rec: CgroupRecord) -> None:
+        self._counts["cgroup_records"] += 1
+        try:
+            raw = rec.path
+            path = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else str(raw)
+        except (AttributeError, UnicodeError):
+            self._counts["cgroup_records_bad"] += 1
+            return
+        if rec.op == "mkdir":
+            self._cgroups.add(rec.root, rec.cgroup_id, path)
+        elif rec.op == "rmdir":
+            self._cgroups.remove(rec.root, rec.cgroup_id, path)
+        else:
+            self._counts["cgroup_records_bad"] += 1
+
+    def cgroup_path(self, cgroup_id: int) -> str | None:
+        return self._cgroups.path(V2_HIERARCHY, cgroup_id)
+
+    # -- resolution ----------------------------------------------------------------------------------------
+
+    def resolve(
+        self,
+        cgroup_id: int,
+        ns: Namespaces,
+        ancestry: Sequence[tuple[int, str]] = (),
+        pid: int = 0,
+    ) -> ContainerInfo | None:
+        """The container of a process that exec'd in cgroup CGROUP_ID with namespaces NS, or None (host).
+
+        ancestry: (pid, name) of its ancestors, nearest first; read only the first time a namespace-only
+        container is seen. pid: only used on a host without a cgroup v2 hierarchy (v1 only), where the v2 id
+        says nothing: /proc/PID/cgroup is then read once per (pid, mnt) namespace pair.
+        """
+        self._counts["resolve_calls"] += 1
+        path = self._cgroups.path(V2_HIERARCHY, cgroup_id)
+        key = (path, ns)
+        cached = self._resolved.get(key)
+        if cached is not None:
+            if cached is _HOST:
+                self._counts["resolve_cached"] += 1
+                return None
+            info: ContainerInfo = cached  # type: ignore[assignment]
+            if info.metadata_complete or self._metadata_key(info) not in self._metadata:
+                self._counts["resolve_cached"] += 1
+                return info
+        if path is None:
+            self._counts["unknown_cgroup_ids"] += 1
+            self._schedule_rescan()
+        info = self._decide(cgroup_id, path, ns, ancestry, pid)
+        if path is not None or info is not None:
+            self._resolved[key] = _HOST if info is None else info
+            if len(self._resolved) > self._cache_size:
+                self._resolved.popitem(last=False)
+        return info
+
+    def _decide(self, cgroup_id: int, path: str | None, ns: Namespaces, ancestry: Sequence[tuple[int, str]],
+                pid: int) -> ContainerInfo | None:
+        diff = differing(ns, self._host_ns)
+        match = self._matcher.match(path) if path is not None else None
+        if match is None and self._mount is None and pid:
+            v1_path = self._v1_path(pid, ns)
+            match = self._matcher.match(v1_path) if v1_path else None
+            path = v1_path or path
+        if match is not None:
+            info = self._from_match(match, cgroup_id, path or "", ns, diff)
+            if "pid" in diff:
+                self._by_pid_ns[ns.pid] = match
+            self._counts["containers_by_cgroup"] += 1
+            return info
+        if "pid" in diff:
+            known = self._by_pid_ns.get(ns.pid)
+            if known is not None:
+                self._counts["containers_by_known_ns"] += 1
+                info = self._from_match(known, cgroup_id, path or "", ns, diff)
+                return replace(info, cgroup_path=path, decided_by=BY_NAMESPACE_OF_KNOWN)
+        if looks_like_container(diff):
+            self._counts["containers_by_namespaces"] += 1
+            return ContainerInfo(
+                id=f"pidns-{ns.pid}", runtime=launcher_runtime(ancestry), cgroup_id=cgroup_id,
+                cgroup_path=path, namespaces_differing=diff, pid_namespace=ns.pid, decided_by=BY_NAMESPACES,
+                id_source=ID_PID_NAMESPACE, metadata_complete=True,
+            )
+        self._counts["host"] += 1
+        return None
+
+    def _from_match(self, match: CgroupMatch, cgroup_id: int, path: str, ns: Namespaces,
+                    diff: tuple[str, ...]) -> ContainerInfo:
+        runtime = match.runtime
+        mkey = (match.id, match.id_is_name)
+        complete = True
+        meta: ContainerMetadata | None = None
+        if runtime not in _NO_METADATA_RUNTIMES:
+            if mkey in self._metadata:
+                meta = self._metadata[mkey]
+            else:
+                complete = False
+                self._request_metadata(match)
+        image_name, image_tag, image_digest = split_image(meta.image if meta else None)
+        name = meta.name if meta and meta.name else (match.id if match.id_is_name else None)
+        return ContainerInfo(
+            id=match.id,
+            runtime=runtime or (meta.runtime if meta else None),
+            name=name,
+            image_name=image_name,
+            image_tag=image_tag,
+            image_digest=image_digest,
+            pod_uid=match.pod_uid or (meta.pod_uid if meta else None),
+            pod_name=meta.pod_name if meta else None,
+            pod_namespace=meta.pod_namespace if meta else None,
+            cgroup_id=cgroup_id,
+            cgroup_path=path,
+            container_cgroup=match.container_cgroup,
+            namespaces_differing=diff,
+            pid_namespace=ns.pid,
+            decided_by=BY_CGROUP,
+            id_source=ID_NAME if match.id_is_name else ID_RUNTIME,
+            metadata_complete=complete,
+        )
+
+    @staticmethod
+    def _metadata_key(info: ContainerInfo) -> tuple[str, bool]:
+        return (info.id, info.id_source == ID_NAME)
+
+    def _request_metadata(self, match: CgroupMatch) -> None:
+        mkey = (match.id, match.id_is_name)
+        reader = self._reader
+        metadata = self._metadata
+        counts = self._counts
+
+        def job() -> bool:
+            found = reader.lookup(match.id, match.runtime, by_name=match.id_is_name)
+            if found is None:
+                return False
+            metadata[mkey] = found
+            counts["metadata_found"] += 1
+            return True
+
+        def give_up() -> None:
+            metadata.setdefault(mkey, None)
+            counts["metadata_missing"] += 1
+
+        if self._worker.submit(("meta", mkey), job, give_up):
+            counts["metadata_requested"] += 1
+
+    def _v1_path(self, pid: int, ns: Namespaces) -> str | None:
+        key = (ns.pid, ns.mnt)
+        if key in self._v1_by_ns:
+            return self._v1_by_ns[key]
+        self._counts["proc_reads"] += 1
+        path = None
+        try:
+            lines = (self._proc_root / str(pid) / "cgroup").read_text().splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            _, controllers, cg = line.split(":", 2)
+            if controllers == "name=systemd" or (path is None and cg not in ("", "/")):
+                path = cg
+        self._v1_by_ns[key] = path
+        return path
+
+    def _schedule_rescan(self) -> None:
+        """An id the map does not know (made before seed(), or records lost): walk again, at most 1/s."""
+        now = time.monotonic()
+        if self._mount is None or now - self._last_rescan < 1.0:
+            return
+        self._last_rescan = now
+        mount = self._mount
+        cgroups = self._cgroups
+        counts = self._counts
+
+        def job() -> bool:
+            fresh = CgroupMap()
+            fresh.seed(mount, V2_HIERARCHY)
+            cgroups.merge_missing(fresh)
+            counts["rescans"] += 1
+            return True
+
+        self._worker.submit(("rescan", now), job)
+
+    # -- housekeeping --------------------------------------------------------------------------------------
+
+    def run_pending(self) -> int:
+        """Runs due background look-ups in this thread (tests, and a worker built with start_worker=False)."""
+        return self._worker.run_pending()
+
+    def stats(self) -> dict[str, int]:
+        self._cgroups.expire()
+        out = dict(self._counts)
+        out.update(
+            cgroups_known=len(self._cgroups),
+            cgroups_pending_removal=self._cgroups.pending_removal,
+            cgroups_expired=self._cgroups.expired,
+            path_cache_hits=self._matcher.hits,
+            path_cache_misses=self._matcher.misses,
+            resolved_cached_entries=len(self._resolved),
+            containers_known_by_pid_ns=len(self._by_pid_ns),
+            metadata_queued=self._worker.queued,
+            metadata_retries=self._worker.retries,
+            metadata_file_reads=self._reader.file_reads,
+            worker_errors=self._worker.failed,
+        )
+        return out
+
+    def close(self) -> None:
+        self._worker.close()
