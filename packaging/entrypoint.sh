@@ -9,14 +9,19 @@
 # headers shipped in the image.
 set -eu
 
+# Overridable so that tests can run this script against a made-up host tree.
+host_root="${SENSOR_HOST_ROOT:-/host}"
+modules_root="${SENSOR_MODULES_ROOT:-/lib/modules}"
+sensor="${SENSOR_BIN:-/opt/container-sensor/venv/bin/container-sensor}"
+
 release="$(uname -r)"
-host_modules="/host/lib/modules/$release"
-modules="/lib/modules/$release"
+host_modules="$host_root/lib/modules/$release"
+modules="$modules_root/$release"
 
 host_path() {
     # Maps a path on the host (absolute, or relative to the host's module directory) to where it is mounted here.
     case "$1" in
-        /*) echo "/host$1" ;;
+        /*) echo "$host_root$1" ;;
         *) echo "$host_modules/$1" ;;
     esac
 }
@@ -38,4 +43,4 @@ if [ ! -e "$modules/build" ] && [ -e "$host_modules" ]; then
     done
 fi
 
-exec /opt/container-sensor/venv/bin/container-sensor "$@"
+exec "$sensor" "$@"

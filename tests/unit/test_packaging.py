@@ -1,0 +1,219 @@
+"""The shipped manifests, unit and entry point: valid for Kubernetes and systemd, and consistent with the code."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from sensor.config import load_config, split_address
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGING = REPO / "packaging"
+KUBERNETES = PACKAGING / "kubernetes"
+# The newest release kubernetes-validate ships schemas for, and the oldest still maintained upstream.
+KUBERNETES_VERSIONS = ("1.37.0", "1.34.0")
+KUSTOMIZE_KIND = "Kustomization"
+
+
+def documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def manifests() -> list[Path]:
+    return sorted(p for p in KUBERNETES.rglob("*.yaml") if documents(p)[0].get("kind") != KUSTOMIZE_KIND
+                  and p.parent == KUBERNETES)
+
+
+def daemonset() -> dict[str, Any]:
+    (doc,) = documents(KUBERNETES / "daemonset.yaml")
+    return doc
+
+
+def sensor_container(ds: dict[str, Any]) -> dict[str, Any]:
+    (container,) = ds["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def strategic_merge(base: Any, patch: Any) -> Any:
+    """The part of kustomize's strategic merge these patches use: maps merge, containers merge by name."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        merged = dict(base)
+        for key, value in patch.items():
+            merged[key] = strategic_merge(base[key], value) if key in base else value
+        return merged
+    if isinstance(base, list) and isinstance(patch, list) and all(isinstance(i, dict) and "name" in i for i in patch):
+        by_name = {item["name"]: item for item in base}
+        return [strategic_merge(by_name[item["name"]], item) if item["name"] in by_name else item
+                for item in patch] + [item for item in base if item["name"] not in {i["name"] for i in patch}]
+    return patch
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("path", manifests(), ids=lambda p: p.name)
+def test_manifest_validates_strictly(path, version):
+    for doc in documents(path):
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_least_privilege_variant_validates(version):
+    overlay = documents(KUBERNETES / "least-privilege" / "kustomization.yaml")[0]
+    assert overlay["resources"] == [".."]
+    (patch_ref,) = overlay["patches"]
+    (patch,) = documents(KUBERNETES / "least-privilege" / patch_ref["path"])
+    merged = strategic_merge(daemonset(), patch)
+    kubernetes_validate.validate(merged, version, strict=True)
+    context = sensor_container(merged)["securityContext"]
+    assert context["privileged"] is False
+    assert context["capabilities"] == {
+        "drop": ["ALL"], "add": ["BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"],
+    }
+    # Everything but the security context is the base DaemonSet's.
+    base = copy.deepcopy(daemonset())
+    sensor_container(base).pop("securityContext")
+    sensor_container(merged).pop("securityContext")
+    assert merged == base
+
+
+def test_kustomization_lists_every_manifest_but_the_example_secret():
+    (kustomization,) = documents(KUBERNETES / "kustomization.yaml")
+    listed = set(kustomization["resources"])
+    present = {p.name for p in manifests()} - {"elasticsearch-secret.example.yaml"}
+    assert listed == present
+    image = sensor_container(daemonset())["image"]
+    assert [entry["name"] for entry in kustomization["images"]] == [image.split(":")[0]]
+    namespaces = {doc["metadata"].get("namespace") for p in manifests() for doc in documents(p)
+                  if doc["kind"] != "Namespace"}
+    assert namespaces == {kustomization["namespace"]}
+
+
+def test_daemonset_has_what_the_sensor_needs():
+    ds = daemonset()
+    pod = ds["spec"]["template"]["spec"]
+    container = sensor_container(ds)
+    assert pod["hostPID"] is True
+    assert container["securityContext"]["privileged"] is True
+    assert {"operator": "Exists"} in pod["tolerations"]
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    host_paths = {mounts[path]["name"]: path for path in mounts}
+    for path in ("/sys/kernel/tracing", "/sys/kernel/debug", "/sys/fs/cgroup", "/host/proc", "/sys/kernel/btf",
+                 "/host/lib/modules", "/host/usr/src", "/var/lib/container-sensor"):
+        assert path in mounts, path
+    for state_dir in ("/run/containerd", "/run/crio", "/run/runc", "/var/lib/containers", "/run/containers",
+                      "/var/lib/lxc"):
+        mount = mounts[state_dir]
+        assert mount.get("readOnly") is True, state_dir
+        # Mounted where the runtime keeps it on the host, so the default state roots find it.
+        assert volumes[mount["name"]]["hostPath"]["path"] == state_dir
+    assert all(name in volumes for name in host_paths)
+
+    env = {e["name"]: e for e in container["env"]}
+    assert env["CONTAINER_SENSOR_NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    for name in ("CONTAINER_SENSOR_ELASTICSEARCH_URL", "CONTAINER_SENSOR_ELASTICSEARCH_API_KEY"):
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "container-sensor-elasticsearch"
+        assert ref["optional"] is True  # the sensor installs and runs (stdout) before any Secret exists
+
+
+def test_shipped_configuration_loads_and_matches_the_probes(tmp_path):
+    (configmap,) = documents(KUBERNETES / "configmap.yaml")
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(configmap["data"]["config.yaml"])
+    container = sensor_container(daemonset())
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    env["CONTAINER_SENSOR_NODE_NAME"] = "node-1"  # what the downward API fills in
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
+    assert Path(env["CONTAINER_SENSOR_CONFIG"]).parent == Path(mount["mountPath"])
+    config = load_config(config_file, env, {})
+    host, port = split_address(config.metrics_address)
+    for probe, path in (("startupProbe", "/healthz"), ("readinessProbe", "/healthz"), ("livenessProbe", "/livez")):
+        get = container[probe]["httpGet"]
+        assert (get["host"], get["port"], get["path"]) == (host, port, path)
+    # The ready file and the spool live on the volumes mounted for them.
+    mounts = [Path(m["mountPath"]) for m in container["volumeMounts"]]
+    assert any(config.ready_file.is_relative_to(m) for m in mounts)
+    assert any(config.spool_dir.is_relative_to(m) for m in mounts)
+
+
+def test_systemd_unit_environment_loads():
+    unit = (PACKAGING / "systemd" / "container-sensor.service").read_text()
+    env = dict(line.removeprefix("Environment=").split("=", 1) for line in unit.splitlines()
+               if line.startswith("Environment="))
+    config = load_config(None, env, {})
+    assert config.log_format == "text"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_unit_verifies_and_is_hardened(tmp_path):
+    unit = (PACKAGING / "systemd" / "container-sensor.service").read_text()
+    # verify insists that ExecStart exists; the real one is only there once installed.
+    unit = unit.replace("ExecStart=/opt/container-sensor/venv/bin/container-sensor", "ExecStart=/bin/true")
+    path = tmp_path / "container-sensor.service"
+    path.write_text(unit)
+    verify = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True, cwd=tmp_path)
+    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+    security = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=50", str(path)],
+                              capture_output=True, text=True, cwd=tmp_path)
+    assert security.returncode == 0, security.stdout + security.stderr
+    overall = next(line for line in security.stdout.splitlines() if "Overall exposure level" in line)
+    score = float(overall.split(":")[1].split()[0])
+    assert score <= 4.5, overall  # "OK"; a privileged sensor cannot reach "SAFE"
+
+
+def debian_host_tree(root: Path, release: str) -> None:
+    """The layout Debian's linux-headers-6.1.0-56-amd64 leaves, as seen on the development machines."""
+    src = root / "usr/src"
+    (src / "linux-headers-6.1.0-56-amd64/include").mkdir(parents=True)
+    (src / "linux-headers-6.1.0-56-common/include").mkdir(parents=True)
+    modules = root / "lib/modules" / release
+    modules.mkdir(parents=True)
+    (modules / "build").symlink_to("/usr/src/linux-headers-6.1.0-56-amd64")
+    (modules / "source").symlink_to("/usr/src/linux-headers-6.1.0-56-common")
+
+
+def run_entrypoint(host: Path, modules: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SENSOR_HOST_ROOT=str(host), SENSOR_MODULES_ROOT=str(modules), SENSOR_BIN="/bin/echo")
+    return subprocess.run(["sh", str(PACKAGING / "entrypoint.sh"), "run", "--flag"], env=env,
+                          capture_output=True, text=True, check=True)
+
+
+def test_entrypoint_points_bcc_at_the_hosts_headers(tmp_path):
+    release = os.uname().release
+    host, modules = tmp_path / "host", tmp_path / "modules"
+    debian_host_tree(host, release)
+    result = run_entrypoint(host, modules)
+    assert result.stdout == "run --flag\n"  # the sensor gets the container's arguments
+    assert os.readlink(modules / release / "build") == str(host / "usr/src/linux-headers-6.1.0-56-amd64")
+    assert os.readlink(modules / release / "source") == str(host / "usr/src/linux-headers-6.1.0-56-common")
+    assert (modules / release / "build" / "include").is_dir()
+
+
+def test_entrypoint_leaves_headers_alone_when_the_host_has_none(tmp_path):
+    release = os.uname().release
+    host, modules = tmp_path / "host", tmp_path / "modules"
+    (host / "lib/modules/6.1.0-56-amd64").mkdir(parents=True)  # headers for another kernel only
+    result = run_entrypoint(host, modules)
+    assert result.stdout == "run --flag\n"
+    assert not (modules / release).exists()  # left to the sensor's fallback to the image's own tree
+
+
+def test_containerfile_base_and_entry_point():
+    text = (PACKAGING / "Containerfile").read_text()
+    assert text.splitlines()[[line.startswith("FROM") for line in text.splitlines()].index(True)] == (
+        "FROM docker.io/library/debian:bookworm"
+    )
+    for package in ("python3-bpfcc", "linux-headers-amd64", "python3-venv"):
+        assert package in text
+    assert "/usr/bin/python3 -m venv --system-site-packages" in text
+    assert 'CMD ["run"]' in text
