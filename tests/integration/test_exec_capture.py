@@ -1,0 +1,116 @@
+"""The real probe in the real kernel: exact argv, pids, executables, exit codes, and ECS conformance."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.ecs_fields import ecs_problems
+from tests.integration.sensor_process import SensorProcess, get, run_and_wait
+
+pytestmark = pytest.mark.kernel
+
+
+def test_exact_argv_with_spaces_quotes_and_newlines(sensor: SensorProcess) -> None:
+    argv = ["/bin/echo", "two words", "it's \"quoted\"", "line1\nline2", "", "tab\there"]
+    child = run_and_wait(argv)
+    doc = sensor.exec_of(child.pid)
+    assert get(doc, "process.args") == argv
+    assert get(doc, "process.args_count") == len(argv)
+    assert get(doc, "process.command_line") == " ".join(argv)
+    assert get(doc, "process.executable") == "/bin/echo"
+    assert get(doc, "process.name") == "echo"
+    assert get(doc, "process.parent.pid") == os.getpid()
+    assert get(doc, "container_sensor.args_truncated") is False
+
+
+def test_non_utf8_argv_becomes_valid_utf8_with_escapes(sensor: SensorProcess) -> None:
+    child = run_and_wait([b"/bin/echo", b"caf\xe9", b"\xff\xfe", "ünï".encode()])
+    doc = sensor.exec_of(child.pid)
+    assert get(doc, "process.args") == ["/bin/echo", "caf\\xe9", "\\xff\\xfe", "ünï"]
+
+
+def test_two_hundred_arguments(sensor: SensorProcess) -> None:
+    argv = ["/bin/true", *(f"arg-{i:03d}" for i in range(200))]
+    child = run_and_wait(argv)
+    doc = sensor.exec_of(child.pid)
+    assert get(doc, "process.args") == argv
+    assert get(doc, "process.args_count") == 201
+    assert get(doc, "container_sensor.args_truncated") is False
+
+
+def test_huge_argument_is_cut_and_flagged_never_silently(sensor: SensorProcess) -> None:
+    big = "x" * 100_000
+    child = run_and_wait(["/bin/true", "first", big, "last"])
+    doc = sensor.exec_of(child.pid)
+    args = get(doc, "process.args")
+    assert get(doc, "container_sensor.args_truncated") is True
+    assert get(doc, "process.args_count") == 4, "the true count survives truncation"
+    assert args[:2] == ["/bin/true", "first"]
+    assert args[2] == big[: len(args[2])] and 4096 <= len(args[2]) < 100_000
+
+
+def test_exit_codes_and_signals(sensor: SensorProcess) -> None:
+    seven = run_and_wait(["/bin/sh", "-c", "exit 7"])
+    killed = run_and_wait(["/bin/sh", "-c", "kill -9 $$"])
+    assert get(sensor.end_of(seven.pid), "process.exit_code") == 7
+    end = sensor.end_of(killed.pid)
+    assert get(end, "process.exit_code") == 137
+    assert get(end, "container_sensor.exit_signal") == 9
+    assert get(end, "event.type") == ["end"] and get(end, "event.action") == "end"
+
+
+def test_process_that_exits_within_a_millisecond(sensor: SensorProcess) -> None:
+    pids = [run_and_wait(["/bin/true"]).pid for _ in range(20)]
+    for pid in pids:
+        doc = sensor.exec_of(pid)
+        assert get(doc, "process.executable") == "/bin/true"
+        assert get(doc, "process.parent.pid") == os.getpid()
+        assert get(doc, "process.parent.executable") == os.path.realpath(sys.executable)
+        assert get(sensor.end_of(pid), "process.exit_code") == 0
+
+
+def test_script_exec_reports_interpreter_argv(sensor: SensorProcess, tmp_path) -> None:
+    script = tmp_path / "hello.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    child = run_and_wait([str(script), "a b"])
+    doc = sensor.exec_of(child.pid)
+    assert get(doc, "process.args") == ["/bin/sh", str(script), "a b"]
+    assert get(doc, "process.executable") == str(script)
+
+
+def test_fork_exec_chain_keeps_parent_and_entity_ids(sensor: SensorProcess) -> None:
+    shell = subprocess.Popen(["/bin/sh", "-c", "/bin/true; echo done"], stdout=subprocess.PIPE)
+    shell.communicate(timeout=10)
+    shell_doc = sensor.exec_of(shell.pid)
+    child_docs = sensor.wait_for(lambda d: get(d, "event.action") == "exec"
+                                 and get(d, "process.parent.pid") == shell.pid)
+    child = child_docs[-1]
+    assert get(child, "process.executable") == "/bin/true"
+    assert get(child, "process.parent.entity_id") == get(shell_doc, "process.entity_id")
+    assert get(child, "process.entity_id") != get(shell_doc, "process.entity_id")
+
+
+def test_documents_agree_with_ecs_field_list(sensor: SensorProcess) -> None:
+    child = run_and_wait(["/bin/sh", "-c", "exit 3"])
+    for doc in (sensor.exec_of(child.pid), sensor.end_of(child.pid)):
+        assert ecs_problems(doc) == []
+        assert get(doc, "event.category") == ["process"]
+        assert get(doc, "ecs.version") == "9.4.0"
+        assert get(doc, "data_stream.dataset") == get(doc, "event.dataset")
+        for field in ("host.hostname", "host.id", "host.os.kernel", "host.architecture", "agent.version",
+                      "process.entity_id", "process.start", "process.user.id", "@timestamp", "event.id"):
+            assert get(doc, field), field
+
+
+def test_summary_line_and_clean_exit_on_sigterm() -> None:
+    running = SensorProcess()
+    run_and_wait(["/bin/true"])
+    code = running.stop()
+    assert code == 0
+    summary = [line for line in running.stderr().splitlines() if "events seen" in line]
+    assert summary and " 0 lost" in summary[-1]
