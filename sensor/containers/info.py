@@ -62,6 +62,16 @@ class ContainerInfo:
     id_source: str = ID_RUNTIME
     metadata_complete: bool = False
 
+    @property
+    def evidence(self) -> tuple[str, ...]:
+        """Why this is a container, as short "key=value" strings for container_sensor.container_evidence."""
+        out = [f"decided_by={self.decided_by}"]
+        if self.container_cgroup:
+            out.append(f"container_cgroup={self.container_cgroup}")
+        if self.namespaces_differing:
+            out.append("namespaces_differing=" + ",".join(self.namespaces_differing))
+        return tuple(out)
+
 
 @dataclass(frozen=True, slots=True)
 class ContainerMetadata:
