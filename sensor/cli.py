@@ -183,6 +183,20 @@ def replay(file: Path, config_file: Path | None, **kwargs: Any) -> None:
     click.echo(summary.line(), err=True)
 
 
+@main.group("config")
+def config_group() -> None:
+    """Inspect the configuration (file < CONTAINER_SENSOR_* environment < flags)."""
+
+
+@config_group.command("show")
+@_run_options
+def config_show(config_file: Path | None, **kwargs: Any) -> None:
+    """Print the effective configuration as YAML, secrets masked, each value's origin as a comment."""
+    from sensor.config import render_config  # noqa: PLC0415
+
+    click.echo(render_config(_load_config(config_file, _flags(**kwargs))), nl=False)
+
+
 @main.command()
 def check() -> None:
     """Name each missing prerequisite with its fix; exit non-zero when the sensor cannot run here."""

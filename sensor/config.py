@@ -50,7 +50,7 @@ class Config:
     ready_file: Path | None = None
     rules_paths: tuple[Path, ...] = ()
     rules_builtin: bool = True
-    fold_window: float = 0.0
+    fold_window: float = 60.0
     metrics_address: str | None = "127.0.0.1:9464"
     log_format: str = "json"
     log_level: str = "info"
@@ -205,14 +205,46 @@ def choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
 
 
 def parse_outputs(raw: Any) -> tuple[str, ...]:
-    names = [item.lower() for item in _items(raw)]
-    unknown = [name for name in names if name not in OUTPUT_KINDS]
+    """Output specs: a kind (stdout, file, elasticsearch), or `file:PATH` / `elasticsearch:URL`.
+
+    `load_config` folds the PATH/URL of a spec into file.path / elasticsearch.url, so `Config.outputs` only
+    ever holds kinds.
+    """
+    specs = _items(raw)
+    kinds = [spec.partition(":")[0].lower() for spec in specs]
+    unknown = [kind for kind in kinds if kind not in OUTPUT_KINDS]
     if unknown:
         raise ValueError(f"unknown output {', '.join(unknown)} (known: {', '.join(OUTPUT_KINDS)})")
-    if not names:
+    if not specs:
         raise ValueError("at least one output is needed")
+    if any(spec.lower().startswith("stdout:") for spec in specs):
+        raise ValueError("stdout takes no argument")
+    return tuple(specs)
+
+
+def _fold_output_specs(values: dict[str, Any], origins: dict[str, str], problems: list[str]) -> None:
+    """`file:PATH` and `elasticsearch:URL` in outputs set file.path / elasticsearch.url; kinds stay."""
+    specs = values.get("outputs")
+    if specs is None:
+        return
+    kinds: list[str] = []
+    targets = {"file": ("file_path", Path), "elasticsearch": ("elasticsearch_url", str)}
+    given: dict[str, str] = {}
+    for spec in specs:
+        kind, _, argument = spec.partition(":")
+        kind = kind.lower()
+        kinds.append(kind)
+        if not argument:
+            continue
+        if kind in given and given[kind] != argument:
+            problems.append(f"outputs: only one {kind} output is supported, got {given[kind]} and {argument}")
+            continue
+        given[kind] = argument
+        field_name, convert = targets[kind]
+        values[field_name] = convert(argument)
+        origins[field_name] = origins["outputs"]
     # Order kept, duplicates dropped: `stdout,stdout` means stdout once.
-    return tuple(dict.fromkeys(names))
+    values["outputs"] = tuple(dict.fromkeys(kinds))
 
 
 def parse_address(raw: Any) -> str | None:
@@ -263,12 +295,12 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("outputs", parse_outputs, "where documents go: stdout, file, elasticsearch (list)"),
+    Option("outputs", parse_outputs, "where documents go: stdout, file[:PATH], elasticsearch[:URL] (list)"),
     Option("format", choice(FORMATS), "stdout encoding: ndjson (JSON per line) or compact (one short line)"),
     Option("ready_file", parse_path, "file written once the probes are attached and outputs are up"),
     Option("rules.paths", parse_paths, "Elastic detection-rule files or directories to load (list)"),
     Option("rules.builtin", parse_bool, "load the built-in ssh/sshd/autossh-in-container rule"),
-    Option("fold_window", parse_duration, "window within which the pipeline folds repeated events; 0 is off"),
+    Option("fold_window", parse_duration, "window within which identical alerts fold into one with a count"),
     Option("metrics.address", parse_address, "HOST:PORT of /metrics and /healthz; off disables"),
     Option("log.format", choice(LOG_FORMATS), "json or text log lines on stderr"),
     Option("log.level", choice(LOG_LEVELS), "debug, info, warning, error or critical"),
@@ -364,7 +396,7 @@ def _flag_values(flags: Mapping[str, Any], problems: list[str]) -> dict[str, tup
         if option is None:
             problems.append(f"unknown option {name}")
             continue
-        values[option.key] = (f"flag --{option.key.replace('.', '-').replace('_', '-')}", value)
+        values[option.key] = ("command line", value)
     return values
 
 
@@ -433,6 +465,7 @@ def load_config(file: Path | None, env: Mapping[str, str], flags: Mapping[str, A
             continue
         values[option.field_name] = parsed
         origins[option.field_name] = origin
+    _fold_output_specs(values, origins, problems)
 
     config = Config(**values, origins=origins)
     _check(config, problems)

@@ -52,7 +52,7 @@ def test_flags_override_env_which_overrides_file(tmp_path):
     assert config.fold_window == 0.5  # env beats file
     assert config.log_format == "text"  # file beats default
     assert config.format == "compact"  # a flag given as None is "not given"
-    assert config.origins["log_level"] == "flag --log-level"
+    assert config.origins["log_level"] == "command line"
     assert config.origins["fold_window"] == "env CONTAINER_SENSOR_FOLD_WINDOW"
     assert config.origins["log_format"] == f"file {file}"
 
@@ -71,6 +71,19 @@ def test_lists_from_yaml_env_and_flags(tmp_path):
     assert config.outputs == ("stdout",)
 
 
+def test_output_specs_carry_their_path_or_url(tmp_path):
+    flags = {"outputs": ["stdout", f"file:{tmp_path}/events.ndjson", "elasticsearch:https://es.example:9200"]}
+    config = load_config(None, {"CONTAINER_SENSOR_FILE_PATH": "/elsewhere"}, flags)
+    assert config.outputs == ("stdout", "file", "elasticsearch")
+    assert config.file_path == tmp_path / "events.ndjson"
+    assert config.elasticsearch_url == "https://es.example:9200"
+    assert config.origins["file_path"] == "command line"
+    assert problems_of(flags={"outputs": ["file:/a", "file:/b"]}) == [
+        "outputs: only one file output is supported, got /a and /b"
+    ]
+    assert problems_of(flags={"outputs": ["stdout:x"]}) == ["outputs: stdout takes no argument (from command line)"]
+
+
 def test_all_problems_are_reported_together(tmp_path):
     file = write(tmp_path, "log:\n  levle: info\nspool:\n  limit: lots\nmetrics: 9464\n")
     env = {"CONTAINER_SENSOR_OUTPUT": "stdout", "CONTAINER_SENSOR_PROBE_RINGBUF_SIZE": "3000"}
@@ -83,7 +96,7 @@ def test_all_problems_are_reported_together(tmp_path):
     typo = "unknown environment variable CONTAINER_SENSOR_OUTPUT"
     assert f"{typo} (did you mean CONTAINER_SENSOR_OUTPUTS?)" in text
     assert "outputs: unknown output kafka" in text
-    assert "metrics.address: expected HOST:PORT" in text and "(from flag --metrics-address)" in text
+    assert "metrics.address: expected HOST:PORT" in text and "(from command line)" in text
     assert "probe.ringbuf_size: must be a power of two" in text
     assert len(problems) == 7
 
@@ -144,7 +157,7 @@ def test_metrics_address_forms_and_off():
     assert load_config(None, {}, {"metrics_address": "[::1]:9464"}).metrics_address == "[::1]:9464"
     assert load_config(None, {}, {"metrics_address": "0.0.0.0:9100"}).metrics_address == "0.0.0.0:9100"
     assert problems_of(flags={"metrics_address": "127.0.0.1:70000"}) == [
-        "metrics.address: port must be 1-65535, got 70000 (from flag --metrics-address)"
+        "metrics.address: port must be 1-65535, got 70000 (from command line)"
     ]
 
 
@@ -183,7 +196,7 @@ def test_render_masks_secrets_and_names_origins(tmp_path):
     text = render_config(config)
     assert "pa55word" not in text and "VnVhQ2ZHY0JDZGJrU" not in text
     assert "https://elastic:********@es.example:9200" in text
-    assert "node_name: node-1  # flag --node-name" in text
+    assert "node_name: node-1  # command line" in text
     assert "  api_key: '********'  # env CONTAINER_SENSOR_ELASTICSEARCH_API_KEY" in text
     # Without the comments it is a valid configuration file again (secrets aside).
     reloaded = yaml.safe_load(render_config(config, with_origins=False))
