@@ -100,9 +100,8 @@ HOST_LAYOUTS: tuple[Layout, ...] = (
            "conmon: libpod-conmon-<id>.scope, crio-conmon-<id>.scope"),
 )
 
-_POD_COMPONENT = re.compile(
-    rf"(?:kubepods(?:-(?:burstable|besteffort|guaranteed))?-)?pod(?P<uid>{_POD_UID})(?:\.slice)?"
-)
+# pod<uid> (cgroupfs) or kubepods[-<qos>]-pod<uid>.slice (systemd), possibly followed by ":<runtime>:<id>"
+_POD_COMPONENT = re.compile(rf"(?:^|-)pod(?P<uid>{_POD_UID})(?:\.slice)?(?::|$)")
 _SYSTEMD_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
 
 
@@ -127,7 +126,7 @@ def _pod_uid(components: list[str]) -> str | None:
     if not any(c.startswith("kubepods") for c in components):
         return None
     for comp in reversed(components):
-        m = _POD_COMPONENT.fullmatch(comp)
+        m = _POD_COMPONENT.search(comp)
         if m:
             return m.group("uid").replace("_", "-")
     return None
@@ -160,7 +159,7 @@ def match_cgroup_path(
                 id=ident,
                 id_is_name=layout.id_is_name,
                 container_cgroup="/" + "/".join(components[: index + 1]),
-                pod_uid=_pod_uid(components[:index]),
+                pod_uid=_pod_uid(components[: index + 1]),
                 layout=layout,
             )
     return None
