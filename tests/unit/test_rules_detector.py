@@ -1,0 +1,165 @@
+"""The detector: built-in ssh rule decisions, alert documents, folding with counts, and error containment."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from sensor.rules.detector import Detector
+from sensor.rules.eql_compile import CompiledQuery
+from sensor.rules.loader import LoadedRule, load_rule_file, load_rules
+from tests.unit.rules_docs import container_ssh_exec, host_ssh_exec
+
+SHARED_RULES = Path(__file__).resolve().parents[2].parent / "shared" / "rules"
+
+
+class FakeClock:
+    """Folding windows are measured on a monotonic clock; the tests move it by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def builtin_only(window: float = 60.0) -> tuple[Detector, FakeClock]:
+    clock = FakeClock()
+    return Detector([], fold_window_s=window, clock=clock), clock
+
+
+def test_container_ssh_raises_one_ecs_alert_with_rule_threat_and_evidence() -> None:
+    detector, _ = builtin_only()
+    event = container_ssh_exec()
+    alerts = detector.evaluate(event)
+    assert len(alerts) == 1
+    alert = alerts[0]
+    assert alert["event"]["kind"] == "alert" and event["event"]["kind"] == "event"   # event left untouched
+    assert alert["event"]["id"] != event["event"]["id"]
+    assert alert["event"]["severity"] == 47 and alert["event"]["risk_score"] == 47
+    assert set(alert["rule"]) >= {"id", "uuid", "name", "description", "reference", "ruleset", "version"}
+    tactics = {t["tactic"]["id"]: t for t in alert["threat"]}
+    assert set(tactics) == {"TA0008", "TA0003"}
+    assert all(t["framework"] == "MITRE ATT&CK" for t in alert["threat"])
+    ssh = tactics["TA0008"]["technique"][0]
+    assert (ssh["id"], ssh["subtechnique"][0]["id"], ssh["subtechnique"][0]["name"]) == ("T1021", "T1021.004", "SSH")
+    assert tactics["TA0003"]["technique"][0]["id"] == "T1133"
+    for key in ("process", "container", "host"):
+        assert alert[key] == event[key]
+    assert alert["container_sensor"]["cgroup"] == event["container_sensor"]["cgroup"]
+    assert alert["container_sensor"]["namespaces"] == event["container_sensor"]["namespaces"]
+    details = alert["container_sensor"]["alert"]
+    assert details["recognized_by"] == "name" and details["program"] == "ssh"
+    assert details["container_evidence"] == ["container.id", "process.entry_leader.entry_meta.type"]
+    assert details["original_event"]["id"] == event["event"]["id"]
+    assert details["fold"]["count"] == 1
+
+
+def test_host_ssh_and_end_events_raise_nothing() -> None:
+    detector, _ = builtin_only()
+    assert detector.evaluate(host_ssh_exec()) == []
+    end = container_ssh_exec()
+    end["event"].update(type=["end"], action="end")
+    assert detector.evaluate(end) == []
+    assert detector.stats()["alerts"] == 0
+
+
+def test_sshd_session_in_container_alerts_on_container_id() -> None:
+    detector, _ = builtin_only()
+    doc = container_ssh_exec()
+    doc["process"]["entry_leader"]["entry_meta"]["type"] = "sshd"
+    alerts = detector.evaluate(doc)
+    assert len(alerts) == 1
+    assert alerts[0]["container_sensor"]["alert"]["container_evidence"] == ["container.id"]
+    no_id = container_ssh_exec()
+    del no_id["container"]
+    assert len(detector.evaluate(no_id)) == 1     # entry leader type container alone is evidence too
+
+
+def test_renamed_ssh_in_container_recognised_by_content() -> None:
+    if not os.path.exists("/usr/bin/ssh"):
+        pytest.skip("apt-get install -y openssh-client")
+    folder = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    try:
+        renamed = folder / "backup-agent"
+        shutil.copy2("/usr/bin/ssh", renamed)
+        st = renamed.stat()
+        doc = container_ssh_exec(name="backup-agent", executable=str(renamed), pid=os.getpid())
+        doc["container_sensor"]["executable"] = {"inode": st.st_ino, "device": st.st_dev}
+        detector, _ = builtin_only()
+        alerts = detector.evaluate(doc)
+        assert [a["container_sensor"]["alert"]["recognized_by"] for a in alerts] == ["content"]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_repeats_are_folded_and_summarised_with_a_count() -> None:
+    detector, clock = builtin_only(window=60.0)
+    assert len(detector.evaluate(container_ssh_exec())) == 1
+    for step in range(4):
+        clock.now += 5
+        assert detector.evaluate(container_ssh_exec(pid=30000 + step)) == []
+    other_parent = container_ssh_exec()
+    other_parent["process"]["parent"]["entity_id"] = "another-shell"
+    assert len(detector.evaluate(other_parent)) == 1          # a different parent is a different alert
+    assert detector.tick(clock.now) == []                     # window still open
+    clock.now += 60
+    summaries = detector.tick(clock.now)
+    assert len(summaries) == 1
+    fold = summaries[0]["container_sensor"]["alert"]["fold"]
+    assert (fold["count"], fold["folded"]) == (5, 4)
+    assert summaries[0]["event"]["kind"] == "alert"
+    stats = detector.stats()
+    assert (stats["alerts"], stats["folded"], stats["fold_summaries"]) == (3, 4, 1)
+    assert len(detector.evaluate(container_ssh_exec())) == 1   # window closed: alerts at once again
+
+
+def test_flush_releases_open_windows() -> None:
+    detector, _ = builtin_only()
+    detector.evaluate(container_ssh_exec())
+    detector.evaluate(container_ssh_exec())
+    assert [s["container_sensor"]["alert"]["fold"]["count"] for s in detector.flush()] == [2]
+
+
+def test_a_failing_rule_is_counted_and_the_others_still_run() -> None:
+    if not SHARED_RULES.is_dir():
+        pytest.skip("shared rules not present")
+    good = load_rule_file(SHARED_RULES / "lateral_movement_ssh_process_launched_inside_container.toml")
+    assert isinstance(good, LoadedRule)
+
+    def explode(doc: dict) -> bool:
+        raise KeyError("boom")
+
+    bad = replace(good, compiled=CompiledQuery(predicate=explode),
+                  metadata=replace(good.metadata, name="exploding", rule_id="x"))
+    detector = Detector([bad, good], clock=FakeClock())
+    alerts = detector.evaluate(container_ssh_exec())
+    assert sorted(a["rule"]["name"] for a in alerts) == sorted(
+        ["SSH Client or Server Started Inside a Container", good.name])
+    assert detector.stats()["rule_errors"] == 1 and detector.rule_errors == {"exploding": 1}
+
+
+def test_garbage_documents_never_raise() -> None:
+    detector, _ = builtin_only()
+    for doc in ({}, {"event": "x"}, {"process": []}, {"event": {"action": "exec", "type": "start"},
+                                                     "container": {"id": "c"}, "process": {"name": 3}}):
+        assert detector.evaluate(doc) == []  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not SHARED_RULES.is_dir(), reason="shared rules not present")
+def test_elastic_rule_alert_carries_the_rule_metadata() -> None:
+    loaded, _ = load_rules(SHARED_RULES)
+    detector = Detector(loaded, builtin_ssh=False, clock=FakeClock())
+    alerts = detector.evaluate(container_ssh_exec())
+    by_id = {a["rule"]["id"]: a for a in alerts}
+    elastic = by_id["5c50ffa6-07f4-4cce-a1b7-c16928a2ed52"]
+    assert elastic["rule"]["name"] == "Deprecated - SSH Process Launched From Inside A Container via Elastic Defend"
+    assert elastic["event"]["risk_score"] == 47 and elastic["event"]["severity"] == 47
+    assert [t["tactic"]["id"] for t in elastic["threat"]] == ["TA0008", "TA0003"]
+    assert elastic["container_sensor"]["alert"]["rule_file"].endswith(".toml")
+    assert detector.evaluate(host_ssh_exec()) == []

@@ -1,0 +1,164 @@
+"""Recognising ssh/sshd/autossh by identity on real files: name, symlink, hard link, renamed copy, content."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sensor.rules.identity import ExecutableIdentity, Recognition, program_from_content, resolve_in_root
+
+SSH = Path("/usr/bin/ssh")
+SSHD = Path("/usr/sbin/sshd")
+AUTOSSH = Path("/usr/lib/autossh/autossh")   # Debian's binary; /usr/bin/autossh is a wrapper script
+
+needs_ssh = pytest.mark.skipif(not SSH.exists() or not SSHD.exists(),
+                               reason="apt-get install -y openssh-client openssh-server")
+
+
+@pytest.fixture
+def beside_ssh() -> Iterator[Path]:
+    """A scratch folder on the same filesystem as /usr/bin/ssh, so hard links to it can be made."""
+    folder = Path(tempfile.mkdtemp(prefix="identity-", dir="/var/tmp"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def classify(identity: ExecutableIdentity, path: Path, name: str | None = None) -> Recognition | None:
+    st = os.stat(path)
+    return identity.classify(str(path), name or path.name, st.st_dev, st.st_ino, [os.getpid()])
+
+
+@needs_ssh
+def test_name(beside_ssh: Path) -> None:
+    identity = ExecutableIdentity(host_paths=())
+    assert classify(identity, SSH) == Recognition("ssh", "name")
+    assert classify(identity, SSHD) == Recognition("sshd", "name")
+
+
+@needs_ssh
+def test_symlink(beside_ssh: Path) -> None:
+    link = beside_ssh / "slogin"
+    link.symlink_to(SSH)
+    recognition = classify(ExecutableIdentity(), link)
+    assert recognition is not None
+    assert (recognition.program, recognition.way, recognition.target) == ("ssh", "symlink", str(SSH))
+    chained = beside_ssh / "rlogin"
+    chained.symlink_to("slogin")   # relative, through the first link
+    recognition = classify(ExecutableIdentity(host_paths=()), chained)
+    assert recognition is not None and recognition.way == "symlink" and recognition.target == str(SSH)
+
+
+@needs_ssh
+def test_hard_link(beside_ssh: Path) -> None:
+    if os.stat(beside_ssh).st_dev != os.stat(SSH).st_dev:
+        pytest.skip("/var/tmp is not on the filesystem of /usr/bin/ssh")
+    link = beside_ssh / "scp-helper"
+    os.link(SSH, link)
+    assert classify(ExecutableIdentity(), link) == Recognition("ssh", "hardlink")
+    # known by content alone as well (no host inventory)
+    assert classify(ExecutableIdentity(host_paths=()), link) == Recognition("ssh", "hardlink")
+
+
+@needs_ssh
+def test_renamed_copy_is_recognised_by_content(beside_ssh: Path) -> None:
+    copy = beside_ssh / "kworker"
+    shutil.copy2(SSH, copy)
+    daemon = beside_ssh / "httpd"
+    shutil.copy2(SSHD, daemon)
+    identity = ExecutableIdentity()
+    assert classify(identity, copy) == Recognition("ssh", "content")
+    assert classify(identity, daemon) == Recognition("sshd", "content")
+    assert identity.counts["identity_content_reads"] == 2
+
+
+@pytest.mark.skipif(not AUTOSSH.exists(), reason="apt-get install -y autossh")
+def test_autossh_copy(beside_ssh: Path) -> None:
+    copy = beside_ssh / "monitor"
+    shutil.copy2(AUTOSSH, copy)
+    assert classify(ExecutableIdentity(), copy) == Recognition("autossh", "content")
+
+
+def test_other_programs_are_not_ssh(beside_ssh: Path) -> None:
+    identity = ExecutableIdentity()
+    true = Path(shutil.which("true") or "/bin/true")
+    assert classify(identity, true) is None
+    script = beside_ssh / "x"
+    script.write_text("#!/bin/sh\necho OpenSSH_9.2p1 usage: ssh [\n")
+    assert classify(identity, script) is None
+
+
+def test_exec_storm_costs_one_lookup() -> None:
+    identity = ExecutableIdentity()
+    true = Path(shutil.which("true") or "/bin/true")
+    for _ in range(1000):
+        assert classify(identity, true) is None
+    assert identity.counts["identity_lookups"] == 1
+    assert identity.counts["identity_content_reads"] == 1
+    assert identity.counts["identity_cache_hits"] == 999
+
+
+def test_cached_verdict_is_rechecked_when_the_file_changed(beside_ssh: Path) -> None:
+    """A recycled inode number shows up as a new ctime on /proc/<pid>/exe: the verdict is looked up again."""
+    sleeper = beside_ssh / "napper"
+    shutil.copy2(shutil.which("sleep") or "/bin/sleep", sleeper)
+    child = subprocess.Popen([str(sleeper), "30"])
+    try:
+        st = os.stat(sleeper)
+        identity = ExecutableIdentity()
+        for _ in range(2):
+            assert identity.classify(str(sleeper), "napper", st.st_dev, st.st_ino, [child.pid]) is None
+        assert (identity.counts["identity_lookups"], identity.counts["identity_cache_hits"]) == (1, 1)
+        os.chmod(sleeper, 0o700)   # new ctime, as a new file under the same inode number would have
+        assert identity.classify(str(sleeper), "napper", st.st_dev, st.st_ino, [child.pid]) is None
+        assert identity.counts["identity_stale"] == 1 and identity.counts["identity_lookups"] == 2
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_large_files_are_not_read(beside_ssh: Path) -> None:
+    big = beside_ssh / "big"
+    with open(big, "wb") as out:
+        out.write(b"\x7fELF")
+        out.truncate(2 * 1024 * 1024)
+    identity = ExecutableIdentity(max_read_bytes=1024 * 1024)
+    assert classify(identity, big) is None
+    assert identity.counts["identity_too_large"] == 1 and identity.counts["identity_content_reads"] == 0
+
+
+def test_unreachable_file_is_counted_not_cached() -> None:
+    identity = ExecutableIdentity(host_paths=())
+    assert identity.classify("/nonexistent/x", "x", 1, 1, [os.getpid()]) is None
+    assert identity.counts["identity_unreadable"] == 1
+    assert identity.classify("/nonexistent/x", "x", 1, 1, [os.getpid()]) is None
+    assert identity.counts["identity_unreadable"] == 2
+
+
+@needs_ssh
+def test_content_markers() -> None:
+    assert program_from_content(SSH.read_bytes()) == "ssh"
+    assert program_from_content(SSHD.read_bytes()) == "sshd"
+    assert program_from_content(Path(shutil.which("true") or "/bin/true").read_bytes()) == ""
+    assert program_from_content(b"OpenSSH_9 usage: ssh [") == ""   # not ELF
+
+
+def test_resolution_stays_inside_the_container_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/tool").write_text("inside")
+    (root / "bin").symlink_to("/usr/bin")          # absolute: must mean <root>/usr/bin, not the host's
+    (root / "usr/bin/alias").symlink_to("/usr/bin/tool")
+    host_path, is_link = resolve_in_root(str(root), "/bin/tool")
+    assert (host_path, is_link) == (f"{root}/usr/bin/tool", False)
+    host_path, is_link = resolve_in_root(str(root), "/bin/alias")
+    assert (host_path, is_link) == (f"{root}/usr/bin/alias", True)
+    host_path, _ = resolve_in_root(str(root), "/../../../etc/passwd")
+    assert host_path == f"{root}/etc/passwd"
