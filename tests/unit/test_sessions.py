@@ -1,0 +1,172 @@
+"""Entry leaders and types over process trees shaped like those seen here (pids, parents, sessions, ttys)."""
+
+from __future__ import annotations
+
+from sensor.containers.info import BY_CGROUP, BY_NAMESPACES, ContainerInfo
+from sensor.processes import Process, ProcessTable
+from sensor.records import Namespaces
+from sensor.sessions import (
+    CONSOLE,
+    CONTAINER,
+    INIT,
+    KTHREAD,
+    SSHD,
+    SSM,
+    TERMINAL,
+    UNKNOWN,
+    elastic_entry_leader,
+    find_leaders,
+    tty_kind,
+)
+
+HOST = Namespaces(pid=4026531836, mnt=4026531841, net=4026531840, uts=4026531838, ipc=4026531839)
+CTR = Namespaces(pid=4026532180, mnt=4026532177, net=4026532181, uts=4026532178, ipc=4026532179)
+HOST_CG, CTR_CG = 1, 234
+PODMAN = ContainerInfo(id="f" * 64, runtime="podman", cgroup_id=CTR_CG, decided_by=BY_CGROUP,
+                       namespaces_differing=("ipc", "mnt", "net", "pid", "uts"))
+NSPAWN = ContainerInfo(id=f"pidns-{CTR.pid}", runtime="systemd-nspawn", cgroup_id=HOST_CG, decided_by=BY_NAMESPACES,
+                       namespaces_differing=("ipc", "mnt", "pid", "uts"))
+
+
+def proc(pid, ppid, exe, *, sid, pgid=None, tty=(0, 0), ns=HOST, cg=HOST_CG, kthread=False) -> Process:
+    return Process(pid=pid, ppid=ppid, start_boottime_ns=pid * 1000, entity_id=f"e{pid}", executable=exe,
+                   name=exe.rsplit("/", 1)[-1], sid=sid, pgid=pgid or sid, tty_major=tty[0], tty_minor=tty[1],
+                   cgroup_id=cg, ns=ns, kthread=kthread)
+
+
+def table(*procs: Process) -> ProcessTable:
+    t = ProcessTable("boot")
+    for p in procs:
+        t.put(p)
+    return t
+
+
+INIT_P = proc(1, 0, "/sbin/init", sid=1)
+AGENT_SHELL = proc(4973, 1, "/usr/bin/bash", sid=4973)  # this machine's agent shell under pid 1
+
+
+def entry(t: ProcessTable, pid: int, container=None):
+    leaders = find_leaders(t.get(pid), t, container)
+    return (leaders.entry.pid if leaders.entry else None), leaders.entry_type
+
+
+def test_tty_kinds():
+    assert tty_kind(136, 0) == "pts" and tty_kind(143, 9) == "pts"
+    assert tty_kind(4, 1) == "console" and tty_kind(4, 64) == "terminal" and tty_kind(4, 300) is None
+    assert tty_kind(0, 0) is None
+
+
+def test_init_and_services_inherit_init():
+    t = table(INIT_P, AGENT_SHELL, proc(5000, 4973, "/usr/bin/sleep", sid=4973))
+    assert entry(t, 1) == (1, INIT)
+    assert entry(t, 5000) == (1, INIT)
+    leaders = find_leaders(t.get(5000), t, None)
+    assert leaders.session.pid == 4973 and leaders.group.pid == 4973 and leaders.entry_parent is None
+
+
+def test_kernel_threads():
+    t = table(INIT_P, proc(2, 0, "", sid=0, kthread=True), proc(77, 2, "", sid=0, kthread=True))
+    assert entry(t, 77) == (2, KTHREAD)
+
+
+def test_terminal_and_console_logins():
+    t = table(INIT_P, proc(300, 1, "/sbin/agetty", sid=300, tty=(4, 64)),
+              proc(301, 1, "/bin/login", sid=301, tty=(4, 1)), proc(302, 301, "/bin/bash", sid=301, tty=(4, 1)))
+    assert entry(t, 300) == (300, TERMINAL)
+    assert entry(t, 302) == (301, CONSOLE)
+
+
+def test_sshd_session_on_host():
+    t = table(INIT_P, proc(700, 1, "/usr/sbin/sshd", sid=700), proc(710, 700, "/usr/sbin/sshd", sid=710),
+              proc(720, 710, "/usr/bin/bash", sid=720, tty=(136, 0)), proc(730, 720, "/usr/bin/id", sid=720,
+                                                                             pgid=730, tty=(136, 0)))
+    assert entry(t, 730) == (720, SSHD)
+    leaders = find_leaders(t.get(730), t, None)
+    assert leaders.entry_parent.pid == 710 and leaders.group.pid == 730
+
+
+def test_ssm_session():
+    t = table(INIT_P, proc(800, 1, "/usr/bin/ssm-session-worker", sid=800),
+              proc(810, 800, "/usr/bin/sh", sid=810, tty=(136, 3)))
+    assert entry(t, 810) == (810, SSM)
+
+
+def podman_tree(*extra: Process) -> ProcessTable:
+    # podman run -d: conmon (sid own, parent 1) -> container init, a session leader (seen here: 12159 -> 12169)
+    return table(INIT_P, AGENT_SHELL, proc(12159, 1, "/usr/bin/conmon", sid=12159),
+                 proc(12169, 12159, "/usr/bin/sleep", sid=12169, ns=CTR, cg=CTR_CG), *extra)
+
+
+def test_podman_run_init_is_container_entry_leader():
+    t = podman_tree()
+    assert entry(t, 12169, PODMAN) == (12169, CONTAINER)
+    # Elastic's own model agrees here: conmon is a known runtime parent
+    assert elastic_entry_leader(t.get(12169), t) == (t.get(12169), CONTAINER)
+    assert find_leaders(t.get(12169), t, PODMAN).entry_parent.pid == 12159
+
+
+def test_podman_exec_tty_and_nested_shells():
+    # podman exec -t: conmon -> sh, a session leader on a pts (seen here: 23203 -> 23214, pts/0)
+    t = podman_tree(proc(23203, 1, "/usr/bin/conmon", sid=23203),
+                    proc(23214, 23203, "/bin/sh", sid=23214, tty=(136, 0), ns=CTR, cg=CTR_CG),
+                    proc(23300, 23214, "/bin/sh", sid=23214, pgid=23300, tty=(136, 0), ns=CTR, cg=CTR_CG),
+                    proc(23301, 23300, "/usr/bin/ssh", sid=23214, pgid=23300, tty=(136, 0), ns=CTR, cg=CTR_CG))
+    assert entry(t, 23301, PODMAN) == (23214, CONTAINER)
+
+
+def test_sshd_inside_container_keeps_sshd_type():
+    t = podman_tree(proc(12200, 12169, "/usr/sbin/sshd", sid=12200, ns=CTR, cg=CTR_CG),
+                    proc(12210, 12200, "/bin/sh", sid=12210, tty=(136, 4), ns=CTR, cg=CTR_CG))
+    assert entry(t, 12210, PODMAN) == (12210, SSHD)
+
+
+def test_nspawn_payload_is_container_where_elastic_says_otherwise():
+    # seen here: bash (sid 4973) -> systemd-nspawn (18904, sid 4973) -> sh (18906, own session, new namespaces)
+    t = table(INIT_P, AGENT_SHELL, proc(18904, 4973, "/usr/bin/systemd-nspawn", sid=4973),
+              proc(18906, 18904, "/bin/sh", sid=18906, ns=CTR), proc(18950, 18906, "/bin/sleep", sid=18906, ns=CTR))
+    assert elastic_entry_leader(t.get(18950), t) == (INIT_P, INIT)
+    assert entry(t, 18950, NSPAWN) == (18906, CONTAINER)
+
+
+def test_lxc_attach_without_setsid():
+    # seen here: lxc-attach (18783, re-executed from a memfd, host namespaces) -> sleep (18786, sid 4973)
+    lxc = ContainerInfo(id="cs-probe-lxc", runtime="lxc", cgroup_id=CTR_CG,
+                        namespaces_differing=("cgroup", "ipc", "mnt", "net", "pid", "uts"))
+    t = table(INIT_P, AGENT_SHELL, proc(18783, 4973, "memfd:lxc-attach", sid=4973),
+              proc(18786, 18783, "/bin/sh", sid=4973, ns=CTR, cg=CTR_CG),
+              proc(18790, 18786, "/bin/sleep", sid=4973, ns=CTR, cg=CTR_CG))
+    assert entry(t, 18790, lxc) == (18786, CONTAINER)
+
+
+def test_container_sharing_host_pid_namespace_uses_cgroup():
+    shared = ContainerInfo(id="a" * 64, runtime="docker", cgroup_id=CTR_CG, namespaces_differing=("mnt",))
+    t = table(INIT_P, AGENT_SHELL, proc(900, 4973, "/usr/bin/crun", sid=4973),
+              proc(901, 900, "/bin/sh", sid=4973, cg=CTR_CG), proc(902, 901, "/bin/ls", sid=4973, cg=CTR_CG))
+    assert entry(t, 902, shared) == (901, CONTAINER)
+
+
+def test_filtered_session_leader_and_runtime_parents():
+    # containerd-shim -> runc (setsid'd) -> container init: runc is filtered, the init is the entry leader
+    t = table(INIT_P, proc(600, 1, "/usr/bin/containerd-shim-runc-v2", sid=600),
+              proc(610, 600, "/usr/sbin/runc", sid=610), proc(620, 610, "/bin/sh", sid=620, ns=CTR, cg=CTR_CG),
+              proc(630, 610, "/pause", sid=630, ns=CTR, cg=CTR_CG))
+    assert entry(t, 610) == (1, INIT)
+    assert entry(t, 620) == (620, CONTAINER)
+    # a sandbox's pause process is filtered by Elastic's model; the container evidence still types it
+    assert entry(t, 630) == (1, INIT)
+    assert entry(t, 630, PODMAN) == (630, CONTAINER)
+
+
+def test_unknown_parent_falls_back_to_session_leader():
+    t = table(proc(5100, 5099, "/bin/bash", sid=5100), proc(5101, 5100, "/bin/cat", sid=5100))
+    assert entry(t, 5101) == (5100, UNKNOWN)
+    lone = table(proc(5200, 5199, "/bin/cat", sid=5000))
+    assert entry(lone, 5200) == (None, None)
+    # when the resolver says container, the process itself is the least the entry leader can be
+    assert entry(lone, 5200, PODMAN) == (5200, CONTAINER)
+
+
+def test_unknown_inside_container_becomes_container():
+    t = table(proc(5300, 5299, "/bin/sh", sid=5300, ns=CTR, cg=CTR_CG),
+              proc(5301, 5300, "/bin/cat", sid=5300, ns=CTR, cg=CTR_CG))
+    assert entry(t, 5301, PODMAN) == (5300, CONTAINER)
