@@ -255,7 +255,7 @@ class ElasticsearchOutput:
             self._cond.notify()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Delivers what is in memory for up to `timeout` seconds, spools the rest, and stops."""
+        """Delivers what it holds for up to `timeout` seconds, leaves the rest in the spool, and stops."""
         with self._cond:
             self._stopping = True
             self._deadline = time.monotonic() + timeout
@@ -356,11 +356,14 @@ class ElasticsearchOutput:
                     self._cond.wait(due)
                     continue
                 self._flush_requested = False
-                if self._stopping:
-                    return None  # the spool keeps its backlog for the next start
-                if self._spool is not None and self._spool.unread():
+                # At close the backlog is sent while time remains and the cluster answers; the rest
+                # stays on disk for the next start.
+                sending_allowed = not self._stopping or (self._healthy and time.monotonic() < self._deadline)
+                if sending_allowed and self._spool is not None and self._spool.unread():
                     docs = None
                     break
+                if self._stopping:
+                    return None
                 if self._spooling:
                     self._spooling = False
                     log.info("elasticsearch: spool drained; sending from memory again")
@@ -404,7 +407,7 @@ class ElasticsearchOutput:
                     self._dropped_at_exit += len(pending)
                     log.error("elasticsearch: %d events undelivered at exit (no spool configured)", len(pending))
                     return
-            elif self._stopping:
+            elif self._stopping and (not self._healthy or time.monotonic() >= self._deadline):
                 return  # still in the spool, unacknowledged: sent again on the next start
             self._backoff(attempt)
             attempt += 1

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import IO, Any
 
 from sensor.outputs.compact import compact_line
+from sensor.outputs.encoding import encode_line
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 0.1  # seconds: the most a line waits in the buffer while documents keep coming
 
 
 class StdoutOutput:
@@ -23,9 +27,12 @@ class StdoutOutput:
         self._stream = stream if stream is not None else sys.stdout.buffer
         if color is None:
             color = compact and self._stream.isatty()
-        self._format: Callable[[dict[str, Any]], str] = (
-            (lambda doc: compact_line(doc, color=color)) if compact else _encode
+        # NDJSON lines are always valid UTF-8 (encode_line escapes what UTF-8 cannot hold).
+        self._format: Callable[[dict[str, Any]], bytes] = (
+            (lambda doc: (compact_line(doc, color=color) + "\n").encode("utf-8", "backslashreplace"))
+            if compact else encode_line
         )
+        self._flushed_at = time.monotonic()
         self._parts: list[bytes] = []
         self._size = 0
         self._max_buffer = max_buffer
@@ -37,11 +44,11 @@ class StdoutOutput:
         if self.broken:
             self.dropped += 1
             return
-        line = (self._format(doc) + "\n").encode("utf-8", "surrogatepass")
+        line = self._format(doc)
         self._parts.append(line)
         self._size += len(line)
         self.written += 1
-        if self._size >= self._max_buffer:
+        if self._size >= self._max_buffer or time.monotonic() - self._flushed_at >= FLUSH_INTERVAL:
             self.flush()
 
     def flush(self) -> None:
@@ -50,13 +57,18 @@ class StdoutOutput:
         data = b"".join(self._parts)
         self._parts.clear()
         self._size = 0
+        self._flushed_at = time.monotonic()
         try:
             self._stream.write(data)
             self._stream.flush()
-        except BrokenPipeError:
-            # The reader went away: stop writing, keep counting what could not be delivered.
+        except OSError as error:
+            # The reader went away (EPIPE) or the disk behind a redirect is full: say so once, stop writing,
+            # keep counting what could not be delivered.
             self.broken = True
             self.dropped += data.count(b"\n")
+            self.written -= data.count(b"\n")
+            reason = "closed by the reader" if isinstance(error, BrokenPipeError) else error.strerror
+            log.warning("stdout %s: no more documents are written there (%d dropped so far)", reason, self.dropped)
             try:
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, self._stream.fileno())
