@@ -205,3 +205,12 @@ def check() -> None:
     text, can_run = report(run_checks())
     click.echo(text)
     sys.exit(0 if can_run else 1)
+
+
+def _add_rules_commands() -> None:
+    from sensor.rules.commands import rules_group  # noqa: PLC0415
+
+    main.add_command(rules_group)
+
+
+_add_rules_commands()

@@ -36,7 +36,7 @@ class Detector:
         self._folder = AlertFolder(fold_window_s)
         self._clock = clock
         self._counts = {"events": 0, "alerts": 0, "builtin_matches": 0, "rule_matches": 0, "rule_errors": 0,
-                        "detector_errors": 0}
+                        "detector_errors": 0, "alerts_skipped": 0}
         self.rule_errors: dict[str, int] = {}
         self.rule_matches: dict[str, int] = {}
 
@@ -55,6 +55,10 @@ class Detector:
             return []
 
     def _evaluate(self, doc: dict) -> list[dict]:
+        event = doc.get("event")
+        if isinstance(event, dict) and event.get("kind") == "alert":
+            self._counts["alerts_skipped"] += 1   # rules run on events, never on alerts (no alert loops)
+            return []
         self._counts["events"] += 1
         out: list[dict] = []
         if self._builtin is not None:

@@ -1,0 +1,129 @@
+"""`container-sensor rules check|test`: which rules load, and what they raise over saved ECS documents."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from sensor.rules.detector import Detector
+from sensor.rules.loader import LoadedRule, Refusal, RulesPathError, load_rules
+
+
+def _load_all(paths: tuple[Path, ...]) -> tuple[list[LoadedRule], list[Refusal]]:
+    loaded: list[LoadedRule] = []
+    refused: list[Refusal] = []
+    for path in paths:
+        try:
+            more, less = load_rules(path)
+        except RulesPathError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        loaded.extend(more)
+        refused.extend(less)
+    return loaded, refused
+
+
+def _rules_option(func: Any) -> Any:
+    return click.option("--rules", "rules_paths", multiple=True, required=True,
+                        type=click.Path(path_type=Path),
+                        help="Elastic detection-rule TOML file or folder; repeat for several.")(func)
+
+
+@click.group("rules")
+def rules_group() -> None:
+    """Check Elastic detection rules and evaluate them offline."""
+
+
+@rules_group.command("check")
+@_rules_option
+def rules_check(rules_paths: tuple[Path, ...]) -> None:
+    """List which rules load (and will run on the node) and which are refused, with why."""
+    loaded, refused = _load_all(rules_paths)
+    for rule in loaded:
+        kind = "sequence" if rule.compiled.is_sequence else "event"
+        click.echo(f"loaded   {rule.path}: {rule.name!r} ({kind}, {rule.rule_id})")
+    for refusal in refused:
+        click.echo(f"refused  {refusal.path}: {refusal.name!r}: {refusal.reason}")
+    click.echo(f"{len(loaded)} loaded, {len(refused)} refused")
+
+
+def _documents(source: str) -> Iterator[tuple[int, Any]]:
+    stream: IO[str]
+    stream = sys.stdin if source == "-" else open(source, encoding="utf-8")  # noqa: SIM115
+    try:
+        for number, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield number, exc
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+def _hit_line(alert: dict) -> str:
+    process = alert.get("process") or {}
+    details = (alert.get("container_sensor") or {}).get("alert") or {}
+    container = (alert.get("container") or {}).get("id") or "-"
+    parts = [str(details.get("original_time") or alert.get("@timestamp")),
+             f"rule={alert['rule']['name']!r}", f"rule_id={alert['rule']['id']}",
+             f"event={details.get('original_event', {}).get('id', '-')}",
+             f"process={process.get('executable') or process.get('name') or '-'}",
+             f"pid={process.get('pid', '-')}", f"container={container[:12]}"]
+    if "recognized_by" in details:
+        parts.append(f"recognized_by={details['recognized_by']}")
+    fold = details.get("fold") or {}
+    if fold.get("count", 1) > 1:
+        parts.append(f"count={fold['count']}")
+    return " ".join(parts)
+
+
+@rules_group.command("test")
+@_rules_option
+@click.option("--no-builtin-rules", is_flag=True, help="Leave out the built-in ssh-in-container rule.")
+@click.option("--fold-window", type=float, default=0.0, show_default=True,
+              help="Seconds within which identical alerts are folded (0: report every hit).")
+@click.option("--json", "as_json", is_flag=True, help="Print each alert document as NDJSON instead of a line.")
+@click.argument("events", nargs=-1, required=True)
+def rules_test(rules_paths: tuple[Path, ...], no_builtin_rules: bool, fold_window: float, as_json: bool,
+               events: tuple[str, ...]) -> None:
+    """Evaluate the rules over saved ECS documents (NDJSON files, '-' for stdin) and print every hit."""
+    loaded, refused = _load_all(rules_paths)
+    for refusal in refused:
+        click.echo(f"refused: {refusal.line()}", err=True)
+    detector = Detector(loaded, builtin_ssh=not no_builtin_rules, fold_window_s=fold_window)
+    documents = bad = 0
+
+    def show(alerts: list[dict]) -> None:
+        for alert in alerts:
+            click.echo(json.dumps(alert, separators=(",", ":")) if as_json else _hit_line(alert))
+
+    for source in events:
+        try:
+            for number, doc in _documents(source):
+                if not isinstance(doc, dict):
+                    bad += 1
+                    what = f"not JSON ({doc.msg})" if isinstance(doc, json.JSONDecodeError) else "not a JSON object"
+                    click.echo(f"error: {source}:{number}: {what}", err=True)
+                    continue
+                documents += 1
+                show(detector.evaluate(doc))
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            click.echo(f"error: {source}: cannot read: {reason}", err=True)
+            sys.exit(1)
+    show(detector.flush())
+    stats = detector.stats()
+    click.echo(f"{documents} documents, {stats['alerts']} alerts from {len(loaded)} rules"
+               f"{'' if no_builtin_rules else ' + built-in'}, {stats['folded']} folded, "
+               f"{stats['rule_errors']} rule errors, {len(refused)} rules refused, {bad} unreadable lines",
+               err=True)
+    if bad:
+        sys.exit(1)
