@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Exec storm benchmark: fork+exec of /bin/true from K parallel workers, without and with the sensor.
+
+Prints execs/s both ways and their ratio, documents received against execs made, lost events, the sensor's CPU
+and peak RSS, and p50/p99 latency from exec (the document's @timestamp, taken in the kernel) to the document's
+arrival on the sensor's stdout. Run as root from the repository: sudo .venv/bin/python scripts/bench_exec.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET = "/bin/true"
+
+
+def storm_worker(count: int, argv: list[str], start: multiprocessing.Event) -> None:
+    start.wait()
+    for _ in range(count):
+        pid = os.posix_spawn(argv[0], argv, {})
+        os.waitpid(pid, 0)
+
+
+def storm(workers: int, per_worker: int, argv: list[str]) -> float:
+    """Runs the storm and returns its wall time in seconds."""
+    start = multiprocessing.Event()
+    procs = [multiprocessing.Process(target=storm_worker, args=(per_worker, argv, start)) for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+    time.sleep(0.2)
+    began = time.perf_counter()
+    start.set()
+    for proc in procs:
+        proc.join()
+    return time.perf_counter() - began
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class StdoutReader(threading.Thread):
+    """Counts exec documents of the storm's marker argv and the delay from @timestamp to arrival."""
+
+    def __init__(self, stream, marker: bytes) -> None:
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.marker = marker
+        self.docs = 0
+        self.matched = 0
+        self.latencies_ms: list[float] = []
+
+    def run(self) -> None:
+        for line in self.stream:
+            arrived = time.time()
+            self.docs += 1
+            if self.marker in line and b'"action":"exec"' in line:
+                self.matched += 1
+                stamp = line[15:42].decode()  # {"@timestamp":"2026-11-27T21:13:39.528284Z"
+                when = dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+                self.latencies_ms.append((arrived - when.timestamp()) * 1000)
+
+
+def proc_status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_with_sensor(args: argparse.Namespace, argv: list[str], extra: list[str]) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-exec-"))
+    ready = workdir / "ready"
+    err_path = workdir / "stderr.log"
+    cmd = [sys.executable, "-m", "sensor", "run", "--ready-file", str(ready), "--metrics-address", "off",
+           "--log-format", "text", *extra]
+    with open(err_path, "wb") as err:
+        sensor = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=REPO)
+        reader = StdoutReader(sensor.stdout, argv[-1].encode())
+        reader.start()
+        while not ready.exists():
+            if sensor.poll() is not None:
+                raise SystemExit(f"sensor failed to start: {err_path.read_text()}")
+            time.sleep(0.05)
+        cpu_before = cpu_seconds(sensor.pid)
+        seconds = storm(args.workers, args.count // args.workers, argv)
+        expected = (args.count // args.workers) * args.workers
+        deadline = time.monotonic() + 30
+        while reader.matched < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cpu = cpu_seconds(sensor.pid) - cpu_before
+        peak_rss_kb = proc_status_kb(sensor.pid, "VmHWM")
+        print(f"storm done in {seconds:.2f}s; {reader.matched}/{expected} storm documents seen", file=sys.stderr)
+        sensor.terminate()
+        try:
+            sensor.wait(60)
+        except subprocess.TimeoutExpired:
+            sensor.kill()
+            sensor.wait()
+            print("sensor did not stop within 60 s of SIGTERM", file=sys.stderr)
+        reader.join(10)
+    summary = [line for line in err_path.read_text().splitlines() if "events seen" in line]
+    lost = re.search(r"(\d+) lost", summary[-1]).group(1) if summary else "?"
+    return {"seconds": seconds, "expected": expected, "received": reader.matched, "cpu": cpu,
+            "rss_mb": peak_rss_kb / 1024, "lat": reader.latencies_ms, "lost": lost,
+            "summary": summary[-1] if summary else "no summary line"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--count", type=int, default=20000, help="execs in all, split across the workers")
+    parser.add_argument("--sensor-arg", action="append", default=[], help="extra argument for 'run'")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench_exec.py: run as root (the sensor loads BPF programs)")
+    marker = f"bench-{os.getpid()}"
+    argv = [TARGET, marker]
+
+    base_seconds = storm(args.workers, args.count // args.workers, argv)
+    base_rate = args.count / base_seconds
+    result = run_with_sensor(args, argv, args.sensor_arg)
+    rate = result["expected"] / result["seconds"]
+    lat = result["lat"]
+    print(f"workers={args.workers} execs={result['expected']} target={TARGET}")
+    print(f"without sensor: {base_rate:,.0f} execs/s")
+    print(f"with sensor:    {rate:,.0f} execs/s   ratio {rate / base_rate:.3f}")
+    print(f"documents received for the storm: {result['received']} of {result['expected']} "
+          f"({result['expected'] - result['received']} missing); kernel-side lost: {result['lost']}")
+    print(f"sensor CPU: {result['cpu']:.2f} s over {result['seconds']:.2f} s of storm "
+          f"({100 * result['cpu'] / result['seconds']:.0f}% of one core); peak RSS {result['rss_mb']:.0f} MB")
+    print(f"latency exec -> stdout: p50 {percentile(lat, 0.5):.1f} ms, p99 {percentile(lat, 0.99):.1f} ms, "
+          f"max {max(lat) if lat else float('nan'):.1f} ms")
+    print(f"sensor summary: {result['summary']}")
+
+
+if __name__ == "__main__":
+    main()
