@@ -198,6 +198,24 @@ def config_show(config_file: Path | None, **kwargs: Any) -> None:
 
 
 @main.command()
+@click.option("--timeout", type=float, default=15.0, show_default=True,
+              help="Seconds to wait for the alert after the container starts.")
+@click.option("--method", type=click.Choice(["auto", "podman", "unshare"]), default="auto", show_default=True,
+              help="How to make the container: podman, or new namespaces with unshare when no runtime is here.")
+def selftest(timeout: float, method: str) -> None:
+    """Start ssh in a short-lived container and check that its alert comes out; exit 0 when it does."""
+    from sensor.logs import setup_logging  # noqa: PLC0415
+    from sensor.selftest import run_selftest  # noqa: PLC0415
+
+    config = _load_config(None, {"metrics_address": "off"})
+    setup_logging("text", "warning")
+    result = run_selftest(config, method=method, timeout=timeout)
+    for line in result.lines:
+        click.echo(line)
+    sys.exit(0 if result.passed else 1)
+
+
+@main.command()
 def check() -> None:
     """Name each missing prerequisite with its fix; exit non-zero when the sensor cannot run here."""
     from sensor.preflight import report, run_checks  # noqa: PLC0415
