@@ -81,6 +81,7 @@ class EsServer:
         self.item_statuses: deque[int] = deque()  # next create items answered with this status
         self.resets = 0  # next _bulk requests: read, then reset the connection without an answer
         self.delay = 0.0  # seconds before answering each _bulk
+        self.max_content_length = 100 * 1024 * 1024  # http.max_content_length: larger bodies get 413
         self.counters = {
             "requests": 0, "bulk_requests": 0, "items": 0, "created": 0, "conflicts": 0,
             "auth_failures": 0, "injected_statuses": 0, "injected_item_statuses": 0, "resets": 0,
@@ -203,7 +204,8 @@ class EsServer:
         if self.item_statuses:
             status = self.item_statuses.popleft()
             self.counters["injected_item_statuses"] += 1
-            kind = "es_rejected_execution_exception" if status == 429 else "unavailable_shards_exception"
+            kind = {429: "es_rejected_execution_exception", 400: "document_parsing_exception"}.get(
+                status, "unavailable_shards_exception")
             return {"_index": index, "_id": doc_id, "status": status,
                     "error": {"type": kind, "reason": f"injected {status}"}}
         if op != "create":
@@ -356,6 +358,10 @@ class _Handler(BaseHTTPRequestHandler):
             delay = state.delay
         if delay:
             time.sleep(delay)
+        if len(body) > state.max_content_length:
+            self._error(413, "content_too_long_exception",
+                        f"request body is too large: {len(body)} > {state.max_content_length}", compat)
+            return
         if reset:
             self._reset()
             return

@@ -178,9 +178,10 @@ class ElasticsearchOutput:
         sleep_jitter: Callable[[float], float] | None = None,
     ) -> None:
         self.settings = settings
-        transport_log = logging.getLogger("elastic_transport.transport")
+        transport_log = logging.getLogger("elastic_transport")
         if transport_log.level == logging.NOTSET:
-            transport_log.setLevel(logging.WARNING)  # it logs every request at INFO
+            # It logs every request, and every failure a second time; this output reports both once.
+            transport_log.setLevel(logging.ERROR)
         self._client = client_factory(settings)
         self._bulk_headers: dict[str, str] | None = None
         self._jitter = sleep_jitter or (lambda cap: random.uniform(0, cap))
@@ -202,6 +203,7 @@ class ElasticsearchOutput:
         self._queue_since = 0.0
         self._spooling = False
         self._stopping = False
+        self._failed_while_stopping = False
         self._deadline = 0.0
         self._flush_requested = False
         self._wake = threading.Event()
@@ -358,7 +360,9 @@ class ElasticsearchOutput:
                 self._flush_requested = False
                 # At close the backlog is sent while time remains and the cluster answers; the rest
                 # stays on disk for the next start.
-                sending_allowed = not self._stopping or (self._healthy and time.monotonic() < self._deadline)
+                sending_allowed = not self._stopping or (
+                    not self._failed_while_stopping and time.monotonic() < self._deadline
+                )
                 if sending_allowed and self._spool is not None and self._spool.unread():
                     docs = None
                     break
@@ -407,7 +411,7 @@ class ElasticsearchOutput:
                     self._dropped_at_exit += len(pending)
                     log.error("elasticsearch: %d events undelivered at exit (no spool configured)", len(pending))
                     return
-            elif self._stopping and (not self._healthy or time.monotonic() >= self._deadline):
+            elif self._stopping and (self._failed_while_stopping or time.monotonic() >= self._deadline):
                 return  # still in the spool, unacknowledged: sent again on the next start
             self._backoff(attempt)
             attempt += 1
@@ -523,6 +527,8 @@ class ElasticsearchOutput:
             log.warning("elasticsearch %s: %s; retrying", redact_url(self.settings.url), reason)
         self._healthy = False
         self._last_error = reason
+        if self._stopping:
+            self._failed_while_stopping = True  # one more try at close, not a wait for the whole deadline
 
     def _note_success(self) -> None:
         if not self._healthy:

@@ -340,14 +340,30 @@ class Spool:
         self._tail_id = None
 
     def push_front(self, payloads: Sequence[bytes]) -> int:
-        """Puts payloads ahead of everything unread. Only the reader calls this, with nothing in flight."""
+        """Puts payloads ahead of everything unread. Only the reader calls this, with nothing in flight.
+
+        These are the oldest events of all (taken from memory before anything now in the spool). Under
+        drop_newest they were accepted already and go in even past the limit (by at most the memory queue);
+        under drop_oldest, those that do not fit are the ones dropped, oldest first.
+        """
         if not payloads:
             return 0
-        data, count = encode_frames(payloads)
         with self._lock:
-            if not self._make_room(len(data)):
-                self.dropped_newest += count
-                return 0
+            if self.policy == "drop_oldest":
+                free = self.max_bytes - self._bytes_locked() - len(SEGMENT_MAGIC)
+                keep = len(payloads)
+                used = 0
+                while keep and used + FRAME_HEADER.size + len(payloads[keep - 1]) <= free:
+                    used += FRAME_HEADER.size + len(payloads[keep - 1])
+                    keep -= 1
+                if keep:
+                    self.dropped_oldest += keep
+                    log.warning("spool %s full: dropped %d oldest events (policy drop_oldest)",
+                                self.directory, keep)
+                    payloads = payloads[keep:]
+                if not payloads:
+                    return 0
+            data, count = encode_frames(payloads)
             if self._order:
                 segment_id = self._order[0] - 1
             else:
