@@ -22,6 +22,7 @@ from sensor.processes import Process
 
 ECS_VERSION = "9.4.0"
 CUSTOM_KEY = "container_sensor"
+SUMMARY_CACHE_SIZE = 8192
 NS_NAMES = ("pid", "mnt", "net", "uts", "ipc", "cgroup", "user")
 
 
@@ -110,6 +111,7 @@ class DocumentBuilder:
         self._agent = {"type": "container-sensor", "version": __version__, "name": host.hostname,
                        "id": agent_id or host.host_id}
         self._boot_id = host.boot_id
+        self._summaries: dict[int, tuple[Process, dict[str, Any]]] = {}
 
     def wall(self, boot_ns: int) -> int:
         return self.boot_wall_offset_ns + boot_ns
@@ -141,7 +143,21 @@ class DocumentBuilder:
     # -- field sets -------------------------------------------------------------------------------------
 
     def process_summary(self, proc: Process) -> dict[str, Any]:
-        """The fields ECS gives the parent and the leaders: who, what, since when."""
+        """The fields ECS gives the parent and the leaders: who, what, since when.
+
+        The same few processes (a shell, its session leader, the container's init) recur in thousands of
+        documents, and a Process never changes, so their blocks are built once and shared; callers copy
+        before adding to one."""
+        cached = self._summaries.get(id(proc))
+        if cached is not None and cached[0] is proc:
+            return cached[1]
+        block = self._build_summary(proc)
+        if len(self._summaries) >= SUMMARY_CACHE_SIZE:
+            del self._summaries[next(iter(self._summaries))]
+        self._summaries[id(proc)] = (proc, block)
+        return block
+
+    def _build_summary(self, proc: Process) -> dict[str, Any]:
         block: dict[str, Any] = {
             "pid": proc.pid,
             "entity_id": proc.entity_id,
@@ -165,7 +181,7 @@ class DocumentBuilder:
 
     def process_block(self, proc: Process, parent: Process | None, leaders: Leaders, in_container: bool) -> dict:
         host_names = not in_container
-        block = self.process_summary(proc)
+        block = dict(self.process_summary(proc))
         if proc.uid >= 0:
             block["user"] = _id_block(proc.euid, host_names, user_name)
             block["group"] = _id_block(proc.egid, host_names, group_name)
@@ -194,7 +210,7 @@ class DocumentBuilder:
         return block
 
     def leader(self, leader: Process, proc: Process) -> dict[str, Any]:
-        block = self.process_summary(leader)
+        block = dict(self.process_summary(leader))
         block["same_as_process"] = leader.pid == proc.pid and leader.start_boottime_ns == proc.start_boottime_ns
         return block
 

@@ -35,6 +35,29 @@ class Detector(Protocol):
     def stats(self) -> dict[str, int]: ...
 
 
+class LazyAncestry(Sequence[tuple[int, str]]):
+    """(pid, name) of a process's ancestors, nearest first, walked only if the resolver asks."""
+
+    def __init__(self, table: ProcessTable, proc: Process) -> None:
+        self._table = table
+        self._proc = proc
+        self._items: list[tuple[int, str]] | None = None
+
+    def _load(self) -> list[tuple[int, str]]:
+        if self._items is None:
+            self._items = [(p.pid, p.name) for p in self._table.ancestors(self._proc, limit=16)]
+        return self._items
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self._load()[index]
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def __iter__(self):  # type: ignore[override]
+        return iter(self._load())
+
+
 LeaderFinder = Callable[[Process, ProcessTable, Any], Leaders]
 
 
@@ -107,8 +130,7 @@ class Pipeline:
     def _container(self, proc: Process) -> tuple[ContainerLike | None, str | None]:
         if self.resolver is None:
             return None, None
-        ancestry = [(p.pid, p.name) for p in self.table.ancestors(proc, limit=16)]
-        container = self.resolver.resolve(proc.cgroup_id, proc.ns, ancestry)
+        container = self.resolver.resolve(proc.cgroup_id, proc.ns, LazyAncestry(self.table, proc))
         return container, self.resolver.cgroup_path(proc.cgroup_id)
 
     def _on_exec(self, rec: ExecRecord) -> None:
