@@ -28,7 +28,8 @@ class Detector:
     def __init__(self, rules: list[LoadedRule], *, builtin_ssh: bool = True, fold_window_s: float = 60.0,
                  max_sequences: int = 10000, proc_root: str = "/proc",
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._single = [(rule, rule.compiled.predicate) for rule in rules if not rule.compiled.is_sequence]
+        self._single = [(rule, rule.compiled.predicate, rule.compiled.required_names, rule.compiled.names_folded)
+                        for rule in rules if not rule.compiled.is_sequence]
         self._sequences = [(rule, SequenceMatcher(rule.compiled, max_sequences))
                            for rule in rules if rule.compiled.is_sequence]
         self._identity = ExecutableIdentity(proc_root)
@@ -42,7 +43,7 @@ class Detector:
 
     @property
     def rules(self) -> list[LoadedRule]:
-        return [rule for rule, _ in self._single] + [rule for rule, _ in self._sequences]
+        return [entry[0] for entry in self._single] + [rule for rule, _ in self._sequences]
 
     def evaluate(self, doc: dict) -> list[dict]:
         """Alert documents raised by this event (usually none)."""
@@ -74,7 +75,14 @@ class Detector:
                 if recognition.target:
                     details["symlink_target"] = recognition.target
                 out.extend(self._raise(doc, self._builtin.metadata, details))
-        for rule, predicate in self._single:
+        process = doc.get("process")
+        name = process.get("name") if isinstance(process, dict) else None
+        for rule, predicate, names, folded in self._single:
+            if names is not None:
+                if name is None:
+                    continue        # the rule's process.name test cannot hold
+                if type(name) is str and (name.lower() if folded else name) not in names:
+                    continue
             try:
                 hit = predicate(doc)
             except Exception as exc:

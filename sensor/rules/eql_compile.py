@@ -20,7 +20,7 @@ from typing import Any
 from eql import ast
 
 from sensor.rules.fields import Getter, make_getter
-from sensor.rules.patterns import PatternError, compile_regexes, compile_wildcards
+from sensor.rules.patterns import PatternError, compile_regexes, compile_wildcards, has_wildcard
 
 Predicate = Callable[[dict], bool]
 ElementTest = Callable[[Any], bool]
@@ -44,6 +44,10 @@ class CompiledQuery:
     stages: tuple[Stage, ...] = ()
     maxspan_s: float | None = None
     until: Stage | None = None
+    # A top-level `process.name in (...)`-like conjunct: the rule cannot match a process.name outside this set
+    # (compared lower-cased when `names_folded`), which lets the detector skip the rule with one set lookup.
+    required_names: frozenset[str] | None = None
+    names_folded: bool = False
 
     @property
     def is_sequence(self) -> bool:
@@ -155,6 +159,24 @@ def _text_test(text_test: Callable[[str], bool]) -> ElementTest:
     return run
 
 
+def _cost(node: ast.Expression) -> int:
+    """A rough evaluation cost, for ordering conjuncts."""
+    if isinstance(node, (ast.Comparison, ast.InSet, ast.IsNull, ast.IsNotNull, ast.Field, ast.Boolean)):
+        return 1
+    if isinstance(node, ast.Not):
+        return _cost(node.term)
+    if isinstance(node, (ast.And, ast.Or)):
+        return sum(_cost(t) for t in node.terms)
+    if isinstance(node, ast.FunctionCall):
+        if node.name.startswith("regex"):
+            return 20
+        if node.name in (":", "like", "like~"):
+            wild = any(isinstance(a, ast.String) and has_wildcard(a.value) for a in node.arguments[1:])
+            return 4 if wild else 2
+        return 3
+    return 5
+
+
 _FLIPPED = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
 
 
@@ -203,7 +225,10 @@ class _Compiler:
         return method(node)
 
     def _And(self, node: ast.And) -> Predicate:
-        terms = [self.predicate(t) for t in node.terms]
+        # Conjuncts have no side effects, so the cheap ones run first and the expensive ones (regex, leading
+        # wildcards, long OR groups) only on the events that pass them.
+        ordered = sorted(node.terms, key=_cost)
+        terms = [self.predicate(t) for t in ordered]
         if len(terms) == 2:
             a, b = terms
             return lambda doc: a(doc) and b(doc)
@@ -338,7 +363,50 @@ class _Compiler:
         if data.get("fork"):
             raise Unsupported("`fork` is not supported")
         keys = tuple(self.value(v) for v in subquery.join_values)
-        return Stage(self.event_query(subquery.query), keys)
+        predicate = self.event_query(subquery.query)
+        required = _required_names(subquery.query.query)
+        if required is not None:
+            predicate = _name_guard(predicate, *required)
+        return Stage(predicate, keys)
+
+
+def _name_guard(inner: Predicate, names: frozenset[str], folded: bool) -> Predicate:
+    def guarded(doc: dict) -> bool:
+        process = doc.get("process")
+        name = process.get("name") if type(process) is dict else None
+        if name is None:
+            return False
+        if type(name) is str and (name.lower() if folded else name) not in names:
+            return False
+        return inner(doc)
+
+    return guarded
+
+
+def _is_process_name(node: ast.Expression) -> bool:
+    return isinstance(node, ast.Field) and node.base == "process" and node.path == ["name"]
+
+
+def _required_names(condition: ast.Expression) -> tuple[frozenset[str], bool] | None:
+    """Names a top-level conjunct restricts process.name to, if any (exact, or lower-cased when folded)."""
+    terms = condition.terms if isinstance(condition, ast.And) else [condition]
+    for term in terms:
+        if isinstance(term, ast.InSet) and _is_process_name(term.expression):
+            values = [c.value for c in term.container if isinstance(c, ast.String)]
+            if len(values) == len(term.container):
+                return frozenset(values), False
+        if isinstance(term, ast.Comparison) and term.comparator == "==":
+            for field, literal in ((term.left, term.right), (term.right, term.left)):
+                if _is_process_name(field) and isinstance(literal, ast.String):
+                    return frozenset([literal.value]), False
+        if isinstance(term, ast.FunctionCall) and term.name in (":", "like", "like~", "in~") \
+                and term.arguments and _is_process_name(term.arguments[0]):
+            values = [a.value for a in term.arguments[1:] if isinstance(a, ast.String)]
+            if len(values) == len(term.arguments) - 1 and not any(has_wildcard(v) for v in values):
+                if term.name == "like":
+                    return frozenset(values), False
+                return frozenset(v.lower() for v in values), True
+    return None
 
 
 def compile_query(parsed: ast.PipedQuery) -> CompiledQuery:
@@ -347,7 +415,10 @@ def compile_query(parsed: ast.PipedQuery) -> CompiledQuery:
     first = parsed.first
     compiler = _Compiler()
     if isinstance(first, ast.EventQuery):
-        return CompiledQuery(predicate=compiler.event_query(first))
+        required = _required_names(first.query)
+        return CompiledQuery(predicate=compiler.event_query(first),
+                             required_names=required[0] if required else None,
+                             names_folded=required[1] if required else False)
     if isinstance(first, ast.Sequence):
         stages = tuple(compiler.stage(q) for q in first.queries)
         until = compiler.stage(first.close) if first.close is not None else None

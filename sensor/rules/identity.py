@@ -17,6 +17,7 @@ from __future__ import annotations
 import mmap
 import os
 import stat
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,9 @@ HOST_SSH_PATHS = (
     "/usr/lib/autossh/autossh", "/usr/bin/autossh", "/usr/local/bin/autossh",
 )
 DEFAULT_MAX_READ_BYTES = 64 * 1024 * 1024
+# A file that could not be reached (every process that could show it has exited) is tried again at most this
+# often, so a storm of short-lived execs of one unreachable binary costs a dict lookup per event.
+UNREADABLE_RETRY_S = 0.1
 _ELF_MAGIC = b"\x7fELF"
 _MAX_SYMLINKS = 40
 
@@ -41,8 +45,9 @@ class Recognition:
 @dataclass
 class _Verdict:
     program: str          # "" when the file is none of them
-    source: str           # "inventory" or "content"
+    source: str           # "inventory", "content" or "unreadable"
     ctime_ns: int | None
+    retry_at: float = 0.0  # for "unreadable": when to try to reach the file again
 
 
 def program_from_content(data: bytes | mmap.mmap) -> str:
@@ -181,17 +186,24 @@ class ExecutableIdentity:
     def _verdict(self, key: tuple[int, int], executable: str | None, pids: Sequence[int]) -> _Verdict | None:
         cached = self._verdicts.get(key)
         if cached is not None:
-            if cached.ctime_ns is None or not pids or self._still_same(pids[0], key, cached.ctime_ns):
+            if cached.source == "unreadable":
+                if time.monotonic() < cached.retry_at:
+                    self.counts["identity_unreadable"] += 1
+                    return None
+            elif cached.ctime_ns is None or not pids or self._still_same(pids[0], key, cached.ctime_ns):
                 self.counts["identity_cache_hits"] += 1
                 return cached
-            self.counts["identity_stale"] += 1
+            else:
+                self.counts["identity_stale"] += 1
             del self._verdicts[key]
         self.counts["identity_lookups"] += 1
         verdict = self._identify(key, executable, pids)
-        if verdict is not None:
-            if len(self._verdicts) >= self._cache_size:
-                del self._verdicts[next(iter(self._verdicts))]
-            self._verdicts[key] = verdict
+        if len(self._verdicts) >= self._cache_size:
+            del self._verdicts[next(iter(self._verdicts))]
+        if verdict is None:
+            self._verdicts[key] = _Verdict("", "unreadable", None, time.monotonic() + UNREADABLE_RETRY_S)
+            return None
+        self._verdicts[key] = verdict
         return verdict
 
     def _still_same(self, pid: int, key: tuple[int, int], ctime_ns: int) -> bool:

@@ -6,12 +6,20 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from sensor.rules.identity import ExecutableIdentity, Recognition, program_from_content, resolve_in_root
+from sensor.rules import identity as identity_module
+from sensor.rules.identity import (
+    UNREADABLE_RETRY_S,
+    ExecutableIdentity,
+    Recognition,
+    program_from_content,
+    resolve_in_root,
+)
 
 SSH = Path("/usr/bin/ssh")
 SSHD = Path("/usr/sbin/sshd")
@@ -134,12 +142,16 @@ def test_large_files_are_not_read(beside_ssh: Path) -> None:
     assert identity.counts["identity_too_large"] == 1 and identity.counts["identity_content_reads"] == 0
 
 
-def test_unreachable_file_is_counted_not_cached() -> None:
+def test_unreachable_file_is_counted_and_retried_only_after_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
     identity = ExecutableIdentity(host_paths=())
+    for _ in range(100):
+        assert identity.classify("/nonexistent/x", "x", 1, 1, [os.getpid()]) is None
+    assert identity.counts["identity_unreadable"] == 100
+    assert identity.counts["identity_lookups"] == 1
+    later = time.monotonic() + UNREADABLE_RETRY_S + 1
+    monkeypatch.setattr(identity_module.time, "monotonic", lambda: later)
     assert identity.classify("/nonexistent/x", "x", 1, 1, [os.getpid()]) is None
-    assert identity.counts["identity_unreadable"] == 1
-    assert identity.classify("/nonexistent/x", "x", 1, 1, [os.getpid()]) is None
-    assert identity.counts["identity_unreadable"] == 2
+    assert identity.counts["identity_lookups"] == 2
 
 
 @needs_ssh

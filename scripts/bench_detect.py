@@ -1,0 +1,285 @@
+#!/usr/bin/env python3
+"""Detection benchmark: the cost of the rules per event, and ssh-in-container alerts during an exec storm.
+
+  micro   Detector.evaluate() over exec documents (host and container /bin/true, container ssh) with every
+          rule of --rules loaded, the built-in rule only, and nothing: microseconds per event.
+  live    An exec storm at saturation on the host and inside a podman container while ssh starts inside
+          another container at random moments: alert latency p50/p99 from exec (@timestamp, taken in the
+          kernel) to the alert's creation and to its arrival on stdout, ssh execs without an alert (missed),
+          and the storm's exec rate with the sensor and all rules against no sensor and a sensor without rules.
+
+Run from the repository: .venv/bin/python scripts/bench_detect.py micro
+                         sudo .venv/bin/python scripts/bench_detect.py live
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEFAULT_RULES = REPO.parent / "shared" / "rules"
+BUILTIN = "SSH Client or Server Started Inside a Container"
+PODMAN = ["podman", "--runtime", "runc", "run", "--rm", "--network", "none",
+          "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def iso_seconds(stamp: str) -> float:
+    return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC).timestamp()
+
+
+# micro ----------------------------------------------------------------------------------------------------------
+def _exec_doc(n: int, name: str, executable: str, args: list[str], container: bool) -> dict[str, Any]:
+    """The shape `container-sensor run` emits for an exec (see tests/unit/rules_docs.py for a real one)."""
+    shell = {"pid": 900, "entity_id": "shell-entity", "executable": "/bin/sh", "name": "sh",
+             "args": ["/bin/sh"], "command_line": "/bin/sh", "interactive": False}
+    doc: dict[str, Any] = {
+        "@timestamp": "2026-11-27T21:14:25.437562Z", "ecs": {"version": "9.4.0"},
+        "event": {"kind": "event", "category": ["process"], "type": ["start"], "action": "exec",
+                  "id": f"event-{n}", "sequence": n, "dataset": "endpoint.events.process"},
+        "host": {"hostname": "vm", "id": "3d1219c7c4c5404aaa1f6d2a48adfda4",
+                 "os": {"type": "linux", "family": "debian", "kernel": "6.18"}},
+        "process": {"pid": 100000 + n, "entity_id": f"entity-{n}", "executable": executable, "name": name,
+                    "args": args, "args_count": len(args), "command_line": " ".join(args),
+                    "interactive": False, "working_directory": "/", "parent": shell,
+                    "group_leader": {**shell, "same_as_process": False},
+                    "session_leader": {**shell, "same_as_process": False}},
+        "container_sensor": {"cgroup": {"id": 1, "path": "/"}, "args_truncated": False,
+                             "namespaces": {"pid": 4026531836, "mnt": 4026531832},
+                             "executable": {"inode": 7000 + len(executable), "device": 65024}},
+    }
+    if container:
+        cid = "6d451776baac9a35973104c91c86d763ef1508d4981c1c430d0686db9fa6c919"
+        doc["container"] = {"id": cid, "runtime": "podman", "name": "bench"}
+        doc["process"]["entry_leader"] = {**shell, "same_as_process": False, "entry_meta": {"type": "container"}}
+        doc["container_sensor"]["cgroup"] = {"id": 253, "path": "/libpod_parent/libpod-" + cid}
+    return doc
+
+
+def micro(args: argparse.Namespace) -> None:
+    from sensor.rules import Detector, load_rules
+
+    loaded, refused = load_rules(Path(args.rules))
+    mix = [_exec_doc(0, "true", "/bin/true", ["/bin/true"], False),
+           _exec_doc(1, "true", "/bin/true", ["/bin/true", "x"], True),
+           _exec_doc(2, "grep", "/bin/grep", ["grep", "-r", "foo", "/etc"], True),
+           _exec_doc(3, "bash", "/usr/bin/bash", ["bash", "-c", "make -j2"], False)]
+    ssh = _exec_doc(4, "ssh", "/usr/bin/ssh", ["ssh", "-V"], True)
+    docs = [copy.deepcopy(mix[i % len(mix)]) for i in range(args.events)]
+    print(f"rules: {len(loaded)} loaded, {len(refused)} refused from {args.rules}; "
+          f"{args.events} events (host and container execs, no hit)")
+    for label, rules, builtin in (("no rules", [], False), ("built-in only", [], True),
+                                  ("all rules + built-in", loaded, True)):
+        detector = Detector(rules, builtin_ssh=builtin, fold_window_s=60.0)
+        for doc in docs[:1000]:
+            detector.evaluate(doc)
+        began = time.perf_counter()
+        for doc in docs:
+            detector.evaluate(doc)
+        per_event = (time.perf_counter() - began) / len(docs) * 1e6
+        hits = Detector(rules, builtin_ssh=builtin, fold_window_s=0.0)
+        began = time.perf_counter()
+        for _ in range(200):
+            hits.evaluate(ssh)
+        per_hit = (time.perf_counter() - began) / 200 * 1e6
+        print(f"{label:22s} {per_event:7.2f} us/event   {per_hit:8.1f} us per ssh exec that alerts "
+              f"({len(hits.evaluate(ssh))} alerts each)")
+
+
+# live -----------------------------------------------------------------------------------------------------------
+def host_storm_worker(count: int, go: Any) -> None:
+    go.wait()
+    argv = ["/bin/true", "detect-bench-storm"]
+    for _ in range(count):
+        os.waitpid(os.posix_spawn(argv[0], argv, {}), 0)
+
+
+class Containers:
+    """A storm container and an ssh-trigger container, both held at a gate until the storm starts."""
+
+    def __init__(self, root: Path, gate: Path, storm_count: int, ssh_count: int, seed: int) -> None:
+        rng = random.Random(seed)
+        pauses = " ".join(str(rng.randint(20_000, 250_000)) for _ in range(ssh_count))
+        wait_gate = "while [ ! -e /gate/go ]; do usleep 5000; done; "
+        storm = wait_gate + (f"i=0; while [ $i -lt {storm_count} ]; do /bin/true detect-bench-storm; "
+                             "i=$((i+1)); done")
+        trigger = wait_gate + f"for p in {pauses}; do usleep $p; /usr/bin/ssh -V 2>/dev/null; done; sleep 1"
+        mount = ["-v", f"{gate}:/gate"]
+        self.procs = [subprocess.Popen([*PODMAN, *mount, "--rootfs", str(root), "/bin/sh", "-c", script],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                      for script in (storm, trigger)]
+
+    def wait(self) -> None:
+        for proc in self.procs:
+            _, err = proc.communicate(timeout=600)
+            if proc.returncode != 0:
+                raise SystemExit(f"container failed: {err.decode(errors='replace')[-500:]}")
+
+
+def run_storm(args: argparse.Namespace, root: Path) -> tuple[float, int]:
+    """Host and container storm plus the ssh trigger; returns (seconds, execs made)."""
+    gate = Path(tempfile.mkdtemp(prefix="detect-gate-"))
+    try:
+        containers = Containers(root, gate, args.container_count, args.ssh, args.seed)
+        go = multiprocessing.Event()
+        per_worker = args.host_count // args.host_workers
+        workers = [multiprocessing.Process(target=host_storm_worker, args=(per_worker, go))
+                   for _ in range(args.host_workers)]
+        for worker in workers:
+            worker.start()
+        time.sleep(args.settle)  # containers are up and polling the gate
+        began = time.perf_counter()
+        (gate / "go").touch()
+        go.set()
+        for worker in workers:
+            worker.join()
+        containers.wait()
+        seconds = time.perf_counter() - began
+    finally:
+        shutil.rmtree(gate, ignore_errors=True)
+    execs = per_worker * args.host_workers + args.container_count + args.ssh
+    return seconds, execs
+
+
+class AlertReader(threading.Thread):
+    """Keeps ssh exec documents and built-in alerts from the sensor's stdout, with arrival times."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.documents = 0
+        self.ssh_execs: dict[str, dict] = {}
+        self.alerts: list[tuple[float, dict]] = []
+
+    def run(self) -> None:
+        for line in self.stream:
+            self.documents += 1
+            if b"/usr/bin/ssh" not in line:
+                continue
+            arrived = time.time()
+            doc = json.loads(line)
+            if doc.get("event", {}).get("kind") == "alert":
+                if doc.get("rule", {}).get("name") == BUILTIN:
+                    self.alerts.append((arrived, doc))
+            elif doc.get("event", {}).get("action") == "exec" and doc.get("container", {}).get("id"):
+                self.ssh_execs[doc["event"]["id"]] = doc
+
+
+def run_sensor(args: argparse.Namespace, root: Path, extra: list[str]) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-detect-"))
+    ready, err_path = workdir / "ready", workdir / "stderr.log"
+    cmd = [sys.executable, "-m", "sensor", "run", "--ready-file", str(ready), "--metrics-address", "off",
+           "--log-format", "text", *extra]
+    with open(err_path, "wb") as err:
+        sensor = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=REPO)
+        reader = AlertReader(sensor.stdout)
+        reader.start()
+        while not ready.exists():
+            if sensor.poll() is not None:
+                raise SystemExit(f"sensor failed to start: {err_path.read_text()}")
+            time.sleep(0.05)
+        seconds, execs = run_storm(args, root)
+        deadline = time.monotonic() + 20
+        while len(reader.alerts) < len(reader.ssh_execs) or len(reader.ssh_execs) < args.ssh:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        sensor.terminate()
+        try:
+            sensor.wait(60)
+        except subprocess.TimeoutExpired:
+            sensor.kill()
+            sensor.wait()
+        reader.join(10)
+    summary = [line for line in err_path.read_text().splitlines() if "events seen" in line]
+    shutil.rmtree(workdir, ignore_errors=True)
+    return {"seconds": seconds, "execs": execs, "reader": reader, "summary": summary[-1] if summary else "-"}
+
+
+def live(args: argparse.Namespace) -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("bench_detect.py live: run as root (BPF and containers)")
+    from tests.integration.rootfs import copy_rootfs
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench-detect-root-"))
+    try:
+        root = copy_rootfs(scratch / "root")
+        base_seconds, execs = run_storm(args, root)
+        base_rate = execs / base_seconds
+        plain = run_sensor(args, root, ["--no-builtin-rules"])
+        plain_rate = plain["execs"] / plain["seconds"]
+        # a fold window of 1 us: every ssh exec gets its own alert, so misses can be counted one by one
+        full = run_sensor(args, root, ["--rules", str(args.rules), "--fold-window", "0.000001"])
+        rate = full["execs"] / full["seconds"]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    reader: AlertReader = full["reader"]
+    by_event = {}
+    for arrived, alert in reader.alerts:
+        by_event[alert["container_sensor"]["alert"]["original_event"]["id"]] = (arrived, alert)
+    created_ms, arrival_ms = [], []
+    for event_id, event in reader.ssh_execs.items():
+        if event_id in by_event:
+            arrived, alert = by_event[event_id]
+            exec_s = iso_seconds(event["@timestamp"])
+            created_ms.append((iso_seconds(alert["@timestamp"]) - exec_s) * 1000)
+            arrival_ms.append((arrived - exec_s) * 1000)
+    seen = len(reader.ssh_execs)
+    missed = args.ssh - len(created_ms)
+    load = os.getloadavg()
+    print(f"storm: {args.host_workers} host workers x {args.host_count // args.host_workers} + "
+          f"{args.container_count} in a container, {args.ssh} ssh -V at random moments in another container; "
+          f"load average before the last run {load[0]:.2f}")
+    print(f"without sensor:               {base_rate:8,.0f} execs/s")
+    print(f"sensor, no rules:             {plain_rate:8,.0f} execs/s  ratio {plain_rate / base_rate:.3f}")
+    print(f"sensor, all rules + built-in: {rate:8,.0f} execs/s  ratio {rate / base_rate:.3f} "
+          f"(against the sensor without rules {rate / plain_rate:.3f})")
+    print(f"ssh execs: {args.ssh} made, {seen} exec documents seen, {len(created_ms)} alerted, {missed} missed")
+    print(f"latency exec -> alert created:   p50 {percentile(created_ms, 0.5):6.1f} ms  "
+          f"p99 {percentile(created_ms, 0.99):6.1f} ms  max {max(created_ms, default=float('nan')):6.1f} ms")
+    print(f"latency exec -> alert on stdout: p50 {percentile(arrival_ms, 0.5):6.1f} ms  "
+          f"p99 {percentile(arrival_ms, 0.99):6.1f} ms  max {max(arrival_ms, default=float('nan')):6.1f} ms")
+    print(f"sensor summary: {full['summary']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    m = sub.add_parser("micro", help="microseconds per event in Detector.evaluate")
+    m.add_argument("--rules", type=Path, default=DEFAULT_RULES)
+    m.add_argument("--events", type=int, default=50000)
+    v = sub.add_parser("live", help="exec storm with ssh in a container at random moments")
+    v.add_argument("--rules", type=Path, default=DEFAULT_RULES)
+    v.add_argument("--host-workers", type=int, default=1)
+    v.add_argument("--host-count", type=int, default=8000, help="host execs in all")
+    v.add_argument("--container-count", type=int, default=8000, help="execs inside the storm container")
+    v.add_argument("--ssh", type=int, default=40, help="ssh -V runs in the trigger container")
+    v.add_argument("--settle", type=float, default=2.0, help="seconds for the containers to start")
+    v.add_argument("--seed", type=int, default=4)
+    args = parser.parse_args()
+    (micro if args.mode == "micro" else live)(args)
+
+
+if __name__ == "__main__":
+    main()
