@@ -218,9 +218,10 @@ def selftest(timeout: float, method: str) -> None:
 @main.command()
 def check() -> None:
     """Name each missing prerequisite with its fix; exit non-zero when the sensor cannot run here."""
+    from sensor.deploy_checks import deployment_checks  # noqa: PLC0415
     from sensor.preflight import report, run_checks  # noqa: PLC0415
 
-    text, can_run = report(run_checks())
+    text, can_run = report(run_checks(deployment_checks(_load_config(None, {"metrics_address": "off"}))))
     click.echo(text)
     sys.exit(0 if can_run else 1)
 

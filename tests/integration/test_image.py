@@ -225,6 +225,18 @@ def test_image_detects_ssh_in_another_container(sensor_container: SensorContaine
     assert any(line.get("log.level") == "info" for line in log_lines), tail
     print(f"\nsensor healthy {startup:.1f}s after start; alert within {time.monotonic() - started:.1f}s")
 
+    # Everything the DaemonSet mounts is what `check` asks for.
+    check = podman("exec", sensor_container.name, "container-sensor", "check", check=False, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "ok   runtime state: state visible for podman" in check.stdout, check.stdout
+    assert "ok   spool: /var/lib/container-sensor/spool" in check.stdout, check.stdout
+
+    # The selftest as an operator runs it in the pod: no runtime there, so ssh goes into new namespaces.
+    selftest = podman("exec", sensor_container.name, "container-sensor", "selftest", check=False, timeout=120)
+    assert selftest.returncode == 0, selftest.stdout + selftest.stderr
+    assert "selftest: started ssh -V in new namespaces (unshare)" in selftest.stdout
+    assert "selftest: PASS:" in selftest.stdout
+
 
 def test_image_check_names_what_is_missing_without_privileges(sensor_image: str):
     """`container-sensor check` in an unprivileged container says what to grant, and exits non-zero."""

@@ -1,0 +1,203 @@
+"""`container-sensor check`, continued: what a DaemonSet or a host install has to give the sensor.
+
+sensor.preflight checks what the probe needs to load (privileges, BTF, tracefs, BCC, headers). These check
+what the rest of the sensor needs from its deployment, and name the mount or grant that is missing:
+the kernel features the probe relies on, the host's cgroup, pid and network namespaces, the container
+runtimes' state directories, and the places the sensor writes (spool, ready file).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sensor.preflight import Check
+
+PROC = Path("/proc")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A container runtime: the process names that show it runs on this node, and the state it keeps."""
+
+    name: str
+    processes: tuple[str, ...]  # comm values (15 characters at most)
+    state_dirs: tuple[str, ...]  # host paths, as the DaemonSet mounts them
+    mount_hint: str
+
+
+RUNTIMES: tuple[Runtime, ...] = (
+    Runtime("containerd", ("containerd", "containerd-shim"), ("/run/containerd",),
+            "hostPath /run/containerd, read-only"),
+    Runtime("cri-o", ("crio",), ("/run/crio", "/run/containers"),
+            "hostPaths /run/crio and /run/containers, read-only"),
+    Runtime("podman", ("conmon", "podman"), ("/var/lib/containers", "/run/containers"),
+            "hostPaths /var/lib/containers and /run/containers, read-only"),
+    Runtime("docker", ("dockerd",), ("/run/docker", "/var/lib/docker/containers"),
+            "hostPaths /run/docker and /var/lib/docker/containers, read-only"),
+    Runtime("lxc", ("lxc-start", "lxc-monitord"), ("/var/lib/lxc",), "hostPath /var/lib/lxc, read-only"),
+)
+
+
+def _comm_names(proc: Path) -> set[str]:
+    names = set()
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            try:
+                names.add((entry / "comm").read_text().strip())
+            except OSError:
+                continue  # the process ended while we looked
+    return names
+
+
+def _visible(path: Path) -> bool:
+    """The directory exists and holds something (an empty mount point is what a missing mount looks like)."""
+    try:
+        return path.is_dir() and any(path.iterdir())
+    except OSError:
+        return False
+
+
+def check_runtime_state(proc: Path = PROC, root: Path = Path("/")) -> Check:
+    running = _comm_names(proc)
+    seen, missing = [], []
+    for runtime in RUNTIMES:
+        if not any(name.startswith(process) for name in running for process in runtime.processes):
+            continue
+        dirs = [root / d.lstrip("/") for d in runtime.state_dirs]
+        if any(_visible(d) for d in dirs):
+            seen.append(runtime.name)
+        else:
+            missing.append(runtime)
+    if missing:
+        names = ", ".join(r.name for r in missing)
+        return Check("runtime state", False,
+                     f"{names} run on this node but their state is not visible "
+                     f"({', '.join(d for r in missing for d in r.state_dirs)})",
+                     "mount " + "; ".join(r.mount_hint for r in missing)
+                     + " (containers are still detected, without names, images and pods)", fatal=False)
+    if not seen:
+        return Check("runtime state", True, "no container runtime runs on this node (or none the sensor knows)")
+    return Check("runtime state", True, f"state visible for {', '.join(seen)}")
+
+
+def _same_namespace(kind: str, proc: Path) -> bool | None:
+    try:
+        return os.stat(proc / "self/ns" / kind).st_ino == os.stat(proc / "1/ns" / kind).st_ino
+    except OSError:
+        return None
+
+
+def check_host_namespaces(proc: Path = PROC) -> Check:
+    """Network and cgroup namespaces: the host's give host.ip/mac and cgroup paths as the host names them."""
+    differ = []
+    fixes = []
+    if _same_namespace("net", proc) is False:
+        differ.append("network")
+        fixes.append("hostNetwork: true (DaemonSet) or --network=host, for host.ip and host.mac")
+    if _same_namespace("cgroup", proc) is False:
+        differ.append("cgroup")
+        fixes.append("--cgroupns=host (podman/docker), so /proc/PID/cgroup paths are the host's")
+    if _same_namespace("pid", proc) is None:
+        return Check("host namespaces", True, "pid 1 cannot be inspected; not compared", fatal=False)
+    if not differ:
+        return Check("host namespaces", True, "network and cgroup namespaces are the host's")
+    return Check("host namespaces", False, f"not in the host's {' and '.join(differ)} namespace",
+                 "; ".join(fixes), fatal=False)
+
+
+def check_cgroupfs(mountinfo: Path = PROC / "self/mountinfo") -> Check:
+    try:
+        text = mountinfo.read_text()
+    except OSError as error:
+        return Check("cgroupfs", False, f"cannot read {mountinfo}: {error.strerror}", "mount /proc")
+    kinds = {}
+    for line in text.splitlines():
+        # "36 25 0:31 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw" (fields before " - " vary)
+        left, _, right = line.partition(" - ")
+        fstype = right.split(" ", 1)[0]
+        if fstype in ("cgroup", "cgroup2"):
+            kinds.setdefault(fstype, []).append(left.split(" ")[4])
+    if not kinds:
+        return Check("cgroupfs", False, "no cgroup file system is mounted",
+                     "mount the host's /sys/fs/cgroup (DaemonSet: hostPath /sys/fs/cgroup)")
+    parts = [f"cgroup2 at {', '.join(kinds['cgroup2'])}"] if "cgroup2" in kinds else []
+    if "cgroup" in kinds:
+        parts.append(f"{len(kinds['cgroup'])} cgroup v1 hierarchies")
+    return Check("cgroupfs", True, "; ".join(parts))
+
+
+def _kernel_version(release: str) -> tuple[int, int]:
+    match = re.match(r"(\d+)\.(\d+)", release)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def check_kernel(release: str | None = None, lockdown: Path = Path("/sys/kernel/security/lockdown")) -> Check:
+    release = release or os.uname().release
+    version = _kernel_version(release)
+    if version < (5, 8):
+        return Check("kernel", False, f"{release} is older than 5.8, which brought the BPF ring buffer",
+                     "run on a kernel >= 5.8")
+    try:
+        mode = re.search(r"\[(\w+)\]", lockdown.read_text())
+    except OSError:
+        mode = None
+    if mode is not None and mode.group(1) == "confidentiality":
+        return Check("kernel", False, f"{release} is in lockdown=confidentiality, which forbids BPF reads of "
+                     "kernel memory", "boot with lockdown=integrity or none")
+    return Check("kernel", True, f"{release}" + (f", lockdown {mode.group(1)}" if mode else ""))
+
+
+def _writable_dir(path: Path) -> str | None:
+    """None when the sensor could write in `path` (or create it), else why not. Leaves nothing behind."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    try:
+        # A directory, not a file: it tests the same permission and is removed whatever it is named.
+        probe = existing / f".container-sensor-check-{os.getpid()}"
+        probe.mkdir()
+        probe.rmdir()
+        return None
+    except OSError as error:
+        return error.strerror or str(error)
+
+
+def check_spool(config: Any) -> Check:
+    spool = Path(config.spool_dir)
+    needed = "elasticsearch" in config.outputs
+    why = _writable_dir(spool)
+    if why is None:
+        return Check("spool", True, f"{spool} is writable" if spool.exists() else f"{spool} can be created")
+    return Check("spool", False, f"{spool} is not writable: {why}",
+                 "mount a writable directory there (DaemonSet: hostPath /var/lib/container-sensor), or set "
+                 "spool.dir", fatal=needed)
+
+
+def check_ready_file(config: Any) -> Check:
+    if config.ready_file is None:
+        return Check("ready file", True, "none configured")
+    directory = Path(config.ready_file).parent
+    why = _writable_dir(directory)
+    if why is None:
+        return Check("ready file", True, f"{directory} is writable")
+    return Check("ready file", False, f"cannot write in {directory}: {why}",
+                 "mount a writable volume there (DaemonSet: an emptyDir at /run/container-sensor)")
+
+
+def deployment_checks(config: Any) -> tuple[Callable[[], Check], ...]:
+    """The checks for `container-sensor check` beyond sensor.preflight's, bound to the configuration."""
+    return (
+        check_kernel,
+        check_cgroupfs,
+        check_host_namespaces,
+        check_runtime_state,
+        lambda: check_spool(config),
+        lambda: check_ready_file(config),
+    )
