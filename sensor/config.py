@@ -67,7 +67,9 @@ class Config:
     elasticsearch_password: str | None = None
     elasticsearch_ca_cert: Path | None = None
     elasticsearch_verify_tls: bool = True
+    elasticsearch_ca_fingerprint: str | None = None
     elasticsearch_index: str | None = None
+    elasticsearch_alerts_index: str | None = None
     elasticsearch_timeout: float = 10.0
     probe_ringbuf_size: int = 16 * 1024 * 1024
     probe_argv_max_args: int = 64
@@ -196,12 +198,23 @@ def parse_paths(raw: Any) -> tuple[Path, ...]:
 
 def choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
     def parse(raw: Any) -> str:
-        text = str(raw).strip().lower()
+        # drop_oldest and drop-oldest are the same choice.
+        text = str(raw).strip().lower().replace("_", "-")
         if text not in choices:
             raise ValueError(f"must be one of {', '.join(choices)}, got {raw!r}")
         return text
 
     return parse
+
+
+def parse_fingerprint(raw: Any) -> str | None:
+    text = parse_str(raw)
+    if text is None:
+        return None
+    digits = text.replace(":", "").lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", digits):
+        raise ValueError("expected a SHA-256 fingerprint: 64 hex digits, colons allowed")
+    return digits
 
 
 def parse_outputs(raw: Any) -> tuple[str, ...]:
@@ -317,7 +330,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("elasticsearch.password", parse_str, "basic-auth password for Elasticsearch", secret=True),
     Option("elasticsearch.ca_cert", parse_path, "PEM file of the CA that signed Elasticsearch's certificate"),
     Option("elasticsearch.verify_tls", parse_bool, "verify Elasticsearch's TLS certificate"),
-    Option("elasticsearch.index", parse_str, "index or data stream; default: the document's data_stream"),
+    Option("elasticsearch.ca_fingerprint", parse_fingerprint,
+           "SHA-256 fingerprint of the CA (or server) certificate to pin, instead of ca_cert"),
+    Option("elasticsearch.index", parse_str, "data stream for events (default logs-endpoint.events.process-default)"),
+    Option("elasticsearch.alerts_index", parse_str,
+           "data stream for alerts (default logs-container_sensor.alerts-default)"),
     Option("elasticsearch.timeout", parse_duration, "request timeout for Elasticsearch"),
     Option("probe.ringbuf_size", parse_size, "BPF ring buffer size (power of two, at least 4096)"),
     Option("probe.argv_max_args", parse_int, "most arguments captured per exec"),

@@ -222,3 +222,15 @@ def test_resolve_config_file(tmp_path):
     assert resolve_config_file(None, {"CONTAINER_SENSOR_CONFIG": "/x.yaml"}) == Path("/x.yaml")
     # CONTAINER_SENSOR_CONFIG names the file; it is not an unknown option.
     assert load_config(None, {"CONTAINER_SENSOR_CONFIG": "/x.yaml"}, {}) == Config()
+
+
+def test_spool_policy_spellings_and_fingerprint():
+    env = {"CONTAINER_SENSOR_SPOOL_POLICY": "drop_newest",
+           "CONTAINER_SENSOR_ELASTICSEARCH_CA_FINGERPRINT": "AB:" * 31 + "AB"}
+    config = load_config(None, env, {})
+    assert config.spool_policy == "drop-newest"
+    assert config.elasticsearch_ca_fingerprint == "ab" * 32
+    assert problems_of(env={"CONTAINER_SENSOR_ELASTICSEARCH_CA_FINGERPRINT": "abc"}) == [
+        "elasticsearch.ca_fingerprint: expected a SHA-256 fingerprint: 64 hex digits, colons allowed "
+        "(from env CONTAINER_SENSOR_ELASTICSEARCH_CA_FINGERPRINT)"
+    ]
