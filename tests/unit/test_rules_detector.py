@@ -163,3 +163,34 @@ def test_elastic_rule_alert_carries_the_rule_metadata() -> None:
     assert [t["tactic"]["id"] for t in elastic["threat"]] == ["TA0008", "TA0003"]
     assert elastic["container_sensor"]["alert"]["rule_file"].endswith(".toml")
     assert detector.evaluate(host_ssh_exec()) == []
+
+
+def _rule(query: str, name: str = "r") -> LoadedRule:
+    from sensor.rules.eql_compile import compile_query
+    from sensor.rules.eql_parse import parse_query
+    from sensor.rules.metadata import RuleMetadata
+
+    meta = RuleMetadata(rule_id=name, name=name, description="", severity="low", risk_score=21)
+    return LoadedRule(Path(f"{name}.toml"), meta, query, compile_query(parse_query(query)))
+
+
+@pytest.mark.parametrize(("query", "name", "expected"), [
+    ('process where process.name in ("ssh", "scp") and process.pid > 0', "ssh", True),
+    ('process where process.name in ("ssh", "scp") and process.pid > 0', "SSH", False),
+    ('process where process.name : ("ssh", "scp") and process.pid > 0', "SSH", True),
+    ('process where process.name in~ ("ssh") and process.pid > 0', "Ssh", True),
+    ('process where process.pid > 0 and process.name == "ssh"', "sshd", False),
+    ('process where process.name in ("ssh") and process.pid > 0', ["bash", "ssh"], True),
+    ('process where process.name in ("ssh") and process.pid > 0', None, False),
+    ('process where process.name like "ss*" and process.pid > 0', "sshd", True),
+])
+def test_skipping_rules_by_process_name_keeps_the_rule_meaning(query: str, name: object, expected: bool) -> None:
+    rule = _rule(query)
+    doc = host_ssh_exec()
+    if name is None:
+        del doc["process"]["name"]
+    else:
+        doc["process"]["name"] = name
+    assert rule.compiled.predicate is not None and rule.compiled.predicate(doc) is expected
+    detector = Detector([rule], builtin_ssh=False, fold_window_s=0, clock=FakeClock())
+    assert bool(detector.evaluate(doc)) is expected
