@@ -45,20 +45,9 @@ def _ops_server(config: Any, pipeline_ref: dict[str, Any]) -> Any:
     from sensor.ops_server import OpsServer  # noqa: PLC0415
 
     def metrics() -> dict[str, float]:
-        pipeline = pipeline_ref.get("pipeline")
-        if pipeline is None:
-            return {}
-        values: dict[str, float] = {f"pipeline_{k}": v for k, v in pipeline.stats.as_dict().items()}
-        values["process_table_size"] = len(pipeline.table)
-        for output in pipeline.outputs:
-            for key, value in output.stats().items():
-                values[f"output_{output.name}_{key}"] = value
-        for part in ("resolver", "detector"):
-            stage = getattr(pipeline, part)
-            if stage is not None:
-                for key, value in stage.stats().items():
-                    values[f"{part}_{key}"] = value
-        return values
+        from sensor.metrics import pipeline_metrics  # noqa: PLC0415
+
+        return pipeline_metrics(pipeline_ref.get("pipeline"))
 
     def health() -> tuple[bool, str]:
         pipeline = pipeline_ref.get("pipeline")

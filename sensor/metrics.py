@@ -1,0 +1,75 @@
+"""The pipeline's counters under the names /metrics documents (docs/operations.md).
+
+One function reads a finished pipeline's stats (its own, the process table's, each output's, the resolver's
+and the detector's) and names them for Prometheus: `_total` for counters, labels for per-output values. The
+ops server adds the `container_sensor_` prefix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# PipelineStats field -> counter name.
+PIPELINE_COUNTERS = {
+    "records": "events_seen_total",
+    "documents": "events_emitted_total",
+    "kernel_lost": "events_lost_total",
+    "execs": "execs_total",
+    "forks": "forks_total",
+    "exits": "exits_total",
+    "cgroup_events": "cgroup_events_total",
+    "alerts": "alerts_total",
+    "output_errors": "output_errors_total",
+    "argv_truncated": "argv_truncated_total",
+    "argv_read_failed": "argv_read_failed_total",
+}
+
+
+def _stats(stage: Any) -> dict[str, Any]:
+    if stage is None:
+        return {}
+    try:
+        return dict(stage.stats())
+    except Exception:  # a stage that cannot report must not take /metrics down with it
+        return {}
+
+
+def pipeline_metrics(pipeline: Any) -> dict[str, float]:
+    """{metric name: value} for OpsServer; empty before the pipeline exists."""
+    if pipeline is None:
+        return {}
+    values: dict[str, float] = {}
+    stats = pipeline.stats.as_dict()
+    for field_name, metric in PIPELINE_COUNTERS.items():
+        if field_name in stats:
+            values[metric] = stats[field_name]
+    values["process_table_size"] = len(pipeline.table)
+
+    for output in pipeline.outputs:
+        out = _stats(output)
+        label = f'{{output="{output.name}"}}'
+        values[f"output_written_total{label}"] = out.get("delivered", out.get("written", 0))
+        values[f"output_dropped_total{label}"] = out.get("dropped", 0)
+        if "queued" in out:
+            values[f"output_queue_depth{label}"] = out["queued"]
+        if "spool_bytes" in out:
+            values[f"spool_bytes{label}"] = out["spool_bytes"]
+        if output.name == "elasticsearch" or "bulk_failures" in out:
+            # Failed bulk requests, and documents Elasticsearch rejected (kept in the dead-letter file).
+            values["elasticsearch_errors_total"] = out.get("bulk_failures", 0) + out.get("dead_lettered", 0)
+        values[f"output_healthy{label}"] = 1 if output.healthy() else 0
+
+    detector = _stats(getattr(pipeline, "detector", None))
+    if detector:
+        values["rule_errors_total"] = detector.get("rule_errors", 0) + detector.get("detector_errors", 0)
+        values["rules_loaded"] = detector.get("rules_loaded", 0)
+    resolver = _stats(getattr(pipeline, "resolver", None))
+    if resolver:
+        values["container_cache_size"] = resolver.get("resolved_cached_entries", 0)
+        values["cgroups_known"] = resolver.get("cgroups_known", 0)
+    # Everything else the stages count, under their own names, for debugging.
+    for part, detail in (("resolver", resolver), ("detector", detector)):
+        for key, value in detail.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                values[f"{part}_{key}"] = value
+    return values
