@@ -178,10 +178,6 @@ class ElasticsearchOutput:
         sleep_jitter: Callable[[float], float] | None = None,
     ) -> None:
         self.settings = settings
-        transport_log = logging.getLogger("elastic_transport")
-        if transport_log.level == logging.NOTSET:
-            # It logs every request, and every failure a second time; this output reports both once.
-            transport_log.setLevel(logging.ERROR)
         self._client = client_factory(settings)
         self._bulk_headers: dict[str, str] | None = None
         self._jitter = sleep_jitter or (lambda cap: random.uniform(0, cap))
@@ -401,6 +397,8 @@ class ElasticsearchOutput:
             pending = self._send_all(pending)
             if not pending:
                 break
+            if batch.position is not None and self._spool is not None and not self._spool.holds(batch.position):
+                batch.position = None  # its segment was dropped to make room: this copy is the last one
             if batch.position is None:
                 if self._spool is not None:
                     self._spool_front(pending)

@@ -128,12 +128,14 @@ class Spool:
         self._cursor_id: int | None = None  # segment being read, None when nothing was read yet
         self._cursor_offset = 0
         self._disk_full = False
+        self._refusing = False  # drop_newest is refusing new payloads (reported once per episode)
         self.dropped_oldest = 0
         self.dropped_newest = 0
         self.dropped_disk_full = 0
         self.dropped_corrupt = 0
         self.appended = 0
         self._next_id = FIRST_SEGMENT_ID  # above every id used so far, so no new segment hides behind the ack
+        self._lowest_id = FIRST_SEGMENT_ID  # at or below every id used so far (push_front goes below it)
         self._open()
 
     # ---- opening and recovery
@@ -148,12 +150,14 @@ class Spool:
         ack = self._read_ack()
         if ack is not None:
             self._next_id = max(self._next_id, ack.segment_id + 1)
+            self._lowest_id = min(self._lowest_id, ack.segment_id)
         for path in sorted(self.directory.glob("*.seg")):
             try:
                 segment_id = int(path.stem)
             except ValueError:
                 continue
             self._next_id = max(self._next_id, segment_id + 1)
+            self._lowest_id = min(self._lowest_id, segment_id)
             if ack is not None and segment_id < ack.segment_id:
                 path.unlink(missing_ok=True)  # delivered before the last run ended
                 continue
@@ -237,8 +241,16 @@ class Spool:
         data, count = encode_frames(payloads)
         with self._lock:
             if not self._make_room(len(data)):
+                if not self._refusing:
+                    self._refusing = True
+                    log.warning("spool %s full (%d bytes): new events are dropped and counted until it drains "
+                                "(policy drop_newest)", self.directory, self.max_bytes)
                 self.dropped_newest += count
                 return 0
+            if self._refusing:
+                self._refusing = False
+                log.warning("spool %s: accepting events again; %d dropped while it was full so far",
+                            self.directory, self.dropped_newest)
             try:
                 tail = self._tail_for_write()
                 fd = self._tail_fd
@@ -364,11 +376,9 @@ class Spool:
                 if not payloads:
                     return 0
             data, count = encode_frames(payloads)
-            if self._order:
-                segment_id = self._order[0] - 1
-            else:
-                segment_id = self._next_id
-                self._next_id += 1
+            # Below every id used so far: an id is never reused, so a stale position can never name it.
+            segment_id = self._lowest_id - 1
+            self._lowest_id = segment_id
             path = _segment_path(self.directory, segment_id)
             temp = path.with_suffix(".tmp")
             # The ack on disk may point past the new segment: move it first, so a crash cannot skip it.
@@ -475,6 +485,11 @@ class Spool:
             self._read_fd_id = segment.id
         assert self._read_fd is not None
         return self._read_fd
+
+    def holds(self, position: Position) -> bool:
+        """False once the segment a read came from was dropped: the reader's copy is then the only one."""
+        with self._lock:
+            return position.segment_id in self._segments
 
     def ack(self, position: Position) -> None:
         """Commits everything read up to position: finished segments are deleted, the ack file moves."""
