@@ -71,9 +71,8 @@ class Config:
     elasticsearch_index: str | None = None
     elasticsearch_alerts_index: str | None = None
     elasticsearch_timeout: float = 10.0
-    probe_ringbuf_size: int = 16 * 1024 * 1024
-    probe_argv_max_args: int = 64
-    probe_argv_max_bytes: int = 4096
+    probe_ringbuf_size: int = 8 * 1024 * 1024
+    probe_argv_max_bytes: int = 16384
     # Where each value came from ("default", "file", "env CONTAINER_SENSOR_...", "flag"), by field name.
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -337,8 +336,7 @@ OPTIONS: tuple[Option, ...] = (
            "data stream for alerts (default logs-container_sensor.alerts-default)"),
     Option("elasticsearch.timeout", parse_duration, "request timeout for Elasticsearch"),
     Option("probe.ringbuf_size", parse_size, "BPF ring buffer size (power of two, at least 4096)"),
-    Option("probe.argv_max_args", parse_int, "most arguments captured per exec"),
-    Option("probe.argv_max_bytes", parse_int, "most argument bytes captured per exec"),
+    Option("probe.argv_max_bytes", parse_size, "argv bytes captured per exec (power of two, 512-32768)"),
 )
 # Fields whose type admits None.
 OPTIONAL_FIELDS = {f.name: "None" in str(f.type) for f in fields(Config)}
@@ -444,10 +442,9 @@ def _check(config: Config, problems: list[str]) -> None:
     size = config.probe_ringbuf_size
     if size < PAGE_SIZE or size & (size - 1):
         problems.append(f"probe.ringbuf_size: must be a power of two of at least 4096 bytes, got {size}")
-    if not 1 <= config.probe_argv_max_args <= 1024:
-        problems.append(f"probe.argv_max_args: must be 1-1024, got {config.probe_argv_max_args}")
-    if not 64 <= config.probe_argv_max_bytes <= 65536:
-        problems.append(f"probe.argv_max_bytes: must be 64-65536, got {config.probe_argv_max_bytes}")
+    argv = config.probe_argv_max_bytes
+    if not 512 <= argv <= 32768 or argv & (argv - 1):
+        problems.append(f"probe.argv_max_bytes: must be a power of two from 512 to 32768, got {argv}")
     for path in config.rules_paths:
         if not path.exists():
             problems.append(f"rules.paths: no such file or directory {path}")

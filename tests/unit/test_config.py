@@ -234,3 +234,13 @@ def test_spool_policy_spellings_and_fingerprint():
         "elasticsearch.ca_fingerprint: expected a SHA-256 fingerprint: 64 hex digits, colons allowed "
         "(from env CONTAINER_SENSOR_ELASTICSEARCH_CA_FINGERPRINT)"
     ]
+
+
+def test_probe_sizes():
+    env = {"CONTAINER_SENSOR_PROBE_RINGBUF_SIZE": "32MiB", "CONTAINER_SENSOR_PROBE_ARGV_MAX_BYTES": "4KiB"}
+    config = load_config(None, env, {})
+    assert (config.probe_ringbuf_size, config.probe_argv_max_bytes) == (32 << 20, 4096)
+    # 4k is 4000 bytes, not a power of two.
+    assert problems_of(env={"CONTAINER_SENSOR_PROBE_ARGV_MAX_BYTES": "4k"}) == [
+        "probe.argv_max_bytes: must be a power of two from 512 to 32768, got 4000"
+    ]
