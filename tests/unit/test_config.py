@@ -244,3 +244,10 @@ def test_probe_sizes():
     assert problems_of(env={"CONTAINER_SENSOR_PROBE_ARGV_MAX_BYTES": "4k"}) == [
         "probe.argv_max_bytes: must be a power of two from 512 to 32768, got 4000"
     ]
+
+
+def test_operations_doc_lists_every_option():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    rows = {line.split("|")[1].strip(" `"): line.split("|")[2].strip(" `") for line in doc.splitlines()
+            if line.startswith("| `") and "CONTAINER_SENSOR_" in line}
+    assert rows == {option.key: option.env_name for option in OPTIONS}
