@@ -338,6 +338,19 @@ class _Handler(BaseHTTPRequestHandler):
         if bulk and self.command in ("POST", "PUT"):
             self._bulk(body, bulk.group(1), compat)
             return
+        refresh = re.fullmatch(r"/([^/_][^/]*)/_refresh", path)
+        if refresh and self.command in ("GET", "POST"):
+            self._send(200, {"_shards": {"total": 1, "successful": 1, "failed": 0}}, compat)
+            return
+        stream = re.fullmatch(r"/_data_stream/([^/]+)", path)
+        if stream and self.command == "DELETE":
+            with state.lock:
+                found = state.store.pop(stream.group(1), None) is not None
+            if found:
+                self._send(200, {"acknowledged": True}, compat)
+            else:
+                self._error(404, "index_not_found_exception", f"no such index [{stream.group(1)}]", compat)
+            return
         count = re.fullmatch(r"/([^/_][^/]*)/_count", path)
         if count and self.command in ("GET", "POST"):
             self._send(200, {"count": state.count(count.group(1))}, compat)

@@ -131,7 +131,7 @@ class _RequestFailed(Exception):
         self.too_large = too_large
 
 
-def _default_client_factory(settings: ElasticsearchSettings) -> Any:
+def make_client(settings: ElasticsearchSettings) -> Any:
     from elasticsearch import Elasticsearch
 
     kwargs: dict[str, Any] = {
@@ -174,7 +174,7 @@ class ElasticsearchOutput:
     def __init__(
         self,
         settings: ElasticsearchSettings,
-        client_factory: Callable[[ElasticsearchSettings], Any] = _default_client_factory,
+        client_factory: Callable[[ElasticsearchSettings], Any] = make_client,
         sleep_jitter: Callable[[float], float] | None = None,
     ) -> None:
         self.settings = settings
