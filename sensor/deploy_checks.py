@@ -125,6 +125,10 @@ def check_cgroupfs(mountinfo: Path = PROC / "self/mountinfo") -> Check:
     if not kinds:
         return Check("cgroupfs", False, "no cgroup file system is mounted",
                      "mount the host's /sys/fs/cgroup (DaemonSet: hostPath /sys/fs/cgroup)")
+    for kind, points in kinds.items():
+        # Other containers' cgroup mounts show up below the runtimes' state directories; the host's are here.
+        usual = [point for point in points if point.startswith("/sys/fs/cgroup")]
+        kinds[kind] = usual or points
     parts = [f"cgroup2 at {', '.join(kinds['cgroup2'])}"] if "cgroup2" in kinds else []
     if "cgroup" in kinds:
         parts.append(f"{len(kinds['cgroup'])} cgroup v1 hierarchies")

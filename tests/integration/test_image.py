@@ -75,21 +75,47 @@ def daemonset_container() -> tuple[dict[str, Any], dict[str, Any]]:
     return pod, container
 
 
-def podman_args_from_daemonset(workdir: Path, metrics_port: int, host_headers: bool) -> list[str]:
+def security_args(context: dict[str, Any]) -> list[str]:
+    """podman's spelling of a Kubernetes securityContext."""
+    if context.get("privileged"):
+        args = ["--privileged"]
+    else:
+        capabilities = context.get("capabilities", {})
+        args = [f"--cap-drop={','.join(capabilities.get('drop', []))}",
+                f"--cap-add={','.join(capabilities.get('add', []))}"]
+        if context.get("seccompProfile", {}).get("type") == "Unconfined":
+            args.append("--security-opt=seccomp=unconfined")
+        if context.get("appArmorProfile", {}).get("type") == "Unconfined":
+            args.append("--security-opt=apparmor=unconfined")
+        if context.get("allowPrivilegeEscalation") is False:
+            args.append("--security-opt=no-new-privileges")
+    if context.get("readOnlyRootFilesystem"):
+        args.append("--read-only")
+    return args
+
+
+def least_privilege_context() -> dict[str, Any]:
+    (patch,) = yaml.safe_load_all((PACKAGING / "kubernetes" / "least-privilege" / "capabilities.yaml").read_text())
+    (container,) = patch["spec"]["template"]["spec"]["containers"]
+    return container["securityContext"]
+
+
+def podman_args_from_daemonset(workdir: Path, metrics_port: int, host_headers: bool,
+                               least_privilege: bool = False) -> list[str]:
     """`podman run` flags that give the container what the DaemonSet gives it on a node."""
     pod, container = daemonset_container()
     volumes = {v["name"]: v for v in pod["volumes"]}
     args = ["--pid=host" if pod["hostPID"] else "--pid=private",
             "--network=host" if pod["hostNetwork"] else "--network=none"]
-    if container["securityContext"].get("privileged"):
-        args.append("--privileged")
-    if container["securityContext"].get("readOnlyRootFilesystem"):
-        args.append("--read-only")
+    args += security_args(least_privilege_context() if least_privilege else container["securityContext"])
     (configmap,) = yaml.safe_load_all((PACKAGING / "kubernetes" / "configmap.yaml").read_text())
     for mount in container["volumeMounts"]:
         volume = volumes[mount["name"]]
         target = mount["mountPath"]
-        suffix = ":ro" if mount.get("readOnly") else ""
+        options = ["ro"] if mount.get("readOnly") else []
+        if mount.get("mountPropagation") == "HostToContainer":
+            options.append("rslave")
+        suffix = f":{','.join(options)}" if options else ""
         if "hostPath" in volume:
             source = Path(volume["hostPath"]["path"])
             headers = source.parts[1:3] == ("lib", "modules") or source == Path("/usr/src")
@@ -125,11 +151,11 @@ def podman_args_from_daemonset(workdir: Path, metrics_port: int, host_headers: b
 
 
 class SensorContainer:
-    def __init__(self, image: str, workdir: Path, host_headers: bool) -> None:
+    def __init__(self, image: str, workdir: Path, host_headers: bool, least_privilege: bool = False) -> None:
         self.name = f"container-sensor-test-{uuid.uuid4().hex[:8]}"
         self.metrics_address = f"127.0.0.1:{free_port()}"
         port = int(self.metrics_address.rsplit(":", 1)[1])
-        flags = podman_args_from_daemonset(workdir, port, host_headers)
+        flags = podman_args_from_daemonset(workdir, port, host_headers, least_privilege)
         *options, command = flags
         subprocess.run([*PODMAN_RUN, "-d", "--name", self.name, *options, image, command],
                        check=True, capture_output=True, text=True, timeout=60)
@@ -191,14 +217,19 @@ def start_ssh_container(image: str, workdir: Path) -> str:
 
 @pytest.fixture
 def sensor_container(request, sensor_image: str, workdir: Path) -> Iterator[SensorContainer]:
-    container = SensorContainer(sensor_image, workdir, host_headers=request.param)
+    variant = request.param
+    # Without privileges the container cannot mount tracefs: the node must have (docs/operations.md).
+    if variant == "least-privilege" and not Path("/sys/kernel/tracing/events").is_dir():
+        subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], check=True)
+    container = SensorContainer(sensor_image, workdir, host_headers=variant == "host-headers",
+                                least_privilege=variant == "least-privilege")
     try:
         yield container
     finally:
         container.remove()
 
 
-@pytest.mark.parametrize("sensor_container", [True, False], ids=["host-headers", "image-headers"],
+@pytest.mark.parametrize("sensor_container", ["host-headers", "image-headers", "least-privilege"],
                          indirect=True)
 def test_image_detects_ssh_in_another_container(sensor_container: SensorContainer, ssh_image: str,
                                                  workdir: Path):

@@ -45,6 +45,16 @@ def test_cgroupfs_hybrid_and_v2(tmp_path):
     assert check_cgroupfs(path).detail == "cgroup2 at /sys/fs/cgroup"
 
 
+def test_cgroupfs_ignores_other_containers_mounts(tmp_path):
+    # Seen in the sensor's container with the host's /var/lib/containers mounted: a running container's cgroup
+    # mount shows up below its overlay root.
+    other = ("1409 1387 0:31 / /var/lib/containers/storage/overlay/a76eecb08f825bf9d656afa1a14f3a374cc612e5cc6a41"
+             "1773e98f4e4eeee14c/merged/sys/fs/cgroup/unified ro,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw\n")
+    path = tmp_path / "mountinfo"
+    path.write_text(HYBRID_MOUNTINFO + other)
+    assert check_cgroupfs(path).detail == "cgroup2 at /sys/fs/cgroup/unified; 2 cgroup v1 hierarchies"
+
+
 def test_cgroupfs_missing_names_the_mount(tmp_path):
     path = tmp_path / "mountinfo"
     path.write_text(HYBRID_MOUNTINFO.splitlines()[0] + "\n")
