@@ -42,6 +42,7 @@ DEFAULT_EVENTS_STREAM = "logs-endpoint.events.process-default"
 DEFAULT_ALERTS_STREAM = "logs-container_sensor.alerts-default"
 _DATA_STREAM_RE = re.compile(r"^(logs|metrics|traces|synthetics|profiling)-([a-z0-9_.]+)-([a-z0-9_.]+)$")
 _INDEX_RE = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
+_PLAIN_ID_RE = re.compile(r"^[A-Za-z0-9_.:+=-]{1,512}$")
 _FILTER_PATH = "errors,items.*.status,items.*.error"
 # Oldest REST compatibility every server we support understands (8.x takes 8 and 7, 9.x takes 9 and 8).
 _PROBE_COMPAT = 8
@@ -459,9 +460,13 @@ class ElasticsearchOutput:
 
     @staticmethod
     def _action_line(item: list[Any]) -> bytes:
-        meta = {"_index": item[0]}
-        if item[1] is not None:
-            meta["_id"] = item[1]
+        index, doc_id = item[0], item[1]
+        if doc_id is not None and _PLAIN_ID_RE.match(doc_id):
+            # Index names are checked at start-up and these ids need no JSON escaping: skip the encoder.
+            return f'{{"create":{{"_index":"{index}","_id":"{doc_id}"}}}}\n'.encode()
+        meta = {"_index": index}
+        if doc_id is not None:
+            meta["_id"] = doc_id
         return b'{"create":' + json.dumps(meta, separators=(",", ":")).encode() + b"}\n"
 
     def _send_chunk(self, chunk: list[list[Any]], body: list[bytes]) -> list[list[Any]]:
