@@ -60,8 +60,8 @@ def make_getter(parts: Sequence[str | int]) -> Getter:
 
         def get1(doc: dict) -> Any:
             value = doc.get(k0)
-            if value is None or type(value) is list:
-                return slow(doc) if value is not None else None
+            if type(value) is list:
+                return value if value and None not in value else slow(doc)
             return value
 
         return get1
@@ -75,7 +75,7 @@ def make_getter(parts: Sequence[str | int]) -> Getter:
                 return slow(doc) if a is not None else None
             value = a.get(k1)
             if type(value) is list:
-                return slow(doc)
+                return value if value and None not in value else slow(doc)
             return value
 
         return get2
@@ -92,7 +92,7 @@ def make_getter(parts: Sequence[str | int]) -> Getter:
                 return slow(doc) if b is not None else None
             value = b.get(k2)
             if type(value) is list:
-                return slow(doc)
+                return value if value and None not in value else slow(doc)
             return value
 
         return get3
@@ -108,7 +108,7 @@ def make_getter(parts: Sequence[str | int]) -> Getter:
             current = nxt
         value = current.get(tail)
         if type(value) is list:
-            return slow(doc)
+            return value if value and None not in value else slow(doc)
         return value
 
     return get_n
