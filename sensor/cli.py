@@ -118,6 +118,7 @@ def main() -> None:
 
 def _run(config_file: Path | None, flags: dict[str, Any], record_to: Path | None) -> None:
     from sensor.app import run_live  # noqa: PLC0415
+    from sensor.outputs.factory import OutputSpecError  # noqa: PLC0415
     from sensor.probe import ProbeError  # noqa: PLC0415
 
     config = _load_config(config_file, flags)
@@ -129,6 +130,8 @@ def _run(config_file: Path | None, flags: dict[str, Any], record_to: Path | None
                            on_ready=lambda pipeline: pipeline_ref.__setitem__("pipeline", pipeline))
     except ProbeError as exc:
         _fail(f"{exc} (run 'container-sensor check' for every prerequisite)")
+    except OutputSpecError as exc:
+        _fail(str(exc))
     except OSError as exc:
         _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
     finally:
@@ -158,6 +161,7 @@ def record(file: Path, config_file: Path | None, **kwargs: Any) -> None:
 def replay(file: Path, config_file: Path | None, **kwargs: Any) -> None:
     """Run a recording through the whole pipeline, without BPF or root, to the same outputs."""
     from sensor.app import run_replay  # noqa: PLC0415
+    from sensor.outputs.factory import OutputSpecError  # noqa: PLC0415
     from sensor.records import read_recording  # noqa: PLC0415
 
     flags = _flags(**kwargs)
@@ -167,6 +171,8 @@ def replay(file: Path, config_file: Path | None, **kwargs: Any) -> None:
     try:
         with open(file, "rb") as stream:
             summary = run_replay(config, read_recording(stream))
+    except OutputSpecError as exc:
+        _fail(str(exc))
     except ValueError as exc:
         _fail(f"{file}: {exc}")
     click.echo(summary.line(), err=True)
