@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +33,42 @@ def container_evidence(doc: dict) -> list[str]:
     return evidence
 
 
+def _append(block: dict[str, list], entry: Any) -> None:
+    if not isinstance(entry, dict):
+        return
+    for key in ("id", "name", "reference"):
+        value = entry.get(key)
+        if isinstance(value, str) and value not in block.setdefault(key, []):
+            block[key].append(value)
+
+
+def ecs_threat(mapping: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A rule file's [[rule.threat]] list as ECS `threat`: framework plus id/name/reference arrays."""
+    frameworks: list[str] = []
+    tactic: dict[str, list] = {}
+    technique: dict[str, list] = {}
+    subtechnique: dict[str, list] = {}
+    for entry in mapping:
+        framework = entry.get("framework")
+        if isinstance(framework, str) and framework not in frameworks:
+            frameworks.append(framework)
+        _append(tactic, entry.get("tactic"))
+        for tech in entry.get("technique") or []:
+            _append(technique, tech)
+            for sub in (tech.get("subtechnique") or []) if isinstance(tech, dict) else []:
+                _append(subtechnique, sub)
+    threat: dict[str, Any] = {}
+    if frameworks:
+        threat["framework"] = ", ".join(frameworks)
+    if tactic:
+        threat["tactic"] = tactic
+    if technique:
+        threat["technique"] = dict(technique)
+        if subtechnique:
+            threat["technique"]["subtechnique"] = subtechnique
+    return threat
+
+
 def build_alert(doc: dict, rule: RuleMetadata, details: dict[str, Any], *,
                 created: str | None = None) -> dict:
     """A copy of the event with `event.kind: alert`, the rule, its threat mapping and
@@ -56,7 +93,7 @@ def build_alert(doc: dict, rule: RuleMetadata, details: dict[str, Any], *,
         alert["data_stream"] = {**stream, "dataset": ALERT_DATASET}
     alert["rule"] = rule.rule_fields()
     if rule.threat:
-        alert["threat"] = copy.deepcopy(list(rule.threat))
+        alert["threat"] = ecs_threat(rule.threat)
     sensor = alert.setdefault("container_sensor", {})
     sensor["alert"] = {
         "severity": rule.severity,
@@ -65,4 +102,8 @@ def build_alert(doc: dict, rule: RuleMetadata, details: dict[str, Any], *,
         "container_evidence": container_evidence(doc),
         **details,
     }
+    if rule.threat:
+        # ECS `threat.*` holds parallel arrays; the tactic -> technique -> subtechnique pairing as the rule
+        # file writes it is kept here
+        sensor["alert"]["threat_mapping"] = copy.deepcopy(list(rule.threat))
     return alert

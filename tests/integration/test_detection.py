@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.ecs_fields import ecs_problems
 from tests.integration.rootfs import RootfsUnavailable, copy_rootfs
 from tests.integration.sensor_process import SHARED, SensorProcess, get, run_and_wait
 
@@ -84,7 +85,9 @@ def test_ssh_sshd_and_disguised_ssh_in_a_container(detecting: SensorProcess, roo
         details = alert["container_sensor"]["alert"]
         assert (details["program"], details["recognized_by"]) == (program, way), executable
         assert alert["event"]["kind"] == "alert" and alert["event"]["action"] == "exec"
-        assert {t["tactic"]["id"] for t in alert["threat"]} == {"TA0008", "TA0003"}
+        assert alert["threat"]["tactic"]["id"] == ["TA0008", "TA0003"]
+        assert alert["threat"]["technique"]["subtechnique"]["id"] == ["T1021.004"]
+        assert ecs_problems(alert) == []
         assert "container.id" in details["container_evidence"]
         assert alert["container_sensor"]["cgroup"]["path"].endswith(container_id)
         assert alert["container_sensor"]["namespaces"]["mnt"]

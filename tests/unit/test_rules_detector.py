@@ -13,6 +13,7 @@ import pytest
 from sensor.rules.detector import Detector
 from sensor.rules.eql_compile import CompiledQuery
 from sensor.rules.loader import LoadedRule, load_rule_file, load_rules
+from tests.ecs_fields import ecs_problems
 from tests.unit.rules_docs import container_ssh_exec, host_ssh_exec
 
 SHARED_RULES = Path(__file__).resolve().parents[2].parent / "shared" / "rules"
@@ -43,12 +44,19 @@ def test_container_ssh_raises_one_ecs_alert_with_rule_threat_and_evidence() -> N
     assert alert["event"]["id"] != event["event"]["id"]
     assert alert["event"]["severity"] == 47 and alert["event"]["risk_score"] == 47
     assert set(alert["rule"]) >= {"id", "uuid", "name", "description", "reference", "ruleset", "version"}
-    tactics = {t["tactic"]["id"]: t for t in alert["threat"]}
-    assert set(tactics) == {"TA0008", "TA0003"}
-    assert all(t["framework"] == "MITRE ATT&CK" for t in alert["threat"])
-    ssh = tactics["TA0008"]["technique"][0]
-    assert (ssh["id"], ssh["subtechnique"][0]["id"], ssh["subtechnique"][0]["name"]) == ("T1021", "T1021.004", "SSH")
-    assert tactics["TA0003"]["technique"][0]["id"] == "T1133"
+    threat = alert["threat"]
+    assert threat["framework"] == "MITRE ATT&CK"
+    assert threat["tactic"] == {"id": ["TA0008", "TA0003"], "name": ["Lateral Movement", "Persistence"],
+                                "reference": ["https://attack.mitre.org/tactics/TA0008/",
+                                              "https://attack.mitre.org/tactics/TA0003/"]}
+    assert threat["technique"]["id"] == ["T1021", "T1133"]
+    assert threat["technique"]["name"] == ["Remote Services", "External Remote Services"]
+    assert threat["technique"]["subtechnique"] == {
+        "id": ["T1021.004"], "name": ["SSH"], "reference": ["https://attack.mitre.org/techniques/T1021/004/"]}
+    mapping = {t["tactic"]["id"]: t for t in alert["container_sensor"]["alert"]["threat_mapping"]}
+    assert mapping["TA0008"]["technique"][0]["subtechnique"][0]["id"] == "T1021.004"
+    assert mapping["TA0003"]["technique"][0]["id"] == "T1133"
+    assert ecs_problems(alert) == []
     for key in ("process", "container", "host"):
         assert alert[key] == event[key]
     assert alert["container_sensor"]["cgroup"] == event["container_sensor"]["cgroup"]
@@ -160,7 +168,8 @@ def test_elastic_rule_alert_carries_the_rule_metadata() -> None:
     elastic = by_id["5c50ffa6-07f4-4cce-a1b7-c16928a2ed52"]
     assert elastic["rule"]["name"] == "Deprecated - SSH Process Launched From Inside A Container via Elastic Defend"
     assert elastic["event"]["risk_score"] == 47 and elastic["event"]["severity"] == 47
-    assert [t["tactic"]["id"] for t in elastic["threat"]] == ["TA0008", "TA0003"]
+    assert elastic["threat"]["tactic"]["id"] == ["TA0008", "TA0003"]
+    assert ecs_problems(elastic) == []
     assert elastic["container_sensor"]["alert"]["rule_file"].endswith(".toml")
     assert detector.evaluate(host_ssh_exec()) == []
 
