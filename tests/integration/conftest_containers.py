@@ -1,0 +1,193 @@
+"""Real containers for integration tests: podman+runc, a kubepods-shaped runc bundle, LXC, systemd-nspawn.
+
+Import the fixtures where they are used (`from tests.integration.conftest_containers import podman_container`)
+or into tests/integration/conftest.py. Each skips with the reason when its runtime cannot run here; each
+cleans up what it started. Everything is built from the cached root filesystem of tests/integration/rootfs.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.integration import rootfs as rootfs_mod
+
+PODMAN_RUN = ["podman", "--runtime", "runc", "run", "--network", "none",
+              "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
+CGROUP_V2 = Path("/sys/fs/cgroup/unified") if Path("/sys/fs/cgroup/unified/cgroup.procs").exists() \
+    else Path("/sys/fs/cgroup")
+
+
+def _need(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"not installed: {', '.join(missing)}")
+
+
+def _run(argv: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, **kw)
+
+
+def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def v2_cgroup_of(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    raise AssertionError(f"pid {pid} has no v2 cgroup line")
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+@dataclass(frozen=True)
+class RunningContainer:
+    runtime: str
+    id: str  # what ContainerInfo.id should be
+    name: str | None
+    pid: int  # the container's init as the host sees it
+    image: str | None = None
+    pod_uid: str | None = None
+    pod_name: str | None = None
+    pod_namespace: str | None = None
+
+
+@pytest.fixture(scope="session")
+def test_rootfs() -> Path:
+    try:
+        return rootfs_mod.rootfs()
+    except rootfs_mod.RootfsUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def podman_image_ref(test_rootfs: Path) -> str:
+    _need("podman", "runc")
+    return rootfs_mod.podman_image()
+
+
+@pytest.fixture(scope="session")
+def podman_container(podman_image_ref: str) -> Iterator[RunningContainer]:
+    """A detached podman (runc) container running `sleep`, started before any sensor of the session."""
+    name = f"cs-test-{secrets.token_hex(4)}"
+    started = _run([*PODMAN_RUN, "-d", "--name", name, podman_image_ref, "sleep", "3600"])
+    if started.returncode != 0:
+        pytest.skip(f"podman run failed: {started.stderr.strip()}")
+    cid = started.stdout.strip().splitlines()[-1]
+    try:
+        pid = int(_run(["podman", "inspect", "-f", "{{.State.Pid}}", name]).stdout.strip())
+        yield RunningContainer("podman", cid, name, pid, image=podman_image_ref)
+    finally:
+        _run(["podman", "rm", "-f", "-t", "0", name])
+
+
+KUBE_POD_UID = "5f0c1e2d-3b4a-4c5d-8e9f-0a1b2c3d4e5f"
+
+
+@pytest.fixture(scope="session")
+def runc_kube_container(test_rootfs: Path, tmp_path_factory) -> Iterator[RunningContainer]:
+    """`runc run -d` of a bundle shaped like a kubelet+containerd one: cgroupfs-driver kubepods path and the
+    CRI plugin's annotations (containerd pkg/cri/annotations)."""
+    _need("runc")
+    cid = secrets.token_hex(32)
+    bundle = tmp_path_factory.mktemp("runc-bundle")
+    _run(["runc", "spec", "--bundle", str(bundle)], check=True)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["root"] = {"path": str(test_rootfs), "readonly": True}
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = ["/bin/sleep", "3600"]
+    spec["linux"]["cgroupsPath"] = f"/kubepods/burstable/pod{KUBE_POD_UID}/{cid}"
+    spec["annotations"] = {
+        "io.kubernetes.cri.container-type": "container",
+        "io.kubernetes.cri.container-name": "web",
+        "io.kubernetes.cri.image-name": "docker.io/library/busybox:1.36",
+        "io.kubernetes.cri.sandbox-id": secrets.token_hex(32),
+        "io.kubernetes.cri.sandbox-name": "web-6d9f7c",
+        "io.kubernetes.cri.sandbox-namespace": "shop",
+        "io.kubernetes.cri.sandbox-uid": KUBE_POD_UID,
+    }
+    (bundle / "config.json").write_text(json.dumps(spec))
+    # the detached container inherits runc's stdio: pipes would never reach EOF, so no capture here
+    log = bundle / "runc.log"
+    with open(log, "wb") as err:
+        started = subprocess.run(["runc", "run", "-d", "--bundle", str(bundle), cid], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=err, timeout=30)
+    if started.returncode != 0:
+        pytest.skip(f"runc run failed: {log.read_text().strip()}")
+    try:
+        state = json.loads(_run(["runc", "state", cid], check=True).stdout)
+        yield RunningContainer("containerd", cid, "web", state["pid"], image="docker.io/library/busybox:1.36",
+                               pod_uid=KUBE_POD_UID, pod_name="web-6d9f7c", pod_namespace="shop")
+    finally:
+        _run(["runc", "delete", "-f", cid])
+        for rel in (f"kubepods/burstable/pod{KUBE_POD_UID}", "kubepods/burstable", "kubepods"):
+            for hierarchy in Path("/sys/fs/cgroup").iterdir():
+                with contextlib.suppress(OSError):
+                    (hierarchy / rel).rmdir()
+
+
+@pytest.fixture(scope="session")
+def lxc_container() -> Iterator[RunningContainer]:
+    """`lxc-create -t busybox` with an `empty` network, started detached."""
+    _need("lxc-create", "lxc-start", "lxc-attach", "busybox")
+    name = f"cs-lxc-{secrets.token_hex(3)}"
+    created = _run(["lxc-create", "-n", name, "-t", "busybox"])
+    if created.returncode != 0:
+        pytest.skip(f"lxc-create failed: {created.stderr.strip()}")
+    try:
+        config = Path(f"/var/lib/lxc/{name}/config")
+        lines = [ln for ln in config.read_text().splitlines()
+                 if not ln.startswith(("lxc.net.0.", "lxc.apparmor."))]
+        lines += ["lxc.net.0.type = empty", "lxc.apparmor.profile = unconfined"]
+        config.write_text("\n".join(lines) + "\n")
+        started = _run(["lxc-start", "-n", name, "-d"])
+        if started.returncode != 0:
+            pytest.skip(f"lxc-start failed: {started.stderr.strip()}")
+        pid = wait_for(lambda: int(_run(["lxc-info", "-n", name, "-pH"]).stdout.strip() or 0), what="lxc init")
+        yield RunningContainer("lxc", name, name, pid)
+    finally:
+        _run(["lxc-stop", "-n", name, "-k"])
+        _run(["lxc-destroy", "-n", name])
+
+
+@pytest.fixture
+def nspawn_root(test_rootfs: Path, tmp_path: Path) -> Path:
+    """A private copy of the root filesystem (nspawn writes into it)."""
+    _need("systemd-nspawn")
+    return rootfs_mod.copy_rootfs(tmp_path / "nspawn-root")
+
+
+def nspawn_argv(root: Path, *command: str) -> list[str]:
+    """systemd-nspawn without systemd as init: it stays in the caller's cgroup, namespaces set it apart."""
+    return ["systemd-nspawn", "--register=no", "--keep-unit", "-q", "--machine", f"cs-{uuid.uuid4().hex[:8]}",
+            "-D", str(root), *command]
+
+
+def pid_ns(pid: int | str) -> int:
+    return os.stat(f"/proc/{pid}/ns/pid").st_ino
