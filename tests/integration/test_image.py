@@ -281,3 +281,62 @@ def test_image_check_names_what_is_missing_without_privileges(sensor_image: str)
 def _root_only() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")
+
+
+SYSTEMD_CONTAINERFILE = """\
+FROM {image}
+RUN apt-get update && apt-get install -y --no-install-recommends systemd systemd-sysv \\
+ && rm -rf /var/lib/apt/lists/*
+COPY container-sensor.service /etc/systemd/system/container-sensor.service
+COPY environment /etc/container-sensor/environment
+RUN systemctl enable container-sensor
+ENTRYPOINT ["/lib/systemd/systemd"]
+CMD []
+"""
+
+
+def test_systemd_unit_runs_the_sensor_under_its_hardening(sensor_image: str, tmp_path: Path):
+    """The shipped unit, unchanged, under a real systemd: the sensor attaches and emits despite the sandbox."""
+    context = tmp_path / "systemd-image"
+    context.mkdir()
+    shutil.copy(PACKAGING / "systemd" / "container-sensor.service", context)
+    address = f"127.0.0.1:{free_port()}"
+    # A non-editable install keeps the probe's C sources in the copied tree, as docs/operations.md says.
+    (context / "environment").write_text(
+        f"SENSOR_BPF_DIR=/opt/container-sensor/src/bpf\nCONTAINER_SENSOR_METRICS_ADDRESS={address}\n"
+    )
+    (context / "Containerfile").write_text(SYSTEMD_CONTAINERFILE.format(image=sensor_image))
+    image = "localhost/container-sensor-systemd:test"
+    build = subprocess.run(["podman", "build", "--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit",
+                            "nproc=4096:4096", "--network", "host", "-t", image, str(context)],
+                           capture_output=True, text=True, timeout=900)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    name = f"container-sensor-systemd-{uuid.uuid4().hex[:8]}"
+    subprocess.run([*PODMAN_RUN, "-d", "--name", name, "--privileged", "--systemd=always", "--network=host",
+                    image], check=True, capture_output=True, timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        ok, body = probe(address)
+        while not ok and time.monotonic() < deadline:
+            time.sleep(0.5)
+            ok, body = probe(address)
+        journal = podman("exec", name, "journalctl", "-u", "container-sensor", "--no-pager", "-o", "cat",
+                         check=False).stdout
+        assert ok, f"{body}\n{journal[-3000:]}"
+        state = podman("exec", name, "systemctl", "show", "-p", "ActiveState", "-p", "NRestarts",
+                       "container-sensor").stdout.split()
+        assert state == ["NRestarts=0", "ActiveState=active"], state
+        marker = f"unit-test-{uuid.uuid4().hex}"
+        podman("exec", name, "/bin/true", marker)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            journal = podman("exec", name, "journalctl", "-u", "container-sensor", "--no-pager", "-o", "cat",
+                             check=False)
+            if any(marker in line and '"action":"exec"' in line for line in journal.stdout.splitlines()):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"no exec document for /bin/true {marker} in the journal:\n"
+                                 f"{journal.stdout[-2000:]}\n{journal.stderr[-1000:]}")
+    finally:
+        podman("rm", "-f", "-t", "5", name, check=False, timeout=60)
