@@ -8,7 +8,8 @@ Ways of recognising, in the order tried:
 - "inode": the file could not be looked at any more, but its (device, inode) is a binary already known as one.
 
 The verdict for a file is cached by (device, inode) so an exec storm costs one lookup per distinct binary;
-content reads are bounded (ELF only, at most `max_read_bytes`). A cached verdict is re-checked against the
+content reads are bounded (ELF only, the first `max_read_bytes` of the file: padding a copy with zeros moves
+no marker, and a huge binary costs no more than a small one). A cached verdict is re-checked against the
 file's ctime while the process still lives, so a recycled inode number cannot hide a new binary.
 """
 
@@ -27,7 +28,7 @@ HOST_SSH_PATHS = (
     "/usr/sbin/sshd", "/sbin/sshd", "/usr/local/sbin/sshd",
     "/usr/lib/autossh/autossh", "/usr/bin/autossh", "/usr/local/bin/autossh",
 )
-DEFAULT_MAX_READ_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_READ_BYTES = 16 * 1024 * 1024
 # A file that could not be reached (every process that could show it has exited) is tried again at most this
 # often, so a storm of short-lived execs of one unreachable binary costs a dict lookup per event.
 UNREADABLE_RETRY_S = 0.1
@@ -50,17 +51,19 @@ class _Verdict:
     retry_at: float = 0.0  # for "unreadable": when to try to reach the file again
 
 
-def program_from_content(data: bytes | mmap.mmap) -> str:
-    """Which OpenSSH/autossh program an ELF image is, from strings every build carries; "" for none."""
+def program_from_content(data: bytes | mmap.mmap, limit: int | None = None) -> str:
+    """Which OpenSSH/autossh program an ELF image is, from strings every build carries; "" for none.
+    Only the first `limit` bytes are searched."""
     if data[:4] != _ELF_MAGIC:
         return ""
-    if data.find(b"AUTOSSH_GATETIME") >= 0:
+    end = len(data) if limit is None else min(limit, len(data))
+    if data.find(b"AUTOSSH_GATETIME", 0, end) >= 0:
         return "autossh"
-    if data.find(b"OpenSSH_") < 0:
+    if data.find(b"OpenSSH_", 0, end) < 0:
         return ""
-    if data.find(b"usage: sshd ") >= 0:
+    if data.find(b"usage: sshd ", 0, end) >= 0:
         return "sshd"
-    if data.find(b"usage: ssh ") >= 0:
+    if data.find(b"usage: ssh ", 0, end) >= 0:
         return "ssh"
     return ""
 
@@ -136,7 +139,7 @@ class ExecutableIdentity:
         self._verdicts: dict[tuple[int, int], _Verdict] = {}
         self._known: dict[tuple[int, int], str] = {}
         self.counts = {"identity_cache_hits": 0, "identity_lookups": 0, "identity_content_reads": 0,
-                       "identity_unreadable": 0, "identity_too_large": 0, "identity_stale": 0}
+                       "identity_unreadable": 0, "identity_partial_scans": 0, "identity_stale": 0}
         for path in host_paths:
             self._learn_path(path)
 
@@ -149,11 +152,9 @@ class ExecutableIdentity:
         name = os.path.basename(os.path.realpath(path))
         program = name if name in SSH_PROGRAMS else ""
         if not program:
-            if st.st_size > self._max_read:
-                return
             try:
                 with open(path, "rb") as handle:
-                    program = program_from_content(handle.read())
+                    program = program_from_content(handle.read(self._max_read))
             except OSError:
                 return
         if program:
@@ -239,11 +240,10 @@ class ExecutableIdentity:
                 if not stat.S_ISREG(st.st_mode) or st.st_size < 4:
                     return _Verdict("", "content", st.st_ctime_ns)
                 if st.st_size > self._max_read:
-                    self.counts["identity_too_large"] += 1
-                    return _Verdict("", "content", st.st_ctime_ns)
+                    self.counts["identity_partial_scans"] += 1
                 self.counts["identity_content_reads"] += 1
                 with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as image:
-                    return _Verdict(program_from_content(image), "content", st.st_ctime_ns)
+                    return _Verdict(program_from_content(image, self._max_read), "content", st.st_ctime_ns)
             except (OSError, ValueError):
                 continue
             finally:

@@ -132,14 +132,22 @@ def test_cached_verdict_is_rechecked_when_the_file_changed(beside_ssh: Path) -> 
         child.wait()
 
 
-def test_large_files_are_not_read(beside_ssh: Path) -> None:
+@needs_ssh
+def test_only_the_head_of_a_large_file_is_searched(beside_ssh: Path) -> None:
+    padded = beside_ssh / "padded"
+    shutil.copy2(SSH, padded)
+    with open(padded, "r+b") as out:
+        out.truncate(3 * 1024 * 1024)          # a copy of ssh padded with zeros still runs and is still ssh
     big = beside_ssh / "big"
     with open(big, "wb") as out:
         out.write(b"\x7fELF")
-        out.truncate(2 * 1024 * 1024)
-    identity = ExecutableIdentity(max_read_bytes=1024 * 1024)
+        out.truncate(3 * 1024 * 1024)
+        out.seek(2 * 1024 * 1024)
+        out.write(b"OpenSSH_9 usage: ssh [")   # beyond the searched head
+    identity = ExecutableIdentity(max_read_bytes=2 * 1024 * 1024)
+    assert classify(identity, padded) == Recognition("ssh", "content")
     assert classify(identity, big) is None
-    assert identity.counts["identity_too_large"] == 1 and identity.counts["identity_content_reads"] == 0
+    assert identity.counts["identity_partial_scans"] == 2 and identity.counts["identity_content_reads"] == 2
 
 
 def test_unreachable_file_is_counted_and_retried_only_after_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
