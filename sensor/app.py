@@ -7,7 +7,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from sensor.ecs import DocumentBuilder
 from sensor.outputs.base import Output
 from sensor.outputs.stdout import StdoutOutput
 from sensor.pipeline import Pipeline, basic_leaders
-from sensor.processes import ProcessTable
+from sensor.processes import ProcessTable, snapshot_of
 from sensor.records import Namespaces, Record, RecordingWriter
 
 log = logging.getLogger("container_sensor")
@@ -127,10 +127,14 @@ def build_leaders() -> Callable:
     return find_leaders
 
 
-def build_pipeline(config: Any, outputs: list[Output], *, live: bool) -> Pipeline:
-    facts = host_facts.gather(hostname=getattr(config, "node_name", None))
+def build_pipeline(config: Any, outputs: list[Output], *, live: bool, meta: dict[str, Any] | None = None) -> Pipeline:
+    """meta: a recording's metadata, so a replay reproduces the recorded boot id and timestamps."""
+    meta = meta or {}
+    facts = host_facts.gather(hostname=getattr(config, "node_name", None) or meta.get("hostname"))
+    if meta.get("boot_id"):
+        facts = replace(facts, boot_id=meta["boot_id"])
     table = ProcessTable(facts.boot_id or "unknown-boot")
-    builder = DocumentBuilder(facts, boot_wall_offset_ns=boot_wall_offset_ns())
+    builder = DocumentBuilder(facts, boot_wall_offset_ns=meta.get("boot_wall_offset_ns") or boot_wall_offset_ns())
     resolver = build_resolver(host_namespaces()) if live else None
     return Pipeline(table=table, builder=builder, outputs=outputs, resolver=resolver,
                     detector=build_detector(config), leaders=build_leaders(), read_cwd=live)
@@ -149,7 +153,11 @@ def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | Non
     record_stream = None
     if record_to is not None:
         record_stream = open(record_to, "wb")  # noqa: SIM115 - closed in finally below
-        recorder = RecordingWriter(record_stream)
+        recorder = RecordingWriter(record_stream, {
+            "boot_id": pipeline.table.boot_id,
+            "boot_wall_offset_ns": pipeline.builder.boot_wall_offset_ns,
+            "hostname": pipeline.builder.hostname,
+        })
 
     def on_record(record: Record) -> None:
         if recorder is not None:
@@ -161,7 +169,11 @@ def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | Non
     probe.load()
     # Attached first, seeded second: an exec that races the seeding is queued in the ring buffer, not missed.
     seeded = pipeline.table.seed_from_proc(cgroup_v2_root())
-    log.info("probe attached in %.2fs, %d running processes seeded", time.monotonic() - started, seeded)
+    if recorder is not None:
+        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        for proc in seeded:
+            recorder.write(snapshot_of(proc, now))
+    log.info("probe attached in %.2fs, %d running processes seeded", time.monotonic() - started, len(seeded))
     ready_file = getattr(config, "ready_file", None)
     if ready_file:
         Path(ready_file).write_text(f"{os.getpid()}\n")
@@ -191,10 +203,10 @@ def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | Non
     return summarize(pipeline, outputs, probe.records)
 
 
-def run_replay(config: Any, records: Iterable[Record]) -> RunSummary:
+def run_replay(config: Any, records: Iterable[Record], meta: dict[str, Any] | None = None) -> RunSummary:
     """Feeds recorded records through every stage after the probe."""
     outputs = build_outputs(config)
-    pipeline = build_pipeline(config, outputs, live=False)
+    pipeline = build_pipeline(config, outputs, live=False, meta=meta)
     seen = 0
     try:
         for record in records:

@@ -162,7 +162,7 @@ def replay(file: Path, config_file: Path | None, **kwargs: Any) -> None:
     """Run a recording through the whole pipeline, without BPF or root, to the same outputs."""
     from sensor.app import run_replay  # noqa: PLC0415
     from sensor.outputs.factory import OutputSpecError  # noqa: PLC0415
-    from sensor.records import read_recording  # noqa: PLC0415
+    from sensor.records import RecordingReader  # noqa: PLC0415
 
     flags = _flags(**kwargs)
     flags["metrics_address"] = flags["metrics_address"] or "off"
@@ -170,7 +170,8 @@ def replay(file: Path, config_file: Path | None, **kwargs: Any) -> None:
     _setup_logging(config)
     try:
         with open(file, "rb") as stream:
-            summary = run_replay(config, read_recording(stream))
+            reader = RecordingReader(stream)
+            summary = run_replay(config, reader, reader.meta)
     except OutputSpecError as exc:
         _fail(str(exc))
     except ValueError as exc:

@@ -111,6 +111,7 @@ class DocumentBuilder:
         self._agent = {"type": "container-sensor", "version": __version__, "name": host.hostname,
                        "id": agent_id or host.host_id}
         self._boot_id = host.boot_id
+        self.hostname = host.hostname
         self._summaries: dict[int, tuple[Process, dict[str, Any]]] = {}
 
     def wall(self, boot_ns: int) -> int:

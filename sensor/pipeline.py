@@ -14,13 +14,23 @@ from typing import Any, Protocol
 from sensor.ecs import ContainerLike, DocumentBuilder, Leaders
 from sensor.outputs.base import Output
 from sensor.processes import Process, ProcessTable
-from sensor.records import CgroupRecord, ExecRecord, ExitRecord, ForkRecord, LossRecord, Namespaces, Record
+from sensor.records import (
+    CgroupRecord,
+    ExecRecord,
+    ExitRecord,
+    ForkRecord,
+    LossRecord,
+    Namespaces,
+    ProcessSnapshotRecord,
+    Record,
+)
 
 
 class Resolver(Protocol):
     def on_cgroup(self, rec: CgroupRecord) -> None: ...
 
-    def resolve(self, cgroup_id: int, ns: Namespaces, ancestry: Sequence[tuple[int, str]] = ()) -> Any: ...
+    def resolve(self, cgroup_id: int, ns: Namespaces, ancestry: Sequence[tuple[int, str]] = (),
+                pid: int = 0) -> Any: ...
 
     def cgroup_path(self, cgroup_id: int) -> str | None: ...
 
@@ -122,6 +132,8 @@ class Pipeline:
             self.stats.cgroup_events += 1
             if self.resolver is not None:
                 self.resolver.on_cgroup(record)
+        elif isinstance(record, ProcessSnapshotRecord):
+            self.table.on_snapshot(record)
         elif isinstance(record, LossRecord):
             self.stats.kernel_lost = record.ringbuf_full
             self.stats.argv_truncated = record.argv_truncated
@@ -130,7 +142,7 @@ class Pipeline:
     def _container(self, proc: Process) -> tuple[ContainerLike | None, str | None]:
         if self.resolver is None:
             return None, None
-        container = self.resolver.resolve(proc.cgroup_id, proc.ns, LazyAncestry(self.table, proc))
+        container = self.resolver.resolve(proc.cgroup_id, proc.ns, LazyAncestry(self.table, proc), proc.pid)
         return container, self.resolver.cgroup_path(proc.cgroup_id)
 
     def _on_exec(self, rec: ExecRecord) -> None:

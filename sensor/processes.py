@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from sensor.records import ExecRecord, ExitRecord, ForkRecord, Namespaces
+from sensor.records import ExecRecord, ExitRecord, ForkRecord, Namespaces, ProcessSnapshotRecord
 
 # /proc/PID/stat reports start time in clock ticks; entity ids use the same granularity so that a process
 # seeded from /proc and the same process seen later by the probe get the same id.
@@ -67,6 +67,18 @@ class Process:
     @property
     def interactive(self) -> bool:
         return self.tty_major != 0
+
+
+def snapshot_of(proc: Process, ktime_ns: int) -> ProcessSnapshotRecord:
+    """A seeded process as a record, for recordings."""
+    encode = lambda text: text.encode("utf-8", "surrogateescape")  # noqa: E731
+    return ProcessSnapshotRecord(
+        ktime_ns=ktime_ns, pid=proc.pid, ppid=proc.ppid, start_boottime_ns=proc.start_boottime_ns,
+        executable=encode(proc.executable), argv=tuple(encode(a) for a in proc.args), uid=proc.uid, gid=proc.gid,
+        euid=proc.euid, egid=proc.egid, sid=proc.sid, pgid=proc.pgid, tty_major=proc.tty_major,
+        tty_minor=proc.tty_minor, cgroup_id=proc.cgroup_id, ns=proc.ns, exe_ino=proc.exe_ino, exe_dev=proc.exe_dev,
+        cwd=encode(proc.cwd), kthread=proc.kthread,
+    )
 
 
 def kernel_dev_to_st_dev(kdev: int) -> int:
@@ -164,17 +176,30 @@ class ProcessTable:
             return 1
         return 0
 
-    def seed_from_proc(self, cgroup_v2_root: Path | None) -> int:
-        """Adds every process running now; returns how many. Races with exiting processes are skipped."""
-        count = 0
+    def seed_from_proc(self, cgroup_v2_root: Path | None) -> list[Process]:
+        """Adds every process running now and returns them. Races with exiting processes are skipped."""
+        seeded = []
         for ps in psutil.process_iter():
             try:
                 proc = self._from_psutil(ps, cgroup_v2_root)
             except (psutil.Error, OSError, ValueError):
                 continue
             self._procs.setdefault(proc.pid, proc)
-            count += 1
-        return count
+            seeded.append(proc)
+        return seeded
+
+    def on_snapshot(self, rec: ProcessSnapshotRecord) -> Process:
+        executable = decode_arg(rec.executable)
+        proc = Process(
+            pid=rec.pid, ppid=rec.ppid, start_boottime_ns=rec.start_boottime_ns,
+            entity_id=entity_id(self.boot_id, rec.pid, rec.start_boottime_ns), executable=executable,
+            name=executable.rsplit("/", 1)[-1], args=tuple(decode_arg(a) for a in rec.argv), args_count=len(rec.argv),
+            uid=rec.uid, gid=rec.gid, euid=rec.euid, egid=rec.egid, sid=rec.sid, pgid=rec.pgid,
+            tty_major=rec.tty_major, tty_minor=rec.tty_minor, cgroup_id=rec.cgroup_id, ns=rec.ns,
+            exe_ino=rec.exe_ino, exe_dev=rec.exe_dev, cwd=decode_arg(rec.cwd), from_proc=True, kthread=rec.kthread,
+        )
+        self._procs.setdefault(proc.pid, proc)
+        return proc
 
     def _from_psutil(self, ps: psutil.Process, cgroup_v2_root: Path | None) -> Process:
         pid = ps.pid

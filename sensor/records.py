@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import astuple, dataclass, fields
-from typing import IO, ClassVar
+from typing import IO, Any, ClassVar
 
 import msgpack
 
@@ -107,10 +107,41 @@ class LossRecord:
     argv_read_failed: int  # exec records whose argv could not be read at all
 
 
-Record = ExecRecord | ForkRecord | ExitRecord | CgroupRecord | LossRecord
+@dataclass(frozen=True, slots=True)
+class ProcessSnapshotRecord:
+    """A process that was already running when the probe attached, as read from /proc.
+
+    Live runs seed the process table from /proc directly; a recording starts with one of these per process so
+    that a replay knows the same parents and leaders."""
+
+    kind: ClassVar[str] = "snapshot"
+    ktime_ns: int
+    pid: int
+    ppid: int
+    start_boottime_ns: int
+    executable: bytes
+    argv: tuple[bytes, ...]
+    uid: int
+    gid: int
+    euid: int
+    egid: int
+    sid: int
+    pgid: int
+    tty_major: int
+    tty_minor: int
+    cgroup_id: int
+    ns: Namespaces
+    exe_ino: int
+    exe_dev: int
+    cwd: bytes
+    kthread: bool
+
+
+Record = ExecRecord | ForkRecord | ExitRecord | CgroupRecord | LossRecord | ProcessSnapshotRecord
 
 RECORD_TYPES: dict[str, type] = {
-    cls.kind: cls for cls in (ExecRecord, ForkRecord, ExitRecord, CgroupRecord, LossRecord)
+    cls.kind: cls
+    for cls in (ExecRecord, ForkRecord, ExitRecord, CgroupRecord, LossRecord, ProcessSnapshotRecord)
 }
 
 
@@ -132,26 +163,29 @@ def from_wire(item: list) -> Record:
     cls = RECORD_TYPES.get(kind)
     if cls is None:
         raise ValueError(f"unknown record kind {kind!r}")
-    if cls is ExecRecord:
-        names = [f.name for f in fields(ExecRecord)]
-        kwargs = dict(zip(names, values, strict=False))
+    kwargs = dict(zip([f.name for f in fields(cls)], values, strict=False))
+    if "ns" in kwargs:
         kwargs["ns"] = Namespaces(*kwargs["ns"])
+    if "argv" in kwargs:
         kwargs["argv"] = tuple(kwargs["argv"])
-        return ExecRecord(**kwargs)
-    return cls(*values)
+    return cls(**kwargs)
 
 
 RECORDING_MAGIC = b"CSREC1"
 
 
 class RecordingWriter:
-    """Writes a recording file: a magic header then one msgpack array per record."""
+    """Writes a recording file: a magic header, a metadata map, then one msgpack array per record.
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    The metadata carries what the documents depend on besides the records (the boot id behind entity and event
+    ids, the boot-to-wall-clock offset behind timestamps), so a replay reproduces the same documents."""
+
+    def __init__(self, stream: IO[bytes], meta: dict[str, Any] | None = None) -> None:
         self._stream = stream
         self._packer = msgpack.Packer(use_bin_type=True)
         self.count = 0
         stream.write(self._packer.pack(RECORDING_MAGIC))
+        stream.write(self._packer.pack(meta or {}))
 
     def write(self, record: Record) -> None:
         self._stream.write(self._packer.pack(to_wire(record)))
@@ -161,14 +195,38 @@ class RecordingWriter:
         self._stream.flush()
 
 
+class RecordingReader:
+    """Reads a recording: `meta` at once, the records by iterating. ValueError on a file that is not one."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._unpacker = msgpack.Unpacker(stream, raw=False, use_list=True, max_buffer_size=64 * 1024 * 1024)
+        self.meta: dict[str, Any] = {}
+        self._first: list | None = None
+        try:
+            magic = next(self._unpacker)
+        except StopIteration:
+            raise ValueError("empty file, not a container-sensor recording") from None
+        except (msgpack.UnpackException, ValueError) as exc:
+            raise ValueError(f"not a container-sensor recording ({exc})") from None
+        if magic != RECORDING_MAGIC:
+            raise ValueError("not a container-sensor recording (bad magic)")
+        for item in self._unpacker:
+            if isinstance(item, dict):
+                self.meta = item
+            else:
+                self._first = item
+            break
+
+    def __iter__(self) -> Iterator[Record]:
+        try:
+            if self._first is not None:
+                yield from_wire(self._first)
+            for item in self._unpacker:
+                yield from_wire(item)
+        except (msgpack.UnpackException, TypeError, KeyError) as exc:
+            raise ValueError(f"corrupt record in recording ({exc})") from None
+
+
 def read_recording(stream: IO[bytes]) -> Iterator[Record]:
-    """Yields the records of a recording file; raises ValueError on a file that is not one."""
-    unpacker = msgpack.Unpacker(stream, raw=False, use_list=True, max_buffer_size=64 * 1024 * 1024)
-    try:
-        magic = next(unpacker)
-    except StopIteration:
-        return
-    if magic != RECORDING_MAGIC:
-        raise ValueError("not a container-sensor recording (bad magic)")
-    for item in unpacker:
-        yield from_wire(item)
+    """The records of a recording file; raises ValueError on a file that is not one."""
+    return iter(RecordingReader(stream))

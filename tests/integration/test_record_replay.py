@@ -1,0 +1,56 @@
+"""`record` saves what the probe saw; `replay` turns it into the same documents without BPF."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.integration.sensor_process import REPO, get, run_and_wait
+
+pytestmark = pytest.mark.kernel
+
+
+def test_replay_reproduces_the_live_documents(tmp_path) -> None:
+    recording = tmp_path / "run.rec"
+    ready = tmp_path / "ready"
+    out = tmp_path / "live.ndjson"
+    with open(out, "wb") as stdout:
+        recorder = subprocess.Popen(
+            [sys.executable, "-m", "sensor", "record", str(recording), "--ready-file", str(ready),
+             "--metrics-address", "off"], stdout=stdout, stderr=subprocess.DEVNULL, cwd=REPO)
+        while not ready.exists():
+            assert recorder.poll() is None, "record exited early"
+            time.sleep(0.05)
+        child = run_and_wait(["/bin/echo", "replay me", b"\xff"])
+        run_and_wait(["/bin/sh", "-c", "exit 5"])
+        time.sleep(0.5)
+        recorder.terminate()
+        assert recorder.wait(30) == 0
+    live_docs = [json.loads(line) for line in out.read_text().splitlines()]
+
+    replayed = subprocess.run([sys.executable, "-m", "sensor", "replay", str(recording)], capture_output=True,
+                              cwd=REPO, check=True)
+    replay_docs = [json.loads(line) for line in replayed.stdout.decode().splitlines()]
+    assert len(replay_docs) == len(live_docs)
+
+    def pick(docs):
+        return next(d for d in docs if get(d, "process.pid") == child.pid and get(d, "event.action") == "exec")
+
+    live_doc, replay_doc = pick(live_docs), pick(replay_docs)
+    for field in ("event.id", "process.args", "process.entity_id", "process.parent.pid", "process.parent.entity_id",
+                  "process.parent.executable", "process.session_leader.entity_id", "@timestamp"):
+        assert get(replay_doc, field) == get(live_doc, field), field
+    assert get(replay_doc, "process.args") == ["/bin/echo", "replay me", "\\xff"]
+
+
+def test_replay_of_a_file_that_is_not_a_recording_is_one_clear_line(tmp_path) -> None:
+    bogus = tmp_path / "bogus.rec"
+    bogus.write_bytes(b"\x00\x01not msgpack at all")
+    result = subprocess.run([sys.executable, "-m", "sensor", "replay", str(bogus)], capture_output=True, cwd=REPO)
+    assert result.returncode != 0
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr.decode()
