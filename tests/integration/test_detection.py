@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.ecs_fields import ecs_problems
-from tests.integration.rootfs import RootfsUnavailable, copy_rootfs
+from tests.integration.rootfs import RootfsUnavailable, copy_rootfs, podman_image
 from tests.integration.sensor_process import SHARED, SensorProcess, get, run_and_wait
 
 pytestmark = [pytest.mark.kernel, pytest.mark.containers]
@@ -102,6 +102,25 @@ def test_ssh_sshd_and_disguised_ssh_in_a_container(detecting: SensorProcess, roo
                  and get(a, "process.executable") in ("/tmp/slogin", "/tmp/backup", "/tmp/kworker")]
     assert disguised == []
     assert not [a for a in detecting.alerts() if get(a, "process.executable") == "/tmp/notssh"]
+
+
+def test_disguised_ssh_in_a_container_from_an_image(detecting: SensorProcess, root: Path) -> None:
+    """The same from a podman image: files on overlayfs, with the overlay's device and inode numbers."""
+    try:
+        image = podman_image()
+    except (RootfsUnavailable, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"no test image: {exc}")
+    with tempfile.TemporaryDirectory() as scratch:
+        cidfile = Path(scratch) / "cid"
+        script = ("cp /usr/bin/ssh /tmp/kworker; /tmp/kworker -V; ln -s /usr/bin/ssh /tmp/slogin;"
+                  " /tmp/slogin -V; sleep 3")
+        result = subprocess.run([*PODMAN, "--cidfile", str(cidfile), image, "/bin/sh", "-c", script],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        container_id = cidfile.read_text().strip()
+    for executable, way in (("/tmp/kworker", "content"), ("/tmp/slogin", "symlink")):
+        alert = alerts_for(detecting, container_id, BUILTIN, executable)[0]
+        assert alert["container_sensor"]["alert"]["recognized_by"] == way, executable
 
 
 def test_elastic_defend_rule_needs_entry_leader(detecting: SensorProcess, root: Path) -> None:
