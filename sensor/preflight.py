@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sensor.kernel_headers import MODULES, fallback_tree, has_headers, running_release
-from sensor.tracefs import tracefs_mounted
+from sensor.tracefs import TracefsError, tracefs_mounted
 
 CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_BPF = 21, 19, 2, 38, 39
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
@@ -51,7 +51,10 @@ def check_btf() -> Check:
 
 
 def check_tracefs() -> Check:
-    found = tracefs_mounted()
+    try:
+        found = tracefs_mounted()
+    except TracefsError as exc:
+        return Check("tracefs", False, str(exc), "run as root (sudo)")
     if found is not None:
         return Check("tracefs", True, f"mounted at {found}")
     return Check("tracefs", True, "not mounted; the sensor mounts it at /sys/kernel/tracing when it starts",

@@ -15,6 +15,7 @@ from pathlib import Path
 from sensor.btf import BTFError, KernelBTF
 from sensor.kernel_headers import HeaderError, ensure_kernel_headers
 from sensor.kernel_offsets import kernel_macros
+from sensor.preflight import check_privileges
 from sensor.probe_layout import (
     LOSS_ARGS_READ_FAILED,
     LOSS_ARGS_TRUNCATED,
@@ -58,6 +59,9 @@ class Probe:
         opts = self._options
         if opts.ringbuf_pages & (opts.ringbuf_pages - 1):
             raise ProbeError(f"ring buffer pages must be a power of two, not {opts.ringbuf_pages}")
+        privileges = check_privileges()
+        if not privileges.ok:
+            raise ProbeError(f"not enough privileges to load BPF programs: {privileges.detail}; {privileges.fix}")
         try:
             ensure_tracefs()
             macros = kernel_macros(KernelBTF.from_file())

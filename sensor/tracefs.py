@@ -16,8 +16,11 @@ class TracefsError(Exception):
 
 def tracefs_mounted() -> Path | None:
     for candidate in (TRACEFS, DEBUGFS_TRACING):
-        if (candidate / "events").is_dir():
-            return candidate
+        try:
+            if (candidate / "events").is_dir():
+                return candidate
+        except PermissionError as exc:
+            raise TracefsError(f"{candidate} is not readable ({exc.strerror}): run as root") from exc
     return None
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.ecs_fields import ecs_problems
-from tests.integration.sensor_process import SensorProcess, get, run_and_wait
+from tests.integration.sensor_process import REPO, SensorProcess, get, run_and_wait
 
 pytestmark = pytest.mark.kernel
 
@@ -114,3 +114,16 @@ def test_summary_line_and_clean_exit_on_sigterm() -> None:
     assert code == 0
     summary = [line for line in running.stderr().splitlines() if "events seen" in line]
     assert summary and " 0 lost" in summary[-1]
+
+
+def test_without_privileges_one_clear_line_and_non_zero_exit() -> None:
+    result = subprocess.run(
+        # root with every capability dropped: the files stay readable, the kernel refuses BPF
+        ["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, "-m", "sensor", "run",
+         "--metrics-address", "off"],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "privileges" in lines[0] and "Traceback" not in result.stderr
