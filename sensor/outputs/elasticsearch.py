@@ -202,7 +202,6 @@ class ElasticsearchOutput:
         self._stopping = False
         self._failed_while_stopping = False
         self._deadline = 0.0
-        self._flush_requested = False
         self._wake = threading.Event()
         self._writer_packer = msgpack.Packer(use_bin_type=True)
         self._sender_packer = msgpack.Packer(use_bin_type=True)
@@ -248,10 +247,8 @@ class ElasticsearchOutput:
             self._spool.append([payload])
 
     def flush(self) -> None:
-        """Ends the current batch now instead of waiting for it to fill; does not wait for delivery."""
-        with self._cond:
-            self._flush_requested = True
-            self._cond.notify()
+        """Nothing to do: the event loop flushes every poll (50 ms), and a bulk request that often would be
+        mostly overhead for the cluster. A batch leaves when full or `batch_wait` after its first document."""
 
     def close(self, timeout: float = 10.0) -> None:
         """Delivers what it holds for up to `timeout` seconds, leaves the rest in the spool, and stops."""
@@ -330,6 +327,8 @@ class ElasticsearchOutput:
     def _run(self) -> None:
         try:
             while True:
+                if self._spool is not None:
+                    self._spool.sync_sealed()  # here, not on the event loop that filled them
                 batch = self._take()
                 if batch is None:
                     return
@@ -345,16 +344,13 @@ class ElasticsearchOutput:
                 if self._queue:
                     full = len(self._queue) >= settings.batch_docs
                     due = self._queue_since + settings.batch_wait - time.monotonic()
-                    if full or due <= 0 or self._flush_requested or self._stopping:
+                    if full or due <= 0 or self._stopping:
                         count = min(len(self._queue), settings.batch_docs)
                         docs = [self._queue.popleft() for _ in range(count)]
                         self._queue_since = time.monotonic()
-                        if not self._queue:
-                            self._flush_requested = False
                         break
                     self._cond.wait(due)
                     continue
-                self._flush_requested = False
                 # At close the backlog is sent while time remains and the cluster answers; the rest
                 # stays on disk for the next start.
                 sending_allowed = not self._stopping or (

@@ -57,6 +57,7 @@ class _Segment:
     frames: int  # complete frames from read_from on
     frames_read: int = 0
     sealed: bool = True
+    synced: bool = True  # on stable storage (fsync done), or found there at start-up
 
 
 def _segment_path(directory: Path, segment_id: int) -> Path:
@@ -331,25 +332,50 @@ class Spool:
             os.close(fd)
             path.unlink(missing_ok=True)
             raise
-        segment = _Segment(segment_id, path, len(SEGMENT_MAGIC), len(SEGMENT_MAGIC), 0, sealed=False)
+        segment = _Segment(segment_id, path, len(SEGMENT_MAGIC), len(SEGMENT_MAGIC), 0, sealed=False,
+                           synced=False)
         self._segments[segment_id] = segment
         self._order.append(segment_id)
         self._tail_fd = fd
         self._tail_id = segment_id
         return segment
 
-    def _seal_tail(self) -> None:
+    def _seal_tail(self, sync: bool = False) -> None:
+        """Closes the tail segment. Its fsync is left to `sync_sealed` (the reader's thread) unless asked."""
         if self._tail_fd is None or self._tail_id is None:
             return
-        if self._fsync:
+        segment = self._segments[self._tail_id]
+        if sync and self._fsync:
             try:
                 os.fsync(self._tail_fd)
+                segment.synced = True
             except OSError as error:
                 log.warning("spool %s: fsync failed: %s", self.directory, error.strerror)
         os.close(self._tail_fd)
-        self._segments[self._tail_id].sealed = True
+        segment.sealed = True
         self._tail_fd = None
         self._tail_id = None
+
+    def sync_sealed(self) -> None:
+        """Flushes sealed segments to stable storage; called off the event loop (a kill -9 does not need it,
+        a power cut does)."""
+        if not self._fsync:
+            return
+        with self._lock:
+            pending = [segment for segment in self._segments.values() if segment.sealed and not segment.synced]
+            for segment in pending:
+                segment.synced = True
+        for segment in pending:
+            try:
+                fd = os.open(segment.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue  # dropped or delivered meanwhile
+            try:
+                os.fsync(fd)
+            except OSError as error:
+                log.warning("spool %s: fsync failed: %s", self.directory, error.strerror)
+            finally:
+                os.close(fd)
 
     def push_front(self, payloads: Sequence[bytes]) -> int:
         """Puts payloads ahead of everything unread. Only the reader calls this, with nothing in flight.
@@ -375,26 +401,29 @@ class Spool:
                     payloads = payloads[keep:]
                 if not payloads:
                     return 0
-            data, count = encode_frames(payloads)
             # Below every id used so far: an id is never reused, so a stale position can never name it.
             segment_id = self._lowest_id - 1
             self._lowest_id = segment_id
-            path = _segment_path(self.directory, segment_id)
-            temp = path.with_suffix(".tmp")
             # The ack on disk may point past the new segment: move it first, so a crash cannot skip it.
             self._write_ack(Position(segment_id, len(SEGMENT_MAGIC)))
-            try:
-                with open(temp, "wb") as handle:
-                    handle.write(SEGMENT_MAGIC)
-                    handle.write(data)
-                    handle.flush()
-                    if self._fsync:
-                        os.fsync(handle.fileno())
-                os.replace(temp, path)
-            except OSError as error:
-                temp.unlink(missing_ok=True)
+        data, count = encode_frames(payloads)
+        path = _segment_path(self.directory, segment_id)
+        temp = path.with_suffix(".tmp")
+        try:
+            # Written and synced outside the lock: the event loop's appends never wait for this disk work.
+            with open(temp, "wb") as handle:
+                handle.write(SEGMENT_MAGIC)
+                handle.write(data)
+                handle.flush()
+                if self._fsync:
+                    os.fsync(handle.fileno())
+            os.replace(temp, path)
+        except OSError as error:
+            temp.unlink(missing_ok=True)
+            with self._lock:
                 self._note_write_error(error, count)
-                return 0
+            return 0
+        with self._lock:
             segment = _Segment(segment_id, path, len(SEGMENT_MAGIC) + len(data), len(SEGMENT_MAGIC), count)
             # Where reading of the segment that was current resumes once this one is done.
             if self._cursor_id is not None and self._cursor_id in self._segments:
@@ -521,7 +550,7 @@ class Spool:
 
     def close(self) -> None:
         with self._lock:
-            self._seal_tail()
+            self._seal_tail(sync=True)
             if self._read_fd is not None:
                 os.close(self._read_fd)
                 self._read_fd = None
