@@ -78,6 +78,7 @@ class SequenceMatcher:
         self.evicted = 0
         self.expired = 0
         self.latest_s: float | None = None
+        self._expired_at = float("-inf")
 
     @property
     def partials(self) -> int:
@@ -121,9 +122,12 @@ class SequenceMatcher:
         return completed
 
     def expire_stale(self) -> None:
-        """Drop partials that can no longer complete: older than maxspan before the latest event seen."""
-        if self.latest_s is not None:
-            self.expire(self.latest_s)
+        """Drop partials that can no longer complete: older than maxspan before the latest event seen.
+        Runs at most once per second of event time (it walks every partial)."""
+        if self.latest_s is None or self.latest_s - self._expired_at < 1.0:
+            return
+        self._expired_at = self.latest_s
+        self.expire(self.latest_s)
 
     def expire(self, now_s: float) -> None:
         """Drop partials older than maxspan relative to now_s (event time)."""
