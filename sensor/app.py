@@ -164,7 +164,10 @@ def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | Non
             recorder.write(record)
         pipeline.handle(record)
 
-    probe = Probe(on_record, ProbeOptions())
+    probe = Probe(on_record, ProbeOptions(
+        ringbuf_pages=max(1, getattr(config, "probe_ringbuf_size", 8 << 20) // 4096),
+        args_max=getattr(config, "probe_argv_max_bytes", 16384),
+    ))
     started = time.monotonic()
     probe.load()
     # Attached first, seeded second: an exec that races the seeding is queued in the ring buffer, not missed.

@@ -336,7 +336,7 @@ OPTIONS: tuple[Option, ...] = (
            "data stream for alerts (default logs-container_sensor.alerts-default)"),
     Option("elasticsearch.timeout", parse_duration, "request timeout for Elasticsearch"),
     Option("probe.ringbuf_size", parse_size, "BPF ring buffer size (power of two, at least 4096)"),
-    Option("probe.argv_max_bytes", parse_size, "argv bytes captured per exec (power of two, 512-32768)"),
+    Option("probe.argv_max_bytes", parse_size, "argv bytes captured per exec (power of two, 512-16384)"),
 )
 # Fields whose type admits None.
 OPTIONAL_FIELDS = {f.name: "None" in str(f.type) for f in fields(Config)}
@@ -443,8 +443,9 @@ def _check(config: Config, problems: list[str]) -> None:
     if size < PAGE_SIZE or size & (size - 1):
         problems.append(f"probe.ringbuf_size: must be a power of two of at least 4096 bytes, got {size}")
     argv = config.probe_argv_max_bytes
-    if not 512 <= argv <= 32768 or argv & (argv - 1):
-        problems.append(f"probe.argv_max_bytes: must be a power of two from 512 to 32768, got {argv}")
+    # the per-CPU scratch record (argv + path + header) must fit the kernel's 32 KiB per-CPU allocation
+    if not 512 <= argv <= 16384 or argv & (argv - 1):
+        problems.append(f"probe.argv_max_bytes: must be a power of two from 512 to 16384, got {argv}")
     for path in config.rules_paths:
         if not path.exists():
             problems.append(f"rules.paths: no such file or directory {path}")

@@ -43,6 +43,7 @@ def bpf_source_dir() -> Path:
 @dataclass(frozen=True, slots=True)
 class ProbeOptions:
     ringbuf_pages: int = 2048  # 8 MiB: a storm of small records at saturation fits several hundred ms of backlog
+    args_max: int = 16384  # argv bytes kept per exec; a power of two
 
 
 class Probe:
@@ -79,7 +80,7 @@ class Probe:
         source = source_dir / "sensor.c"
         if not source.is_file():
             raise ProbeError(f"BPF source not found at {source} (set SENSOR_BPF_DIR)")
-        cflags = [f"-I{source_dir}", f"-DRINGBUF_PAGES={opts.ringbuf_pages}"]
+        cflags = [f"-I{source_dir}", f"-DRINGBUF_PAGES={opts.ringbuf_pages}", f"-DARGS_MAX={opts.args_max}"]
         cflags += [f"-D{name}={value}" for name, value in macros.items()]
         try:
             self._bpf = BPF(src_file=str(source).encode(), cflags=cflags)

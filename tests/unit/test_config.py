@@ -242,7 +242,7 @@ def test_probe_sizes():
     assert (config.probe_ringbuf_size, config.probe_argv_max_bytes) == (32 << 20, 4096)
     # 4k is 4000 bytes, not a power of two.
     assert problems_of(env={"CONTAINER_SENSOR_PROBE_ARGV_MAX_BYTES": "4k"}) == [
-        "probe.argv_max_bytes: must be a power of two from 512 to 32768, got 4000"
+        "probe.argv_max_bytes: must be a power of two from 512 to 16384, got 4000"
     ]
 
 
