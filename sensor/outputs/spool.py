@@ -130,6 +130,7 @@ class Spool:
         self._cursor_offset = 0
         self._disk_full = False
         self._refusing = False  # drop_newest is refusing new payloads (reported once per episode)
+        self._ack_failing = False
         self.dropped_oldest = 0
         self.dropped_newest = 0
         self.dropped_disk_full = 0
@@ -546,7 +547,11 @@ class Spool:
             os.replace(temp, path)
         except OSError as error:
             # Not fatal: an older ack only means delivered events are sent again (and deduplicated by id).
-            log.warning("spool %s: cannot record delivery progress: %s", self.directory, error.strerror)
+            if not self._ack_failing:
+                self._ack_failing = True
+                log.warning("spool %s: cannot record delivery progress: %s", self.directory, error.strerror)
+            return
+        self._ack_failing = False
 
     def close(self) -> None:
         with self._lock:
