@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.kernel, pytest.mark.containers]
 BUILTIN = "SSH Client or Server Started Inside a Container"
 ELASTIC_DEFEND_RULE = "Deprecated - SSH Process Launched From Inside A Container via Elastic Defend"
 CLOUD_DEFEND_RULE = "Deprecated - SSH Process Launched From Inside A Container"
+AUTOSSH = Path("/usr/lib/autossh/autossh")   # Debian's binary (/usr/bin/autossh is a wrapper script)
 PODMAN = ["podman", "--runtime", "runc", "run", "--rm", "--network", "none",
           "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
 
@@ -41,6 +42,8 @@ def root() -> Iterator[Path]:
         dot_ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
         subprocess.run([*keygen, "-f", str(dot_ssh / "id_ed25519")], check=True)
         shutil.copy(dot_ssh / "id_ed25519.pub", dot_ssh / "authorized_keys")
+        if AUTOSSH.exists():   # links only libc, which the root filesystem has for ssh
+            shutil.copy2(AUTOSSH, path / "usr/bin/autossh")
         yield path
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -102,6 +105,15 @@ def test_ssh_sshd_and_disguised_ssh_in_a_container(detecting: SensorProcess, roo
                  and get(a, "process.executable") in ("/tmp/slogin", "/tmp/backup", "/tmp/kworker")]
     assert disguised == []
     assert not [a for a in detecting.alerts() if get(a, "process.executable") == "/tmp/notssh"]
+
+
+def test_autossh_in_a_container(detecting: SensorProcess, root: Path) -> None:
+    if not (root / "usr/bin/autossh").exists():
+        pytest.skip("apt-get install -y autossh")
+    container_id = in_container(root, "autossh -V; cp /usr/bin/autossh /tmp/monitor; /tmp/monitor -V; sleep 3")
+    for executable, way in (("/usr/bin/autossh", "name"), ("/tmp/monitor", "content")):
+        details = alerts_for(detecting, container_id, BUILTIN, executable)[0]["container_sensor"]["alert"]
+        assert (details["program"], details["recognized_by"]) == ("autossh", way), executable
 
 
 def test_disguised_ssh_in_a_container_from_an_image(detecting: SensorProcess, root: Path) -> None:
