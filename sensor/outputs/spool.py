@@ -125,6 +125,7 @@ class Spool:
         self._tail_fd: int | None = None
         self._tail_id: int | None = None
         self._read_fd: int | None = None
+        self._stale_fds: list[int] = []  # reader descriptors of dropped segments, closed by the reader
         self._read_fd_id: int | None = None
         self._cursor_id: int | None = None  # segment being read, None when nothing was read yet
         self._cursor_offset = 0
@@ -313,7 +314,9 @@ class Spool:
         del self._segments[segment.id]
         self._order.remove(segment.id)
         if self._read_fd_id == segment.id and self._read_fd is not None:
-            os.close(self._read_fd)
+            # The reader may be reading from it right now, outside the lock: it closes the descriptor itself
+            # on its next read, so the number cannot be reused for another file under its feet.
+            self._stale_fds.append(self._read_fd)
             self._read_fd = None
             self._read_fd_id = None
         if self._cursor_id == segment.id:
@@ -441,6 +444,8 @@ class Spool:
         """Up to max_items payloads (at least one if any is unread) after the last read, oldest first."""
         while True:
             with self._lock:
+                while self._stale_fds:
+                    os.close(self._stale_fds.pop())
                 segment = self._current_segment()
                 if segment is None:
                     return [], None
@@ -560,3 +565,5 @@ class Spool:
                 os.close(self._read_fd)
                 self._read_fd = None
                 self._read_fd_id = None
+            while self._stale_fds:
+                os.close(self._stale_fds.pop())
