@@ -254,6 +254,14 @@ class ExecutableIdentity:
         self.counts["identity_unreadable"] += 1
         return None
 
+    @staticmethod
+    def _is_file(path: str, key: tuple[int, int]) -> bool:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        return st.st_ino == key[1] and key[0] in _device_forms(st.st_dev)
+
     def _way(self, verdict: _Verdict, key: tuple[int, int], executable: str | None,
              pids: Sequence[int]) -> Recognition:
         if executable and executable.startswith("/"):
@@ -263,7 +271,12 @@ class ExecutableIdentity:
                     continue
                 host_path, is_link = resolve_in_root(root, executable)
                 if is_link:
-                    return Recognition(verdict.program, "symlink", follow_link_in_root(root, executable))
+                    # only a link whose target is the very file executed: a parent outside the container
+                    # (a runtime's shim) shows the host's root, where the same path may be another file
+                    target = follow_link_in_root(root, executable)
+                    if target is not None and self._is_file(resolve_in_root(root, target)[0], key):
+                        return Recognition(verdict.program, "symlink", target)
+                    continue
                 try:
                     st = os.lstat(host_path)
                 except OSError:

@@ -182,3 +182,24 @@ def test_resolution_stays_inside_the_container_root(tmp_path: Path) -> None:
     assert (host_path, is_link) == (f"{root}/usr/bin/alias", True)
     host_path, _ = resolve_in_root(str(root), "/../../../etc/passwd")
     assert host_path == f"{root}/etc/passwd"
+
+
+@needs_ssh
+def test_a_root_where_the_path_is_another_file_is_not_believed(tmp_path: Path) -> None:
+    """/proc/<pid>/root of a relative outside the container (a runtime shim's parent) shows another tree; a
+    symlink there at the same path must not be taken for the one executed. A fake proc root, real files."""
+    proc = tmp_path / "proc"
+    host_like = proc / "100" / "root"
+    container = proc / "200" / "root"
+    for root in (host_like, container):
+        (root / "usr/bin").mkdir(parents=True)
+    (host_like / "usr/bin/other").write_bytes(b"not ssh")
+    (host_like / "usr/bin/slogin").symlink_to("other")
+    shutil.copy2(SSH, container / "usr/bin/ssh")
+    (container / "usr/bin/slogin").symlink_to("/usr/bin/ssh")
+    st = os.stat(container / "usr/bin/ssh")
+    identity = ExecutableIdentity(proc_root=str(proc), host_paths=())
+    found = identity.classify("/usr/bin/slogin", "slogin", st.st_dev, st.st_ino, [100, 200])
+    assert found == Recognition("ssh", "symlink", "/usr/bin/ssh")
+    assert ExecutableIdentity(proc_root=str(proc), host_paths=()).classify(
+        "/usr/bin/slogin", "slogin", st.st_dev, st.st_ino, [100]) is None
