@@ -55,12 +55,14 @@ def percentile(values: list[float], q: float) -> float:
 class StdoutReader(threading.Thread):
     """Counts exec documents of the storm's marker argv and the delay from @timestamp to arrival."""
 
-    def __init__(self, stream, marker: bytes) -> None:
+    def __init__(self, stream, marker: bytes, container_id: str | None = None) -> None:
         super().__init__(daemon=True)
         self.stream = stream
         self.marker = marker
+        self.container_tag = f'"container":{{"id":"{container_id}"'.encode() if container_id else None
         self.docs = 0
         self.matched = 0
+        self.matched_in_container = 0
         self.latencies_ms: list[float] = []
 
     def run(self) -> None:
@@ -69,6 +71,8 @@ class StdoutReader(threading.Thread):
             self.docs += 1
             if self.marker in line and b'"action":"exec"' in line:
                 self.matched += 1
+                if self.container_tag is not None and self.container_tag in line:
+                    self.matched_in_container += 1
                 stamp = line[15:42].decode()  # {"@timestamp":"2026-11-27T21:13:39.528284Z"
                 when = dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
                 self.latencies_ms.append((arrived - when.timestamp()) * 1000)
@@ -86,7 +90,48 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_with_sensor(args: argparse.Namespace, argv: list[str], extra: list[str]) -> dict:
+class ContainerStorm:
+    """--in-container: the same storm from a busybox shell loop inside a podman (runc) container started
+    before the sensor, to measure container resolution under load (tests/integration/rootfs.py image)."""
+
+    def __init__(self) -> None:
+        sys.path.insert(0, str(REPO))
+        from tests.integration.rootfs import podman_image  # noqa: PLC0415 - only for this mode
+
+        self.name = f"bench-exec-{os.getpid()}"
+        subprocess.run(["podman", "--runtime", "runc", "run", "-d", "--name", self.name, "--network", "none",
+                        "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", podman_image(),
+                        "sleep", "3600"], check=True, capture_output=True)
+        self.id = subprocess.run(["podman", "inspect", "-f", "{{.Id}}", self.name], check=True,
+                                 capture_output=True, text=True).stdout.strip()
+        self(1, 200, ["/bin/true", "warm-up"])  # the first loop in a fresh container pays page-cache misses
+
+    def __call__(self, workers: int, per_worker: int, argv: list[str]) -> float:
+        loop = f"i=0; while [ $i -lt {per_worker} ]; do {' '.join(argv)}; i=$((i+1)); done"
+        script = (f"s=$(cut -d' ' -f1 /proc/uptime); for w in $(seq {workers}); do ({loop}) & done; wait; "
+                  "e=$(cut -d' ' -f1 /proc/uptime); echo $s $e")
+        out = subprocess.run(["podman", "exec", self.name, "/bin/sh", "-c", script], check=True,
+                             capture_output=True, text=True).stdout.split()
+        return float(out[1]) - float(out[0])
+
+    def close(self) -> None:
+        subprocess.run(["podman", "rm", "-f", "-t", "0", self.name], capture_output=True)
+
+
+def scrape_resolver(address: str) -> dict[str, float]:
+    import urllib.request  # noqa: PLC0415
+
+    values = {}
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("container_sensor_resolver_"):
+                key, value = line.rsplit(" ", 1)
+                values[key.removeprefix("container_sensor_resolver_")] = float(value)
+    return values
+
+
+def run_with_sensor(args: argparse.Namespace, argv: list[str], extra: list[str], run_storm=None,
+                    container_id: str | None = None) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="bench-exec-"))
     ready = workdir / "ready"
     err_path = workdir / "stderr.log"
@@ -94,20 +139,23 @@ def run_with_sensor(args: argparse.Namespace, argv: list[str], extra: list[str])
            "--log-format", "text", *extra]
     with open(err_path, "wb") as err:
         sensor = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=REPO)
-        reader = StdoutReader(sensor.stdout, argv[-1].encode())
+        # in a container the storm's shell script also carries the marker: match the storm's own argv only
+        pattern = f'"args":["{argv[0]}","{argv[-1]}"]' if container_id else argv[-1]
+        reader = StdoutReader(sensor.stdout, pattern.encode(), container_id)
         reader.start()
         while not ready.exists():
             if sensor.poll() is not None:
                 raise SystemExit(f"sensor failed to start: {err_path.read_text()}")
             time.sleep(0.05)
         cpu_before = cpu_seconds(sensor.pid)
-        seconds = storm(args.workers, args.count // args.workers, argv)
+        seconds = (run_storm or storm)(args.workers, args.count // args.workers, argv)
         expected = (args.count // args.workers) * args.workers
         deadline = time.monotonic() + 30
         while reader.matched < expected and time.monotonic() < deadline:
             time.sleep(0.05)
         cpu = cpu_seconds(sensor.pid) - cpu_before
         peak_rss_kb = proc_status_kb(sensor.pid, "VmHWM")
+        resolver = scrape_resolver(args.metrics_address) if container_id else {}
         print(f"storm done in {seconds:.2f}s; {reader.matched}/{expected} storm documents seen", file=sys.stderr)
         sensor.terminate()
         try:
@@ -121,7 +169,8 @@ def run_with_sensor(args: argparse.Namespace, argv: list[str], extra: list[str])
     lost = re.search(r"(\d+) lost", summary[-1]).group(1) if summary else "?"
     return {"seconds": seconds, "expected": expected, "received": reader.matched, "cpu": cpu,
             "rss_mb": peak_rss_kb / 1024, "lat": reader.latencies_ms, "lost": lost,
-            "summary": summary[-1] if summary else "no summary line"}
+            "summary": summary[-1] if summary else "no summary line",
+            "in_container": reader.matched_in_container, "resolver": resolver}
 
 
 def main() -> None:
@@ -129,15 +178,26 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--count", type=int, default=20000, help="execs in all, split across the workers")
     parser.add_argument("--sensor-arg", action="append", default=[], help="extra argument for 'run'")
+    parser.add_argument("--in-container", action="store_true",
+                        help="run the storm inside a podman container and report container resolution")
+    parser.add_argument("--metrics-address", default="127.0.0.1:19464",
+                        help="where the sensor serves /metrics in --in-container mode")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench_exec.py: run as root (the sensor loads BPF programs)")
     marker = f"bench-{os.getpid()}"
     argv = [TARGET, marker]
 
-    base_seconds = storm(args.workers, args.count // args.workers, argv)
-    base_rate = args.count / base_seconds
-    result = run_with_sensor(args, argv, args.sensor_arg)
+    container = ContainerStorm() if args.in_container else None
+    try:
+        run_storm = container or storm
+        base_seconds = run_storm(args.workers, args.count // args.workers, argv)
+        base_rate = args.count / base_seconds
+        extra = [*args.sensor_arg, "--metrics-address", args.metrics_address] if container else args.sensor_arg
+        result = run_with_sensor(args, argv, extra, run_storm, container.id if container else None)
+    finally:
+        if container is not None:
+            container.close()
     rate = result["expected"] / result["seconds"]
     lat = result["lat"]
     print(f"workers={args.workers} execs={result['expected']} target={TARGET}")
@@ -150,6 +210,13 @@ def main() -> None:
     print(f"latency exec -> stdout: p50 {percentile(lat, 0.5):.1f} ms, p99 {percentile(lat, 0.99):.1f} ms, "
           f"max {max(lat) if lat else float('nan'):.1f} ms")
     print(f"sensor summary: {result['summary']}")
+    if container is not None:
+        res = result["resolver"]
+        print(f"in container {container.id[:12]}: {result['in_container']} of {result['received']} storm documents "
+              f"carry its container.id")
+        print("resolver: " + ", ".join(f"{k}={int(res.get(k, 0))}" for k in (
+            "resolve_calls", "resolve_cached", "proc_reads", "metadata_file_reads", "unknown_cgroup_ids",
+            "rescans", "containers_by_cgroup")))
 
 
 if __name__ == "__main__":
