@@ -221,8 +221,12 @@ class ExecutableIdentity:
             yield f"{self._proc}/{pids[0]}/exe"
         if executable and executable.startswith("/"):
             for pid in pids:
-                host_path, _ = resolve_in_root(f"{self._proc}/{pid}/root", executable)
-                yield host_path
+                # resolved link by link inside the root: the kernel would resolve an absolute link met under
+                # /proc/<pid>/root against our own root, the host's
+                root = f"{self._proc}/{pid}/root"
+                final = follow_link_in_root(root, executable)
+                if final is not None:
+                    yield resolve_in_root(root, final)[0]
 
     def _identify(self, key: tuple[int, int], executable: str | None, pids: Sequence[int]) -> _Verdict | None:
         for candidate in self._open_candidates(executable, pids):
