@@ -74,7 +74,7 @@ def redact_url(url: str) -> str:
 @dataclass
 class ElasticsearchSettings:
     url: str
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     ca_file: Path | None = None
@@ -143,7 +143,9 @@ def make_client(settings: ElasticsearchSettings) -> Any:
         "http_compress": False,
     }
     if settings.api_key:
-        kwargs["api_key"] = settings.api_key
+        # Either the encoded form Kibana shows (base64 of id:key) or "id:key" as created through the API.
+        key_id, colon, key = settings.api_key.partition(":")
+        kwargs["api_key"] = (key_id, key) if colon else settings.api_key
     elif settings.username:
         kwargs["basic_auth"] = (settings.username, settings.password or "")
     if settings.ca_file:

@@ -259,6 +259,12 @@ def test_api_key_and_basic_auth(tmp_path: Path, caplog: pytest.LogCaptureFixture
         assert wait_for(lambda: keyed.count(EVENTS) == 2)
         fixed.close()
         assert keyed.ids(EVENTS) == ids([1, 2])
+    with EsServer(api_key="c2VjcmV0LWtleS1pZDpzZWNyZXQta2V5") as keyed:
+        # The same key given as "id:key" (as the security API returns it) is encoded by the client.
+        raw = make_output(tmp_path / "d", keyed.url, api_key="secret-key-id:secret-key")
+        raw.write(make_doc(4))
+        raw.close()
+        assert keyed.ids(EVENTS) == ids([4])
     with EsServer(basic_auth=("sensor", "p@ss:word")) as basic:
         url = basic.url.replace("http://", "http://sensor:p%40ss%3Aword@")
         output = make_output(tmp_path / "c", url)
