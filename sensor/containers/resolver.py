@@ -106,9 +106,9 @@ class ContainerResolver:
         self._cache_size = cache_size
         # (id, id is a name) -> metadata; None: looked up until given up, nothing found
         self._metadata: dict[tuple[str, bool], ContainerMetadata | None] = {}
-        # pid namespace -> the cgroup match of the container that owns it
-        self._by_pid_ns: dict[int, CgroupMatch] = {}
-        self._v1_by_ns: dict[tuple[int, int], str | None] = {}
+        # pid namespace -> the cgroup match of the container that owns it (bounded: oldest forgotten first)
+        self._by_pid_ns: OrderedDict[int, CgroupMatch] = OrderedDict()
+        self._v1_by_ns: OrderedDict[tuple[int, int], str | None] = OrderedDict()
         self._last_rescan = 0.0
         self._rescan_lock = threading.Lock()
         self._counts = {
@@ -223,7 +223,11 @@ class ContainerResolver:
         if match is not None:
             info = self._from_match(match, cgroup_id, path or "", ns, diff)
             if "pid" in diff:
+                # the latest wins: namespace inodes are reused once a container is gone
                 self._by_pid_ns[ns.pid] = match
+                self._by_pid_ns.move_to_end(ns.pid)
+                if len(self._by_pid_ns) > self._cache_size:
+                    self._by_pid_ns.popitem(last=False)
             self._counts["containers_by_cgroup"] += 1
             return info
         if "pid" in diff:
@@ -285,17 +289,24 @@ class ContainerResolver:
         reader = self._reader
         metadata = self._metadata
         counts = self._counts
+        capacity = self._cache_size
+
+        def store(value: ContainerMetadata | None) -> None:
+            # only this worker thread writes the dict; the pipeline thread only reads it
+            while len(metadata) >= capacity:
+                metadata.pop(next(iter(metadata)), None)
+            metadata[mkey] = value
 
         def job() -> bool:
             found = reader.lookup(match.id, match.runtime, by_name=match.id_is_name)
             if found is None:
                 return False
-            metadata[mkey] = found
+            store(found)
             counts["metadata_found"] += 1
             return True
 
         def give_up() -> None:
-            metadata.setdefault(mkey, None)
+            store(None)
             counts["metadata_missing"] += 1
 
         if self._worker.submit(("meta", mkey), job, give_up):
@@ -316,6 +327,8 @@ class ContainerResolver:
             if controllers == "name=systemd" or (path is None and cg not in ("", "/")):
                 path = cg
         self._v1_by_ns[key] = path
+        if len(self._v1_by_ns) > self._cache_size:
+            self._v1_by_ns.popitem(last=False)
         return path
 
     def _schedule_rescan(self) -> None:
