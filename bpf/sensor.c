@@ -93,6 +93,86 @@ static __always_inline void fill_session(struct exec_record *e, const void *task
     }
 }
 
+struct cwd_names {
+    u64 name[CWD_DEPTH];
+};
+BPF_PERCPU_ARRAY(cwd_scratch, struct cwd_names, 1);
+
+/* Steps from the root of a mount to the dentry it is mounted on, while the walk sits on a mount root. */
+static __always_inline void cross_mounts(void **dentry, void **vfsmnt)
+{
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        if (*dentry != read_ptr(*vfsmnt, OFF_VFSMOUNT_MNT_ROOT))
+            return;
+        void *mnt = (char *)*vfsmnt - OFF_MOUNT_MNT;
+        void *parent_mnt = read_ptr(mnt, OFF_MOUNT_MNT_PARENT);
+        if (!parent_mnt || parent_mnt == mnt)
+            return; /* the top of the mount tree */
+        *dentry = read_ptr(mnt, OFF_MOUNT_MNT_MOUNTPOINT);
+        *vfsmnt = (char *)parent_mnt + OFF_MOUNT_MNT;
+    }
+}
+
+/* The working directory as the task itself sees it (relative to its own root, so a container's path is the
+ * path inside the container), as components from leaf to root; user space reverses them. Returns the bytes
+ * written at the start of e->data.
+ *
+ * Two loops keep the verifier's work linear: the first only follows pointers (its branches differ in
+ * unknown values, so their states merge), the second only copies names. */
+static __always_inline u32 fill_cwd(struct exec_record *e, const void *task)
+{
+    u32 zero = 0;
+    struct cwd_names *names = cwd_scratch.lookup(&zero);
+    if (!names)
+        return 0;
+    void *fs = read_ptr(task, OFF_TASK_FS);
+    void *dentry = read_ptr(fs, OFF_FS_PWD + OFF_PATH_DENTRY);
+    void *vfsmnt = read_ptr(fs, OFF_FS_PWD + OFF_PATH_MNT);
+    void *root_dentry = read_ptr(fs, OFF_FS_ROOT + OFF_PATH_DENTRY);
+    void *root_mnt = read_ptr(fs, OFF_FS_ROOT + OFF_PATH_MNT);
+    if (!dentry || !vfsmnt)
+        return 0;
+
+    u32 count = CWD_DEPTH;
+    for (u32 i = 0; i < CWD_DEPTH; i++) {
+        if (dentry == root_dentry && vfsmnt == root_mnt) {
+            count = i;
+            break;
+        }
+        cross_mounts(&dentry, &vfsmnt);
+        if (dentry == root_dentry && vfsmnt == root_mnt) {
+            count = i;
+            break;
+        }
+        void *parent = read_ptr(dentry, OFF_DENTRY_D_PARENT);
+        if (!parent || parent == dentry) {
+            count = i;
+            break;
+        }
+        names->name[i & (CWD_DEPTH - 1)] = read_u64(dentry, OFF_DENTRY_D_NAME + OFF_QSTR_NAME);
+        dentry = parent;
+    }
+    if (count >= CWD_DEPTH)
+        e->flags |= EXEC_CWD_TRUNCATED;
+
+    u32 off = 0;
+    for (u32 j = 0; j < CWD_DEPTH; j++) {
+        if (j >= count)
+            break;
+        if (off > CWD_MAX - CWD_NAME_MAX) {
+            e->flags |= EXEC_CWD_TRUNCATED;
+            break;
+        }
+        long n = bpf_probe_read_kernel_str(&e->data[off & (CWD_MAX - 1)], CWD_NAME_MAX,
+                                           (void *)names->name[j & (CWD_DEPTH - 1)]);
+        if (n <= 0)
+            break;
+        off += n;
+    }
+    return off;
+}
+
 /* raw tracepoint sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm):
  * fires once the new image is in place, so mm->arg_start..arg_end holds the final argv (interpreter
  * included for scripts) in the new process's memory, and bprm gives the true argc. */
@@ -128,8 +208,12 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     e->exe_dev = read_u32(read_ptr(inode, OFF_INODE_I_SB), OFF_SB_S_DEV);
     e->argc = read_u32(bprm, OFF_BPRM_ARGC);
 
+    u32 cwd_len = fill_cwd(e, task) & (CWD_MAX - 1);
+    e->cwd_len = cwd_len;
+    char *rest = &e->data[cwd_len];
+
     u32 filename_len = 0;
-    long copied = bpf_probe_read_kernel_str(e->data, FILENAME_MAX_LEN, read_ptr(bprm, OFF_BPRM_FILENAME));
+    long copied = bpf_probe_read_kernel_str(rest, FILENAME_MAX_LEN, read_ptr(bprm, OFF_BPRM_FILENAME));
     if (copied > 0) {
         filename_len = copied - 1;
         if (copied >= FILENAME_MAX_LEN)
@@ -147,7 +231,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
         count_loss(LOSS_ARGS_TRUNCATED);
     }
     args_len &= ARGS_MAX - 1;
-    if (args_len && bpf_probe_read_user(&e->data[filename_len], args_len, (void *)arg_start) < 0) {
+    if (args_len && bpf_probe_read_user(&rest[filename_len], args_len, (void *)arg_start) < 0) {
         args_len = 0;
         e->flags |= EXEC_ARGS_READ_FAILED;
         count_loss(LOSS_ARGS_READ_FAILED);
@@ -156,7 +240,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     e->args_len_lo = args_len & 0xffff;
     e->args_len_hi = args_len >> 16;
 
-    u32 size = sizeof(*e) - sizeof(e->data) + filename_len + (u32)args_len;
+    u32 size = sizeof(*e) - sizeof(e->data) + cwd_len + filename_len + (u32)args_len;
     e->hdr.size = size;
     if (events.ringbuf_output(e, size, 0) < 0)
         count_loss(LOSS_RINGBUF_FULL);

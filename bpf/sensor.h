@@ -13,6 +13,9 @@
 #define FILENAME_MAX_LEN 1024 /* bytes of the executable path kept; must be a power of two */
 #endif
 #define CGROUP_PATH_MAX 512 /* must be a power of two */
+#define CWD_MAX 1024 /* bytes of working-directory components kept; must be a power of two */
+#define CWD_NAME_MAX 256 /* one path component, NUL included */
+#define CWD_DEPTH 32 /* path components walked; must be a power of two */
 #define COMM_LEN 16
 
 enum record_type {
@@ -28,6 +31,7 @@ enum exec_flags {
     EXEC_ARGS_TRUNCATED = 1,     /* argv did not fit in ARGS_MAX */
     EXEC_ARGS_READ_FAILED = 2,   /* argv could not be read at all */
     EXEC_FILENAME_TRUNCATED = 4, /* path did not fit in FILENAME_MAX_LEN */
+    EXEC_CWD_TRUNCATED = 8,      /* the working directory was deeper or longer than CWD_DEPTH/CWD_MAX */
 };
 
 /* Indexes into the loss counters map */
@@ -70,9 +74,11 @@ struct exec_record {
     u16 filename_len;
     u16 args_len_lo; /* args_len = args_len_lo | args_len_hi << 16 */
     u16 args_len_hi;
-    u16 pad;
+    u16 cwd_len;
     char comm[COMM_LEN];
-    char data[FILENAME_MAX_LEN + ARGS_MAX]; /* filename bytes, then argv bytes (NUL-separated) */
+    /* working-directory components leaf first, each NUL-terminated; then the filename; then argv
+     * (NUL-separated). CWD_NAME_MAX of slack lets the last component read go unchecked by length. */
+    char data[CWD_MAX + CWD_NAME_MAX + FILENAME_MAX_LEN + ARGS_MAX];
 };
 
 struct fork_record {

@@ -137,7 +137,7 @@ def build_pipeline(config: Any, outputs: list[Output], *, live: bool, meta: dict
     builder = DocumentBuilder(facts, boot_wall_offset_ns=meta.get("boot_wall_offset_ns") or boot_wall_offset_ns())
     resolver = build_resolver(host_namespaces()) if live else None
     return Pipeline(table=table, builder=builder, outputs=outputs, resolver=resolver,
-                    detector=build_detector(config), leaders=build_leaders(), read_cwd=live)
+                    detector=build_detector(config), leaders=build_leaders())
 
 
 def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | None = None,

@@ -5,7 +5,6 @@ Takes plain records (from the probe or a recording) and knows nothing of where t
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -105,7 +104,6 @@ class Pipeline:
         resolver: Resolver | None = None,
         detector: Detector | None = None,
         leaders: LeaderFinder = basic_leaders,
-        read_cwd: bool = True,
         emit_exit: bool = True,
     ) -> None:
         self.table = table
@@ -114,7 +112,6 @@ class Pipeline:
         self.resolver = resolver
         self.detector = detector
         self._leaders = leaders
-        self._read_cwd = read_cwd
         self._emit_exit = emit_exit
         self.stats = PipelineStats()
         self._sequence = 0
@@ -147,13 +144,7 @@ class Pipeline:
 
     def _on_exec(self, rec: ExecRecord) -> None:
         self.stats.execs += 1
-        cwd = rec.cwd.decode("utf-8", "backslashreplace") if rec.cwd else ""
-        if not cwd and self._read_cwd:
-            try:
-                cwd = os.readlink(f"/proc/{rec.pid}/cwd")
-            except OSError:
-                cwd = ""
-        proc = self.table.on_exec(rec, cwd)
+        proc = self.table.on_exec(rec, rec.cwd.decode("utf-8", "backslashreplace"))
         self._emit_process_event("exec", rec.ktime_ns, proc, None)
 
     def _on_exit(self, rec: ExitRecord) -> None:

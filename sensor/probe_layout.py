@@ -18,7 +18,7 @@ from sensor.records import (
 )
 
 RECORD_EXEC, RECORD_FORK, RECORD_EXIT, RECORD_CGROUP_MKDIR, RECORD_CGROUP_RMDIR = 1, 2, 3, 4, 5
-EXEC_ARGS_TRUNCATED, EXEC_ARGS_READ_FAILED, EXEC_FILENAME_TRUNCATED = 1, 2, 4
+EXEC_ARGS_TRUNCATED, EXEC_ARGS_READ_FAILED, EXEC_FILENAME_TRUNCATED, EXEC_CWD_TRUNCATED = 1, 2, 4, 8
 LOSS_RINGBUF_FULL, LOSS_ARGS_TRUNCATED, LOSS_ARGS_READ_FAILED, LOSS_COUNTERS = 0, 1, 2, 3
 
 HEADER = struct.Struct("<IIQ")
@@ -31,6 +31,7 @@ CGROUP_FIXED = struct.Struct("<IIQiiQII")
 ARGS_MAX = 16384
 FILENAME_MAX_LEN = 1024
 CGROUP_PATH_MAX = 512
+CWD_MAX = 1024
 
 
 class DecodeError(ValueError):
@@ -49,6 +50,13 @@ def split_args(blob: bytes) -> tuple[bytes, ...]:
     if blob.endswith(b"\0"):
         blob = blob[:-1]
     return tuple(blob.split(b"\0"))
+
+
+def join_cwd(blob: bytes, truncated: bool) -> bytes:
+    """The working directory from its components, leaf first as the probe walked them."""
+    parts = blob.rstrip(b"\0").split(b"\0") if blob else []
+    path = b"/" + b"/".join(reversed(parts))
+    return b"..." + path if truncated else path
 
 
 def decode(raw: bytes) -> Record:
@@ -80,12 +88,14 @@ def decode_exec(raw: bytes) -> ExecRecord:
         pid, tid, old_tid, ppid, uid, gid, euid, egid, sid, pgid, tty_major, tty_minor,
         cgroup_id, start, exe_ino, exe_dev, flags,
         ns_pid, ns_mnt, ns_net, ns_uts, ns_ipc, ns_cgroup, ns_user,
-        argc, filename_len, args_lo, args_hi, _pad, comm,
+        argc, filename_len, args_lo, args_hi, cwd_len, comm,
     ) = EXEC_FIXED.unpack_from(raw)
     args_len = args_lo | (args_hi << 16)
-    base = EXEC_FIXED.size
+    cwd_base = EXEC_FIXED.size
+    base = cwd_base + cwd_len
     if base + filename_len + args_len > len(raw):
         raise DecodeError("exec record lengths exceed the record")
+    cwd = join_cwd(raw[cwd_base:base], bool(flags & EXEC_CWD_TRUNCATED))
     filename = raw[base : base + filename_len]
     argv = split_args(raw[base + filename_len : base + filename_len + args_len])
     truncated = bool(flags & (EXEC_ARGS_TRUNCATED | EXEC_ARGS_READ_FAILED)) or len(argv) < argc
@@ -95,5 +105,5 @@ def decode_exec(raw: bytes) -> ExecRecord:
         argv=argv, argc=max(argc, len(argv)), args_truncated=truncated, cgroup_id=cgroup_id,
         ns=Namespaces(ns_pid, ns_mnt, ns_net, ns_uts, ns_ipc, ns_cgroup, ns_user),
         sid=sid, pgid=pgid, tty_major=tty_major, tty_minor=tty_minor, start_boottime_ns=start,
-        exe_ino=exe_ino, exe_dev=exe_dev,
+        exe_ino=exe_ino, exe_dev=exe_dev, cwd=cwd,
     )

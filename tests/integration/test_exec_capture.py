@@ -53,6 +53,15 @@ def test_huge_argument_is_cut_and_flagged_never_silently(sensor: SensorProcess) 
     assert args[2] == big[: len(args[2])] and 4096 <= len(args[2]) < 100_000
 
 
+def test_working_directory_is_taken_in_the_kernel(sensor: SensorProcess, tmp_path) -> None:
+    deep = tmp_path / "with space" / "and\nnewline"
+    deep.mkdir(parents=True)
+    child = run_and_wait(["/bin/true"], cwd=deep)  # gone long before anyone could read /proc/PID/cwd
+    assert get(sensor.exec_of(child.pid), "process.working_directory") == str(deep)
+    child = run_and_wait(["/bin/true"], cwd="/proc/self")  # crosses a mount point
+    assert get(sensor.exec_of(child.pid), "process.working_directory") == f"/proc/{child.pid}"
+
+
 def test_exit_codes_and_signals(sensor: SensorProcess) -> None:
     seven = run_and_wait(["/bin/sh", "-c", "exit 7"])
     killed = run_and_wait(["/bin/sh", "-c", "kill -9 $$"])

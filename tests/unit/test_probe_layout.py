@@ -57,7 +57,8 @@ def test_constants_match() -> None:
     consts, _ = parse_header()
     for name in ("ARGS_MAX", "FILENAME_MAX_LEN", "CGROUP_PATH_MAX", "RECORD_EXEC", "RECORD_FORK", "RECORD_EXIT",
                  "RECORD_CGROUP_MKDIR", "RECORD_CGROUP_RMDIR", "EXEC_ARGS_TRUNCATED", "EXEC_ARGS_READ_FAILED",
-                 "LOSS_RINGBUF_FULL", "LOSS_ARGS_TRUNCATED", "LOSS_ARGS_READ_FAILED", "LOSS_COUNTERS"):
+                 "LOSS_RINGBUF_FULL",
+                 "CWD_MAX", "EXEC_CWD_TRUNCATED", "LOSS_ARGS_TRUNCATED", "LOSS_ARGS_READ_FAILED", "LOSS_COUNTERS"):
         assert getattr(probe_layout, name) == consts[name], name
 
 
@@ -71,13 +72,13 @@ def test_fixed_parts_match_the_c_structs() -> None:
     assert probe_layout.HEADER.size == layout(structs, "record_header")[1]
 
 
-def _exec_bytes(filename: bytes, args: bytes, argc: int, flags: int = 0) -> bytes:
+def _exec_bytes(filename: bytes, args: bytes, argc: int, flags: int = 0, cwd: bytes = b"") -> bytes:
     fixed = probe_layout.EXEC_FIXED.pack(
         probe_layout.RECORD_EXEC, 0, 123, 10, 10, 10, 1, 0, 0, 1000, 1000, 5, 10, 136, 2,
         77, 99, 4242, (8 << 20) | 1, flags, 1, 2, 3, 4, 5, 6, 7, argc, len(filename), len(args) & 0xFFFF,
-        len(args) >> 16, 0, b"bash\0" + b"\0" * 11,
+        len(args) >> 16, len(cwd), b"bash\0" + b"\0" * 11,
     )
-    return fixed + filename + args
+    return fixed + cwd + filename + args
 
 
 def test_decode_exec() -> None:
@@ -86,6 +87,14 @@ def test_decode_exec() -> None:
     assert rec.argv == (b"bash", b"-c", b"echo hi")
     assert (rec.filename, rec.comm, rec.argc, rec.args_truncated) == (b"/bin/bash", b"bash", 3, False)
     assert (rec.euid, rec.egid, rec.tty_major, rec.tty_minor, rec.ns.user) == (1000, 1000, 136, 2, 7)
+
+
+def test_decode_exec_working_directory_from_leaf_first_components() -> None:
+    rec = decode(_exec_bytes(b"/bin/x", b"x\0", 1, cwd=b"d\0c c\0tmp\0"))
+    assert rec.cwd == b"/tmp/c c/d" and rec.filename == b"/bin/x" and rec.argv == (b"x",)
+    assert decode(_exec_bytes(b"/bin/x", b"x\0", 1)).cwd == b"/"
+    deep = decode(_exec_bytes(b"/bin/x", b"x\0", 1, probe_layout.EXEC_CWD_TRUNCATED, cwd=b"z\0y\0"))
+    assert deep.cwd == b".../y/z"
 
 
 def test_decode_exec_flags_truncation_when_fewer_args_than_argc() -> None:
