@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import posixpath
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -141,6 +142,9 @@ class ProcessTable:
     def on_exec(self, rec: ExecRecord, cwd: str = "") -> Process:
         args = tuple(decode_arg(a) for a in rec.argv)
         executable = decode_arg(rec.filename)
+        if executable and not executable.startswith("/") and cwd.startswith("/"):
+            # execve("./tool") or execve("bin/tool"): ECS wants the absolute path, resolved as the kernel did
+            executable = posixpath.normpath(posixpath.join(cwd, executable))
         proc = Process(
             pid=rec.pid, ppid=rec.ppid, start_boottime_ns=rec.start_boottime_ns,
             entity_id=entity_id(self.boot_id, rec.pid, rec.start_boottime_ns),

@@ -62,6 +62,17 @@ def test_working_directory_is_taken_in_the_kernel(sensor: SensorProcess, tmp_pat
     assert get(sensor.exec_of(child.pid), "process.working_directory") == f"/proc/{child.pid}"
 
 
+def test_relative_executable_is_made_absolute(sensor: SensorProcess, tmp_path) -> None:
+    (tmp_path / "bin").mkdir()
+    tool = tmp_path / "bin" / "tool"
+    tool.symlink_to("/bin/true")
+    child = run_and_wait(["./bin/tool", "x"], cwd=tmp_path)
+    doc = sensor.exec_of(child.pid)
+    assert get(doc, "process.executable") == str(tool)
+    assert get(doc, "process.name") == "tool"
+    assert get(doc, "process.args") == ["./bin/tool", "x"]
+
+
 def test_exit_codes_and_signals(sensor: SensorProcess) -> None:
     seven = run_and_wait(["/bin/sh", "-c", "exit 7"])
     killed = run_and_wait(["/bin/sh", "-c", "kill -9 $$"])
