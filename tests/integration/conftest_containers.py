@@ -154,7 +154,7 @@ def runc_kube_container(test_rootfs: Path, tmp_path_factory) -> Iterator[Running
 
 @pytest.fixture(scope="session")
 def lxc_container() -> Iterator[RunningContainer]:
-    """`lxc-create -t busybox` with an `empty` network, started detached."""
+    """`lxc-create -t busybox` with an `empty` network and the host's ssh client, started detached."""
     _need("lxc-create", "lxc-start", "lxc-attach", "busybox")
     name = f"cs-lxc-{secrets.token_hex(3)}"
     created = _run(["lxc-create", "-n", name, "-t", "busybox"])
@@ -166,6 +166,10 @@ def lxc_container() -> Iterator[RunningContainer]:
                  if not ln.startswith(("lxc.net.0.", "lxc.apparmor."))]
         lines += ["lxc.net.0.type = empty", "lxc.apparmor.profile = unconfined"]
         config.write_text("\n".join(lines) + "\n")
+        # the busybox template has no ssh; its config bind-mounts the host's /lib and /usr/lib for libraries
+        ssh_target = Path(f"/var/lib/lxc/{name}/rootfs/usr/bin/ssh")
+        ssh_target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(rootfs_mod.SSH_BINARIES[0], ssh_target)
         started = _run(["lxc-start", "-n", name, "-d"])
         if started.returncode != 0:
             pytest.skip(f"lxc-start failed: {started.stderr.strip()}")

@@ -24,15 +24,28 @@ from tests.integration.conftest_containers import (
     runc_kube_container,
     test_rootfs,
 )
-from tests.integration.sensor_process import SensorProcess, get
+from tests.integration.sensor_process import SHARED, SensorProcess, get
 
 pytestmark = [pytest.mark.kernel, pytest.mark.containers]
 
 
+# Elastic's rule that keys on process.entry_leader.entry_meta.type == "container" (read from ../shared/rules)
+SSH_RULE = SHARED / "rules" / "lateral_movement_ssh_process_launched_inside_container.toml"
+SSH_RULE_ID = "5c50ffa6-07f4-4cce-a1b7-c16928a2ed52"
+
+
 @pytest.fixture(scope="module")
 def live(podman_container, runc_kube_container, lxc_container) -> Iterator[SensorProcess]:
-    with SensorProcess() as running:
+    extra = ["--rules", str(SSH_RULE)] if SSH_RULE.exists() else []
+    with SensorProcess(*extra) as running:
         yield running
+
+
+def elastic_ssh_alert(sensor: SensorProcess, mark: str) -> dict:
+    if not SSH_RULE.exists():
+        pytest.skip(f"{SSH_RULE} not present")
+    return sensor.wait_for(lambda d: get(d, "event.kind") == "alert" and get(d, "rule.id") == SSH_RULE_ID
+                           and mark in (get(d, "process.command_line") or ""), 15.0)[-1]
 
 
 def execs(sensor: SensorProcess, name: str, *, marker: str, timeout: float = 15.0) -> list[dict]:
@@ -101,6 +114,10 @@ def test_lxc_attach_is_a_container_session(live, lxc_container):
     # lxc-attach neither setsids nor has a runtime parent Elastic's model knows: typed from the evidence
     assert get(doc, "process.entry_leader.entry_meta.type") == "container"
     assert get(doc, "process.entry_leader.name") == "sh"
+    # so Elastic's ssh-in-container rule fires where Elastic's own session model would not let it
+    subprocess.run(["lxc-attach", "-n", lxc_container.name, "--", "/usr/bin/ssh", "-V", "-o", f"User={mark}"],
+                   capture_output=True, timeout=60)
+    assert get(elastic_ssh_alert(live, mark), "container.id") == lxc_container.name
 
 
 def test_nspawn_session(live, nspawn_root):
@@ -112,6 +129,9 @@ def test_nspawn_session(live, nspawn_root):
     assert get(doc, "container.id", "").startswith("pidns-")
     assert get(doc, "process.entry_leader.entry_meta.type") == "container"
     assert get(doc, "process.entry_leader.name") == "sh"
+    subprocess.run(nspawn_argv(nspawn_root, "/usr/bin/ssh", "-V", "-o", f"User={mark}"), capture_output=True,
+                   timeout=60)
+    assert get(elastic_ssh_alert(live, mark), "container.runtime") == "systemd-nspawn"
 
 
 def test_host_negatives(live):
