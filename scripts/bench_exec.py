@@ -191,17 +191,19 @@ def main() -> None:
     container = ContainerStorm() if args.in_container else None
     try:
         run_storm = container or storm
-        base_seconds = run_storm(args.workers, args.count // args.workers, argv)
-        base_rate = args.count / base_seconds
+        # the baseline is taken before and after the sensor run, so a drift in the machine's load shows
+        before = args.count / run_storm(args.workers, args.count // args.workers, argv)
         extra = [*args.sensor_arg, "--metrics-address", args.metrics_address] if container else args.sensor_arg
         result = run_with_sensor(args, argv, extra, run_storm, container.id if container else None)
+        after = args.count / run_storm(args.workers, args.count // args.workers, argv)
+        base_rate = (before + after) / 2
     finally:
         if container is not None:
             container.close()
     rate = result["expected"] / result["seconds"]
     lat = result["lat"]
     print(f"workers={args.workers} execs={result['expected']} target={TARGET}")
-    print(f"without sensor: {base_rate:,.0f} execs/s")
+    print(f"without sensor: {base_rate:,.0f} execs/s (before {before:,.0f}, after {after:,.0f})")
     print(f"with sensor:    {rate:,.0f} execs/s   ratio {rate / base_rate:.3f}")
     print(f"documents received for the storm: {result['received']} of {result['expected']} "
           f"({result['expected'] - result['received']} missing); kernel-side lost: {result['lost']}")
