@@ -189,3 +189,22 @@ def test_find_v2_mount_reads_mountinfo(tmp_path):
     (tmp_path / "self/mountinfo").write_text(
         "901 900 0:39 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n")
     assert find_v2_mount(tmp_path) == CgroupMount(Path("/sys/fs/cgroup"), "/kubepods/pod1")
+
+
+def test_v1_only_host_reads_proc_once_per_namespace_pair(tmp_path, state):
+    # no cgroup2 in mountinfo: bpf_get_current_cgroup_id() then says nothing, /proc/PID/cgroup is read once
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self/mountinfo").write_text(
+        "35 25 0:30 / /sys/fs/cgroup/memory rw,relatime shared:14 - cgroup cgroup rw,memory\n")
+    (proc / "4242").mkdir()
+    # docker on a cgroup v1 host (cgroupfs driver): every hierarchy shows /docker/<id>
+    docker_id = "3f4e8b2f6b4c0f5e9d1a7c2b8e6f4a0d9c3b5e7f1a2d4c6e8b0a9f7d5c3e1b2a"
+    (proc / "4242/cgroup").write_text(f"12:memory:/docker/{docker_id}\n1:name=systemd:/docker/{docker_id}\n")
+    r = ContainerResolver(host_ns=HOST_NS, proc_root=proc, state_roots=state, start_worker=False)
+    r.seed()
+    for _ in range(3):
+        info = r.resolve(1, POD_NS, (), 4242)
+        assert info.id == docker_id and info.runtime == "docker"
+    assert r.stats()["proc_reads"] == 1
+    r.close()
