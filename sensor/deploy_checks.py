@@ -54,35 +54,46 @@ def _comm_names(proc: Path) -> set[str]:
     return names
 
 
-def _visible(path: Path) -> bool:
-    """The directory exists and holds something (an empty mount point is what a missing mount looks like)."""
+def _has_entries(path: Path) -> bool:
     try:
-        return path.is_dir() and any(path.iterdir())
+        return any(path.iterdir())
     except OSError:
         return False
 
 
 def check_runtime_state(proc: Path = PROC, root: Path = Path("/")) -> Check:
+    """Each runtime that runs here should have its state directories visible.
+
+    A directory that does not exist at all means the mount is missing. An empty one is what the DaemonSet's
+    DirectoryOrCreate mounts give when the runtime keeps its state elsewhere (LXC with its own lxcpath) or has
+    none yet: reported, not failed.
+    """
     running = _comm_names(proc)
-    seen, missing = [], []
+    seen, empty, missing = [], [], []
     for runtime in RUNTIMES:
         if not any(name.startswith(process) for name in running for process in runtime.processes):
             continue
         dirs = [root / d.lstrip("/") for d in runtime.state_dirs]
-        if any(_visible(d) for d in dirs):
+        if any(_has_entries(d) for d in dirs):
             seen.append(runtime.name)
+        elif any(d.is_dir() for d in dirs):
+            empty.append(runtime.name)
         else:
             missing.append(runtime)
+    parts = []
+    if seen:
+        parts.append(f"state visible for {', '.join(seen)}")
+    if empty:
+        parts.append(f"{', '.join(empty)} running, state directories empty")
     if missing:
-        names = ", ".join(r.name for r in missing)
-        return Check("runtime state", False,
-                     f"{names} run on this node but their state is not visible "
-                     f"({', '.join(d for r in missing for d in r.state_dirs)})",
+        dirs = ", ".join(d for r in missing for d in r.state_dirs)
+        parts.append(f"{', '.join(r.name for r in missing)} running, state not visible ({dirs})")
+        return Check("runtime state", False, "; ".join(parts),
                      "mount " + "; ".join(r.mount_hint for r in missing)
                      + " (containers are still detected, without names, images and pods)", fatal=False)
-    if not seen:
+    if not parts:
         return Check("runtime state", True, "no container runtime runs on this node (or none the sensor knows)")
-    return Check("runtime state", True, f"state visible for {', '.join(seen)}")
+    return Check("runtime state", True, "; ".join(parts))
 
 
 def _same_namespace(kind: str, proc: Path) -> bool | None:

@@ -65,13 +65,14 @@ def test_cgroupfs_missing_names_the_mount(tmp_path):
 
 def test_runtime_running_without_visible_state(tmp_path):
     # comm names as the processes show them on a containerd node and on a CRI-O node.
-    proc = fake_proc(tmp_path, ["systemd", "containerd", "containerd-shim", "crio", "kubelet"])
+    proc = fake_proc(tmp_path, ["systemd", "containerd", "containerd-shim", "crio", "lxc-start", "kubelet"])
     root = tmp_path / "root"
     (root / "run/containerd/io.containerd.runtime.v2.task").mkdir(parents=True)
-    (root / "run/crio").mkdir(parents=True)  # an empty mount point: the mount is missing
-    check = check_runtime_state(proc, root)
+    (root / "var/lib/lxc").mkdir(parents=True)  # empty: LXC keeps its containers under another lxcpath
+    check = check_runtime_state(proc, root)  # nothing of cri-o's exists: its mounts are missing
     assert not check.ok and not check.fatal
-    assert check.detail.startswith("cri-o run on this node but their state is not visible")
+    assert check.detail == ("state visible for containerd; lxc running, state directories empty; "
+                            "cri-o running, state not visible (/run/crio, /run/containers)")
     assert "hostPaths /run/crio and /run/containers, read-only" in check.fix
 
 
