@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -178,6 +179,64 @@ def lxc_container() -> Iterator[RunningContainer]:
     finally:
         _run(["lxc-stop", "-n", name, "-k"])
         _run(["lxc-destroy", "-n", name])
+
+
+def _containerd_up() -> bool:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(1)
+        try:
+            sock.connect("/run/containerd/containerd.sock")
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def containerd_container(test_rootfs: Path, podman_image_ref: str) -> Iterator[RunningContainer]:
+    """`ctr run -d` in containerd's default namespace (cgroup /default/<id>, parent containerd-shim-runc-v2).
+    Starts a containerd daemon when none answers (no systemd here) and stops only that one."""
+    _need("containerd", "ctr", "containerd-shim-runc-v2", "podman")
+    daemon = None
+    if not _containerd_up():
+        log = open(rootfs_mod.CACHE_DIR / "containerd.log", "ab")  # noqa: SIM115 - closed below
+        daemon = subprocess.Popen(["containerd"], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        try:
+            wait_for(_containerd_up, 15, "containerd")
+        except AssertionError:
+            daemon.kill()
+            daemon.wait()
+            pytest.skip("containerd did not start")
+    cid = f"cs-ctr-{secrets.token_hex(4)}"
+    try:
+        archive = rootfs_mod.CACHE_DIR / "image-docker-archive.tar"
+        if not archive.exists():
+            _run(["podman", "save", "--format", "docker-archive", "-o", str(archive), podman_image_ref], check=True)
+        _run(["ctr", "-n", "default", "image", "import", str(archive)], check=True)
+        started = subprocess.run(["ctr", "-n", "default", "run", "-d", podman_image_ref, cid, "/bin/sleep", "3600"],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 timeout=60)
+        if started.returncode != 0:
+            pytest.skip(f"ctr run failed: {started.stderr.decode(errors='replace').strip()}")
+
+        def task_pid() -> int:
+            for line in _run(["ctr", "-n", "default", "task", "ls"]).stdout.splitlines()[1:]:
+                fields = line.split()
+                if fields and fields[0] == cid and fields[1].isdigit():
+                    return int(fields[1])
+            return 0
+
+        yield RunningContainer("containerd", cid, cid, wait_for(task_pid, what="ctr task"))
+    finally:
+        _run(["ctr", "-n", "default", "task", "rm", "-f", cid])
+        _run(["ctr", "-n", "default", "container", "rm", cid])
+        if daemon is not None:
+            daemon.terminate()
+            try:
+                daemon.wait(10)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import pytest
 from tests.integration.conftest_containers import (
     CGROUP_V2,
     PODMAN_RUN,
+    containerd_container,
     lxc_container,
     nspawn_argv,
     nspawn_root,
@@ -35,7 +36,7 @@ SSH_RULE_ID = "5c50ffa6-07f4-4cce-a1b7-c16928a2ed52"
 
 
 @pytest.fixture(scope="module")
-def live(podman_container, runc_kube_container, lxc_container) -> Iterator[SensorProcess]:
+def live(podman_container, runc_kube_container, lxc_container, containerd_container) -> Iterator[SensorProcess]:
     extra = ["--rules", str(SSH_RULE)] if SSH_RULE.exists() else []
     with SensorProcess(*extra) as running:
         yield running
@@ -102,6 +103,20 @@ def test_ssh_in_runc_kubepods_bundle(live, runc_kube_container):
     assert get(doc, "orchestrator.namespace") == "shop"
     assert get(doc, "process.entry_leader.entry_meta.type") == "container"
     assert get(doc, "process.parent.name") == "runc"
+
+
+def test_ctr_task_exec(live, containerd_container):
+    mark = marker()
+    subprocess.run(["ctr", "-n", "default", "task", "exec", "--exec-id", mark, containerd_container.id,
+                    "/usr/bin/ssh", "-V", "-o", f"User={mark}"], capture_output=True, timeout=60)
+    doc = execs(live, "ssh", marker=mark)[-1]
+    assert get(doc, "container.id") == containerd_container.id
+    assert get(doc, "container.runtime") == "containerd"
+    assert get(doc, "container_sensor.cgroup.path") == f"/default/{containerd_container.id}"
+    # at exec time the parent is still `runc exec` (the shim adopts the process later): Elastic's model knows both
+    assert get(doc, "process.parent.name") in ("runc", "containerd-shim-runc-v2")
+    assert get(doc, "process.entry_leader.entry_meta.type") == "container"
+    assert get(elastic_ssh_alert(live, mark), "container.id") == containerd_container.id
 
 
 def test_lxc_attach_is_a_container_session(live, lxc_container):

@@ -16,6 +16,7 @@ from tests.integration.conftest_containers import (  # noqa: F401 - fixtures
     CGROUP_V2,
     RunningContainer,
     children_of,
+    containerd_container,
     lxc_container,
     nspawn_argv,
     nspawn_root,
@@ -100,6 +101,13 @@ def test_runc_kubepods_bundle(resolver, runc_kube_container):
     info = settled(resolver, runc_kube_container.pid)
     check(info, runc_kube_container)
     assert info.cgroup_path.startswith("/kubepods/burstable/pod")
+
+
+def test_containerd_ctr(resolver, containerd_container):
+    info = settled(resolver, containerd_container.pid)
+    # ctr records no annotations: the name is the id, the image is only in containerd's own database
+    check(info, containerd_container)
+    assert info.cgroup_path == f"/default/{containerd_container.id}"
 
 
 def test_lxc_and_lxc_attach(resolver, lxc_container):
