@@ -80,8 +80,10 @@ class ElasticsearchSettings:
     ca_file: Path | None = None
     ca_fingerprint: str | None = None
     verify_tls: bool = True
-    events_stream: str = DEFAULT_EVENTS_STREAM
-    alerts_stream: str = DEFAULT_ALERTS_STREAM
+    # None: each document goes to the data stream its data_stream.* fields name (the defaults below when they
+    # are missing or not a valid name); a name here sends every event (or alert) there and conforms the fields.
+    events_stream: str | None = None
+    alerts_stream: str | None = None
     request_timeout: float = 10.0
     batch_docs: int = 1000
     batch_bytes: int = 5 * 1024 * 1024
@@ -112,7 +114,8 @@ class ElasticsearchSettings:
         if self.username and self.password is None:
             raise ElasticsearchConfigError("elasticsearch: a username needs a password")
         for what, name in (("events data stream", self.events_stream), ("alerts data stream", self.alerts_stream)):
-            check_index_name(name, what)
+            if name is not None:
+                check_index_name(name, what)
         if self.batch_docs < 1 or self.batch_bytes < 1024 or self.queue_docs < self.batch_docs:
             raise ElasticsearchConfigError("elasticsearch: batch and queue sizes must be positive, queue >= batch")
 
@@ -184,10 +187,12 @@ class ElasticsearchOutput:
         self._client = client_factory(settings)
         self._bulk_headers: dict[str, str] | None = None
         self._jitter = sleep_jitter or (lambda cap: random.uniform(0, cap))
-        self._streams = {
-            False: (settings.events_stream, data_stream_parts(settings.events_stream)),
-            True: (settings.alerts_stream, data_stream_parts(settings.alerts_stream)),
+        self._configured = {
+            False: self._target(settings.events_stream) if settings.events_stream else None,
+            True: self._target(settings.alerts_stream) if settings.alerts_stream else None,
         }
+        self._defaults = {False: self._target(DEFAULT_EVENTS_STREAM), True: self._target(DEFAULT_ALERTS_STREAM)}
+        self._named_streams: dict[tuple[str, ...], tuple[str, tuple[str, str, str] | None] | None] = {}
         self._spool = (
             Spool(settings.spool_dir, settings.spool_bytes, settings.spool_policy)
             if settings.spool_dir is not None
@@ -202,7 +207,7 @@ class ElasticsearchOutput:
         self._queue_since = 0.0
         self._spooling = False
         self._stopping = False
-        self._failed_while_stopping = False
+        self._failures_while_stopping = 0
         self._deadline = 0.0
         self._wake = threading.Event()
         self._writer_packer = msgpack.Packer(use_bin_type=True)
@@ -293,10 +298,34 @@ class ElasticsearchOutput:
 
     # ---- routing and encoding (both threads)
 
+    @staticmethod
+    def _target(name: str) -> tuple[str, tuple[str, str, str] | None]:
+        return name, data_stream_parts(name)
+
+    def _route(self, doc: dict[str, Any], is_alert: bool) -> tuple[str, tuple[str, str, str] | None]:
+        configured = self._configured[is_alert]
+        if configured is not None:
+            return configured
+        stream = doc.get("data_stream")
+        if not isinstance(stream, dict):
+            return self._defaults[is_alert]
+        key = (stream.get("type"), stream.get("dataset"), stream.get("namespace"))
+        if not all(isinstance(part, str) for part in key):
+            return self._defaults[is_alert]
+        if key in self._named_streams:
+            named = self._named_streams[key]
+        else:
+            name = "-".join(key)
+            parts = data_stream_parts(name)
+            named = (name, parts) if parts is not None and len(name) <= 100 else None
+            if len(self._named_streams) < 1024:  # a handful in practice; bounded all the same
+                self._named_streams[key] = named
+        return named if named is not None else self._defaults[is_alert]
+
     def _item(self, doc: dict[str, Any]) -> list[Any]:
         event = doc.get("event")
         is_alert = isinstance(event, dict) and event.get("kind") == "alert"
-        index, parts = self._streams[is_alert]
+        index, parts = self._route(doc, is_alert)
         if parts is not None:
             doc = self._conform(doc, parts)
         doc_id = event.get("id") if isinstance(event, dict) else None
@@ -356,7 +385,7 @@ class ElasticsearchOutput:
                 # At close the backlog is sent while time remains and the cluster answers; the rest
                 # stays on disk for the next start.
                 sending_allowed = not self._stopping or (
-                    not self._failed_while_stopping and time.monotonic() < self._deadline
+                    not self._given_up() and time.monotonic() < self._deadline
                 )
                 if sending_allowed and self._spool is not None and self._spool.unread():
                     docs = None
@@ -408,7 +437,7 @@ class ElasticsearchOutput:
                     self._dropped_at_exit += len(pending)
                     log.error("elasticsearch: %d events undelivered at exit (no spool configured)", len(pending))
                     return
-            elif self._stopping and (self._failed_while_stopping or time.monotonic() >= self._deadline):
+            elif self._stopping and (self._given_up() or time.monotonic() >= self._deadline):
                 return  # still in the spool, unacknowledged: sent again on the next start
             self._backoff(attempt)
             attempt += 1
@@ -529,13 +558,19 @@ class ElasticsearchOutput:
         self._healthy = False
         self._last_error = reason
         if self._stopping:
-            self._failed_while_stopping = True  # one more try at close, not a wait for the whole deadline
+            self._failures_while_stopping += 1
+
+    def _given_up(self) -> bool:
+        """At close, a couple more tries (the first may meet a connection the server dropped), not a wait for
+        the whole deadline."""
+        return self._failures_while_stopping >= 2
 
     def _note_success(self) -> None:
         if not self._healthy:
             log.info("elasticsearch %s: delivering again", redact_url(self.settings.url))
         self._healthy = True
         self._last_error = ""
+        self._failures_while_stopping = 0
 
     def _bulk(self, payload: bytes) -> dict[str, Any]:
         from elasticsearch import ApiError, TransportError, UnsupportedProductError

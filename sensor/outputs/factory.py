@@ -7,8 +7,6 @@ from typing import Any
 
 from sensor.outputs.base import Output
 from sensor.outputs.elasticsearch import (
-    DEFAULT_ALERTS_STREAM,
-    DEFAULT_EVENTS_STREAM,
     ElasticsearchConfigError,
     ElasticsearchOutput,
     ElasticsearchSettings,
@@ -51,8 +49,8 @@ def elasticsearch_settings(url: str, settings: Any) -> ElasticsearchSettings:
         ca_file=_setting(settings, "elasticsearch_ca_cert"),
         ca_fingerprint=_setting(settings, "elasticsearch_ca_fingerprint"),
         verify_tls=bool(_setting(settings, "elasticsearch_verify_tls", True)),
-        events_stream=_setting(settings, "elasticsearch_index", DEFAULT_EVENTS_STREAM),
-        alerts_stream=_setting(settings, "elasticsearch_alerts_index", DEFAULT_ALERTS_STREAM),
+        events_stream=_setting(settings, "elasticsearch_index"),
+        alerts_stream=_setting(settings, "elasticsearch_alerts_index"),
         request_timeout=float(_setting(settings, "elasticsearch_timeout", 10.0)),
         spool_dir=Path(spool_dir) if spool_dir is not None else None,
         spool_bytes=int(_setting(settings, "spool_limit", 1024**3)),

@@ -96,18 +96,37 @@ def test_events_and_alerts_land_in_their_data_streams(tmp_path: Path, server: Es
     assert stats["delivered"] == 503 and stats["dropped"] == 0 and stats["dead_lettered"] == 0
 
 
-def test_data_stream_fields_follow_the_target_stream(tmp_path: Path, server: EsServer) -> None:
-    # A document naming another namespace would be refused by the constant_keyword mapping; it is conformed.
-    doc = make_doc(1)
-    doc["data_stream"]["namespace"] = "prod"
-    doc["event"]["dataset"] = "something.else"
+def test_documents_go_where_their_data_stream_fields_say(tmp_path: Path, server: EsServer) -> None:
+    prod = make_doc(1)
+    prod["data_stream"]["namespace"] = "prod"
+    invalid = make_doc(2)
+    invalid["data_stream"]["namespace"] = "Not-Valid"
+    bare = make_doc(3)
+    del bare["data_stream"]
     output = make_output(tmp_path, server.url)
-    output.write(doc)
+    for doc in (prod, invalid, bare):
+        output.write(doc)
     output.close()
-    stored = server.document(EVENTS, "ev-000000000001")
-    assert stored["data_stream"]["namespace"] == "default"
+    assert server.ids("logs-endpoint.events.process-prod") == ids([1])
+    assert server.ids(EVENTS) == ids([2, 3])
+    assert server.document(EVENTS, "ev-000000000002")["data_stream"]["namespace"] == "default"
+    assert server.document(EVENTS, "ev-000000000003")["data_stream"]["dataset"] == "endpoint.events.process"
+    assert invalid["data_stream"]["namespace"] == "Not-Valid"  # the shared document is not modified
+    assert server.counters["rejected"] == 0
+
+
+def test_a_configured_stream_conforms_the_documents(tmp_path: Path, server: EsServer) -> None:
+    # A value other than the stream's would be refused by the constant_keyword mapping; it is conformed.
+    doc = make_doc(1)
+    doc["event"]["dataset"] = "something.else"
+    output = make_output(tmp_path, server.url, events_stream="logs-endpoint.events.process-lab")
+    output.write(doc)
+    output.write(make_doc(2, kind="alert"))
+    output.close()
+    stored = server.document("logs-endpoint.events.process-lab", "ev-000000000001")
+    assert stored["data_stream"] == {"type": "logs", "dataset": "endpoint.events.process", "namespace": "lab"}
     assert stored["event"]["dataset"] == "endpoint.events.process"
-    assert doc["data_stream"]["namespace"] == "prod"  # the shared document is not modified
+    assert server.ids(ALERTS) == ids([2])
     assert server.counters["rejected"] == 0
 
 
