@@ -90,9 +90,12 @@ def test_kustomization_lists_every_manifest_but_the_example_secret():
     assert listed == present
     image = sensor_container(daemonset())["image"]
     assert [entry["name"] for entry in kustomization["images"]] == [image.split(":")[0]]
+    cluster_scoped = {"Namespace", "PriorityClass"}
     namespaces = {doc["metadata"].get("namespace") for p in manifests() for doc in documents(p)
-                  if doc["kind"] != "Namespace"}
+                  if doc["kind"] not in cluster_scoped}
     assert namespaces == {kustomization["namespace"]}
+    (priority_class,) = documents(KUBERNETES / "priorityclass.yaml")
+    assert daemonset()["spec"]["template"]["spec"]["priorityClassName"] == priority_class["metadata"]["name"]
 
 
 def test_daemonset_has_what_the_sensor_needs():
