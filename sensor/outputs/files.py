@@ -102,6 +102,9 @@ class RotatingFileOutput:
         if self._thread.is_alive():
             log.error("file output %s: writer did not finish within %.0fs", self.path, timeout)
             return
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.fsync(self._fd)
         self._close_fd()
 
     def healthy(self) -> bool:
