@@ -5,11 +5,11 @@
 # holds the image.
 #
 # Usage: packaging/make-base-image.sh [IMAGE_NAME]
-# Environment: CONTAINER_SENSOR_CACHE (default /var/cache/container-sensor), DEBIAN_MIRROR.
+# Environment: BASE_IMAGE_CACHE (default /var/cache/container-sensor), DEBIAN_MIRROR.
 set -eu
 
 image="${1:-docker.io/library/debian:bookworm}"
-cache="${CONTAINER_SENSOR_CACHE:-/var/cache/container-sensor}"
+cache="${BASE_IMAGE_CACHE:-/var/cache/container-sensor}"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 tarball="$cache/debian-bookworm-minbase.tar"
 
