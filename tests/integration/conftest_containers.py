@@ -111,28 +111,20 @@ def podman_container(podman_image_ref: str) -> Iterator[RunningContainer]:
 KUBE_POD_UID = "5f0c1e2d-3b4a-4c5d-8e9f-0a1b2c3d4e5f"
 
 
-@pytest.fixture(scope="session")
-def runc_kube_container(test_rootfs: Path, tmp_path_factory) -> Iterator[RunningContainer]:
-    """`runc run -d` of a bundle shaped like a kubelet+containerd one: cgroupfs-driver kubepods path and the
-    CRI plugin's annotations (containerd pkg/cri/annotations)."""
+@contextlib.contextmanager
+def runc_bundle(rootfs: Path, bundle: Path, cid: str, cgroups_path: str,
+                annotations: dict[str, str]) -> Iterator[int]:
+    """`runc run -d` of a bundle with this cgroupsPath (runc's cgroupfs driver takes any path literally, so
+    systemd-driver-shaped kubelet paths can be made for real without systemd) and these annotations.
+    Yields the container init's pid; deletes the container and the cgroup directories it made."""
     _need("runc")
-    cid = secrets.token_hex(32)
-    bundle = tmp_path_factory.mktemp("runc-bundle")
     _run(["runc", "spec", "--bundle", str(bundle)], check=True)
     spec = json.loads((bundle / "config.json").read_text())
-    spec["root"] = {"path": str(test_rootfs), "readonly": True}
+    spec["root"] = {"path": str(rootfs), "readonly": True}
     spec["process"]["terminal"] = False
     spec["process"]["args"] = ["/bin/sleep", "3600"]
-    spec["linux"]["cgroupsPath"] = f"/kubepods/burstable/pod{KUBE_POD_UID}/{cid}"
-    spec["annotations"] = {
-        "io.kubernetes.cri.container-type": "container",
-        "io.kubernetes.cri.container-name": "web",
-        "io.kubernetes.cri.image-name": "docker.io/library/busybox:1.36",
-        "io.kubernetes.cri.sandbox-id": secrets.token_hex(32),
-        "io.kubernetes.cri.sandbox-name": "web-6d9f7c",
-        "io.kubernetes.cri.sandbox-namespace": "shop",
-        "io.kubernetes.cri.sandbox-uid": KUBE_POD_UID,
-    }
+    spec["linux"]["cgroupsPath"] = cgroups_path
+    spec["annotations"] = annotations
     (bundle / "config.json").write_text(json.dumps(spec))
     # the detached container inherits runc's stdio: pipes would never reach EOF, so no capture here
     log = bundle / "runc.log"
@@ -142,15 +134,80 @@ def runc_kube_container(test_rootfs: Path, tmp_path_factory) -> Iterator[Running
     if started.returncode != 0:
         pytest.skip(f"runc run failed: {log.read_text().strip()}")
     try:
-        state = json.loads(_run(["runc", "state", cid], check=True).stdout)
-        yield RunningContainer("containerd", cid, "web", state["pid"], image="docker.io/library/busybox:1.36",
-                               pod_uid=KUBE_POD_UID, pod_name="web-6d9f7c", pod_namespace="shop")
+        yield json.loads(_run(["runc", "state", cid], check=True).stdout)["pid"]
     finally:
         _run(["runc", "delete", "-f", cid])
-        for rel in (f"kubepods/burstable/pod{KUBE_POD_UID}", "kubepods/burstable", "kubepods"):
+        parts = [p for p in cgroups_path.split("/") if p]
+        for depth in range(len(parts), 0, -1):
+            rel = "/".join(parts[:depth])
             for hierarchy in Path("/sys/fs/cgroup").iterdir():
                 with contextlib.suppress(OSError):
                     (hierarchy / rel).rmdir()
+
+
+def _cri_annotations(name: str, image: str, pod: str, namespace: str, uid: str) -> dict[str, str]:
+    # containerd's CRI plugin (pkg/cri/annotations)
+    return {
+        "io.kubernetes.cri.container-type": "container",
+        "io.kubernetes.cri.container-name": name,
+        "io.kubernetes.cri.image-name": image,
+        "io.kubernetes.cri.sandbox-id": secrets.token_hex(32),
+        "io.kubernetes.cri.sandbox-name": pod,
+        "io.kubernetes.cri.sandbox-namespace": namespace,
+        "io.kubernetes.cri.sandbox-uid": uid,
+    }
+
+
+@pytest.fixture(scope="session")
+def runc_kube_container(test_rootfs: Path, tmp_path_factory) -> Iterator[RunningContainer]:
+    """A bundle shaped like a kubelet (cgroupfs driver) + containerd one: kubepods path, CRI annotations."""
+    cid = secrets.token_hex(32)
+    with runc_bundle(test_rootfs, tmp_path_factory.mktemp("runc-bundle"), cid,
+                     f"/kubepods/burstable/pod{KUBE_POD_UID}/{cid}",
+                     _cri_annotations("web", "docker.io/library/busybox:1.36", "web-6d9f7c", "shop",
+                                      KUBE_POD_UID)) as pid:
+        yield RunningContainer("containerd", cid, "web", pid, image="docker.io/library/busybox:1.36",
+                               pod_uid=KUBE_POD_UID, pod_name="web-6d9f7c", pod_namespace="shop")
+
+
+SYSTEMD_POD_UID = "7c1d2e3f-4a5b-4c6d-9e8f-1a2b3c4d5e6f"
+
+
+@pytest.fixture(scope="session")
+def runc_kube_systemd_container(test_rootfs: Path, tmp_path_factory) -> Iterator[RunningContainer]:
+    """kubelet systemd driver + containerd: kubepods.slice/.../cri-containerd-<id>.scope (guaranteed QoS)."""
+    cid = secrets.token_hex(32)
+    uid = SYSTEMD_POD_UID.replace("-", "_")
+    with runc_bundle(test_rootfs, tmp_path_factory.mktemp("runc-bundle-systemd"), cid,
+                     f"/kubepods.slice/kubepods-pod{uid}.slice/cri-containerd-{cid}.scope",
+                     _cri_annotations("api", "registry.k8s.io/pause:3.9", "api-0", "kube-system",
+                                      SYSTEMD_POD_UID)) as pid:
+        yield RunningContainer("containerd", cid, "api", pid, image="registry.k8s.io/pause:3.9",
+                               pod_uid=SYSTEMD_POD_UID, pod_name="api-0", pod_namespace="kube-system")
+
+
+CRIO_POD_UID = "2b3c4d5e-6f70-4a81-92a3-b4c5d6e7f809"
+
+
+@pytest.fixture(scope="session")
+def runc_crio_container(test_rootfs: Path, tmp_path_factory) -> Iterator[RunningContainer]:
+    """kubelet systemd driver + cri-o: kubepods-burstable-pod<uid>.slice/crio-<id>.scope, cri-o's annotations
+    (pkg/annotations, and the kubelet labels cri-o copies into annotations)."""
+    cid = secrets.token_hex(32)
+    uid = CRIO_POD_UID.replace("-", "_")
+    annotations = {
+        "io.kubernetes.cri-o.ContainerType": "container",
+        "io.kubernetes.cri-o.ImageName": "quay.io/prometheus/node-exporter:v1.7.0",
+        "io.kubernetes.container.name": "node-exporter",
+        "io.kubernetes.pod.name": "node-exporter-x2x9k",
+        "io.kubernetes.pod.namespace": "monitoring",
+        "io.kubernetes.pod.uid": CRIO_POD_UID,
+    }
+    with runc_bundle(test_rootfs, tmp_path_factory.mktemp("runc-bundle-crio"), cid,
+                     f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid}.slice/crio-{cid}.scope",
+                     annotations) as pid:
+        yield RunningContainer("cri-o", cid, "node-exporter", pid, image="quay.io/prometheus/node-exporter:v1.7.0",
+                               pod_uid=CRIO_POD_UID, pod_name="node-exporter-x2x9k", pod_namespace="monitoring")
 
 
 @pytest.fixture(scope="session")

@@ -149,6 +149,19 @@ def test_nspawn_session(live, nspawn_root):
     assert get(elastic_ssh_alert(live, mark), "container.runtime") == "systemd-nspawn"
 
 
+def test_nsenter_into_container_started_before_sensor(live, podman_container):
+    mark = marker()
+    subprocess.run(["nsenter", "-t", str(podman_container.pid), "-p", "-m", "-u", "-i", "-n", "--",
+                    "/bin/sh", "-c", f"/bin/echo {mark}; true"], check=True, capture_output=True, timeout=60)
+    doc = execs(live, "echo", marker=mark)[-1]
+    # nsenter does not move into the container's cgroup: the pid namespace names the container
+    assert get(doc, "container.id") == podman_container.id
+    assert get(doc, "container.name") == podman_container.name
+    assert "decided_by=namespaces-of-known-container" in get(doc, "container_sensor.container_evidence")
+    assert get(doc, "process.entry_leader.entry_meta.type") == "container"
+    assert get(doc, "process.entry_leader.name") == "sh"
+
+
 def test_host_negatives(live):
     mark = marker()
     service = CGROUP_V2 / "system.slice" / f"cs-e2e-{os.getpid()}.service"

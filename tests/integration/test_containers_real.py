@@ -22,7 +22,9 @@ from tests.integration.conftest_containers import (  # noqa: F401 - fixtures
     nspawn_root,
     podman_container,
     podman_image_ref,
+    runc_crio_container,
     runc_kube_container,
+    runc_kube_systemd_container,
     test_rootfs,
     v2_cgroup_of,
     wait_for,
@@ -101,6 +103,18 @@ def test_runc_kubepods_bundle(resolver, runc_kube_container):
     info = settled(resolver, runc_kube_container.pid)
     check(info, runc_kube_container)
     assert info.cgroup_path.startswith("/kubepods/burstable/pod")
+
+
+def test_runc_kubepods_systemd_driver_containerd(resolver, runc_kube_systemd_container):
+    info = settled(resolver, runc_kube_systemd_container.pid)
+    check(info, runc_kube_systemd_container)
+    assert info.cgroup_path.endswith(f"/cri-containerd-{runc_kube_systemd_container.id}.scope")
+
+
+def test_runc_kubepods_systemd_driver_crio(resolver, runc_crio_container):
+    info = settled(resolver, runc_crio_container.pid)
+    check(info, runc_crio_container)
+    assert info.cgroup_path.endswith(f"/crio-{runc_crio_container.id}.scope")
 
 
 def test_containerd_ctr(resolver, containerd_container):
