@@ -333,12 +333,17 @@ def _conclude(result: SelftestResult, found: tuple[float, Doc] | None, triggered
         arrived, alert = found
         result.passed = True
         result.alert_seconds = arrived - triggered_wall
-        exec_at = _timestamp(alert)
+        # The exec event's @timestamp is the kernel's time of the exec; the alert's is when it was raised.
+        entity = _field(alert, "process.entity_id")
+        exec_event = capture.find(lambda doc: _field(doc, "event.action") == "exec"
+                                  and _field(doc, "event.kind") != "alert"
+                                  and _field(doc, "process.entity_id") == entity)
+        exec_at = _timestamp(exec_event[1]) if exec_event is not None else None
         result.detection_latency = arrived - exec_at if exec_at is not None else None
         where = _field(alert, "container.id") or f"pid namespace {_field(alert, 'container_sensor.namespaces.pid')}"
         runtime = _field(alert, "container.runtime") or trigger.method
         rule = _field(alert, "rule.name") or "alert"
-        latency = f", {result.detection_latency * 1000:.0f} ms after the exec" if exec_at is not None else ""
+        latency = f", {result.detection_latency * 1000:.1f} ms after the exec" if exec_at is not None else ""
         result.lines.append(f"selftest: PASS: \"{rule}\" for ssh in {runtime} {str(where)[:12]} "
                             f"{result.alert_seconds:.2f}s after the container was started{latency}")
         return
