@@ -266,7 +266,7 @@ def containerd_container(test_rootfs: Path, podman_image_ref: str) -> Iterator[R
             pytest.skip("containerd did not start")
     cid = f"cs-ctr-{secrets.token_hex(4)}"
     try:
-        archive = rootfs_mod.CACHE_DIR / "image-docker-archive.tar"
+        archive = rootfs_mod.CACHE_DIR / f"{test_rootfs.name}-docker-archive.tar"
         if not archive.exists():
             _run(["podman", "save", "--format", "docker-archive", "-o", str(archive), podman_image_ref], check=True)
         _run(["ctr", "-n", "default", "image", "import", str(archive)], check=True)
