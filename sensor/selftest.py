@@ -346,6 +346,9 @@ def _conclude(result: SelftestResult, found: tuple[float, Doc] | None, triggered
         latency = f", {result.detection_latency * 1000:.1f} ms after the exec" if exec_at is not None else ""
         result.lines.append(f"selftest: PASS: \"{rule}\" for ssh in {runtime} {str(where)[:12]} "
                             f"{result.alert_seconds:.2f}s after the container was started{latency}")
+        if trigger.method == "unshare" and runtime != "unshare":
+            result.lines.append(f"selftest: note: the alert names {runtime} {str(where)[:12]}, not the namespaces "
+                                "the selftest made: container attribution is off")
         return
     if failure:
         result.lines.append(f"selftest: FAIL: {failure}")
