@@ -6,6 +6,7 @@ import copy
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +221,15 @@ def test_containerfile_base_and_entry_point():
         assert package in text
     assert "/usr/bin/python3 -m venv --system-site-packages" in text
     assert 'CMD ["run"]' in text
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_validation_needs_no_network():
+    """kubernetes-validate reads the schemas it ships: the same validation in a network namespace with no route."""
+    script = ("import sys, yaml, kubernetes_validate\n"
+              "for doc in yaml.safe_load_all(open(sys.argv[1])):\n"
+              "    kubernetes_validate.validate(doc, sys.argv[2], strict=True)\n")
+    for version in KUBERNETES_VERSIONS:
+        result = subprocess.run(["unshare", "--net", sys.executable, "-c", script,
+                                 str(KUBERNETES / "daemonset.yaml"), version], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
