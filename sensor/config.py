@@ -73,7 +73,7 @@ class Config:
     elasticsearch_timeout: float = 10.0
     probe_ringbuf_size: int = 8 * 1024 * 1024
     probe_argv_max_bytes: int = 16384
-    # Where each value came from ("default", "file", "env CONTAINER_SENSOR_...", "flag"), by field name.
+    # Where each value came from ("default", "file PATH", "env CONTAINER_SENSOR_...", "command line"), by field.
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def masked(self) -> dict[str, Any]:
@@ -517,8 +517,3 @@ def render_config(config: Config, with_origins: bool = True) -> str:
         origin = config.origins.get(option.field_name) if option else None
         lines.append(f"{line}  # {origin}" if origin and origin != "default" else line)
     return "\n".join(lines) + "\n"
-
-
-def describe_options() -> str:
-    """One line per option: key, environment variable and meaning (for `--help` and docs)."""
-    return "\n".join(f"{option.key:28} {option.env_name:44} {option.help}" for option in OPTIONS)
