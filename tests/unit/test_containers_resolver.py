@@ -208,3 +208,15 @@ def test_v1_only_host_reads_proc_once_per_namespace_pair(tmp_path, state):
         assert info.id == docker_id and info.runtime == "docker"
     assert r.stats()["proc_reads"] == 1
     r.close()
+
+
+def test_launcher_runtime_nearest_known_ancestor_wins():
+    from sensor.containers import launcher_runtime
+
+    # comm names as the kernel truncates them (15 characters), nearest ancestor first
+    assert launcher_runtime([(10, "sh"), (9, "systemd-nspawn"), (8, "sudo")]) == "systemd-nspawn"
+    assert launcher_runtime([(10, "memfd:lxc-attac"), (9, "lxc-start")]) == "lxc"
+    assert launcher_runtime([(10, "containerd-shim"), (9, "runc")]) == "containerd"
+    assert launcher_runtime([(10, "nsenter")]) == "nsenter"
+    assert launcher_runtime([(10, "bash"), (1, "init")]) is None
+    assert launcher_runtime([]) is None
