@@ -176,7 +176,9 @@ def report(name: str, result: dict[str, Any]) -> None:
         samples = ", ".join(f"{n // 1000}k: {rss:.0f}" for n, rss in result["rss_during_outage_mib"])
         print(f"RSS while the server was down (events fed: MiB): {samples}")
     share = result["sensor_cpu_seconds"] / result["seconds_total"]
-    print(f"sensor CPU {result['sensor_cpu_seconds']:.1f} s ({share:.0%} of one core), "
+    per_doc = result["sensor_cpu_seconds"] / max(1, result["documents"]) * 1e6
+    print(f"sensor CPU {result['sensor_cpu_seconds']:.1f} s ({share:.0%} of one core, {per_doc:.0f} us per document"
+          f" = {1e6 / per_doc:,.0f} docs/s per core), "
           f"peak RSS {result['peak_rss_mib']:.0f} MiB; "
           f"test server CPU {result['server_cpu_seconds']:.1f} s (separate process)")
 
