@@ -187,8 +187,9 @@ class ContainerResolver:
         """The container of a process that exec'd in cgroup CGROUP_ID with namespaces NS, or None (host).
 
         ancestry: (pid, name) of its ancestors, nearest first; read only the first time a namespace-only
-        container is seen. pid: only used on a host without a cgroup v2 hierarchy (v1 only), where the v2 id
-        says nothing: /proc/PID/cgroup is then read once per (pid, mnt) namespace pair.
+        container is seen. pid: used when the v2 cgroup says nothing (a host without cgroup v2, or a runtime
+        that made cgroups only in v1 hierarchies) for a process whose pid namespace is not the host's:
+        /proc/PID/cgroup is then read once per (pid, mnt) namespace pair.
         """
         self._counts["resolve_calls"] += 1
         path = self._cgroups.path(V2_HIERARCHY, cgroup_id)
@@ -216,10 +217,14 @@ class ContainerResolver:
                 pid: int) -> ContainerInfo | None:
         diff = differing(ns, self._host_ns)
         match = self._matcher.match(path) if path is not None else None
-        if match is None and self._mount is None and pid:
+        known = self._by_pid_ns.get(ns.pid) if match is None and "pid" in diff else None
+        if match is None and known is None and pid and (self._mount is None or "pid" in diff):
+            # no cgroup v2 at all, or a runtime that made its cgroups only in the v1 hierarchies of a hybrid
+            # host: the v1 path tells, read once per (pid, mnt) namespace pair
             v1_path = self._v1_path(pid, ns)
-            match = self._matcher.match(v1_path) if v1_path else None
-            path = v1_path or path
+            v1_match = self._matcher.match(v1_path) if v1_path else None
+            if v1_match is not None:
+                match, path = v1_match, v1_path
         if match is not None:
             info = self._from_match(match, cgroup_id, path or "", ns, diff)
             if "pid" in diff:
@@ -230,12 +235,10 @@ class ContainerResolver:
                     self._by_pid_ns.popitem(last=False)
             self._counts["containers_by_cgroup"] += 1
             return info
-        if "pid" in diff:
-            known = self._by_pid_ns.get(ns.pid)
-            if known is not None:
-                self._counts["containers_by_known_ns"] += 1
-                info = self._from_match(known, cgroup_id, path or "", ns, diff)
-                return replace(info, cgroup_path=path, decided_by=BY_NAMESPACE_OF_KNOWN)
+        if known is not None:
+            self._counts["containers_by_known_ns"] += 1
+            info = self._from_match(known, cgroup_id, path or "", ns, diff)
+            return replace(info, cgroup_path=path, decided_by=BY_NAMESPACE_OF_KNOWN)
         if looks_like_container(diff):
             self._counts["containers_by_namespaces"] += 1
             return ContainerInfo(

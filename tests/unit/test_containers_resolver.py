@@ -220,3 +220,18 @@ def test_launcher_runtime_nearest_known_ancestor_wins():
     assert launcher_runtime([(10, "nsenter")]) == "nsenter"
     assert launcher_runtime([(10, "bash"), (1, "init")]) is None
     assert launcher_runtime([]) is None
+
+
+def test_hybrid_host_runtime_with_v1_cgroups_only(tree, state, tmp_path):
+    # an older runtime on a hybrid host: the container's cgroups exist only in the v1 hierarchies, so its
+    # processes sit in the v2 root; the v1 path is read once for the new namespace pair
+    r = make(tree, state, tmp_path)
+    docker_id = "3f4e8b2f6b4c0f5e9d1a7c2b8e6f4a0d9c3b5e7f1a2d4c6e8b0a9f7d5c3e1b2a"
+    (tmp_path / "proc/555").mkdir()
+    (tmp_path / "proc/555/cgroup").write_text(f"4:memory:/docker/{docker_id}\n0::/\n")
+    root_id = ino(tree, ".")
+    for _ in range(3):
+        assert r.resolve(root_id, POD_NS, (), 555).id == docker_id
+    # the host itself is never looked up in /proc
+    assert r.resolve(root_id, HOST_NS, (), 1) is None
+    assert r.stats()["proc_reads"] == 1
