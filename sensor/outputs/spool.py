@@ -137,6 +137,7 @@ class Spool:
         self.dropped_disk_full = 0
         self.dropped_corrupt = 0
         self.appended = 0
+        self._total_bytes = 0  # sum of the segments' sizes, kept as they change
         self._next_id = FIRST_SEGMENT_ID  # above every id used so far, so no new segment hides behind the ack
         self._lowest_id = FIRST_SEGMENT_ID  # at or below every id used so far (push_front goes below it)
         self._open()
@@ -201,6 +202,7 @@ class Spool:
             path.unlink(missing_ok=True)
             return
         self._segments[segment_id] = _Segment(segment_id, path, end, start, len(payloads))
+        self._total_bytes += end
         self._order.append(segment_id)
 
     # ---- sizes and state
@@ -211,7 +213,14 @@ class Spool:
             return self._bytes_locked()
 
     def _bytes_locked(self) -> int:
-        return sum(segment.size for segment in self._segments.values())
+        return self._total_bytes
+
+    def check_accounting(self) -> None:
+        """Raises AssertionError if the running byte total disagrees with the segments (for tests)."""
+        with self._lock:
+            actual = sum(segment.size for segment in self._segments.values())
+            if actual != self._total_bytes:
+                raise AssertionError(f"spool byte total {self._total_bytes} != {actual}")
 
     def unread(self) -> int:
         """Payloads not yet handed out by `read`."""
@@ -267,6 +276,7 @@ class Spool:
                 self._note_write_error(error, count)
                 return 0
             tail.size += len(data)
+            self._total_bytes += len(data)
             tail.frames += count
             self.appended += count
             if self._disk_full:
@@ -312,6 +322,7 @@ class Spool:
 
     def _forget(self, segment: _Segment) -> None:
         del self._segments[segment.id]
+        self._total_bytes -= segment.size
         self._order.remove(segment.id)
         if self._read_fd_id == segment.id and self._read_fd is not None:
             # The reader may be reading from it right now, outside the lock: it closes the descriptor itself
@@ -338,6 +349,7 @@ class Spool:
             raise
         segment = _Segment(segment_id, path, len(SEGMENT_MAGIC), len(SEGMENT_MAGIC), 0, sealed=False,
                            synced=False)
+        self._total_bytes += segment.size
         self._segments[segment_id] = segment
         self._order.append(segment_id)
         self._tail_fd = fd
@@ -433,6 +445,7 @@ class Spool:
             if self._cursor_id is not None and self._cursor_id in self._segments:
                 self._segments[self._cursor_id].read_from = self._cursor_offset
             self._segments[segment_id] = segment
+            self._total_bytes += segment.size
             self._order.insert(0, segment_id)
             self._cursor_id = None
             self.appended += count
@@ -471,6 +484,7 @@ class Spool:
                     log.error("spool: segment %s damaged at byte %d; %d events lost",
                               current.path.name, offset, lost)
                     current.frames_read = current.frames
+                    self._total_bytes -= current.size - offset
                     current.size = offset
                     continue
                 self._cursor_offset = offset + used

@@ -23,6 +23,7 @@ def drain(spool: Spool, batch: int = 7, ack: bool = True) -> list[int]:
     while True:
         items, position = spool.read(batch, 1 << 20)
         if not items:
+            spool.check_accounting()
             return seen
         seen.extend(int(item[:8]) for item in items)
         if ack:
@@ -199,4 +200,7 @@ def test_concurrent_writer_and_reader_account_for_every_payload(tmp_path: Path, 
     assert not thread.is_alive()
     assert len(delivered) + spool.dropped == total
     assert delivered == sorted(delivered) and len(set(delivered)) == len(delivered)
+    spool.check_accounting()
+    on_disk = sum(path.stat().st_size for path in tmp_path.glob("*.seg"))
+    assert on_disk == spool.bytes
     assert spool.dropped > 0
