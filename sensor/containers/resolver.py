@@ -17,7 +17,6 @@ worker thread, and an event is never held for it: it goes out with what is known
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -110,7 +109,6 @@ class ContainerResolver:
         self._by_pid_ns: OrderedDict[int, CgroupMatch] = OrderedDict()
         self._v1_by_ns: OrderedDict[tuple[int, int], str | None] = OrderedDict()
         self._last_rescan = 0.0
-        self._rescan_lock = threading.Lock()
         self._counts = {
             "resolve_calls": 0, "resolve_cached": 0, "containers_by_cgroup": 0, "containers_by_known_ns": 0,
             "containers_by_namespaces": 0, "host": 0, "unknown_cgroup_ids": 0, "rescans": 0, "proc_reads": 0,
