@@ -10,7 +10,7 @@ console, major 4 minor 64-255 terminal):
   | P is ...                                              | entry leader        | entry_meta.type |
   |-------------------------------------------------------|---------------------|-----------------|
   | pid 1                                                 | P                   | init            |
-  | a kernel thread (pid 2, parent pid 2)                 | P if session leader, else pid 2 | kthread |
+  | a kernel thread (pid 2, or its parent is pid 2)       | P if session leader, else pid 2 | kthread |
   | a session leader on a terminal (tty major 4, 64-255)  | P                   | terminal        |
   | a session leader on a console (major 4, 0-63) named `login` | P             | console         |
   | not a session leader                                  | PP's                | PP's            |
