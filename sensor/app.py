@@ -140,10 +140,19 @@ def build_pipeline(config: Any, outputs: list[Output], *, live: bool, meta: dict
                     detector=build_detector(config), leaders=build_leaders())
 
 
+def probe_options(config: Any) -> Any:
+    from sensor.probe import ProbeOptions  # noqa: PLC0415
+
+    return ProbeOptions(
+        ringbuf_pages=max(1, getattr(config, "probe_ringbuf_size", 8 << 20) // 4096),
+        args_max=getattr(config, "probe_argv_max_bytes", 16384),
+    )
+
+
 def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | None = None,
              on_ready: Callable[[Pipeline], None] | None = None) -> RunSummary:
     """Attaches the probe and runs until SIGINT/SIGTERM. Raises ProbeError when the probe cannot load."""
-    from sensor.probe import Probe, ProbeOptions  # noqa: PLC0415 - bcc only where the probe runs
+    from sensor.probe import Probe  # noqa: PLC0415 - bcc only where the probe runs
 
     stop = stop or StopFlag()
     stop.install()
@@ -164,10 +173,7 @@ def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | Non
             recorder.write(record)
         pipeline.handle(record)
 
-    probe = Probe(on_record, ProbeOptions(
-        ringbuf_pages=max(1, getattr(config, "probe_ringbuf_size", 8 << 20) // 4096),
-        args_max=getattr(config, "probe_argv_max_bytes", 16384),
-    ))
+    probe = Probe(on_record, probe_options(config))
     started = time.monotonic()
     probe.load()
     # Attached first, seeded second: an exec that races the seeding is queued in the ring buffer, not missed.

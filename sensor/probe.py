@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,11 +34,15 @@ class ProbeError(Exception):
 
 
 def bpf_source_dir() -> Path:
-    """bpf/ beside the package (a source checkout or an editable install), or SENSOR_BPF_DIR."""
+    """SENSOR_BPF_DIR, else bpf/ beside the package (a source checkout or an editable install), else the copy a
+    regular install puts under <prefix>/share/container-sensor/bpf."""
     override = os.environ.get("SENSOR_BPF_DIR")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parent.parent / "bpf"
+    beside = Path(__file__).resolve().parent.parent / "bpf"
+    if (beside / "sensor.c").is_file():
+        return beside
+    return Path(sys.prefix) / "share" / "container-sensor" / "bpf"
 
 
 @dataclass(frozen=True, slots=True)

@@ -270,8 +270,12 @@ def _timestamp(doc: Doc) -> float | None:
 
 def run_selftest(config: Any, *, method: str = "auto", timeout: float = 15.0) -> SelftestResult:
     """Attaches the probe, starts ssh in a container, and waits up to `timeout` seconds for the alert."""
-    from sensor.app import build_pipeline, cgroup_v2_root  # noqa: PLC0415 - the live pipeline, only here
-    from sensor.probe import Probe, ProbeError, ProbeOptions  # noqa: PLC0415 - bcc only where it runs
+    from sensor.app import (  # noqa: PLC0415 - the live pipeline, only here
+        build_pipeline,
+        cgroup_v2_root,
+        probe_options,  # noqa: PLC0415
+    )
+    from sensor.probe import Probe, ProbeError  # noqa: PLC0415 - bcc only where it runs
 
     result = SelftestResult(passed=False)
     try:
@@ -281,7 +285,7 @@ def run_selftest(config: Any, *, method: str = "auto", timeout: float = 15.0) ->
         return result
     capture = CaptureOutput()
     pipeline = build_pipeline(config, [capture], live=True)
-    probe = Probe(pipeline.handle, ProbeOptions())
+    probe = Probe(pipeline.handle, probe_options(config))
     started = time.monotonic()
     try:
         probe.load()
