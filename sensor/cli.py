@@ -56,7 +56,7 @@ def _ops_server(config: Any, pipeline_ref: dict[str, Any]) -> Any:
         unhealthy = [o.name for o in pipeline.outputs if not o.healthy()]
         if unhealthy:
             return False, f"outputs unhealthy: {', '.join(unhealthy)}"
-        return True, "ok"
+        return True, "probes attached, outputs healthy"
 
     server = OpsServer(address, metrics, health)
     try:
