@@ -165,10 +165,21 @@ class ContainerResolver:
             return
         if rec.op == "mkdir":
             self._cgroups.add(rec.root, rec.cgroup_id, path)
+            if rec.root == V2_HIERARCHY:
+                self._prefetch(path)
         elif rec.op == "rmdir":
             self._cgroups.remove(rec.root, rec.cgroup_id, path)
         else:
             self._counts["cgroup_records_bad"] += 1
+
+    def _prefetch(self, path: str) -> None:
+        """A runtime makes the container's cgroup before the container's first exec: start reading its
+        state now, so that first exec's document already has the name and image more often than not."""
+        match = self._matcher.match(path)
+        if match is None or match.runtime in _NO_METADATA_RUNTIMES:
+            return
+        if (match.id, match.id_is_name) not in self._metadata:
+            self._request_metadata(match)
 
     def cgroup_path(self, cgroup_id: int) -> str | None:
         return self._cgroups.path(V2_HIERARCHY, cgroup_id)

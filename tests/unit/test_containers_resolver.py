@@ -235,3 +235,16 @@ def test_hybrid_host_runtime_with_v1_cgroups_only(tree, state, tmp_path):
     # the host itself is never looked up in /proc
     assert r.resolve(root_id, HOST_NS, (), 1) is None
     assert r.stats()["proc_reads"] == 1
+
+
+def test_cgroup_mkdir_prefetches_metadata(tree, state, tmp_path):
+    r = make(tree, state, tmp_path)
+    path = f"/libpod_parent/libpod-{PODMAN_ID}"
+    r.on_cgroup(CgroupRecord(ktime_ns=1, op="mkdir", root=0, cgroup_id=424242, level=2, path=path.encode()))
+    assert r.stats()["metadata_requested"] == 1
+    r.run_pending()
+    # the container's first exec finds its name already
+    assert r.resolve(424242, POD_NS).name == "cs-probe1"
+    # v1 hierarchies' mkdirs of the same container do not queue it again
+    r.on_cgroup(CgroupRecord(ktime_ns=2, op="mkdir", root=4, cgroup_id=99, level=2, path=path.encode()))
+    assert r.stats()["metadata_requested"] == 1
