@@ -172,6 +172,7 @@ class AlertReader(threading.Thread):
         self.stream = stream
         self.documents = 0
         self.ssh_execs: dict[str, dict] = {}
+        self.ssh_arrivals: dict[str, float] = {}
         self.alerts: list[tuple[float, dict]] = []
 
     def run(self) -> None:
@@ -187,6 +188,7 @@ class AlertReader(threading.Thread):
             elif doc.get("event", {}).get("action") == "exec" and doc.get("container", {}).get("id") \
                     and doc.get("process", {}).get("executable") == "/usr/bin/ssh":
                 self.ssh_execs[doc["event"]["id"]] = doc
+                self.ssh_arrivals[doc["event"]["id"]] = arrived
 
 
 def run_sensor(args: argparse.Namespace, root: Path, extra: list[str]) -> dict[str, Any]:
@@ -230,6 +232,8 @@ def live(args: argparse.Namespace) -> None:
     base_rates, plain_rates, rates = [], [], []
     created_ms: list[float] = []
     arrival_ms: list[float] = []
+    event_ms: list[float] = []
+    round_p99: list[float] = []
     made = seen = alerted = 0
     summary = "-"
     try:
@@ -249,13 +253,17 @@ def live(args: argparse.Namespace) -> None:
                 by_event[alert["container_sensor"]["alert"]["original_event"]["id"]] = (arrived, alert)
             # only the trigger container's: other work on the machine may run ssh in containers too
             ours = {k: v for k, v in reader.ssh_execs.items() if v["container"]["id"] == full["trigger_id"]}
+            this_round = []
             for event_id, event in ours.items():
+                event_ms.append((reader.ssh_arrivals[event_id] - iso_seconds(event["@timestamp"])) * 1000)
                 if event_id in by_event:
                     arrived, alert = by_event[event_id]
                     exec_s = iso_seconds(event["@timestamp"])
                     created_ms.append((iso_seconds(alert["@timestamp"]) - exec_s) * 1000)
+                    this_round.append(created_ms[-1])
                     arrival_ms.append((arrived - exec_s) * 1000)
                     alerted += 1
+            round_p99.append(percentile(this_round, 0.99))
             made += args.ssh
             seen += len(ours)
     finally:
@@ -276,6 +284,9 @@ def live(args: argparse.Namespace) -> None:
           f"p99 {percentile(created_ms, 0.99):6.1f} ms  max {max(created_ms, default=float('nan')):6.1f} ms")
     print(f"latency exec -> alert on stdout: p50 {percentile(arrival_ms, 0.5):6.1f} ms  "
           f"p99 {percentile(arrival_ms, 0.99):6.1f} ms  max {max(arrival_ms, default=float('nan')):6.1f} ms")
+    print(f"latency exec -> its event on stdout: p50 {percentile(event_ms, 0.5):6.1f} ms  "
+          f"p99 {percentile(event_ms, 0.99):6.1f} ms  (the pipeline's own delay, for comparison)")
+    print("p99 exec -> alert created per round: " + ", ".join(f"{v:.1f} ms" for v in round_p99))
     print(f"sensor summary (last round): {summary}")
 
 
