@@ -12,7 +12,6 @@ import errno
 import logging
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +72,6 @@ class RotatingFileOutput:
         self.dropped_write_error = 0
         self.rotations = 0
         self.encode_errors = 0
-        self._idle = threading.Event()
-        self._idle.set()
         self._thread = threading.Thread(target=self._run, name=f"file-output {self.path.name}", daemon=True)
         self._thread.start()
 
@@ -121,18 +118,6 @@ class RotatingFileOutput:
             "dropped": self.dropped_backlog + self.dropped_write_error + self.encode_errors,
         }
 
-    def wait_idle(self, timeout: float = 10.0) -> bool:
-        """Waits until everything handed over so far is written (for tests and orderly shutdowns)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not self._pending and self._idle.is_set():
-                    return True
-                self._flush_now = True
-                self._lock.notify()
-            time.sleep(0.01)
-        return False
-
     # ---- writer thread
 
     def _run(self) -> None:
@@ -144,12 +129,8 @@ class RotatingFileOutput:
                     docs, self._pending = self._pending, []
                     self._flush_now = False
                     stopping = self._stopping
-                    self._idle.clear()
-                try:
-                    if docs:
-                        self._write_docs(docs)
-                finally:
-                    self._idle.set()
+                if docs:
+                    self._write_docs(docs)
                 if stopping and not docs:
                     with self._lock:
                         if not self._pending:
