@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from sensor.outputs.encoding import encode_line
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.1  # seconds: the most a line waits in memory
+# A write error is one episode (one line) until writes have succeeded this long after the last failure.
+ERROR_QUIET = 10.0
 
 
 class FileOutputError(Exception):
@@ -65,6 +68,7 @@ class RotatingFileOutput:
         self._stopping = False
         self._flush_now = False
         self._failing = False
+        self._last_error = 0.0
         self._healthy = True
         self.received = 0
         self.dropped_backlog = 0  # written by the event loop only
@@ -179,13 +183,15 @@ class RotatingFileOutput:
             return
         self._size = before + sum(len(line) for line in lines)
         self.written += len(lines)
-        if self._failing:
+        if self._failing and time.monotonic() - self._last_error >= ERROR_QUIET:
             self._failing = False
             self._healthy = True
-            log.warning("file output %s: writing again", self.path)
+            log.warning("file output %s: writing again (%d events dropped so far)", self.path,
+                        self.dropped_write_error)
 
     def _report(self, error: OSError) -> None:
         self._healthy = False
+        self._last_error = time.monotonic()
         if not self._failing:
             self._failing = True
             reason = "disk full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else error.strerror

@@ -20,6 +20,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ ACK_RECORD = struct.Struct("<QQ")
 FIRST_SEGMENT_ID = 1 << 40
 POLICIES = ("drop_oldest", "drop_newest")
 MAX_FRAME_BYTES = 64 * 1024 * 1024
+# A full disk is one episode (one line) until writes have succeeded this long after the last failure:
+# near the limit small writes succeed between failures, which must not flood the log.
+DISK_FULL_QUIET = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +134,7 @@ class Spool:
         self._cursor_id: int | None = None  # segment being read, None when nothing was read yet
         self._cursor_offset = 0
         self._disk_full = False
+        self._last_write_error = 0.0
         self._refusing = False  # drop_newest is refusing new payloads (reported once per episode)
         self._ack_failing = False
         self.dropped_oldest = 0
@@ -279,15 +284,17 @@ class Spool:
             self._total_bytes += len(data)
             tail.frames += count
             self.appended += count
-            if self._disk_full:
+            if self._disk_full and time.monotonic() - self._last_write_error >= DISK_FULL_QUIET:
                 self._disk_full = False
-                log.warning("spool %s: writing again after the disk had filled up", self.directory)
+                log.warning("spool %s: writing again after the disk had filled up (%d events dropped so far)",
+                            self.directory, self.dropped_disk_full)
             if tail.size >= self.segment_bytes:
                 self._seal_tail()
             return count
 
     def _note_write_error(self, error: OSError, count: int) -> None:
         self.dropped_disk_full += count
+        self._last_write_error = time.monotonic()
         if not self._disk_full:
             self._disk_full = True
             reason = "disk full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else error.strerror
@@ -566,7 +573,7 @@ class Spool:
             os.replace(temp, path)
         except OSError as error:
             # Not fatal: an older ack only means delivered events are sent again (and deduplicated by id).
-            if not self._ack_failing:
+            if not self._ack_failing and not self._disk_full:  # a full disk was reported already
                 self._ack_failing = True
                 log.warning("spool %s: cannot record delivery progress: %s", self.directory, error.strerror)
             return

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -313,3 +315,31 @@ def test_too_large_requests_are_split(tmp_path: Path, server: EsServer) -> None:
     output.close()
     assert server.ids(EVENTS) == ids(range(1000))
     assert output.stats()["dead_lettered"] == 0
+
+
+def test_full_disk_under_the_spool_is_one_line_and_counted(
+    tmp_path: Path, server: EsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=False).returncode:
+        pytest.skip("cannot mount tmpfs here")
+    try:
+        server.stop()
+        output = make_output(tmp_path, server.url, spool_dir=mount / "spool", spool_bytes=1 << 30)
+        total = 2000
+        for number in range(total):
+            output.write(make_doc(number))
+        assert wait_for(lambda: output.stats()["spool_dropped_disk_full"] > 0)
+        server.start()
+        output.close(timeout=15)
+        stats = output.stats()
+        assert len(server.ids(EVENTS)) + stats["dropped"] == total
+        assert stats["dropped"] == stats["spool_dropped_disk_full"]
+        full_lines = [r for r in caplog.records if "disk full" in r.getMessage()]
+        assert len(full_lines) == 1
+        assert "Traceback" not in caplog.text
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
