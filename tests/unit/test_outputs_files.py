@@ -93,7 +93,7 @@ def test_appends_to_an_existing_file_and_counts_its_size(tmp_path: Path) -> None
     assert path.with_name("events.ndjson.1").stat().st_size <= 10_000
 
 
-def test_full_disk_is_counted_and_files_stay_valid(tmp_path: Path) -> None:
+def test_full_disk_is_counted_and_files_stay_valid(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     mount = tmp_path / "small"
@@ -114,5 +114,6 @@ def test_full_disk_is_counted_and_files_stay_valid(tmp_path: Path) -> None:
         assert len(lines) == stats["written"]
         assert stats["written"] + stats["dropped"] == 2000
         assert not output.healthy()
+        assert len([r for r in caplog.records if "disk full" in r.getMessage()]) == 1
     finally:
         subprocess.run(["umount", str(mount)], check=False)
