@@ -114,9 +114,7 @@ def build_resolver(host_ns: Namespaces) -> Any:
         from sensor.containers.resolver import ContainerResolver  # noqa: PLC0415
     except ImportError:
         return None
-    resolver = ContainerResolver(host_ns=host_ns, cgroup_root=cgroup_v2_root())
-    resolver.seed()
-    return resolver
+    return ContainerResolver(host_ns=host_ns, cgroup_root=cgroup_v2_root())
 
 
 def build_leaders() -> Callable:
@@ -149,6 +147,17 @@ def probe_options(config: Any) -> Any:
     )
 
 
+def attach(probe: Any, pipeline: Pipeline) -> list[Any]:
+    """Loads the probe, then seeds the cgroup map and the process table; returns the seeded processes.
+
+    Attached first, seeded second: an exec or a new cgroup that races the seeding is queued in the ring
+    buffer, not missed. Raises ProbeError when the probe cannot load."""
+    probe.load()
+    if pipeline.resolver is not None:
+        pipeline.resolver.seed()
+    return pipeline.table.seed_from_proc(cgroup_v2_root())
+
+
 def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | None = None,
              on_ready: Callable[[Pipeline], None] | None = None) -> RunSummary:
     """Attaches the probe and runs until SIGINT/SIGTERM. Raises ProbeError when the probe cannot load."""
@@ -175,9 +184,7 @@ def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | Non
 
     probe = Probe(on_record, probe_options(config))
     started = time.monotonic()
-    probe.load()
-    # Attached first, seeded second: an exec that races the seeding is queued in the ring buffer, not missed.
-    seeded = pipeline.table.seed_from_proc(cgroup_v2_root())
+    seeded = attach(probe, pipeline)
     if recorder is not None:
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         for proc in seeded:

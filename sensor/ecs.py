@@ -217,7 +217,9 @@ class DocumentBuilder:
 
     @staticmethod
     def container_block(container: ContainerLike) -> dict[str, Any]:
-        block: dict[str, Any] = {"id": container.id, "runtime": container.runtime}
+        block: dict[str, Any] = {"id": container.id}
+        if container.runtime:
+            block["runtime"] = container.runtime
         if container.name:
             block["name"] = container.name
         if container.image_name:

@@ -142,7 +142,9 @@ class ProcessTable:
     def on_exec(self, rec: ExecRecord, cwd: str = "") -> Process:
         args = tuple(decode_arg(a) for a in rec.argv)
         executable = decode_arg(rec.filename)
-        if executable and not executable.startswith("/") and cwd.startswith("/"):
+        if executable.startswith(("/proc/", "/dev/fd/")):
+            executable = self._real_executable(rec.pid, executable)
+        elif executable and not executable.startswith("/") and cwd.startswith("/"):
             # execve("./tool") or execve("bin/tool"): ECS wants the absolute path, resolved as the kernel did
             executable = posixpath.normpath(posixpath.join(cwd, executable))
         proc = Process(
@@ -156,6 +158,18 @@ class ProcessTable:
         )
         self._procs[rec.pid] = proc
         return proc
+
+    @staticmethod
+    def _real_executable(pid: int, executable: str) -> str:
+        """runc init and other re-executions run /proc/self/exe or a /dev/fd path: name the file itself, as
+        Elastic's rules expect (`/usr/bin/runc`). Rare enough to afford one readlink while the process lives."""
+        try:
+            target = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            return executable
+        if not target.startswith("/") or target.startswith("/memfd:"):
+            return executable
+        return target.removesuffix(" (deleted)")
 
     def on_exit(self, rec: ExitRecord) -> Process | None:
         proc = self._procs.get(rec.pid)

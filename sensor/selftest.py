@@ -271,9 +271,9 @@ def _timestamp(doc: Doc) -> float | None:
 def run_selftest(config: Any, *, method: str = "auto", timeout: float = 15.0) -> SelftestResult:
     """Attaches the probe, starts ssh in a container, and waits up to `timeout` seconds for the alert."""
     from sensor.app import (  # noqa: PLC0415 - the live pipeline, only here
+        attach,
         build_pipeline,
-        cgroup_v2_root,
-        probe_options,  # noqa: PLC0415
+        probe_options,
     )
     from sensor.probe import Probe, ProbeError  # noqa: PLC0415 - bcc only where it runs
 
@@ -288,13 +288,12 @@ def run_selftest(config: Any, *, method: str = "auto", timeout: float = 15.0) ->
     probe = Probe(pipeline.handle, probe_options(config))
     started = time.monotonic()
     try:
-        probe.load()
+        attach(probe, pipeline)
     except ProbeError as error:
         result.lines.append(f"selftest: FAIL: the probe did not load: {error}")
         result.lines.append("selftest: run 'container-sensor check' for every prerequisite")
         return result
     try:
-        pipeline.table.seed_from_proc(cgroup_v2_root())
         result.attach_seconds = time.monotonic() - started
         result.lines.append(f"selftest: probe attached in {result.attach_seconds:.2f}s")
         with tempfile.TemporaryDirectory(prefix="container-sensor-selftest-") as workdir:
