@@ -203,3 +203,28 @@ def test_skipping_rules_by_process_name_keeps_the_rule_meaning(query: str, name:
     assert rule.compiled.predicate is not None and rule.compiled.predicate(doc) is expected
     detector = Detector([rule], builtin_ssh=False, fold_window_s=0, clock=FakeClock())
     assert bool(detector.evaluate(doc)) is expected
+
+
+def test_a_late_repeat_closes_the_old_window_itself_when_tick_was_not_called() -> None:
+    detector, clock = builtin_only(window=10.0)
+    detector.evaluate(container_ssh_exec())
+    detector.evaluate(container_ssh_exec())
+    clock.now += 11
+    out = detector.evaluate(container_ssh_exec())
+    assert [a["container_sensor"]["alert"]["fold"]["count"] for a in out] == [2, 1]   # summary, then the new one
+
+
+def test_fold_windows_are_bounded_and_closing_early_is_counted() -> None:
+    from sensor.rules.folding import AlertFolder
+
+    folder = AlertFolder(window_s=60.0, max_windows=2)
+
+    def make(n: int) -> dict:
+        return {"event": {"id": f"a{n}"}, "@timestamp": "t", "container_sensor": {"alert": {}}}
+
+    assert len(folder.offer(("k", 1), 0.0, lambda: make(1))) == 1
+    assert folder.offer(("k", 1), 1.0, lambda: make(2)) == []          # folded into window 1
+    assert len(folder.offer(("k", 2), 2.0, lambda: make(3))) == 1
+    out = folder.offer(("k", 3), 3.0, lambda: make(4))                # evicts window 1: its summary goes out
+    assert [a["container_sensor"]["alert"]["fold"].get("folded") for a in out] == [1, None]
+    assert folder.windows_closed_early == 1 and folder.folded == 1 and folder.summaries == 1
