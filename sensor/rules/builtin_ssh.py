@@ -53,6 +53,13 @@ def _is_exec_start(doc: dict) -> bool:
     return kinds == "start" or (isinstance(kinds, list) and "start" in kinds)
 
 
+def _container_key(doc: dict, sensor: dict) -> object:
+    container = doc.get("container")
+    if isinstance(container, dict) and container.get("id"):
+        return container["id"]
+    return ("mnt", (sensor.get("namespaces") or {}).get("mnt"))
+
+
 def _live_pids(process: dict) -> list[int]:
     """The exec'd process first, then relatives that are likely still alive and share its mount namespace."""
     pids: list[int] = []
@@ -66,9 +73,11 @@ def _live_pids(process: dict) -> list[int]:
 
 
 class BuiltinSshRule:
-    def __init__(self, identity: ExecutableIdentity) -> None:
+    def __init__(self, identity: ExecutableIdentity, max_containers: int = 10000) -> None:
         self.identity = identity
         self.metadata = BUILTIN_SSH_RULE
+        self._scanned: dict[object, None] = {}   # containers whose ssh binaries are recorded, oldest first
+        self._max_containers = max_containers
 
     def match(self, doc: dict) -> tuple[Recognition, list[str]] | None:
         """(how ssh was recognised, which fields place it in a container) or None."""
@@ -80,12 +89,24 @@ class BuiltinSshRule:
         process = doc.get("process")
         if not isinstance(process, dict):
             return None
-        executable = (doc.get("container_sensor") or {}).get("executable") or {}
+        sensor = doc.get("container_sensor") or {}
+        executable = sensor.get("executable") or {}
         device, inode = executable.get("device"), executable.get("inode")
+        pids = _live_pids(process)
+        self._scan_once(doc, sensor, pids)
         recognition = self.identity.classify(
             process.get("executable"), process.get("name"),
-            device if isinstance(device, int) else None, inode if isinstance(inode, int) else None,
-            _live_pids(process))
+            device if isinstance(device, int) else None, inode if isinstance(inode, int) else None, pids)
         if recognition is None:
             return None
         return recognition, evidence
+
+    def _scan_once(self, doc: dict, sensor: dict, pids: list[int]) -> None:
+        """On a container's first exec, record the ssh binaries at its usual paths (a few stats, once)."""
+        key = _container_key(doc, sensor)
+        if key in self._scanned:
+            return
+        if self.identity.learn_root(pids):
+            if len(self._scanned) >= self._max_containers:
+                del self._scanned[next(iter(self._scanned))]
+            self._scanned[key] = None

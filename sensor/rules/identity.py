@@ -140,7 +140,8 @@ class ExecutableIdentity:
         self._known: dict[tuple[int, int], str] = {}
         self.counts = {"identity_cache_hits": 0, "identity_lookups": 0, "identity_content_reads": 0,
                        "identity_unreadable": 0, "identity_partial_scans": 0, "identity_stale": 0}
-        for path in host_paths:
+        self._inventory_paths = tuple(host_paths)
+        for path in self._inventory_paths:
             self._learn_path(path)
 
     # inventory ----------------------------------------------------------------------------------------------
@@ -160,6 +161,28 @@ class ExecutableIdentity:
         if program:
             for dev in _device_forms(st.st_dev):
                 self._known[(dev, st.st_ino)] = program
+
+    def learn_root(self, pids: Sequence[int]) -> bool:
+        """Record the ssh binaries at the usual paths of a container's root (seen through the first of `pids`
+        whose /proc/<pid>/root is reachable), so a hard link to one is recognised even after every process
+        that could show its path has gone. True when a root was reached."""
+        for pid in pids:
+            root = f"{self._proc}/{pid}/root"
+            if not os.path.isdir(root + "/"):
+                continue
+            for path in self._inventory_paths:
+                final = follow_link_in_root(root, path)
+                name = os.path.basename(final) if final else None
+                if name not in SSH_PROGRAMS:
+                    continue
+                try:
+                    st = os.stat(resolve_in_root(root, final)[0])
+                except OSError:
+                    continue
+                for dev in _device_forms(st.st_dev):
+                    self._known.setdefault((dev, st.st_ino), name)
+            return True
+        return False
 
     def learn(self, device: int, inode: int, program: str) -> None:
         """Remember a binary seen executed under its own name, so other names for it are recognised."""

@@ -228,3 +228,19 @@ def test_fold_windows_are_bounded_and_closing_early_is_counted() -> None:
     out = folder.offer(("k", 3), 3.0, lambda: make(4))                # evicts window 1: its summary goes out
     assert [a["container_sensor"]["alert"]["fold"].get("folded") for a in out] == [1, None]
     assert folder.windows_closed_early == 1 and folder.folded == 1 and folder.summaries == 1
+
+
+def test_a_hard_link_deleted_before_evaluation_is_known_by_the_containers_ssh_inode(tmp_path: Path) -> None:
+    """On a container's first exec its usual ssh paths are recorded, so a link whose path is already gone is
+    still recognised by (device, inode). A fake /proc holding a real container root."""
+    if not os.path.exists("/usr/bin/ssh"):
+        pytest.skip("apt-get install -y openssh-client")
+    root = tmp_path / "proc" / "200" / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    shutil.copy2("/usr/bin/ssh", root / "usr/bin/ssh")
+    st = (root / "usr/bin/ssh").stat()
+    doc = container_ssh_exec(name="gone", executable="/tmp/gone", pid=200)
+    doc["container_sensor"]["executable"] = {"inode": st.st_ino, "device": st.st_dev}
+    detector = Detector([], proc_root=str(tmp_path / "proc"), clock=FakeClock())
+    alerts = detector.evaluate(doc)
+    assert [a["container_sensor"]["alert"]["recognized_by"] for a in alerts] == ["inode"]
