@@ -80,8 +80,9 @@ class ElasticsearchSettings:
     ca_file: Path | None = None
     ca_fingerprint: str | None = None
     verify_tls: bool = True
-    # None: each document goes to the data stream its data_stream.* fields name (the defaults below when they
-    # are missing or not a valid name); a name here sends every event (or alert) there and conforms the fields.
+    # None: an event goes to the data stream its data_stream.* fields name (DEFAULT_EVENTS_STREAM when they are
+    # missing or no valid name), an alert to DEFAULT_ALERTS_STREAM; a name here sends every event (or alert)
+    # there. Either way the document's data_stream.* and event.dataset are made to match its stream.
     events_stream: str | None = None
     alerts_stream: str | None = None
     request_timeout: float = 10.0
@@ -306,6 +307,9 @@ class ElasticsearchOutput:
         configured = self._configured[is_alert]
         if configured is not None:
             return configured
+        if is_alert:
+            # Alerts have a stream of their own whatever the rule wrote, so they never mix with events.
+            return self._defaults[True]
         stream = doc.get("data_stream")
         if not isinstance(stream, dict):
             return self._defaults[is_alert]

@@ -88,12 +88,15 @@ def test_events_and_alerts_land_in_their_data_streams(tmp_path: Path, server: Es
     for number in range(500):
         output.write(make_doc(number))
     for number in range(500, 503):
-        output.write(make_doc(number, kind="alert"))
+        alert = make_doc(number, kind="alert")
+        alert["data_stream"]["dataset"] = alert["event"]["dataset"] = "endpoint.alerts"  # as sensor.rules writes
+        output.write(alert)
     output.close()
     assert server.ids(EVENTS) == ids(range(500))
     assert server.ids(ALERTS) == ids(range(500, 503))
     alert = server.document(ALERTS, "ev-000000000501")
     assert alert["data_stream"] == {"type": "logs", "dataset": "container_sensor.alerts", "namespace": "default"}
+    assert alert["event"]["dataset"] == "container_sensor.alerts"
     stats = output.stats()
     assert stats["delivered"] == 503 and stats["dropped"] == 0 and stats["dead_lettered"] == 0
 
