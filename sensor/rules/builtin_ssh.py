@@ -7,9 +7,14 @@ container (entry leader type `sshd`) still counts when the container id is there
 
 from __future__ import annotations
 
+import time
+
 from sensor.rules.alerts import container_evidence
 from sensor.rules.identity import ExecutableIdentity, Recognition
 from sensor.rules.metadata import RuleMetadata
+
+# When none of an exec's processes shows the container's root, the next try waits this long.
+SCAN_RETRY_S = 1.0
 
 BUILTIN_SSH_RULE = RuleMetadata(
     rule_id="0c6f3e52-6a0e-4c1b-9f4e-0b5c9a7d2e41",
@@ -76,7 +81,8 @@ class BuiltinSshRule:
     def __init__(self, identity: ExecutableIdentity, max_containers: int = 10000) -> None:
         self.identity = identity
         self.metadata = BUILTIN_SSH_RULE
-        self._scanned: dict[object, None] = {}   # containers whose ssh binaries are recorded, oldest first
+        # container -> 0.0 once its ssh binaries are recorded, else when to try again; oldest first
+        self._scanned: dict[object, float] = {}
         self._max_containers = max_containers
 
     def match(self, doc: dict) -> tuple[Recognition, list[str]] | None:
@@ -104,9 +110,10 @@ class BuiltinSshRule:
     def _scan_once(self, doc: dict, sensor: dict, pids: list[int]) -> None:
         """On a container's first exec, record the ssh binaries at its usual paths (a few stats, once)."""
         key = _container_key(doc, sensor)
-        if key in self._scanned:
+        retry_at = self._scanned.get(key)
+        if retry_at is not None and (retry_at == 0.0 or time.monotonic() < retry_at):
             return
-        if self.identity.learn_root(pids):
-            if len(self._scanned) >= self._max_containers:
-                del self._scanned[next(iter(self._scanned))]
-            self._scanned[key] = None
+        done = self.identity.learn_root(pids)
+        if key not in self._scanned and len(self._scanned) >= self._max_containers:
+            del self._scanned[next(iter(self._scanned))]
+        self._scanned[key] = 0.0 if done else time.monotonic() + SCAN_RETRY_S
