@@ -41,7 +41,8 @@ def rules_group() -> None:
 
 @rules_group.command("check")
 @_rules_option
-def rules_check(rules_paths: tuple[Path, ...]) -> None:
+@click.option("--strict", is_flag=True, help="Exit 1 when any rule is refused.")
+def rules_check(rules_paths: tuple[Path, ...], strict: bool) -> None:
     """List which rules load (and will run on the node) and which are refused, with why."""
     loaded, refused = _load_all(rules_paths)
     for rule in loaded:
@@ -50,6 +51,8 @@ def rules_check(rules_paths: tuple[Path, ...]) -> None:
     for refusal in refused:
         click.echo(f"refused  {refusal.path}: {refusal.name!r}: {refusal.reason}")
     click.echo(f"{len(loaded)} loaded, {len(refused)} refused")
+    if strict and refused:
+        sys.exit(1)
 
 
 def _documents(source: str) -> Iterator[tuple[int, Any]]:

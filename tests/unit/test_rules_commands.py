@@ -23,6 +23,8 @@ def test_check_lists_loaded_and_refused_rules() -> None:
     assert len(refused) == 1 and "new_terms" in refused[0]
     assert sum(line.startswith("loaded") for line in lines) == 10
     assert lines[-1] == "10 loaded, 1 refused"
+    strict = CliRunner().invoke(main, ["rules", "check", "--strict", "--rules", str(SHARED_RULES)])
+    assert strict.exit_code == 1
 
 
 def test_check_bad_path_is_one_line_and_non_zero(tmp_path: Path) -> None:
