@@ -244,3 +244,27 @@ def test_a_hard_link_deleted_before_evaluation_is_known_by_the_containers_ssh_in
     detector = Detector([], proc_root=str(tmp_path / "proc"), clock=FakeClock())
     alerts = detector.evaluate(doc)
     assert [a["container_sensor"]["alert"]["recognized_by"] for a in alerts] == ["inode"]
+
+
+@pytest.mark.skipif(not SHARED_RULES.is_dir(), reason="shared rules not present")
+def test_sequence_rule_alert_names_every_event_of_the_sequence() -> None:
+    rule = load_rule_file(SHARED_RULES / "persistence_suspicious_ssh_execution_xzbackdoor.toml")
+    assert isinstance(rule, LoadedRule)
+    detector = Detector([rule], builtin_ssh=False, clock=FakeClock())
+    first = host_ssh_exec()
+    first["event"].update(type=["end"], action="end", id="end-1")
+    first["process"].update(name="sshd", entity_id="S1", exit_code=255, command_line="/usr/sbin/sshd -D -R",
+                            parent={"command_line": "sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups"})
+    second = host_ssh_exec()
+    second["@timestamp"] = "2026-11-27T21:14:40.000000Z"
+    second["event"]["id"] = "exec-2"
+    second["process"].update(name="sh", args=["sh", "-c", "id"], command_line="sh -c id",
+                             parent={"name": "sshd", "entity_id": "S1", "command_line": "/usr/sbin/sshd -D -R"})
+    assert detector.evaluate(first) == []
+    alerts = detector.evaluate(second)
+    assert len(alerts) == 1
+    sequence = alerts[0]["container_sensor"]["alert"]["sequence"]
+    assert [e["id"] for e in sequence["events"]] == ["end-1", "exec-2"]
+    assert sequence["by"] == ["3d1219c7c4c5404aaa1f6d2a48adfda4", "S1"]
+    assert alerts[0]["rule"]["id"] == "7afc6cc9-8800-4c7f-be6b-b688d2dea248"
+    assert detector.stats()["sequence_partials"] == 0
