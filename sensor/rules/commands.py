@@ -10,13 +10,13 @@ from typing import IO, Any
 
 import click
 
-from sensor.rules.detector import Detector
-from sensor.rules.loader import LoadedRule, Refusal, RulesPathError, load_rules
 
+def _load_all(paths: tuple[Path, ...]) -> tuple[list[Any], list[Any]]:
+    # imported here so that `container-sensor --help` does not pay for the EQL parser
+    from sensor.rules.loader import RulesPathError, load_rules  # noqa: PLC0415
 
-def _load_all(paths: tuple[Path, ...]) -> tuple[list[LoadedRule], list[Refusal]]:
-    loaded: list[LoadedRule] = []
-    refused: list[Refusal] = []
+    loaded: list[Any] = []
+    refused: list[Any] = []
     for path in paths:
         try:
             more, less = load_rules(path)
@@ -98,6 +98,8 @@ def _hit_line(alert: dict) -> str:
 def rules_test(rules_paths: tuple[Path, ...], no_builtin_rules: bool, fold_window: float, as_json: bool,
                events: tuple[str, ...]) -> None:
     """Evaluate the rules over saved ECS documents (NDJSON files, '-' for stdin) and print every hit."""
+    from sensor.rules.detector import Detector  # noqa: PLC0415
+
     loaded, refused = _load_all(rules_paths)
     for refusal in refused:
         click.echo(f"refused: {refusal.line()}", err=True)
