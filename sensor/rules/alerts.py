@@ -10,7 +10,7 @@ from typing import Any
 
 from sensor.rules.metadata import RuleMetadata
 
-ALERT_DATASET = "endpoint.alerts"
+ALERT_DATASET = "container_sensor.alerts"  # the data stream the Elasticsearch output writes alerts to
 
 
 def utc_now_iso() -> str:
@@ -95,13 +95,14 @@ def build_alert(doc: dict, rule: RuleMetadata, details: dict[str, Any], *,
     if rule.threat:
         alert["threat"] = ecs_threat(rule.threat)
     sensor = alert.setdefault("container_sensor", {})
-    sensor["alert"] = {
+    facts: dict[str, Any] = {
         "severity": rule.severity,
         "original_event": {k: source_event[k] for k in ("id", "sequence", "action") if k in source_event},
         "original_time": doc.get("@timestamp"),
         "container_evidence": container_evidence(doc),
-        **details,
+        **{k: v for k, v in details.items() if k != "sequence_ids"},
     }
+    sensor["alert"] = {k: v for k, v in facts.items() if v not in (None, "", {})}
     if rule.threat:
         # ECS `threat.*` holds parallel arrays; the tactic -> technique -> subtechnique pairing as the rule
         # file writes it is kept here
