@@ -91,4 +91,7 @@ def setup_logging(fmt: str, level: str, stream: IO[str] | None = None) -> loggin
     quiet = logging.DEBUG if level.lower() == "debug" else logging.WARNING
     for name in ("elastic_transport", "elasticsearch", "urllib3"):
         logging.getLogger(name).setLevel(quiet)
+    # The node pool repeats every connection failure the Elasticsearch output already reports once.
+    node_pool_level = logging.DEBUG if quiet == logging.DEBUG else logging.ERROR
+    logging.getLogger("elastic_transport.node_pool").setLevel(node_pool_level)
     return handler

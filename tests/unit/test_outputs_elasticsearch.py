@@ -89,7 +89,8 @@ def test_events_and_alerts_land_in_their_data_streams(tmp_path: Path, server: Es
         output.write(make_doc(number))
     for number in range(500, 503):
         alert = make_doc(number, kind="alert")
-        alert["data_stream"]["dataset"] = alert["event"]["dataset"] = "endpoint.alerts"  # as sensor.rules writes
+        # as sensor.rules writes them
+        alert["data_stream"]["dataset"] = alert["event"]["dataset"] = "container_sensor.alerts"
         output.write(alert)
     output.close()
     assert server.ids(EVENTS) == ids(range(500))
