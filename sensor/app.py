@@ -7,17 +7,18 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from sensor import host as host_facts
+from sensor.containers.cgroupmap import V2_HIERARCHY
 from sensor.ecs import DocumentBuilder
 from sensor.outputs.base import Output
 from sensor.outputs.stdout import StdoutOutput
 from sensor.pipeline import Pipeline, basic_leaders
 from sensor.processes import ProcessTable, snapshot_of
-from sensor.records import Namespaces, Record, RecordingWriter
+from sensor.records import CgroupRecord, Namespaces, Record, RecordingWriter
 
 log = logging.getLogger("container_sensor")
 
@@ -109,12 +110,15 @@ def build_detector(config: Any) -> Any:
     return Detector(rules, builtin_ssh=builtin, fold_window_s=window)
 
 
-def build_resolver(host_ns: Namespaces) -> Any:
-    try:
-        from sensor.containers.resolver import ContainerResolver  # noqa: PLC0415
-    except ImportError:
-        return None
-    return ContainerResolver(host_ns=host_ns, cgroup_root=cgroup_v2_root())
+def build_resolver(host_ns: Namespaces, *, live: bool) -> Any:
+    from sensor.containers.resolver import ContainerResolver  # noqa: PLC0415
+
+    if live:
+        return ContainerResolver(host_ns=host_ns, cgroup_root=cgroup_v2_root())
+    # A replay knows cgroups only from the recording: nothing is read from this host's cgroupfs or /proc, which
+    # may not be the recorded host's. Runtime state (names, images) is still looked up where it exists.
+    nowhere = Path("/nonexistent/container-sensor-replay")
+    return ContainerResolver(host_ns=host_ns, cgroup_root=nowhere, proc_root=nowhere)
 
 
 def build_leaders() -> Callable:
@@ -133,7 +137,12 @@ def build_pipeline(config: Any, outputs: list[Output], *, live: bool, meta: dict
         facts = replace(facts, boot_id=meta["boot_id"])
     table = ProcessTable(facts.boot_id or "unknown-boot")
     builder = DocumentBuilder(facts, boot_wall_offset_ns=meta.get("boot_wall_offset_ns") or boot_wall_offset_ns())
-    resolver = build_resolver(host_namespaces()) if live else None
+    if live:
+        resolver = build_resolver(host_namespaces(), live=True)
+    elif meta.get("host_ns"):
+        resolver = build_resolver(Namespaces(*meta["host_ns"]), live=False)
+    else:
+        resolver = None
     return Pipeline(table=table, builder=builder, outputs=outputs, resolver=resolver,
                     detector=build_detector(config), leaders=build_leaders())
 
@@ -175,6 +184,7 @@ def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | Non
             "boot_id": pipeline.table.boot_id,
             "boot_wall_offset_ns": pipeline.builder.boot_wall_offset_ns,
             "hostname": pipeline.builder.hostname,
+            "host_ns": list(astuple(host_namespaces())),
         })
 
     def on_record(record: Record) -> None:
@@ -187,6 +197,9 @@ def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | Non
     seeded = attach(probe, pipeline)
     if recorder is not None:
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        if pipeline.resolver is not None:
+            for cgroup_id, path in pipeline.resolver.known_cgroups():
+                recorder.write(CgroupRecord(now, "mkdir", V2_HIERARCHY, cgroup_id, path.count("/"), path.encode()))
         for proc in seeded:
             recorder.write(snapshot_of(proc, now))
     log.info("probe attached in %.2fs, %d running processes seeded", time.monotonic() - started, len(seeded))
@@ -210,6 +223,8 @@ def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | Non
     finally:
         pipeline.flush()
         probe.close()
+        if pipeline.resolver is not None:
+            pipeline.resolver.close()
         for output in outputs:
             output.close()
         if record_stream is not None:
@@ -233,6 +248,8 @@ def run_replay(config: Any, records: Iterable[Record], meta: dict[str, Any] | No
         pipeline.tick(0)
     finally:
         pipeline.flush()
+        if pipeline.resolver is not None:
+            pipeline.resolver.close()
         for output in outputs:
             output.close()
     return summarize(pipeline, outputs, seen)

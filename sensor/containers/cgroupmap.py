@@ -106,6 +106,10 @@ class CgroupMap:
                 added += 1
         return added
 
+    def items(self, hierarchy: int) -> list[tuple[int, str]]:
+        """(cgroup id, path) of every cgroup known in one hierarchy."""
+        return [(cgroup_id, path) for (h, cgroup_id), path in self._paths.items() if h == hierarchy]
+
     @property
     def pending_removal(self) -> int:
         return len(self._removed)

@@ -181,6 +181,10 @@ class ContainerResolver:
         if (match.id, match.id_is_name) not in self._metadata:
             self._request_metadata(match)
 
+    def known_cgroups(self) -> list[tuple[int, str]]:
+        """(id, path) of every cgroup v2 known now: what a recording needs to resolve as the live run did."""
+        return self._cgroups.items(V2_HIERARCHY)
+
     def cgroup_path(self, cgroup_id: int) -> str | None:
         return self._cgroups.path(V2_HIERARCHY, cgroup_id)
 

@@ -54,3 +54,42 @@ def test_replay_of_a_file_that_is_not_a_recording_is_one_clear_line(tmp_path) ->
     assert result.returncode != 0
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr.decode()
+
+
+@pytest.mark.containers
+def test_replay_places_container_processes_and_alerts_like_the_live_run(tmp_path) -> None:
+    from tests.integration.rootfs import rootfs
+
+    root = rootfs()
+    recording = tmp_path / "container.rec"
+    ready = tmp_path / "ready"
+    out = tmp_path / "live.ndjson"
+    with open(out, "wb") as stdout:
+        recorder = subprocess.Popen(
+            [sys.executable, "-m", "sensor", "record", str(recording), "--ready-file", str(ready),
+             "--metrics-address", "off"], stdout=stdout, stderr=subprocess.DEVNULL, cwd=REPO)
+        while not ready.exists():
+            assert recorder.poll() is None, "record exited early"
+            time.sleep(0.05)
+        subprocess.run(["podman", "--runtime", "runc", "run", "--rm", "--network", "none",
+                        "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", "--rootfs", str(root),
+                        "/bin/sh", "-c", "ssh -V"], check=True, capture_output=True, timeout=120)
+        time.sleep(0.5)
+        recorder.terminate()
+        assert recorder.wait(30) == 0
+    live_docs = [json.loads(line) for line in out.read_text().splitlines()]
+    replayed = subprocess.run([sys.executable, "-m", "sensor", "replay", str(recording)], capture_output=True,
+                              cwd=REPO, check=True)
+    replay_docs = [json.loads(line) for line in replayed.stdout.decode().splitlines()]
+
+    def ssh_exec(docs):
+        return next(d for d in docs if get(d, "event.action") == "exec" and get(d, "process.name") == "ssh"
+                    and get(d, "container.id"))
+
+    live_ssh, replay_ssh = ssh_exec(live_docs), ssh_exec(replay_docs)
+    assert get(replay_ssh, "container.id") == get(live_ssh, "container.id")
+    assert get(replay_ssh, "container.runtime") == "podman"
+    assert get(replay_ssh, "process.entry_leader.entry_meta.type") == "container"
+    assert get(replay_ssh, "container_sensor.cgroup.path") == get(live_ssh, "container_sensor.cgroup.path")
+    alerts = [d for d in replay_docs if get(d, "event.kind") == "alert" and get(d, "process.name") == "ssh"]
+    assert alerts, "the built-in rule fires on the replayed ssh exec"
