@@ -106,7 +106,8 @@ def build_detector(config: Any) -> Any:
         rules.extend(loaded)
         for refusal in refused:
             log.warning("rule refused: %s (%s): %s", refusal.name, refusal.path, refusal.reason)
-    window = getattr(config, "fold_window", 60.0) or 60.0
+    window = getattr(config, "fold_window", None)
+    window = 60.0 if window is None else window
     return Detector(rules, builtin_ssh=builtin, fold_window_s=window)
 
 
@@ -220,6 +221,7 @@ def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | Non
                 pipeline.tick(time.clock_gettime_ns(time.CLOCK_BOOTTIME))
         probe.drain()
         pipeline.handle(probe.loss())
+        pipeline.finish()
     finally:
         pipeline.flush()
         probe.close()
@@ -245,7 +247,7 @@ def run_replay(config: Any, records: Iterable[Record], meta: dict[str, Any] | No
             pipeline.handle(record)
             if seen % 4096 == 0:
                 pipeline.flush()
-        pipeline.tick(0)
+        pipeline.finish()
     finally:
         pipeline.flush()
         if pipeline.resolver is not None:

@@ -185,6 +185,14 @@ class Pipeline:
                 self.emit(alert)
         self.flush()
 
+    def finish(self) -> None:
+        """At shutdown: release every open fold window, so no counted repeat is lost, then flush."""
+        if self.detector is not None:
+            for alert in self.detector.flush():
+                self.stats.alerts += 1
+                self.emit(alert)
+        self.flush()
+
     def flush(self) -> None:
         for output in self.outputs:
             try:

@@ -1,0 +1,107 @@
+"""Records through the whole pipeline after the probe (the replay path): table, resolver, ECS, rules, outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sensor.containers.resolver import ContainerResolver
+from sensor.ecs import DocumentBuilder
+from sensor.pipeline import Pipeline
+from sensor.processes import ProcessTable
+from sensor.records import CgroupRecord, ExecRecord, ExitRecord, ForkRecord, Namespaces
+from sensor.rules.detector import Detector
+from sensor.sessions import find_leaders
+from tests.unit.test_ecs import HOST
+
+HOST_NS = Namespaces(4026531836, 4026531832, 4026531833, 4026531838, 4026531839, 4026531835, 4026531837)
+CONTAINER_NS = Namespaces(4026532300, 4026532301, 4026532302, 4026532303, 4026532304, 4026531835, 4026531837)
+PODMAN_ID = "3f1c0b7e9d2a4c5b8e6f7a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f"
+# podman's cgroupfs layout as seen on the development machine (libpod_parent/libpod-<id>)
+PODMAN_CGROUP = f"/libpod_parent/libpod-{PODMAN_ID}"
+NOWHERE = Path("/nonexistent/container-sensor-test")
+
+
+class Collect:
+    name = "collect"
+
+    def __init__(self) -> None:
+        self.docs: list[dict[str, Any]] = []
+
+    def write(self, doc: dict[str, Any]) -> None:
+        self.docs.append(doc)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self, timeout: float = 10.0) -> None:
+        pass
+
+    def healthy(self) -> bool:
+        return True
+
+    def stats(self) -> dict[str, int]:
+        return {"written": len(self.docs)}
+
+
+def exec_rec(pid: int, ppid: int, argv: tuple[bytes, ...], ns: Namespaces, cgroup_id: int, t: int) -> ExecRecord:
+    return ExecRecord(
+        ktime_ns=t, pid=pid, tid=pid, old_tid=pid, ppid=ppid, uid=0, gid=0, euid=0, egid=0, comm=argv[0][-15:],
+        filename=argv[0], argv=argv, argc=len(argv), args_truncated=False, cgroup_id=cgroup_id, ns=ns, sid=pid,
+        pgid=pid, tty_major=0, tty_minor=0, start_boottime_ns=t - 1000, exe_ino=0, exe_dev=0, cwd=b"/",
+    )
+
+
+def make_pipeline(fold_window: float) -> tuple[Pipeline, Collect, ContainerResolver]:
+    out = Collect()
+    resolver = ContainerResolver(host_ns=HOST_NS, cgroup_root=NOWHERE, proc_root=NOWHERE, start_worker=False)
+    pipeline = Pipeline(
+        table=ProcessTable("boot-1"), builder=DocumentBuilder(HOST, boot_wall_offset_ns=0), outputs=[out],
+        resolver=resolver, detector=Detector([], builtin_ssh=True, fold_window_s=fold_window, proc_root=str(NOWHERE)),
+        leaders=find_leaders,
+    )
+    return pipeline, out, resolver
+
+
+def feed_container_ssh(pipeline: Pipeline, repeats: int) -> None:
+    pipeline.handle(CgroupRecord(1, "mkdir", 0, 9001, 2, PODMAN_CGROUP.encode()))
+    pipeline.handle(exec_rec(500, 400, (b"/bin/sh",), CONTAINER_NS, 9001, 10_000))
+    for i in range(repeats):
+        pid = 600 + i
+        pipeline.handle(ForkRecord(20_000 + i, 500, pid, 20_000 + i))
+        pipeline.handle(exec_rec(pid, 500, (b"/usr/bin/ssh", b"-V"), CONTAINER_NS, 9001, 30_000 + i))
+        pipeline.handle(ExitRecord(40_000 + i, pid, 0, 30_000 + i - 1000))
+
+
+def test_container_exec_is_placed_and_alerted() -> None:
+    pipeline, out, resolver = make_pipeline(fold_window=60.0)
+    feed_container_ssh(pipeline, repeats=1)
+    pipeline.finish()
+    resolver.close()
+    ssh = [d for d in out.docs if d["event"]["kind"] == "event" and d["process"]["name"] == "ssh"]
+    assert [d["event"]["action"] for d in ssh] == ["exec", "end"]
+    assert ssh[0]["container"]["id"] == PODMAN_ID and ssh[0]["container"]["runtime"] == "podman"
+    assert ssh[0]["container_sensor"]["cgroup"]["path"] == PODMAN_CGROUP
+    assert ssh[0]["process"]["parent"]["executable"] == "/bin/sh"
+    alerts = [d for d in out.docs if d["event"]["kind"] == "alert"]
+    assert len(alerts) == 1 and alerts[0]["process"]["pid"] == 600
+
+
+def test_folded_repeats_are_released_at_shutdown_not_lost() -> None:
+    pipeline, out, resolver = make_pipeline(fold_window=3600.0)
+    feed_container_ssh(pipeline, repeats=5)
+    before = [d for d in out.docs if d["event"]["kind"] == "alert"]
+    pipeline.finish()
+    resolver.close()
+    after = [d for d in out.docs if d["event"]["kind"] == "alert"]
+    assert len(before) == 1, "the first alert goes out at once, the repeats are folded"
+    assert len(after) == 2, "the fold summary comes out at shutdown"
+    assert pipeline.stats.alerts == 2
+
+
+def test_fold_window_zero_folds_nothing() -> None:
+    pipeline, out, resolver = make_pipeline(fold_window=0.0)
+    feed_container_ssh(pipeline, repeats=3)
+    pipeline.finish()
+    resolver.close()
+    assert len([d for d in out.docs if d["event"]["kind"] == "alert"]) == 3
