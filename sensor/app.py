@@ -16,7 +16,7 @@ from sensor.containers.cgroupmap import V2_HIERARCHY
 from sensor.ecs import DocumentBuilder
 from sensor.outputs.base import Output
 from sensor.outputs.stdout import StdoutOutput
-from sensor.pipeline import Pipeline, basic_leaders
+from sensor.pipeline import Pipeline
 from sensor.processes import ProcessTable, snapshot_of
 from sensor.records import CgroupRecord, Namespaces, Record, RecordingWriter
 
@@ -123,11 +123,9 @@ def build_resolver(host_ns: Namespaces, *, live: bool) -> Any:
 
 
 def build_leaders() -> Callable:
-    try:
-        from sensor.sessions import find_leaders  # noqa: PLC0415
-    except ImportError:
-        return basic_leaders
-    return find_leaders
+    from sensor.sessions import SessionModel  # noqa: PLC0415
+
+    return SessionModel()
 
 
 def build_pipeline(config: Any, outputs: list[Output], *, live: bool, meta: dict[str, Any] | None = None) -> Pipeline:

@@ -88,12 +88,6 @@ class PipelineStats:
         return {k: v for k, v in ((n, getattr(self, n)) for n in self.__slots__) if isinstance(v, int)}
 
 
-def basic_leaders(proc: Process, table: ProcessTable, _container: Any) -> Leaders:
-    """Group and session leaders from the table; the entry leader needs sensor.sessions."""
-    return Leaders(group=table.get(proc.pgid) if proc.pgid else None,
-                   session=table.get(proc.sid) if proc.sid else None)
-
-
 class Pipeline:
     def __init__(
         self,
@@ -103,7 +97,7 @@ class Pipeline:
         outputs: list[Output],
         resolver: Resolver | None = None,
         detector: Detector | None = None,
-        leaders: LeaderFinder = basic_leaders,
+        leaders: LeaderFinder,
         emit_exit: bool = True,
     ) -> None:
         self.table = table

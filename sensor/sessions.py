@@ -63,6 +63,7 @@ CONSOLE_MAX_MINOR = 63
 TTY_MAX_MINOR = 255
 
 MAX_DEPTH = 64
+MEMO_SIZE = 16384
 
 
 def tty_kind(major: int, minor: int) -> str | None:
@@ -113,22 +114,41 @@ def _own_entry(proc: Process, parent: Process | None, table: ProcessTable) -> tu
     return None
 
 
-def elastic_entry_leader(proc: Process, table: ProcessTable,
-                         chain: Sequence[Process] | None = None) -> tuple[Process | None, str | None]:
-    """The entry leader and type exactly as Elastic's model computes them (no container evidence)."""
+EntryMemo = dict[int, tuple[Process, Process | None, str]]
+
+
+def elastic_entry_leader(proc: Process, table: ProcessTable, chain: Sequence[Process] | None = None,
+                         memo: EntryMemo | None = None) -> tuple[Process | None, str | None]:
+    """The entry leader and type exactly as Elastic's model computes them (no container evidence).
+
+    memo: decided entries by process object. A process that decides nothing inherits its parent's entry, so
+    the walk stops at the first ancestor already decided, as Elastic computes it once per process at exec."""
     if chain is None:
         chain = [proc, *table.ancestors(proc, limit=MAX_DEPTH)]
     for index, current in enumerate(chain):
+        if memo is not None and index:
+            known = memo.get(id(current))
+            if known is not None and known[0] is current:
+                return _remember(memo, proc, known[1], known[2])
         parent = chain[index + 1] if index + 1 < len(chain) else table.get(current.ppid)
         decided = _own_entry(current, parent, table)
         if decided is not None:
-            return decided
+            return _remember(memo, proc, *decided)
         if parent is None:
             break
     for current in chain:
         if _is_session_leader(current):
             return current, UNKNOWN
     return None, None
+
+
+def _remember(memo: EntryMemo | None, proc: Process, leader: Process | None,
+              kind: str) -> tuple[Process | None, str]:
+    if memo is not None:
+        if len(memo) >= MEMO_SIZE:
+            del memo[next(iter(memo))]
+        memo[id(proc)] = (proc, leader, kind)
+    return leader, kind
 
 
 def _inside(candidate: Process, proc: Process, container: Any) -> bool:
@@ -150,10 +170,11 @@ def container_entry_leader(proc: Process, chain: Sequence[Process], container: A
     return inside[-1]
 
 
-def entry_leader(proc: Process, table: ProcessTable, container: Any = None) -> tuple[Process | None, str | None]:
+def entry_leader(proc: Process, table: ProcessTable, container: Any = None,
+                 memo: EntryMemo | None = None) -> tuple[Process | None, str | None]:
     """Elastic's entry leader, corrected to `container` where the container evidence says so."""
-    chain = [proc, *table.ancestors(proc, limit=MAX_DEPTH)]
-    leader, kind = elastic_entry_leader(proc, table, chain)
+    chain = LazyChain(proc, table)
+    leader, kind = elastic_entry_leader(proc, table, chain, memo)
     if container is None:
         return leader, kind
     if (kind not in (None, UNKNOWN) and leader is not None and leader.pid in {p.pid for p in chain}
@@ -162,12 +183,70 @@ def entry_leader(proc: Process, table: ProcessTable, container: Any = None) -> t
     return container_entry_leader(proc, chain, container), CONTAINER
 
 
-def find_leaders(proc: Process, table: ProcessTable, container: Any = None) -> Leaders:
+class LazyChain(Sequence[Process]):
+    """PROC then its ancestors, looked up in the table only as far as they are read."""
+
+    def __init__(self, proc: Process, table: ProcessTable) -> None:
+        self._items = [proc]
+        self._table = table
+        self._done = False
+
+    def _grow(self, upto: int) -> None:
+        items = self._items
+        while not self._done and len(items) <= upto:
+            parent = self._table.get(items[-1].ppid)
+            if parent is None or len(items) > MAX_DEPTH or any(p is parent for p in items):
+                self._done = True
+            else:
+                items.append(parent)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice) or index < 0:
+            self._grow(1 << 30)
+        else:
+            self._grow(index)
+        return self._items[index]
+
+    def __len__(self) -> int:
+        self._grow(1 << 30)
+        return len(self._items)
+
+    def __iter__(self):  # type: ignore[override]
+        index = 0
+        while True:
+            self._grow(index)
+            if index >= len(self._items):
+                return
+            yield self._items[index]
+            index += 1
+
+
+class SessionModel:
+    """`find_leaders` with memory, for the pipeline: a process's leaders are computed once, at its exec, and
+    its end event reuses them, as Elastic computes them once per process."""
+
+    def __init__(self, size: int = MEMO_SIZE) -> None:
+        self._entries: EntryMemo = {}
+        self._leaders: dict[int, tuple[Process, Any, Leaders]] = {}
+        self._size = size
+
+    def __call__(self, proc: Process, table: ProcessTable, container: Any = None) -> Leaders:
+        hit = self._leaders.get(id(proc))
+        if hit is not None and hit[0] is proc and hit[1] is container:
+            return hit[2]
+        leaders = find_leaders(proc, table, container, self._entries)
+        if len(self._leaders) >= self._size:
+            del self._leaders[next(iter(self._leaders))]
+        self._leaders[id(proc)] = (proc, container, leaders)
+        return leaders
+
+
+def find_leaders(proc: Process, table: ProcessTable, container: Any = None, memo: EntryMemo | None = None) -> Leaders:
     """Group, session and entry leaders (with the entry type and the entry leader's parent) of PROC.
 
     container: the resolver's ContainerInfo for PROC, or None on the host.
     """
-    leader, kind = entry_leader(proc, table, container)
+    leader, kind = entry_leader(proc, table, container, memo)
     return Leaders(
         group=_self_or_table(proc, proc.pgid, table),
         session=_self_or_table(proc, proc.sid, table),

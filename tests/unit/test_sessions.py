@@ -14,6 +14,7 @@ from sensor.sessions import (
     SSM,
     TERMINAL,
     UNKNOWN,
+    SessionModel,
     elastic_entry_leader,
     find_leaders,
     tty_kind,
@@ -47,6 +48,14 @@ AGENT_SHELL = proc(4973, 1, "/usr/bin/bash", sid=4973)  # this machine's agent s
 
 def entry(t: ProcessTable, pid: int, container=None):
     leaders = find_leaders(t.get(pid), t, container)
+    # The pipeline's memoizing model must agree, with every ancestor computed first as at their execs.
+    model = SessionModel()
+    chain = [t.get(pid), *t.ancestors(t.get(pid))]
+    for ancestor in reversed(chain[1:]):
+        model(ancestor, t, None)
+    memoized = model(t.get(pid), t, container)
+    assert memoized == leaders
+    assert model(t.get(pid), t, container) is memoized, "an end event reuses the exec's leaders"
     return (leaders.entry.pid if leaders.entry else None), leaders.entry_type
 
 
