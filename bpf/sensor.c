@@ -24,6 +24,26 @@ static __always_inline void count_loss(u32 index)
         (*counter)++;
 }
 
+#ifndef WAKEUP_EVERY
+#define WAKEUP_EVERY 256 /* records per CPU between consumer wake-ups; a power of two */
+#endif
+#define BPF_RB_NO_WAKEUP 1
+#define BPF_RB_FORCE_WAKEUP 2
+
+BPF_PERCPU_ARRAY(wakeup_counter, u32, 1);
+
+/* Waking the consumer for every record costs the exec path a context switch at storm rates; the consumer
+ * polls with a short timeout instead (sensor/app.py POLL_MS), so a lone record waits at most that long. */
+static __always_inline u64 wakeup_flags(void)
+{
+    u32 zero = 0;
+    u32 *counter = wakeup_counter.lookup(&zero);
+    if (!counter)
+        return 0;
+    *counter += 1;
+    return (*counter & (WAKEUP_EVERY - 1)) ? BPF_RB_NO_WAKEUP : BPF_RB_FORCE_WAKEUP;
+}
+
 static __always_inline u64 read_u64(const void *base, u32 offset)
 {
     u64 value = 0;
@@ -242,7 +262,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
 
     u32 size = sizeof(*e) - sizeof(e->data) + cwd_len + filename_len + (u32)args_len;
     e->hdr.size = size;
-    if (events.ringbuf_output(e, size, 0) < 0)
+    if (events.ringbuf_output(e, size, wakeup_flags()) < 0)
         count_loss(LOSS_RINGBUF_FULL);
     return 0;
 }
@@ -268,7 +288,7 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
     r.uid = (u32)uid_gid;
     r.gid = uid_gid >> 32;
     r.cgroup_id = bpf_get_current_cgroup_id();
-    if (events.ringbuf_output(&r, sizeof(r), 0) < 0)
+    if (events.ringbuf_output(&r, sizeof(r), wakeup_flags()) < 0)
         count_loss(LOSS_RINGBUF_FULL);
     return 0;
 }
@@ -290,7 +310,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     else
         r.exit_code = read_u32(task, OFF_TASK_EXIT_CODE);
     r.start_boottime_ns = read_u64(task, OFF_TASK_START_BOOTTIME);
-    if (events.ringbuf_output(&r, sizeof(r), 0) < 0)
+    if (events.ringbuf_output(&r, sizeof(r), wakeup_flags()) < 0)
         count_loss(LOSS_RINGBUF_FULL);
     return 0;
 }
@@ -312,7 +332,7 @@ static __always_inline int emit_cgroup(u32 type, s32 root, s32 level, u64 id, co
     r->path_len = path_len;
     u32 size = sizeof(*r) - sizeof(r->path) + path_len;
     r->hdr.size = size;
-    if (events.ringbuf_output(r, size, 0) < 0)
+    if (events.ringbuf_output(r, size, wakeup_flags()) < 0)
         count_loss(LOSS_RINGBUF_FULL);
     return 0;
 }

@@ -24,7 +24,7 @@ log = logging.getLogger("container_sensor")
 
 CGROUP_V2_CANDIDATES = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 TICK_SECONDS = 1.0
-POLL_MS = 50
+POLL_MS = 10  # the probe wakes us only every few records (bpf/sensor.c WAKEUP_EVERY): this bounds latency
 
 
 def cgroup_v2_root() -> Path | None:

@@ -18,7 +18,9 @@ from typing import Any, Protocol
 
 from sensor import __version__
 from sensor.host import HostFacts
+from sensor.outputs.encoding import SharedBlock
 from sensor.processes import Process
+from sensor.records import Namespaces
 
 ECS_VERSION = "9.4.0"
 CUSTOM_KEY = "container_sensor"
@@ -51,8 +53,13 @@ class Leaders:
 
 def iso_time(wall_ns: int) -> str:
     seconds, ns = divmod(wall_ns, 1_000_000_000)
-    stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{ns // 1000:06d}Z"
+    return f"{_second_stamp(seconds)}.{ns // 1000:06d}Z"
+
+
+@lru_cache(maxsize=1024)
+def _second_stamp(seconds: int) -> str:
+    """Formatting a date is the slow part, and thousands of events share each second."""
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def event_id(boot_id: str, kind: str, pid: int, ktime_ns: int) -> str:
@@ -106,13 +113,22 @@ class DocumentBuilder:
     ) -> None:
         self.boot_wall_offset_ns = boot_wall_offset_ns
         self._dataset = data_stream_dataset
-        self._namespace = data_stream_namespace
-        self._host = self._host_block(host)
-        self._agent = {"type": "container-sensor", "version": __version__, "name": host.hostname,
-                       "id": agent_id or host.host_id}
+        # Blocks every document shares, built once (see SharedBlock).
+        self._host = SharedBlock(self._host_block(host))
+        self._agent = SharedBlock({"type": "container-sensor", "version": __version__, "name": host.hostname,
+                                   "id": agent_id or host.host_id})
+        self._ecs = SharedBlock({"version": ECS_VERSION})
+        self._data_stream = SharedBlock({"type": "logs", "dataset": data_stream_dataset,
+                                         "namespace": data_stream_namespace})
         self._boot_id = host.boot_id
         self.hostname = host.hostname
-        self._summaries: dict[int, tuple[Process, dict[str, Any]]] = {}
+        self._summaries: dict[int, tuple[Process, SharedBlock]] = {}
+        self._leaders: dict[tuple[int, bool], tuple[Process, SharedBlock]] = {}
+        self._entries: dict[tuple[int, bool, str | None, int], tuple[Process, Process | None, SharedBlock]] = {}
+        self._namespace_blocks: dict[Namespaces, SharedBlock] = {}
+        # id(process) -> (process, container, leaders, process block, custom block, container blocks) of its
+        # exec document, which its end document reuses when nothing it depends on has changed since
+        self._bodies: dict[int, tuple[Process, Any, Leaders, dict, dict, tuple]] = {}
 
     def wall(self, boot_ns: int) -> int:
         return self.boot_wall_offset_ns + boot_ns
@@ -143,7 +159,7 @@ class DocumentBuilder:
 
     # -- field sets -------------------------------------------------------------------------------------
 
-    def process_summary(self, proc: Process) -> dict[str, Any]:
+    def process_summary(self, proc: Process) -> SharedBlock:
         """The fields ECS gives the parent and the leaders: who, what, since when.
 
         The same few processes (a shell, its session leader, the container's init) recur in thousands of
@@ -152,7 +168,7 @@ class DocumentBuilder:
         cached = self._summaries.get(id(proc))
         if cached is not None and cached[0] is proc:
             return cached[1]
-        block = self._build_summary(proc)
+        block = SharedBlock(self._build_summary(proc))
         if len(self._summaries) >= SUMMARY_CACHE_SIZE:
             del self._summaries[next(iter(self._summaries))]
         self._summaries[id(proc)] = (proc, block)
@@ -200,19 +216,40 @@ class DocumentBuilder:
             if leader is not None:
                 block[key] = self.leader(leader, proc)
         if leaders.entry is not None:
-            entry = self.leader(leaders.entry, proc)
-            if leaders.entry_type:
-                entry["entry_meta"] = {"type": leaders.entry_type}
-            if leaders.entry_parent is not None:
-                ep = leaders.entry_parent
-                entry["parent"] = {"pid": ep.pid, "entity_id": ep.entity_id,
-                                   "start": iso_time(self.wall(ep.start_boottime_ns))}
-            block["entry_leader"] = entry
+            block["entry_leader"] = self.entry_leader(leaders, proc)
         return block
 
-    def leader(self, leader: Process, proc: Process) -> dict[str, Any]:
-        block = dict(self.process_summary(leader))
-        block["same_as_process"] = leader.pid == proc.pid and leader.start_boottime_ns == proc.start_boottime_ns
+    def entry_leader(self, leaders: Leaders, proc: Process) -> SharedBlock:
+        """Shared like the other leaders: a whole session's processes carry the same entry leader."""
+        entry, parent = leaders.entry, leaders.entry_parent
+        assert entry is not None
+        same = entry.pid == proc.pid and entry.start_boottime_ns == proc.start_boottime_ns
+        key = (id(entry), same, leaders.entry_type, id(parent))
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] is entry and hit[1] is parent:
+            return hit[2]
+        block = SharedBlock(self.leader(entry, proc))
+        if leaders.entry_type:
+            block["entry_meta"] = {"type": leaders.entry_type}
+        if parent is not None:
+            block["parent"] = {"pid": parent.pid, "entity_id": parent.entity_id,
+                               "start": iso_time(self.wall(parent.start_boottime_ns))}
+        if len(self._entries) >= SUMMARY_CACHE_SIZE:
+            del self._entries[next(iter(self._entries))]
+        self._entries[key] = (entry, parent, block)
+        return block
+
+    def leader(self, leader: Process, proc: Process) -> SharedBlock:
+        same = leader.pid == proc.pid and leader.start_boottime_ns == proc.start_boottime_ns
+        key = (id(leader), same)
+        hit = self._leaders.get(key)
+        if hit is not None and hit[0] is leader:
+            return hit[1]
+        block = SharedBlock(self.process_summary(leader))
+        block["same_as_process"] = same
+        if len(self._leaders) >= SUMMARY_CACHE_SIZE:
+            del self._leaders[next(iter(self._leaders))]
+        self._leaders[key] = (leader, block)
         return block
 
     @staticmethod
@@ -242,13 +279,23 @@ class DocumentBuilder:
             block["namespace"] = container.pod_namespace
         return block
 
+    def _namespaces_block(self, ns: Namespaces) -> SharedBlock:
+        block = self._namespace_blocks.get(ns)
+        if block is None:
+            if len(self._namespace_blocks) >= SUMMARY_CACHE_SIZE:
+                self._namespace_blocks.clear()
+            block = self._namespace_blocks[ns] = SharedBlock(
+                {"pid": ns.pid, "mnt": ns.mnt, "net": ns.net, "uts": ns.uts, "ipc": ns.ipc, "cgroup": ns.cgroup,
+                 "user": ns.user})
+        return block
+
     def custom_block(self, proc: Process, container: ContainerLike | None, cgroup_path: str | None) -> dict:
         cgroup: dict[str, Any] = {"id": proc.cgroup_id}
         if cgroup_path:
             cgroup["path"] = cgroup_path
         block: dict[str, Any] = {
             "cgroup": cgroup,
-            "namespaces": dict(zip(NS_NAMES, (getattr(proc.ns, n) for n in NS_NAMES), strict=True)),
+            "namespaces": self._namespaces_block(proc.ns),
             "args_truncated": proc.args_truncated,
         }
         if proc.exe_ino:
@@ -266,7 +313,7 @@ class DocumentBuilder:
         now = iso_time(self.wall(ktime_ns))
         return {
             "@timestamp": now,
-            "ecs": {"version": ECS_VERSION},
+            "ecs": self._ecs,
             "event": {
                 "kind": "event",
                 "category": ["process"],
@@ -278,7 +325,7 @@ class DocumentBuilder:
                 "dataset": self._dataset,
                 "module": CUSTOM_KEY,
             },
-            "data_stream": {"type": "logs", "dataset": self._dataset, "namespace": self._namespace},
+            "data_stream": self._data_stream,
             "host": self._host,
             "agent": self._agent,
         }
@@ -303,18 +350,33 @@ class DocumentBuilder:
         else:
             doc = self.envelope(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
                                 event_type="end", action="end")
-        process = self.process_block(proc, parent, leaders, container is not None)
-        custom = self.custom_block(proc, container, cgroup_path)
+        body = self._bodies.get(id(proc))
+        if body is not None and body[0] is proc and body[1] is container and body[2] is leaders:
+            _p, _c, _l, process, custom, container_blocks = body
+            process, custom = dict(process), dict(custom)
+        else:
+            process = self.process_block(proc, parent, leaders, container is not None)
+            custom = self.custom_block(proc, container, cgroup_path)
+            container_blocks = (
+                (self.container_block(container), self.orchestrator_block(container)) if container is not None
+                else (None, None)
+            )
+            if kind == "exec":
+                if len(self._bodies) >= SUMMARY_CACHE_SIZE:
+                    del self._bodies[next(iter(self._bodies))]
+                self._bodies[id(proc)] = (proc, container, leaders, process, custom, container_blocks)
+                process, custom = dict(process), dict(custom)
         if exit_status is not None:
             code, signal = exit_code_of(exit_status)
             process["exit_code"] = code
             process["end"] = doc["@timestamp"]
             if signal is not None:
                 custom["exit_signal"] = signal
+            self._bodies.pop(id(proc), None)
         doc["process"] = process
-        if container is not None:
-            doc["container"] = self.container_block(container)
-            orchestrator = self.orchestrator_block(container)
+        container_block, orchestrator = container_blocks
+        if container_block is not None:
+            doc["container"] = container_block
             if orchestrator is not None:
                 doc["orchestrator"] = orchestrator
         doc[CUSTOM_KEY] = custom

@@ -107,8 +107,13 @@ class Probe:
         return 0
 
     def poll(self, timeout_ms: int) -> None:
+        """Waits up to timeout_ms for a wake-up, then delivers everything in the ring buffer.
+
+        The probe wakes the consumer only every few records (bpf/sensor.c WAKEUP_EVERY) and libbpf's poll only
+        reads rings that woke it, so the records written since the last wake-up are consumed explicitly."""
         assert self._bpf is not None
         self._bpf.ring_buffer_poll(timeout_ms)
+        self._bpf.ring_buffer_consume()
 
     def drain(self) -> None:
         """Delivers what is already in the ring buffer without waiting."""

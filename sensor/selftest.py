@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
-POLL_MS = 50
+POLL_MS = 10
 TICK_SECONDS = 1.0
 # The rlimits podman asks for by default fail where root lacks CAP_SYS_RESOURCE; these fit every host.
 PODMAN_ULIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096")

@@ -129,11 +129,11 @@ def elastic_entry_leader(proc: Process, table: ProcessTable, chain: Sequence[Pro
         if memo is not None and index:
             known = memo.get(id(current))
             if known is not None and known[0] is current:
-                return _remember(memo, proc, known[1], known[2])
+                return _remember(memo, chain, index, known[1], known[2])
         parent = chain[index + 1] if index + 1 < len(chain) else table.get(current.ppid)
         decided = _own_entry(current, parent, table)
         if decided is not None:
-            return _remember(memo, proc, *decided)
+            return _remember(memo, chain, index + 1, *decided)
         if parent is None:
             break
     for current in chain:
@@ -142,12 +142,14 @@ def elastic_entry_leader(proc: Process, table: ProcessTable, chain: Sequence[Pro
     return None, None
 
 
-def _remember(memo: EntryMemo | None, proc: Process, leader: Process | None,
+def _remember(memo: EntryMemo | None, chain: Sequence[Process], count: int, leader: Process | None,
               kind: str) -> tuple[Process | None, str]:
+    """Records the decision for the first COUNT processes of the chain: each either decided it or inherits it."""
     if memo is not None:
-        if len(memo) >= MEMO_SIZE:
-            del memo[next(iter(memo))]
-        memo[id(proc)] = (proc, leader, kind)
+        for index in range(count):
+            while len(memo) >= MEMO_SIZE:
+                del memo[next(iter(memo))]
+            memo[id(chain[index])] = (chain[index], leader, kind)
     return leader, kind
 
 

@@ -33,7 +33,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import msgpack
 
 from sensor.outputs.deadletter import DeadLetterFile
-from sensor.outputs.encoding import encode_json
+from sensor.outputs.encoding import DocumentEncoder
 from sensor.outputs.spool import Position, Spool
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,9 @@ class ElasticsearchOutput:
         self._deadline = 0.0
         self._wake = threading.Event()
         self._writer_packer = msgpack.Packer(use_bin_type=True)
+        # one encoder per thread that encodes: the event loop (while spooling) and the sender
+        self._writer_encoder = DocumentEncoder()
+        self._sender_encoder = DocumentEncoder()
         self._sender_packer = msgpack.Packer(use_bin_type=True)
         self._max_request_bytes = settings.batch_bytes
         # Counters: each is written by one thread only.
@@ -247,7 +250,7 @@ class ElasticsearchOutput:
                 self._spooling = True
                 log.info("elasticsearch: sending falls behind; new events go to the disk spool")
             try:
-                payload = self._writer_packer.pack(self._item(doc))
+                payload = self._writer_packer.pack(self._item(doc, self._writer_encoder))
             except (TypeError, ValueError) as error:
                 self._writer_encode_errors += 1
                 log.error("elasticsearch: document cannot be encoded, dropped: %s", error)
@@ -326,14 +329,14 @@ class ElasticsearchOutput:
                 self._named_streams[key] = named
         return named if named is not None else self._defaults[is_alert]
 
-    def _item(self, doc: dict[str, Any]) -> list[Any]:
+    def _item(self, doc: dict[str, Any], encoder: DocumentEncoder) -> list[Any]:
         event = doc.get("event")
         is_alert = isinstance(event, dict) and event.get("kind") == "alert"
         index, parts = self._route(doc, is_alert)
         if parts is not None:
             doc = self._conform(doc, parts)
         doc_id = event.get("id") if isinstance(event, dict) else None
-        return [index, doc_id if isinstance(doc_id, str) and doc_id else None, encode_json(doc)]
+        return [index, doc_id if isinstance(doc_id, str) and doc_id else None, encoder.json(doc)]
 
     def _conform(self, doc: dict[str, Any], parts: tuple[str, str, str]) -> dict[str, Any]:
         """The document with data_stream.* and event.dataset naming its stream (a copy only when they differ).
@@ -416,7 +419,7 @@ class ElasticsearchOutput:
         items = []
         for doc in docs:
             try:
-                items.append(self._item(doc))
+                items.append(self._item(doc, self._sender_encoder))
             except (TypeError, ValueError) as error:
                 self._sent["encode_errors"] += 1
                 log.error("elasticsearch: document cannot be encoded, dropped: %s", error)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sensor.outputs.encoding import encode_line
+from sensor.outputs.encoding import DocumentEncoder
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class RotatingFileOutput:
         self.dropped_write_error = 0
         self.rotations = 0
         self.encode_errors = 0
+        self._encoder = DocumentEncoder()  # used by the writer thread only
         self._thread = threading.Thread(target=self._run, name=f"file-output {self.path.name}", daemon=True)
         self._thread.start()
 
@@ -148,7 +149,7 @@ class RotatingFileOutput:
         chunk_bytes = 0
         for doc in docs:
             try:
-                line = encode_line(doc)
+                line = self._encoder.line(doc)
             except (TypeError, ValueError) as error:
                 self.encode_errors += 1
                 log.error("file output: document cannot be encoded, dropped: %s", error)

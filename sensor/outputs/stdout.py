@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from sensor.outputs.compact import compact_line
-from sensor.outputs.encoding import encode_line
+from sensor.outputs.encoding import DocumentEncoder
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +27,10 @@ class StdoutOutput:
         self._stream = stream if stream is not None else sys.stdout.buffer
         if color is None:
             color = compact and self._stream.isatty()
-        # NDJSON lines are always valid UTF-8 (encode_line escapes what UTF-8 cannot hold).
+        # NDJSON lines are always valid UTF-8 (the encoder escapes what UTF-8 cannot hold).
         self._format: Callable[[dict[str, Any]], bytes] = (
             (lambda doc: (compact_line(doc, color=color) + "\n").encode("utf-8", "backslashreplace"))
-            if compact else encode_line
+            if compact else DocumentEncoder().line
         )
         self._flushed_at = time.monotonic()
         self._parts: list[bytes] = []

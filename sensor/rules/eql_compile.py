@@ -373,7 +373,7 @@ class _Compiler:
 def _name_guard(inner: Predicate, names: frozenset[str], folded: bool) -> Predicate:
     def guarded(doc: dict) -> bool:
         process = doc.get("process")
-        name = process.get("name") if type(process) is dict else None
+        name = process.get("name") if isinstance(process, dict) else None
         if name is None:
             return False
         if type(name) is str and (name.lower() if folded else name) not in names:

@@ -17,7 +17,7 @@ def _walk(doc: Any, parts: Sequence[str | int]) -> Any:
     current = doc
     for part in parts:
         kind = type(current)
-        if kind is dict:
+        if isinstance(current, dict):  # a plain dict, or a block the builder shares between documents
             if type(part) is int:
                 return None
             current = current.get(part)
@@ -27,7 +27,7 @@ def _walk(doc: Any, parts: Sequence[str | int]) -> Any:
             else:
                 gathered: list = []
                 for item in current:
-                    if type(item) is dict:
+                    if isinstance(item, dict):
                         value = item.get(part)
                         if type(value) is list:
                             gathered.extend(value)
@@ -71,7 +71,7 @@ def make_getter(parts: Sequence[str | int]) -> Getter:
 
         def get2(doc: dict) -> Any:
             a = doc.get(k0)
-            if type(a) is not dict:
+            if not isinstance(a, dict):
                 return slow(doc) if a is not None else None
             value = a.get(k1)
             if type(value) is list:
@@ -85,10 +85,10 @@ def make_getter(parts: Sequence[str | int]) -> Getter:
 
         def get3(doc: dict) -> Any:
             a = doc.get(k0)
-            if type(a) is not dict:
+            if not isinstance(a, dict):
                 return slow(doc) if a is not None else None
             b = a.get(k1)
-            if type(b) is not dict:
+            if not isinstance(b, dict):
                 return slow(doc) if b is not None else None
             value = b.get(k2)
             if type(value) is list:
@@ -103,7 +103,7 @@ def make_getter(parts: Sequence[str | int]) -> Getter:
         current: Any = doc
         for key in head:
             nxt = current.get(key)
-            if type(nxt) is not dict:
+            if not isinstance(nxt, dict):
                 return slow(doc) if nxt is not None else None
             current = nxt
         value = current.get(tail)

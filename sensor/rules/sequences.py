@@ -45,7 +45,7 @@ def event_time_s(doc: dict) -> float:
 def _hashable(value: Any) -> Any:
     if type(value) is list:
         return tuple(_hashable(v) for v in value)
-    if type(value) is dict:
+    if isinstance(value, dict):
         return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
     return value
 

@@ -84,8 +84,10 @@ class SensorProcess:
             if len(found) >= count:
                 return found
             if time.monotonic() > deadline:
+                recent = [(get(d, "event.kind"), get(d, "event.action"), get(d, "process.executable"),
+                           (get(d, "container.id") or "")[:12]) for d in self.docs[-12:]]
                 raise AssertionError(f"{len(found)}/{count} matching documents after {timeout}s "
-                                     f"({len(self.docs)} documents in all)")
+                                     f"({len(self.docs)} documents in all; the last: {recent})")
             if self.proc.poll() is not None:
                 raise AssertionError(f"sensor died: {self.stderr()}")
             time.sleep(0.02)

@@ -105,3 +105,27 @@ def test_fold_window_zero_folds_nothing() -> None:
     pipeline.finish()
     resolver.close()
     assert len([d for d in out.docs if d["event"]["kind"] == "alert"]) == 3
+
+
+def test_elastic_rule_matches_the_documents_the_builder_makes() -> None:
+    """The builder shares blocks (leaders, parent, host) between documents: rules must read them as dicts."""
+    from sensor.rules.loader import load_rules
+    from tests.integration.sensor_process import SHARED
+
+    rules, refused = load_rules(SHARED / "rules" / "lateral_movement_ssh_process_launched_inside_container.toml")
+    assert rules and not refused
+    out = Collect()
+    resolver = ContainerResolver(host_ns=HOST_NS, cgroup_root=NOWHERE, proc_root=NOWHERE, start_worker=False)
+    pipeline = Pipeline(
+        table=ProcessTable("boot-1"), builder=DocumentBuilder(HOST, boot_wall_offset_ns=0), outputs=[out],
+        resolver=resolver, detector=Detector(rules, builtin_ssh=False, proc_root=str(NOWHERE)),
+        leaders=find_leaders,
+    )
+    pipeline.handle(exec_rec(400, 1, (b"/usr/bin/conmon",), HOST_NS, 1, 5_000))  # podman's monitor, the sh's parent
+    feed_container_ssh(pipeline, repeats=1)
+    pipeline.finish()
+    resolver.close()
+    ssh_exec = next(d for d in out.docs if d["event"]["kind"] == "event" and d["process"]["name"] == "ssh")
+    assert ssh_exec["process"]["entry_leader"]["entry_meta"]["type"] == "container"
+    alerts = [d for d in out.docs if d["event"]["kind"] == "alert"]
+    assert [a["rule"]["name"] for a in alerts] == [rules[0].name]
