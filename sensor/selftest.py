@@ -27,6 +27,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from sensor.outputs.memory import MemoryOutput
+
 log = logging.getLogger(__name__)
 
 POLL_MS = 10
@@ -50,37 +52,6 @@ class SelftestResult:
     attach_seconds: float | None = None
     alert_seconds: float | None = None  # from starting the container to the alert reaching the output
     detection_latency: float | None = None  # from the exec (event @timestamp) to the alert reaching the output
-
-
-class CaptureOutput:
-    """An output that keeps every document with the wall-clock time it arrived."""
-
-    name = "selftest"
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._docs: list[tuple[float, Doc]] = []
-
-    def write(self, doc: Doc) -> None:
-        with self._lock:
-            self._docs.append((time.time(), doc))
-
-    def find(self, predicate: Callable[[Doc], bool]) -> tuple[float, Doc] | None:
-        with self._lock:
-            return next(((at, doc) for at, doc in self._docs if predicate(doc)), None)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self, timeout: float = 10.0) -> None:
-        pass
-
-    def healthy(self) -> bool:
-        return True
-
-    def stats(self) -> dict[str, int]:
-        with self._lock:
-            return {"written": len(self._docs)}
 
 
 def _field(doc: Doc, dotted: str) -> Any:
@@ -283,7 +254,7 @@ def run_selftest(config: Any, *, method: str = "auto", timeout: float = 15.0) ->
     except SelftestError as error:
         result.lines.append(f"selftest: FAIL: {error}")
         return result
-    capture = CaptureOutput()
+    capture = MemoryOutput()
     pipeline = build_pipeline(config, [capture], live=True)
     probe = Probe(pipeline.handle, probe_options(config))
     started = time.monotonic()
@@ -331,7 +302,7 @@ def _drain_until(probe: Any, pipeline: Any, found: Callable[[], tuple[float, Doc
 
 
 def _conclude(result: SelftestResult, found: tuple[float, Doc] | None, triggered_wall: float, failure: str,
-              capture: CaptureOutput, trigger: Trigger, timeout: float) -> None:
+              capture: MemoryOutput, trigger: Trigger, timeout: float) -> None:
     if found is not None:
         arrived, alert = found
         result.passed = True

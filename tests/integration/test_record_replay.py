@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,8 @@ from tests.integration.sensor_process import REPO, get, run_and_wait
 pytestmark = pytest.mark.kernel
 
 
-def test_replay_reproduces_the_live_documents(tmp_path) -> None:
+def record_while(tmp_path, action) -> tuple[Path, list[dict]]:
+    """Runs `container-sensor record` around action(); returns the recording and the live documents."""
     recording = tmp_path / "run.rec"
     ready = tmp_path / "ready"
     out = tmp_path / "live.ndjson"
@@ -25,16 +27,29 @@ def test_replay_reproduces_the_live_documents(tmp_path) -> None:
         while not ready.exists():
             assert recorder.poll() is None, "record exited early"
             time.sleep(0.05)
-        child = run_and_wait(["/bin/echo", "replay me", b"\xff"])
-        run_and_wait(["/bin/sh", "-c", "exit 5"])
+        action()
         time.sleep(0.5)
         recorder.terminate()
         assert recorder.wait(30) == 0
-    live_docs = [json.loads(line) for line in out.read_text().splitlines()]
+    return recording, [json.loads(line) for line in out.read_text().splitlines()]
 
+
+def replay(recording: Path) -> list[dict]:
     replayed = subprocess.run([sys.executable, "-m", "sensor", "replay", str(recording)], capture_output=True,
                               cwd=REPO, check=True)
-    replay_docs = [json.loads(line) for line in replayed.stdout.decode().splitlines()]
+    return [json.loads(line) for line in replayed.stdout.decode().splitlines()]
+
+
+def test_replay_reproduces_the_live_documents(tmp_path) -> None:
+    children = []
+
+    def action() -> None:
+        children.append(run_and_wait(["/bin/echo", "replay me", b"\xff"]))
+        run_and_wait(["/bin/sh", "-c", "exit 5"])
+
+    recording, live_docs = record_while(tmp_path, action)
+    child = children[0]
+    replay_docs = replay(recording)
     assert len(replay_docs) == len(live_docs)
 
     def pick(docs):
@@ -61,26 +76,14 @@ def test_replay_places_container_processes_and_alerts_like_the_live_run(tmp_path
     from tests.integration.rootfs import rootfs
 
     root = rootfs()
-    recording = tmp_path / "container.rec"
-    ready = tmp_path / "ready"
-    out = tmp_path / "live.ndjson"
-    with open(out, "wb") as stdout:
-        recorder = subprocess.Popen(
-            [sys.executable, "-m", "sensor", "record", str(recording), "--ready-file", str(ready),
-             "--metrics-address", "off"], stdout=stdout, stderr=subprocess.DEVNULL, cwd=REPO)
-        while not ready.exists():
-            assert recorder.poll() is None, "record exited early"
-            time.sleep(0.05)
+
+    def action() -> None:
         subprocess.run(["podman", "--runtime", "runc", "run", "--rm", "--network", "none",
                         "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", "--rootfs", str(root),
                         "/bin/sh", "-c", "ssh -V"], check=True, capture_output=True, timeout=120)
-        time.sleep(0.5)
-        recorder.terminate()
-        assert recorder.wait(30) == 0
-    live_docs = [json.loads(line) for line in out.read_text().splitlines()]
-    replayed = subprocess.run([sys.executable, "-m", "sensor", "replay", str(recording)], capture_output=True,
-                              cwd=REPO, check=True)
-    replay_docs = [json.loads(line) for line in replayed.stdout.decode().splitlines()]
+
+    recording, live_docs = record_while(tmp_path, action)
+    replay_docs = replay(recording)
 
     def ssh_exec(docs):
         return next(d for d in docs if get(d, "event.action") == "exec" and get(d, "process.name") == "ssh"

@@ -6,34 +6,13 @@ from sensor.app import build_pipeline
 from sensor.config import Config
 from sensor.metrics import pipeline_metrics
 from sensor.ops_server import render_metrics
+from sensor.outputs.memory import MemoryOutput
 from sensor.records import LossRecord
 from tests.shipping_recording import exec_record, host_namespaces
 
 
-class KeepingOutput:
-    name = "keep"
-
-    def __init__(self) -> None:
-        self.docs: list[dict] = []
-
-    def write(self, doc: dict) -> None:
-        self.docs.append(doc)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self, timeout: float = 10.0) -> None:
-        pass
-
-    def healthy(self) -> bool:
-        return True
-
-    def stats(self) -> dict[str, int]:
-        return {"written": len(self.docs), "dropped": 0}
-
-
 def test_names_and_values_follow_the_pipeline():
-    output = KeepingOutput()
+    output = MemoryOutput()
     pipeline = build_pipeline(Config(), [output], live=False)
     assert pipeline_metrics(None) == {}
     ns = host_namespaces()
@@ -47,12 +26,12 @@ def test_names_and_values_follow_the_pipeline():
     assert values["events_lost_total"] == 3
     assert values["argv_truncated_total"] == 1
     assert values["alerts_total"] == 0
-    assert values['output_written_total{output="keep"}'] == 5
-    assert values['output_healthy{output="keep"}'] == 1
+    assert values['output_written_total{output="memory"}'] == 5
+    assert values['output_healthy{output="memory"}'] == 1
     assert values["process_table_size"] == len(pipeline.table) >= 5
     assert values["rule_errors_total"] == 0
     # Every name renders as valid exposition, counters as counters.
     text = render_metrics(values, healthy=True)
     assert "# TYPE container_sensor_events_seen_total counter" in text
     assert "# TYPE container_sensor_process_table_size gauge" in text
-    assert 'container_sensor_output_written_total{output="keep"} 5' in text
+    assert 'container_sensor_output_written_total{output="memory"} 5' in text

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from sensor.containers.resolver import ContainerResolver
 from sensor.ecs import DocumentBuilder
+from sensor.outputs.memory import MemoryOutput
 from sensor.pipeline import Pipeline
 from sensor.processes import ProcessTable
 from sensor.records import CgroupRecord, ExecRecord, ExitRecord, ForkRecord, Namespaces
@@ -22,28 +22,6 @@ PODMAN_CGROUP = f"/libpod_parent/libpod-{PODMAN_ID}"
 NOWHERE = Path("/nonexistent/container-sensor-test")
 
 
-class Collect:
-    name = "collect"
-
-    def __init__(self) -> None:
-        self.docs: list[dict[str, Any]] = []
-
-    def write(self, doc: dict[str, Any]) -> None:
-        self.docs.append(doc)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self, timeout: float = 10.0) -> None:
-        pass
-
-    def healthy(self) -> bool:
-        return True
-
-    def stats(self) -> dict[str, int]:
-        return {"written": len(self.docs)}
-
-
 def exec_rec(pid: int, ppid: int, argv: tuple[bytes, ...], ns: Namespaces, cgroup_id: int, t: int) -> ExecRecord:
     return ExecRecord(
         ktime_ns=t, pid=pid, tid=pid, old_tid=pid, ppid=ppid, uid=0, gid=0, euid=0, egid=0, comm=argv[0][-15:],
@@ -52,8 +30,8 @@ def exec_rec(pid: int, ppid: int, argv: tuple[bytes, ...], ns: Namespaces, cgrou
     )
 
 
-def make_pipeline(fold_window: float) -> tuple[Pipeline, Collect, ContainerResolver]:
-    out = Collect()
+def make_pipeline(fold_window: float) -> tuple[Pipeline, MemoryOutput, ContainerResolver]:
+    out = MemoryOutput()
     resolver = ContainerResolver(host_ns=HOST_NS, cgroup_root=NOWHERE, proc_root=NOWHERE, start_worker=False)
     pipeline = Pipeline(
         table=ProcessTable("boot-1"), builder=DocumentBuilder(HOST, boot_wall_offset_ns=0), outputs=[out],
@@ -114,7 +92,7 @@ def test_elastic_rule_matches_the_documents_the_builder_makes() -> None:
 
     rules, refused = load_rules(SHARED / "rules" / "lateral_movement_ssh_process_launched_inside_container.toml")
     assert rules and not refused
-    out = Collect()
+    out = MemoryOutput()
     resolver = ContainerResolver(host_ns=HOST_NS, cgroup_root=NOWHERE, proc_root=NOWHERE, start_worker=False)
     pipeline = Pipeline(
         table=ProcessTable("boot-1"), builder=DocumentBuilder(HOST, boot_wall_offset_ns=0), outputs=[out],
