@@ -226,6 +226,9 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     void *inode = read_ptr(file, OFF_FILE_F_INODE);
     e->exe_ino = read_u64(inode, OFF_INODE_I_INO);
     e->exe_dev = read_u32(read_ptr(inode, OFF_INODE_I_SB), OFF_SB_S_DEV);
+    /* the top bits of i_ctime_nsec carry flags on kernels with multigrain timestamps; nanoseconds need 30 */
+    e->exe_ctime_ns = read_u64(inode, OFF_INODE_CTIME_SEC) * 1000000000ULL +
+                      (read_u32(inode, OFF_INODE_CTIME_NSEC) & 0x3fffffff);
     e->argc = read_u32(bprm, OFF_BPRM_ARGC);
 
     u32 cwd_len = fill_cwd(e, task) & (CWD_MAX - 1);

@@ -69,6 +69,7 @@ struct exec_record {
     u64 exe_ino;
     u32 exe_dev;
     u32 flags;
+    u64 exe_ctime_ns; /* the executed file's inode change time: with dev and ino, its identity over time */
     u32 ns[NS_COUNT];
     u32 argc;
     u16 filename_len;

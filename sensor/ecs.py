@@ -300,6 +300,8 @@ class DocumentBuilder:
         }
         if proc.exe_ino:
             block["executable"] = {"inode": proc.exe_ino, "device": proc.exe_dev}
+            if proc.exe_ctime_ns:
+                block["executable"]["ctime_ns"] = proc.exe_ctime_ns
         if container is not None:
             evidence = getattr(container, "evidence", None)
             if evidence:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sensor.btf import KernelBTF
+from sensor.btf import BTFError, KernelBTF
 
 # macro -> (struct, member path); each is a byte offset inside that struct.
 MEMBER_OFFSETS: dict[str, tuple[str, str]] = {
@@ -67,9 +67,26 @@ MEMBER_OFFSETS: dict[str, tuple[str, str]] = {
 }
 
 
+def inode_ctime_offsets(btf: KernelBTF) -> tuple[int, int]:
+    """(seconds, nanoseconds) of struct inode's change time, which has moved between kernel versions:
+    i_ctime_sec/i_ctime_nsec since 6.11, a struct timespec64 named __i_ctime (6.6) or i_ctime before."""
+    try:
+        return btf.offset("inode", "i_ctime_sec"), btf.offset("inode", "i_ctime_nsec")
+    except BTFError:
+        pass
+    for name in ("__i_ctime", "i_ctime"):
+        try:
+            base = btf.offset("inode", name)
+        except BTFError:
+            continue
+        return base + btf.offset("timespec64", "tv_sec"), base + btf.offset("timespec64", "tv_nsec")
+    raise BTFError("struct inode has no change time member the probe knows")
+
+
 def kernel_macros(btf: KernelBTF) -> dict[str, int]:
     """Every macro the BPF program expects, or BTFError naming the first one the kernel lacks."""
     macros = {name: btf.offset(struct, path) for name, (struct, path) in MEMBER_OFFSETS.items()}
+    macros["OFF_INODE_CTIME_SEC"], macros["OFF_INODE_CTIME_NSEC"] = inode_ctime_offsets(btf)
     macros["SIZEOF_UPID"] = btf.size(btf.struct_id("upid"))
     macros["PIDTYPE_SID_INDEX"] = btf.enum_value("pid_type", "PIDTYPE_SID")
     macros["PIDTYPE_PGID_INDEX"] = btf.enum_value("pid_type", "PIDTYPE_PGID")

@@ -23,7 +23,7 @@ LOSS_RINGBUF_FULL, LOSS_ARGS_TRUNCATED, LOSS_ARGS_READ_FAILED, LOSS_COUNTERS = 0
 
 HEADER = struct.Struct("<IIQ")
 # struct exec_record up to its data[] member
-EXEC_FIXED = struct.Struct("<IIQ12IQQQII7II4H16s")
+EXEC_FIXED = struct.Struct("<IIQ12IQQQIIQ7II4H16s")
 FORK = struct.Struct("<IIQIIQIIQ")
 EXIT = struct.Struct("<IIQIiQ")
 CGROUP_FIXED = struct.Struct("<IIQiiQII")
@@ -86,7 +86,7 @@ def decode_exec(raw: bytes) -> ExecRecord:
     (
         _type, _size, ktime,
         pid, tid, old_tid, ppid, uid, gid, euid, egid, sid, pgid, tty_major, tty_minor,
-        cgroup_id, start, exe_ino, exe_dev, flags,
+        cgroup_id, start, exe_ino, exe_dev, flags, exe_ctime_ns,
         ns_pid, ns_mnt, ns_net, ns_uts, ns_ipc, ns_cgroup, ns_user,
         argc, filename_len, args_lo, args_hi, cwd_len, comm,
     ) = EXEC_FIXED.unpack_from(raw)
@@ -105,5 +105,5 @@ def decode_exec(raw: bytes) -> ExecRecord:
         argv=argv, argc=max(argc, len(argv)), args_truncated=truncated, cgroup_id=cgroup_id,
         ns=Namespaces(ns_pid, ns_mnt, ns_net, ns_uts, ns_ipc, ns_cgroup, ns_user),
         sid=sid, pgid=pgid, tty_major=tty_major, tty_minor=tty_minor, start_boottime_ns=start,
-        exe_ino=exe_ino, exe_dev=exe_dev, cwd=cwd,
+        exe_ino=exe_ino, exe_dev=exe_dev, cwd=cwd, exe_ctime_ns=exe_ctime_ns,
     )

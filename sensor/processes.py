@@ -56,6 +56,7 @@ class Process:
     ns: Namespaces = field(default_factory=Namespaces)
     exe_ino: int = 0
     exe_dev: int = 0  # userspace st_dev encoding
+    exe_ctime_ns: int = 0
     cwd: str = ""
     exec_seen: bool = False  # an exec of this process was observed (not only fork or /proc)
     from_proc: bool = False  # seeded from /proc at start-up
@@ -154,6 +155,7 @@ class ProcessTable:
             args_truncated=rec.args_truncated, uid=rec.uid, gid=rec.gid, euid=rec.euid, egid=rec.egid,
             sid=rec.sid, pgid=rec.pgid, tty_major=rec.tty_major, tty_minor=rec.tty_minor,
             cgroup_id=rec.cgroup_id, ns=rec.ns, exe_ino=rec.exe_ino, exe_dev=kernel_dev_to_st_dev(rec.exe_dev),
+            exe_ctime_ns=rec.exe_ctime_ns,
             cwd=cwd, exec_seen=True,
         )
         self._procs[rec.pid] = proc

@@ -55,7 +55,8 @@ class ExecRecord:
     start_boottime_ns: int  # task start, CLOCK_BOOTTIME, stable for the life of the process
     exe_ino: int  # inode and device of the executed file; 0 where unknown
     exe_dev: int
-    cwd: bytes = b""  # best effort, filled in user space when the process still lives
+    cwd: bytes = b""  # the working directory as the process saw it, walked in the kernel
+    exe_ctime_ns: int = 0  # change time of the executed file's inode; 0 where unknown
 
 
 @dataclass(frozen=True, slots=True)

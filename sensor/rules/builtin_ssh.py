@@ -100,9 +100,11 @@ class BuiltinSshRule:
         device, inode = executable.get("device"), executable.get("inode")
         pids = _live_pids(process)
         self._scan_once(doc, sensor, pids)
+        ctime_ns = executable.get("ctime_ns")
         recognition = self.identity.classify(
             process.get("executable"), process.get("name"),
-            device if isinstance(device, int) else None, inode if isinstance(inode, int) else None, pids)
+            device if isinstance(device, int) else None, inode if isinstance(inode, int) else None, pids,
+            ctime_ns if isinstance(ctime_ns, int) else None)
         if recognition is None:
             return None
         return recognition, evidence

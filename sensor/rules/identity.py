@@ -190,9 +190,11 @@ class ExecutableIdentity:
 
     # classification -----------------------------------------------------------------------------------------
     def classify(self, executable: str | None, process_name: str | None, device: int | None,
-                 inode: int | None, pids: Sequence[int]) -> Recognition | None:
+                 inode: int | None, pids: Sequence[int], ctime_ns: int | None = None) -> Recognition | None:
         """Recognise ssh/sshd/autossh; `pids` are live processes sharing the exec's mount namespace, the
-        exec'd process first (its /proc/<pid>/exe and /proc/<pid>/root are used to reach the file)."""
+        exec'd process first (its /proc/<pid>/exe and /proc/<pid>/root are used to reach the file).
+        `ctime_ns`: the file's change time as the kernel saw it at exec; with it, a cached verdict is checked
+        without looking at the file again."""
         base = os.path.basename(executable) if executable else None
         for name in (base, process_name):
             if name in SSH_PROGRAMS:
@@ -202,18 +204,24 @@ class ExecutableIdentity:
         if device is None or inode is None:
             return None
         key = (device, inode)
-        verdict = self._verdict(key, executable, pids)
+        verdict = self._verdict(key, executable, pids, ctime_ns)
         if verdict is None or not verdict.program:
             return None
         return self._way(verdict, key, executable, pids)
 
-    def _verdict(self, key: tuple[int, int], executable: str | None, pids: Sequence[int]) -> _Verdict | None:
+    def _verdict(self, key: tuple[int, int], executable: str | None, pids: Sequence[int],
+                 ctime_ns: int | None = None) -> _Verdict | None:
         cached = self._verdicts.get(key)
         if cached is not None:
             if cached.source == "unreadable":
                 if time.monotonic() < cached.retry_at:
                     self.counts["identity_unreadable"] += 1
                     return None
+            elif ctime_ns and cached.ctime_ns is not None:
+                if ctime_ns == cached.ctime_ns:
+                    self.counts["identity_cache_hits"] += 1
+                    return cached
+                self.counts["identity_stale"] += 1
             elif cached.ctime_ns is None or not pids or self._still_same(pids[0], key, cached.ctime_ns):
                 self.counts["identity_cache_hits"] += 1
                 return cached

@@ -75,7 +75,8 @@ def test_fixed_parts_match_the_c_structs() -> None:
 def _exec_bytes(filename: bytes, args: bytes, argc: int, flags: int = 0, cwd: bytes = b"") -> bytes:
     fixed = probe_layout.EXEC_FIXED.pack(
         probe_layout.RECORD_EXEC, 0, 123, 10, 10, 10, 1, 0, 0, 1000, 1000, 5, 10, 136, 2,
-        77, 99, 4242, (8 << 20) | 1, flags, 1, 2, 3, 4, 5, 6, 7, argc, len(filename), len(args) & 0xFFFF,
+        77, 99, 4242, (8 << 20) | 1, flags, 1_700_000_000_123_456_789, 1, 2, 3, 4, 5, 6, 7, argc, len(filename),
+        len(args) & 0xFFFF,
         len(args) >> 16, len(cwd), b"bash\0" + b"\0" * 11,
     )
     return fixed + cwd + filename + args
@@ -87,6 +88,7 @@ def test_decode_exec() -> None:
     assert rec.argv == (b"bash", b"-c", b"echo hi")
     assert (rec.filename, rec.comm, rec.argc, rec.args_truncated) == (b"/bin/bash", b"bash", 3, False)
     assert (rec.euid, rec.egid, rec.tty_major, rec.tty_minor, rec.ns.user) == (1000, 1000, 136, 2, 7)
+    assert rec.exe_ctime_ns == 1_700_000_000_123_456_789
 
 
 def test_decode_exec_working_directory_from_leaf_first_components() -> None:

@@ -132,6 +132,22 @@ def test_cached_verdict_is_rechecked_when_the_file_changed(beside_ssh: Path) -> 
         child.wait()
 
 
+def test_kernel_ctime_checks_the_cache_without_looking_at_the_file(beside_ssh: Path) -> None:
+    """With the change time the probe took at exec, a cached verdict needs no stat of /proc/<pid>/exe: the
+    process may be long gone, and a new file under a recycled inode number still gets a fresh look."""
+    sleeper = beside_ssh / "napper"
+    shutil.copy2(shutil.which("sleep") or "/bin/sleep", sleeper)
+    st = os.stat(sleeper)
+    gone = [2**22 + 12345]  # a pid no process has: only the kernel's ctime can vouch for the cache
+    identity = ExecutableIdentity()
+    assert identity.classify(str(sleeper), "napper", st.st_dev, st.st_ino, [os.getpid()], st.st_ctime_ns) is None
+    for _ in range(3):
+        assert identity.classify(str(sleeper), "napper", st.st_dev, st.st_ino, gone, st.st_ctime_ns) is None
+    assert (identity.counts["identity_lookups"], identity.counts["identity_cache_hits"]) == (1, 3)
+    assert identity.classify(str(sleeper), "napper", st.st_dev, st.st_ino, gone, st.st_ctime_ns + 1) is None
+    assert identity.counts["identity_stale"] == 1 and identity.counts["identity_lookups"] == 2
+
+
 @needs_ssh
 def test_only_the_head_of_a_large_file_is_searched(beside_ssh: Path) -> None:
     padded = beside_ssh / "padded"
