@@ -3,9 +3,17 @@
 Flow. `write()` (event-loop thread) routes the document to its data stream and appends it to a bounded memory
 queue; it never touches the network. The sender thread takes batches (bounded by count, bytes and time) from
 the queue, or from the spool when there is a backlog, and ships them. Once the queue overflows, or a batch from
-memory fails, the output switches to spooling: the failed batch and the queue go to the front of the spool and
-new documents are appended to it, so order is kept and memory stays flat however long the outage lasts. When
-the spool is drained the output goes back to memory.
+memory fails, the output switches to spooling and new documents are appended to the spool, so order is kept and
+memory stays flat however long the outage lasts. When the spool is drained the output goes back to memory.
+
+Failing over keeps what is on disk a prefix of the stream. When a batch from memory fails, the sender writes it
+and the queue behind it to the front of the spool while the event loop goes on queueing in memory; it moves what
+was queued meanwhile right behind them, and only once it finds the queue empty does the event loop append to the
+spool itself. So no document reaches the disk before an older one: a kill -9 during an outage can only lose
+events newer than everything spooled, those still queued. Two windows remain, both the in-memory queue that the
+healthy path may lose: a batch in flight to a cluster that has not failed yet (with the queue behind it, once
+that overflows to disk while the request hangs), and the queue of a failover the event loop outruns by a whole
+queue, whose newer events then go to disk at once.
 
 Results follow Elasticsearch's meaning: per item, 201 is delivered; 409 on a `create` with our deterministic
 `_id` (event.id) means an earlier attempt already delivered it; 429 and 5xx are retried with capped exponential
@@ -207,6 +215,8 @@ class ElasticsearchOutput:
         self._queue: deque[dict[str, Any]] = deque()
         self._queue_since = 0.0
         self._spooling = False
+        # The sender is moving a failed memory batch and the queue to the spool; the event loop keeps queueing.
+        self._failing_over = False
         self._stopping = False
         self._failures_while_stopping = 0
         self._deadline = 0.0
@@ -236,6 +246,8 @@ class ElasticsearchOutput:
     def write(self, doc: dict[str, Any]) -> None:
         with self._cond:
             self._received += 1
+            # While the sender fails over, documents stay queued: appended to the spool before it is done, they
+            # would be on disk while older ones are still in memory.
             if not self._spooling and len(self._queue) < self.settings.queue_docs:
                 if not self._queue:
                     self._queue_since = time.monotonic()
@@ -248,7 +260,11 @@ class ElasticsearchOutput:
                 return
             if not self._spooling:
                 self._spooling = True
-                log.info("elasticsearch: sending falls behind; new events go to the disk spool")
+                if self._failing_over:
+                    log.warning("elasticsearch: events arrive faster than the queue moves to the disk spool; "
+                                "new events go to it while %d older ones are still in memory", len(self._queue))
+                else:
+                    log.info("elasticsearch: sending falls behind; new events go to the disk spool")
             try:
                 payload = self._writer_packer.pack(self._item(doc, self._writer_encoder))
             except (TypeError, ValueError) as error:
@@ -272,6 +288,10 @@ class ElasticsearchOutput:
         if self._thread.is_alive():
             log.error("elasticsearch: the sender did not stop in time")
         if self._spool is not None:
+            left = self._spool.unread()
+            if left:
+                log.warning("elasticsearch: %d events left in the spool %s, sent at the next start",
+                            left, self._spool.directory)
             self._spool.close()
         self._dead_letter.close()
         with contextlib.suppress(Exception):  # closing a connection pool must not fail the shutdown
@@ -427,6 +447,7 @@ class ElasticsearchOutput:
 
     def _deliver(self, batch: _Batch) -> None:
         pending = batch.items
+        from_memory = batch.position is None
         attempt = 0
         while pending:
             pending = self._send_all(pending)
@@ -436,7 +457,10 @@ class ElasticsearchOutput:
                 batch.position = None  # its segment was dropped to make room: this copy is the last one
             if batch.position is None:
                 if self._spool is not None:
-                    self._spool_front(pending)
+                    if from_memory:
+                        self._fail_over(pending)
+                    else:
+                        self._spool.push_front(self._pack(pending))
                     if not self._stopping:
                         self._backoff(attempt)
                     return
@@ -451,18 +475,38 @@ class ElasticsearchOutput:
         if batch.position is not None and self._spool is not None:
             self._spool.ack(batch.position)
 
-    def _spool_front(self, pending: list[list[Any]]) -> None:
-        """A memory batch failed: it and the queue behind it go ahead of the spool's content, in order."""
+    def _fail_over(self, pending: list[list[Any]]) -> None:
+        """A memory batch failed: it and the queue behind it go to the front of the spool, in order, before the
+        event loop appends anything newer. Returns once the queue is empty and new events go to the spool."""
         assert self._spool is not None
         with self._cond:
-            if not self._spooling:
-                self._spooling = True
-                log.info("elasticsearch: unreachable or refusing; events go to the disk spool")
+            overflowed = self._spooling
+            self._failing_over = not overflowed
             rest = list(self._queue)
             self._queue.clear()
-        payloads = [self._sender_packer.pack(item) for item in pending]
-        payloads.extend(self._sender_packer.pack(item) for item in self._encode(rest))
-        self._spool.push_front(payloads)
+        # Ahead of what the spool holds: newer events if the queue overflowed while this batch was in flight.
+        self._spool.push_front(self._pack(pending) + self._pack(self._encode(rest)))
+        if overflowed:
+            return
+        log.info("elasticsearch: unreachable or refusing; events go to the disk spool")
+        while True:
+            with self._cond:
+                rest = list(self._queue)
+                self._queue.clear()
+                overflowed = self._spooling
+                if not rest or overflowed:
+                    # Empty: from here on the event loop appends to the spool itself. Overflowed: it does so
+                    # already; what is taken here still goes ahead of its events, right after the front.
+                    self._spooling = True
+                    self._failing_over = False
+                if not rest:
+                    return
+            self._spool.extend_front(self._pack(self._encode(rest)), newer_spooled=overflowed)
+            if overflowed:
+                return
+
+    def _pack(self, items: list[list[Any]]) -> list[bytes]:
+        return [self._sender_packer.pack(item) for item in items]
 
     def _backoff(self, attempt: int) -> None:
         cap = min(self.settings.backoff_max, self.settings.backoff_initial * (2**attempt))

@@ -8,13 +8,15 @@ Layout of the directory:
                      what was in flight (at-least-once; deterministic document ids make that exactly-once).
 
 One writer thread may `append` while one reader thread `read`s and `ack`s. `push_front` (reader side only)
-puts payloads ahead of everything unread, for a batch that failed while it was held in memory. A full spool
+puts payloads ahead of everything unread, for a batch that failed while it was held in memory, and
+`extend_front` adds more right behind them, for the events queued in memory behind that batch. A full spool
 follows its policy: `drop_oldest` deletes the oldest segment, `drop_newest` refuses the new payloads; every
 payload lost either way is counted, as is every payload refused for lack of disk space (ENOSPC).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -145,6 +147,7 @@ class Spool:
         self._total_bytes = 0  # sum of the segments' sizes, kept as they change
         self._next_id = FIRST_SEGMENT_ID  # above every id used so far, so no new segment hides behind the ack
         self._lowest_id = FIRST_SEGMENT_ID  # at or below every id used so far (push_front goes below it)
+        self._front_id: int | None = None  # the segment the last push_front made, which extend_front extends
         self._open()
 
     # ---- opening and recovery
@@ -410,23 +413,13 @@ class Spool:
         if not payloads:
             return 0
         with self._lock:
-            if self.policy == "drop_oldest":
-                free = self.max_bytes - self._bytes_locked() - len(SEGMENT_MAGIC)
-                keep = len(payloads)
-                used = 0
-                while keep and used + FRAME_HEADER.size + len(payloads[keep - 1]) <= free:
-                    used += FRAME_HEADER.size + len(payloads[keep - 1])
-                    keep -= 1
-                if keep:
-                    self.dropped_oldest += keep
-                    log.warning("spool %s full: dropped %d oldest events (policy drop_oldest)",
-                                self.directory, keep)
-                    payloads = payloads[keep:]
-                if not payloads:
-                    return 0
+            payloads = self._fit_front(payloads, len(SEGMENT_MAGIC))
+            if not payloads:
+                return 0
             # Below every id used so far: an id is never reused, so a stale position can never name it.
             segment_id = self._lowest_id - 1
             self._lowest_id = segment_id
+            self._front_id = segment_id
             # The ack on disk may point past the new segment: move it first, so a crash cannot skip it.
             self._write_ack(Position(segment_id, len(SEGMENT_MAGIC)))
         data, count = encode_frames(payloads)
@@ -457,6 +450,99 @@ class Spool:
             self._cursor_id = None
             self.appended += count
             return count
+
+    def extend_front(self, payloads: Sequence[bytes], newer_spooled: bool = False) -> int:
+        """Adds payloads right after those of the last `push_front`, ahead of everything else unread: for the
+        events queued in memory behind a failed batch, moved to disk in several steps. Only the reader calls
+        this, with nothing in flight; when that front segment is gone or being read, it is a `push_front`.
+
+        `newer_spooled`: newer payloads were appended meanwhile, so under drop_newest these (older) were
+        accepted already and go in even past the limit, as with push_front."""
+        if not payloads:
+            return 0
+        with self._lock:
+            front = self._segments.get(self._front_id) if self._front_id is not None else None
+            if front is not None and (front.frames_read or self._cursor_id == front.id or self._order[0] != front.id):
+                front = None
+            if front is not None:
+                # Newer than the rest of the front: drop_newest refuses what does not fit (unless newer ones are
+                # in already); drop_oldest drops the front segment, the oldest, and then push_front drops the
+                # oldest of these if need be. Segments behind the front can hold newer events: they stay.
+                if self.policy == "drop_newest":
+                    payloads = payloads if newer_spooled else self._fit_newest(payloads)
+                    if not payloads:
+                        return 0
+                elif self._bytes_locked() + len(encode_frames(payloads)[0]) > self.max_bytes:
+                    self._drop_segment(front)
+                    front = None
+            if front is not None:
+                size = front.size
+        if front is None:
+            return self.push_front(payloads)
+        data, count = encode_frames(payloads)
+        # Written outside the lock, as push_front does; the event loop may drop this segment meanwhile.
+        try:
+            fd = os.open(front.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except OSError as error:
+            with self._lock:
+                if front.id in self._segments:
+                    self._note_write_error(error, count)
+                else:
+                    self.dropped_oldest += count
+            return 0
+        try:
+            _write_all(fd, data)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)  # never leave half a frame behind
+            with self._lock:
+                self._note_write_error(error, count)
+            return 0
+        finally:
+            os.close(fd)
+        with self._lock:
+            if self._segments.get(front.id) is not front:
+                self.dropped_oldest += count  # dropped to make room while it was written: counted as such
+                return 0
+            front.size += len(data)
+            front.frames += count
+            front.synced = False  # sync_sealed flushes it
+            self._total_bytes += len(data)
+            self.appended += count
+            return count
+
+    def _fit_newest(self, payloads: Sequence[bytes]) -> Sequence[bytes]:
+        """Under drop_newest, the payloads that still fit; the rest are refused and counted."""
+        free = self.max_bytes - self._bytes_locked()
+        keep = 0
+        used = 0
+        while keep < len(payloads) and used + FRAME_HEADER.size + len(payloads[keep]) <= free:
+            used += FRAME_HEADER.size + len(payloads[keep])
+            keep += 1
+        if keep < len(payloads):
+            self.dropped_newest += len(payloads) - keep
+            if not self._refusing:
+                self._refusing = True
+                log.warning("spool %s full (%d bytes): new events are dropped and counted until it drains "
+                            "(policy drop_newest)", self.directory, self.max_bytes)
+        return payloads[:keep]
+
+    def _fit_front(self, payloads: Sequence[bytes], overhead: int) -> Sequence[bytes]:
+        """The payloads that go in front under the policy. Under drop_newest they were accepted already and go in
+        even past the limit (by at most the memory queue); under drop_oldest those that do not fit are dropped,
+        oldest first."""
+        if self.policy != "drop_oldest":
+            return payloads
+        free = self.max_bytes - self._bytes_locked() - overhead
+        keep = len(payloads)
+        used = 0
+        while keep and used + FRAME_HEADER.size + len(payloads[keep - 1]) <= free:
+            used += FRAME_HEADER.size + len(payloads[keep - 1])
+            keep -= 1
+        if keep:
+            self.dropped_oldest += keep
+            log.warning("spool %s full: dropped %d oldest events (policy drop_oldest)", self.directory, keep)
+        return payloads[keep:]
 
     # ---- reading and acknowledging
 

@@ -10,15 +10,20 @@ import copy
 import json
 import logging
 import os
+import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
+from sensor.outputs import elasticsearch as elasticsearch_output
 from sensor.outputs.elasticsearch import ElasticsearchOutput, ElasticsearchSettings
+from sensor.outputs.spool import Spool
 from tests.es_server import EsServer
 
 EVENTS = "logs-endpoint.events.process-default"
@@ -240,6 +245,71 @@ def test_close_while_down_keeps_the_backlog_for_the_next_start(tmp_path: Path, s
     assert wait_for(lambda: server.count(EVENTS) == 700)
     second.close()
     assert server.ids(EVENTS) == ids(range(700))
+
+
+class HeldSpool(Spool):
+    """A spool whose first write to its front holds the sender until released: the moment of a failover at which a
+    kill -9 may come, made to last."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def push_front(self, payloads: Any) -> int:
+        if not self.holding.is_set():
+            self.holding.set()
+            self.release.wait(15)
+        return super().push_front(payloads)
+
+
+def numbers_a_restart_finds(spool_dir: Path, copy: Path) -> list[int]:
+    """The event numbers a sensor started after a kill -9 right now would send, in order."""
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(spool_dir, copy)
+    spool = Spool(copy, max_bytes=1 << 30)
+    found = []
+    while True:
+        payloads, position = spool.read(1000, 1 << 30)
+        if not payloads:
+            spool.close()
+            return found
+        found.extend(int(msgpack.unpackb(payload)[1][3:]) for payload in payloads)
+        assert position is not None
+        spool.ack(position)
+
+
+def test_failing_over_puts_nothing_on_disk_ahead_of_older_events(
+    tmp_path: Path, server: EsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spools: list[HeldSpool] = []
+
+    def held_spool(*args: Any, **kwargs: Any) -> HeldSpool:
+        spools.append(HeldSpool(*args, **kwargs))
+        return spools[-1]
+
+    monkeypatch.setattr(elasticsearch_output, "Spool", held_spool)
+    server.stop()
+    output = make_output(tmp_path, server.url, batch_docs=50, queue_docs=500)
+    spool = spools[0]
+    for number in range(100):
+        output.write(make_doc(number))
+    # The first batch failed: the sender is writing it and the queue behind it to disk, and is held there.
+    assert spool.holding.wait(15)
+    for number in range(100, 300):
+        output.write(make_doc(number))
+    # Killed now, the sensor must not leave newer events on disk while older ones were only in memory.
+    found = numbers_a_restart_finds(tmp_path / "spool", tmp_path / "after-kill")
+    assert found == list(range(len(found)))
+    spool.release.set()
+    # What was queued meanwhile follows the failed batch, and new events follow it.
+    for number in range(300, 400):
+        output.write(make_doc(number))
+    assert wait_for(lambda: output.stats()["spool_appended"] == 400)
+    assert output.stats()["queued"] == 0
+    assert numbers_a_restart_finds(tmp_path / "spool", tmp_path / "after-kill") == list(range(400))
+    output.close(timeout=0.2)
+    assert output.stats()["dropped"] == 0
 
 
 @pytest.mark.parametrize("policy", ["drop_newest", "drop_oldest"])

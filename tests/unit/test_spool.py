@@ -153,6 +153,49 @@ def test_push_front_before_partial_segment_resends_at_worst(tmp_path: Path) -> N
     assert drain(Spool(tmp_path, max_bytes=1 << 20)) == [1] + list(range(10, 20))
 
 
+def test_extend_front_follows_the_front_and_precedes_appends(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=1000)
+    spool.append([payload(n) for n in range(100, 110)])  # a backlog left by an earlier run
+    spool.push_front([payload(n) for n in range(5)])  # a failed batch and the queue behind it
+    spool.extend_front([payload(n) for n in range(5, 8)])  # queued while those were written
+    spool.append([payload(n) for n in range(200, 205)])  # newer than all
+    spool.extend_front([payload(n) for n in range(8, 10)])
+    expected = list(range(10)) + list(range(100, 110)) + list(range(200, 205))
+    spool.close()  # what a kill -9 leaves: every frame was written, nothing acknowledged
+    reopened = Spool(tmp_path, max_bytes=1 << 20)
+    assert drain(reopened) == expected
+    assert reopened.unread() == 0
+
+
+def test_extend_front_of_a_front_being_read_goes_ahead_of_it(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    spool.push_front([payload(n) for n in range(10, 15)])
+    items, position = spool.read(2, 1 << 20)
+    spool.ack(position)
+    spool.extend_front([payload(1)])  # a batch that failed after reading began: it is older than the rest
+    assert drain(spool) == [1, 12, 13, 14]
+
+
+def test_extend_front_keeps_the_policy(tmp_path: Path) -> None:
+    size = 4 + 4 + 100  # frame header and payload
+    newest = Spool(tmp_path / "newest", max_bytes=len(SEGMENT_MAGIC) + 10 * size, policy="drop_newest")
+    newest.push_front([payload(n) for n in range(8)])
+    assert newest.extend_front([payload(n) for n in range(8, 12)]) == 2  # the rest do not fit
+    assert newest.dropped_newest == 2
+    # Newer events were spooled meanwhile: these older ones were accepted already and go in past the limit.
+    assert newest.extend_front([payload(n) for n in range(12, 14)], newer_spooled=True) == 2
+    assert drain(newest) == list(range(10)) + [12, 13]
+
+    oldest = Spool(tmp_path / "oldest", max_bytes=len(SEGMENT_MAGIC) * 2 + 10 * size, policy="drop_oldest",
+                   segment_bytes=1 << 16)
+    oldest.push_front([payload(n) for n in range(6)])
+    oldest.append([payload(n) for n in range(100, 104)])  # newer than anything in front
+    oldest.extend_front([payload(n) for n in range(6, 9)])
+    # The front segment, the oldest, made room; the newer segment behind it stays.
+    assert oldest.dropped_oldest == 6
+    assert drain(oldest) == [6, 7, 8, 100, 101, 102, 103]
+
+
 def test_disk_full_is_counted_not_raised(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
