@@ -9,11 +9,12 @@ memory stays flat however long the outage lasts. When the spool is drained the o
 Failing over keeps what is on disk a prefix of the stream. When a batch from memory fails, the sender writes it
 and the queue behind it to the front of the spool while the event loop goes on queueing in memory; it moves what
 was queued meanwhile right behind them, and only once it finds the queue empty does the event loop append to the
-spool itself. So no document reaches the disk before an older one: a kill -9 during an outage can only lose
-events newer than everything spooled, those still queued. Two windows remain, both the in-memory queue that the
-healthy path may lose: a batch in flight to a cluster that has not failed yet (with the queue behind it, once
-that overflows to disk while the request hangs), and the queue of a failover the event loop outruns by a whole
-queue, whose newer events then go to disk at once.
+spool itself. When a batch from the spool fails (a backlog from an earlier run), the queue goes to the spool's
+end the same way rather than waiting in memory. So no document reaches the disk before an older one: a kill -9
+during an outage can only lose events newer than everything spooled, those still queued. Two windows remain,
+both the in-memory queue that the healthy path may lose: a batch in flight to a cluster that has not failed yet
+(with the queue behind it, once that overflows to disk while the request hangs), and the queue of a failover the
+event loop outruns by a whole queue, whose newer events then go to disk at once.
 
 Results follow Elasticsearch's meaning: per item, 201 is delivered; 409 on a `create` with our deterministic
 `_id` (event.id) means an earlier attempt already delivered it; 429 and 5xx are retried with capped exponential
@@ -470,22 +471,33 @@ class ElasticsearchOutput:
                     return
             elif self._stopping and (self._given_up() or time.monotonic() >= self._deadline):
                 return  # still in the spool, unacknowledged: sent again on the next start
+            elif self._spool is not None:
+                self._fail_over([], front=False)  # while this batch waits, the queue behind it waits on disk
             self._backoff(attempt)
             attempt += 1
         if batch.position is not None and self._spool is not None:
             self._spool.ack(batch.position)
 
-    def _fail_over(self, pending: list[list[Any]]) -> None:
+    def _fail_over(self, pending: list[list[Any]], front: bool = True) -> None:
         """A memory batch failed: it and the queue behind it go to the front of the spool, in order, before the
-        event loop appends anything newer. Returns once the queue is empty and new events go to the spool."""
+        event loop appends anything newer. Returns once the queue is empty and new events go to the spool.
+
+        `front=False`: a batch from the spool is failing, and the queue (newer than all the spool holds) goes to
+        its end the same way, instead of waiting in memory for that batch to get through."""
         assert self._spool is not None
         with self._cond:
             overflowed = self._spooling
+            if not front and (overflowed or not self._queue):
+                return
             self._failing_over = not overflowed
             rest = list(self._queue)
             self._queue.clear()
-        # Ahead of what the spool holds: newer events if the queue overflowed while this batch was in flight.
-        self._spool.push_front(self._pack(pending) + self._pack(self._encode(rest)))
+        payloads = self._pack(pending) + self._pack(self._encode(rest))
+        if front:
+            # Ahead of what the spool holds: newer events if the queue overflowed while this batch was in flight.
+            self._spool.push_front(payloads)
+        else:
+            self._spool.append(payloads)
         if overflowed:
             return
         log.info("elasticsearch: unreachable or refusing; events go to the disk spool")
@@ -496,12 +508,17 @@ class ElasticsearchOutput:
                 overflowed = self._spooling
                 if not rest or overflowed:
                     # Empty: from here on the event loop appends to the spool itself. Overflowed: it does so
-                    # already; what is taken here still goes ahead of its events, right after the front.
+                    # already; what is taken here still goes ahead of its events if it goes to the front (at
+                    # the end, it follows them: order slips by that much).
                     self._spooling = True
                     self._failing_over = False
                 if not rest:
                     return
-            self._spool.extend_front(self._pack(self._encode(rest)), newer_spooled=overflowed)
+            payloads = self._pack(self._encode(rest))
+            if front:
+                self._spool.extend_front(payloads, newer_spooled=overflowed)
+            else:
+                self._spool.append(payloads)
             if overflowed:
                 return
 

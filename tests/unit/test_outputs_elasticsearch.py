@@ -312,6 +312,25 @@ def test_failing_over_puts_nothing_on_disk_ahead_of_older_events(
     assert output.stats()["dropped"] == 0
 
 
+def test_queue_behind_a_failing_backlog_waits_on_disk(tmp_path: Path, server: EsServer) -> None:
+    server.stop()
+    first = make_output(tmp_path, server.url)
+    for number in range(100):
+        first.write(make_doc(number))
+    first.close(timeout=0.2)  # the backlog an earlier run left
+    second = make_output(tmp_path, server.url)
+    assert wait_for(lambda: second.stats()["bulk_failures"] >= 1)  # retrying a batch of the backlog
+    for number in range(100, 200):
+        second.write(make_doc(number))
+    # The queue does not wait in memory, where a kill -9 would lose it, for the backlog to get through.
+    assert wait_for(lambda: second.stats()["spool_appended"] == 100 and second.stats()["queued"] == 0)
+    assert numbers_a_restart_finds(tmp_path / "spool", tmp_path / "after-kill") == list(range(200))
+    server.start()
+    second.close(timeout=15)
+    assert server.ids(EVENTS) == ids(range(200))
+    assert second.stats()["dropped"] == 0
+
+
 @pytest.mark.parametrize("policy", ["drop_newest", "drop_oldest"])
 def test_full_spool_drops_are_counted_exactly(tmp_path: Path, server: EsServer, policy: str) -> None:
     server.stop()
