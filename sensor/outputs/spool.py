@@ -648,6 +648,11 @@ class Spool:
                     segment_id == position.segment_id and position.offset >= segment.size
                 ):
                     self._forget(segment)
+            # A segment below the position left now holds unread payloads (put in front while this batch was
+            # out): the ack on disk must not pass it, or a restart would delete it as delivered.
+            below = next((sid for sid in self._order if sid < position.segment_id), None)
+            if below is not None:
+                position = Position(below, self._segments[below].read_from)
             self._write_ack(position)
 
     def _write_ack(self, position: Position) -> None:

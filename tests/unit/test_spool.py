@@ -176,6 +176,18 @@ def test_extend_front_of_a_front_being_read_goes_ahead_of_it(tmp_path: Path) -> 
     assert drain(spool) == [1, 12, 13, 14]
 
 
+def test_ack_on_disk_never_passes_a_front_pushed_while_a_batch_was_out(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=1000)
+    spool.append([payload(n) for n in range(10, 20)])
+    items, position = spool.read(3, 1 << 20)
+    spool.push_front([payload(1)])
+    assert position is not None
+    spool.ack(position)  # the batch read before the push got through
+    spool.close()
+    # Sent again after a restart: the front, then the rest (the acknowledged three at worst twice).
+    assert drain(Spool(tmp_path, max_bytes=1 << 20)) == [1] + list(range(10, 20))
+
+
 def test_extend_front_keeps_the_policy(tmp_path: Path) -> None:
     size = 4 + 4 + 100  # frame header and payload
     newest = Spool(tmp_path / "newest", max_bytes=len(SEGMENT_MAGIC) + 10 * size, policy="drop_newest")
