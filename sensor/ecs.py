@@ -170,7 +170,7 @@ class DocumentBuilder:
             return cached[1]
         block = SharedBlock(self._build_summary(proc))
         if len(self._summaries) >= SUMMARY_CACHE_SIZE:
-            del self._summaries[next(iter(self._summaries))]
+            self._summaries.clear()  # dropping the first key of a full dict each time costs a scan per insert
         self._summaries[id(proc)] = (proc, block)
         return block
 
@@ -235,12 +235,17 @@ class DocumentBuilder:
             block["parent"] = {"pid": parent.pid, "entity_id": parent.entity_id,
                                "start": iso_time(self.wall(parent.start_boottime_ns))}
         if len(self._entries) >= SUMMARY_CACHE_SIZE:
-            del self._entries[next(iter(self._entries))]
+            self._entries.clear()
         self._entries[key] = (entry, parent, block)
         return block
 
     def leader(self, leader: Process, proc: Process) -> SharedBlock:
         same = leader.pid == proc.pid and leader.start_boottime_ns == proc.start_boottime_ns
+        if leader is proc:
+            # a process leading its own group or session: its exec and end documents share the body already
+            block = SharedBlock(self.process_summary(leader))
+            block["same_as_process"] = True
+            return block
         key = (id(leader), same)
         hit = self._leaders.get(key)
         if hit is not None and hit[0] is leader:
@@ -248,7 +253,7 @@ class DocumentBuilder:
         block = SharedBlock(self.process_summary(leader))
         block["same_as_process"] = same
         if len(self._leaders) >= SUMMARY_CACHE_SIZE:
-            del self._leaders[next(iter(self._leaders))]
+            self._leaders.clear()
         self._leaders[key] = (leader, block)
         return block
 
@@ -365,7 +370,7 @@ class DocumentBuilder:
             )
             if kind == "exec":
                 if len(self._bodies) >= SUMMARY_CACHE_SIZE:
-                    del self._bodies[next(iter(self._bodies))]
+                    self._bodies.clear()
                 self._bodies[id(proc)] = (proc, container, leaders, process, custom, container_blocks)
                 process, custom = dict(process), dict(custom)
         if exit_status is not None:

@@ -147,8 +147,8 @@ def _remember(memo: EntryMemo | None, chain: Sequence[Process], count: int, lead
     """Records the decision for the first COUNT processes of the chain: each either decided it or inherits it."""
     if memo is not None:
         for index in range(count):
-            while len(memo) >= MEMO_SIZE:
-                del memo[next(iter(memo))]
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()  # rebuilt from the table as processes exec; cheaper than evicting one by one
             memo[id(chain[index])] = (chain[index], leader, kind)
     return leader, kind
 
@@ -238,7 +238,7 @@ class SessionModel:
             return hit[2]
         leaders = find_leaders(proc, table, container, self._entries)
         if len(self._leaders) >= self._size:
-            del self._leaders[next(iter(self._leaders))]
+            self._leaders.clear()
         self._leaders[id(proc)] = (proc, container, leaders)
         return leaders
 

@@ -43,7 +43,7 @@ class DocumentEncoder:
             return hit[1]
         text = _COMPACT.encode(block)
         if len(self._blocks) >= self._max_blocks:
-            del self._blocks[next(iter(self._blocks))]
+            self._blocks.clear()  # evicting the first key of a full dict one at a time costs a scan per insert
         self._blocks[id(block)] = (block, text)
         return text
 
