@@ -223,29 +223,38 @@ class DocumentBuilder:
         """Shared like the other leaders: a whole session's processes carry the same entry leader."""
         entry, parent = leaders.entry, leaders.entry_parent
         assert entry is not None
+        if entry is proc:
+            own = self.leader(entry, proc)
+            self._add_entry_fields(own, leaders)
+            return own
         same = entry.pid == proc.pid and entry.start_boottime_ns == proc.start_boottime_ns
         key = (id(entry), same, leaders.entry_type, id(parent))
         hit = self._entries.get(key)
         if hit is not None and hit[0] is entry and hit[1] is parent:
             return hit[2]
         block = SharedBlock(self.leader(entry, proc))
-        if leaders.entry_type:
-            block["entry_meta"] = {"type": leaders.entry_type}
-        if parent is not None:
-            block["parent"] = {"pid": parent.pid, "entity_id": parent.entity_id,
-                               "start": iso_time(self.wall(parent.start_boottime_ns))}
+        self._add_entry_fields(block, leaders)
         if len(self._entries) >= SUMMARY_CACHE_SIZE:
             self._entries.clear()
         self._entries[key] = (entry, parent, block)
         return block
 
-    def leader(self, leader: Process, proc: Process) -> SharedBlock:
+    def _add_entry_fields(self, block: dict[str, Any], leaders: Leaders) -> None:
+        if leaders.entry_type:
+            block["entry_meta"] = {"type": leaders.entry_type}
+        parent = leaders.entry_parent
+        if parent is not None:
+            block["parent"] = {"pid": parent.pid, "entity_id": parent.entity_id,
+                               "start": iso_time(self.wall(parent.start_boottime_ns))}
+
+    def leader(self, leader: Process, proc: Process) -> dict[str, Any]:
         same = leader.pid == proc.pid and leader.start_boottime_ns == proc.start_boottime_ns
         if leader is proc:
-            # a process leading its own group or session: its exec and end documents share the body already
-            block = SharedBlock(self.process_summary(leader))
-            block["same_as_process"] = True
-            return block
+            # A process leading its own group or session: nothing else shares this block, so it stays a plain
+            # dict, encoded with the rest of the document rather than cached.
+            own = dict(self.process_summary(leader))
+            own["same_as_process"] = True
+            return own
         key = (id(leader), same)
         hit = self._leaders.get(key)
         if hit is not None and hit[0] is leader:

@@ -9,6 +9,11 @@ _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_cir
 _ASCII = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), check_circular=False)
 
 
+# Where the document builder puts its SharedBlocks (and "process", which holds more of them).
+TOP_SHARED_KEYS = ("ecs", "data_stream", "host", "agent", "process")
+PROCESS_SHARED_KEYS = ("parent", "group_leader", "session_leader", "entry_leader")
+
+
 class SharedBlock(dict):
     """A sub-document that many documents share unchanged (the host, the agent, a parent or leader process).
 
@@ -47,25 +52,31 @@ class DocumentEncoder:
         self._blocks[id(block)] = (block, text)
         return text
 
-    def _object(self, obj: dict[str, Any], nest: str | None) -> str:
-        """The plain members in one C-encoder call, the shared ones from the cache, in the object's order
-        (JSON objects are unordered; only readers of the raw text would see shared members moved last)."""
-        plain: dict[str, Any] = {}
+    def _object(self, obj: dict[str, Any], shared_keys: tuple[str, ...]) -> str:
+        """The members named in shared_keys from the cache when they are SharedBlocks, the rest in one
+        C-encoder call. Only those few keys are looked at: walking every member in Python costs more than
+        the cache saves. JSON objects are unordered; a reader of the raw text sees the shared members last."""
+        plain = obj
         shared: list[str] = []
-        for key, value in obj.items():
+        for key in shared_keys:
+            value = obj.get(key)
             if type(value) is SharedBlock:
-                shared.append(f"{self._key(key)}:{self._block(value)}")
-            elif key == nest and type(value) is dict:
-                shared.append(f"{self._key(key)}:{self._object(value, None)}")
+                text = self._block(value)
+            elif key == "process" and type(value) is dict:
+                text = self._object(value, PROCESS_SHARED_KEYS)
             else:
-                plain[key] = value
+                continue
+            if plain is obj:
+                plain = dict(obj)
+            del plain[key]
+            shared.append(f"{self._key(key)}:{text}")
         if not shared:
-            return _COMPACT.encode(plain)
+            return _COMPACT.encode(obj)
         head = _COMPACT.encode(plain)[:-1] if plain else "{"
         return head + ("," if plain else "") + ",".join(shared) + "}"
 
     def json(self, doc: dict[str, Any]) -> bytes:
-        text = self._object(doc, "process")
+        text = self._object(doc, TOP_SHARED_KEYS)
         try:
             return text.encode("utf-8")
         except UnicodeEncodeError:
