@@ -193,6 +193,57 @@ static __always_inline u32 fill_cwd(struct exec_record *e, const void *task)
     return off;
 }
 
+/* Fork records are deferred: most children exec at once, and their exec record carries everything the fork
+ * record would (parent, start time, credentials, cgroup), so a fork record is sent only for a child that is
+ * still needed without an exec of its own: when it exits, or when a descendant execs (so the descendant's
+ * ancestry is complete in user space before its exec record). Sending it for every fork cost user space a
+ * third of its records in exec storms. When the map is full, the record goes out at once as before. */
+#ifndef PENDING_FORKS
+#define PENDING_FORKS 32768
+#endif
+#define PENDING_DEPTH 8 /* fork-only ancestors released ahead of an exec (nested subshells) */
+
+BPF_HASH(pending_forks, u32, struct fork_record, PENDING_FORKS);
+
+static __always_inline void emit_fork(struct fork_record *r)
+{
+    if (events.ringbuf_output(r, sizeof(*r), wakeup_flags()) < 0)
+        count_loss(LOSS_RINGBUF_FULL);
+}
+
+static __always_inline void release_fork(u32 tgid)
+{
+    struct fork_record *pending = pending_forks.lookup(&tgid);
+    if (!pending)
+        return;
+    struct fork_record r = *pending;
+    pending_forks.delete(&tgid);
+    emit_fork(&r);
+}
+
+/* Sends the deferred fork records of the task's fork-only ancestors, the oldest first, so user space learns
+ * each parent before its child. The walk stops at the first ancestor already known to user space. */
+static __always_inline void release_ancestors(const void *task)
+{
+    u32 chain[PENDING_DEPTH] = {};
+    u32 count = 0;
+    void *ancestor = read_ptr(task, OFF_TASK_REAL_PARENT);
+#pragma unroll
+    for (int i = 0; i < PENDING_DEPTH; i++) {
+        u32 tgid = read_u32(ancestor, OFF_TASK_TGID);
+        if (!tgid || !pending_forks.lookup(&tgid))
+            break;
+        chain[i] = tgid;
+        count = i + 1;
+        ancestor = read_ptr(ancestor, OFF_TASK_REAL_PARENT);
+    }
+#pragma unroll
+    for (int i = PENDING_DEPTH - 1; i >= 0; i--) {
+        if (i < count)
+            release_fork(chain[i]);
+    }
+}
+
 /* raw tracepoint sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm):
  * fires once the new image is in place, so mm->arg_start..arg_end holds the final argv (interpreter
  * included for scripts) in the new process's memory, and bprm gives the true argc. */
@@ -201,11 +252,15 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     void *task = (void *)ctx->args[0];
     void *bprm = (void *)ctx->args[2];
     u32 zero = 0;
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32;
+    /* this exec record supersedes the process's own deferred fork record */
+    pending_forks.delete(&tgid);
+    release_ancestors(task);
     struct exec_record *e = exec_scratch.lookup(&zero);
     if (!e)
         return 0;
 
-    u64 pid_tgid = bpf_get_current_pid_tgid();
     u64 uid_gid = bpf_get_current_uid_gid();
     e->hdr.type = RECORD_EXEC;
     e->hdr.ktime_ns = bpf_ktime_get_boot_ns();
@@ -291,8 +346,12 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
     r.uid = (u32)uid_gid;
     r.gid = uid_gid >> 32;
     r.cgroup_id = bpf_get_current_cgroup_id();
-    if (events.ringbuf_output(&r, sizeof(r), wakeup_flags()) < 0)
-        count_loss(LOSS_RINGBUF_FULL);
+    if (pending_forks.insert(&child_tgid, &r) == 0)
+        return 0;
+    /* no room to defer (or a stale entry for a reused pid): send it now, after its fork-only ancestors */
+    pending_forks.delete(&child_tgid);
+    release_ancestors(child);
+    emit_fork(&r);
     return 0;
 }
 
@@ -302,6 +361,12 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         return 0; /* other threads of the process live on */
     void *task = (void *)bpf_get_current_task();
     void *signal = read_ptr(task, OFF_TASK_SIGNAL);
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (pending_forks.lookup(&tgid)) {
+        /* a process that never exec'd: user space learns of it now, its ancestors first */
+        release_ancestors(task);
+        release_fork(tgid);
+    }
 
     struct exit_record r = {};
     r.hdr.type = RECORD_EXIT;

@@ -115,6 +115,28 @@ def test_fork_exec_chain_keeps_parent_and_entity_ids(sensor: SensorProcess) -> N
     assert get(child, "process.entity_id") != get(shell_doc, "process.entity_id")
 
 
+def test_fork_only_processes_are_reported_ancestors_first(sensor: SensorProcess, tmp_path) -> None:
+    """Fork records are deferred in the kernel until needed: nested subshells that never exec must still be
+    the parents of what they run, and a subshell's own exit must still give an end document."""
+    marker = f"nested-{tmp_path.name}"
+    script = f"( ( /bin/echo {marker}; true ); true ); (exit 3); true"
+    shell = run_and_wait(["/bin/bash", "-c", script])
+    echo = sensor.wait_for(lambda d: get(d, "event.action") == "exec" and get(d, "process.args") == [
+        "/bin/echo", marker])[-1]
+    inner_pid = get(echo, "process.parent.pid")
+    assert inner_pid != shell.pid
+    assert get(echo, "process.parent.name") == "bash"
+    inner_end = sensor.end_of(inner_pid)
+    assert get(inner_end, "process.entity_id") == get(echo, "process.parent.entity_id")
+    outer_pid = get(inner_end, "process.parent.pid")
+    outer_end = sensor.end_of(outer_pid)
+    assert get(outer_end, "process.parent.pid") == shell.pid
+    assert get(outer_end, "process.args") == ["/bin/bash", "-c", script]
+    three = sensor.wait_for(lambda d: get(d, "event.action") == "end" and get(d, "process.exit_code") == 3
+                            and get(d, "process.parent.pid") == shell.pid)[-1]
+    assert get(three, "process.name") == "bash" and get(three, "process.pid") not in (shell.pid, outer_pid)
+
+
 def test_documents_agree_with_ecs_field_list(sensor: SensorProcess) -> None:
     child = run_and_wait(["/bin/sh", "-c", "exit 3"])
     for doc in (sensor.exec_of(child.pid), sensor.end_of(child.pid)):
