@@ -11,6 +11,7 @@ import datetime as dt
 import grp
 import hashlib
 import pwd
+import struct
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 
 from sensor import __version__
 from sensor.host import HostFacts
-from sensor.outputs.encoding import SharedBlock
+from sensor.outputs.encoding import ExtendedBlock, SharedBlock
 from sensor.processes import Process
 from sensor.records import Namespaces
 
@@ -62,10 +63,20 @@ def _second_stamp(seconds: int) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+_EVENT_ID = struct.Struct("<8sQIB")
+_EVENT_KINDS = {"exec": 1, "exit": 2}
+
+
+@lru_cache(maxsize=16)
+def _boot_prefix(boot_id: str) -> bytes:
+    return hashlib.sha256(boot_id.encode()).digest()[:8]
+
+
 def event_id(boot_id: str, kind: str, pid: int, ktime_ns: int) -> str:
-    """Deterministic: the same kernel event always gets the same id, so re-delivery deduplicates."""
-    digest = hashlib.sha256(f"{boot_id}:{kind}:{pid}:{ktime_ns}".encode()).digest()
-    return base64.urlsafe_b64encode(digest[:15]).decode()
+    """Deterministic: the same kernel event always gets the same id, so re-delivery deduplicates. Unique: no two
+    events of one kind have the same pid and kernel time in one boot, and the boot id is random per boot."""
+    packed = _EVENT_ID.pack(_boot_prefix(boot_id), ktime_ns, pid & 0xFFFFFFFF, _EVENT_KINDS.get(kind, 0))
+    return base64.urlsafe_b64encode(packed).decode()
 
 
 @lru_cache(maxsize=4096)
@@ -126,9 +137,12 @@ class DocumentBuilder:
         self._leaders: dict[tuple[int, bool], tuple[Process, SharedBlock]] = {}
         self._entries: dict[tuple[int, bool, str | None, int], tuple[Process, Process | None, SharedBlock]] = {}
         self._namespace_blocks: dict[Namespaces, SharedBlock] = {}
+        self._event_bases: dict[tuple[str, str], SharedBlock] = {}
+        self._containers: dict[int, tuple[ContainerLike, tuple[SharedBlock, SharedBlock | None]]] = {}
+        self._id_blocks: dict[tuple[int, bool, bool], SharedBlock] = {}
         # id(process) -> (process, container, leaders, process block, custom block, container blocks) of its
         # exec document, which its end document reuses when nothing it depends on has changed since
-        self._bodies: dict[int, tuple[Process, Any, Leaders, dict, dict, tuple]] = {}
+        self._bodies: dict[int, tuple[Process, Any, Leaders, SharedBlock, SharedBlock, tuple]] = {}
 
     def wall(self, boot_ns: int) -> int:
         return self.boot_wall_offset_ns + boot_ns
@@ -196,14 +210,26 @@ class DocumentBuilder:
         block["interactive"] = proc.interactive
         return block
 
-    def process_block(self, proc: Process, parent: Process | None, leaders: Leaders, in_container: bool) -> dict:
+    def _ids(self, ident: int, host_names: bool, is_user: bool) -> SharedBlock:
+        key = (ident, host_names, is_user)
+        block = self._id_blocks.get(key)
+        if block is None:
+            if len(self._id_blocks) >= SUMMARY_CACHE_SIZE:
+                self._id_blocks.clear()
+            block = self._id_blocks[key] = SharedBlock(
+                _id_block(ident, host_names, user_name if is_user else group_name))
+        return block
+
+    def process_block(self, proc: Process, parent: Process | None, leaders: Leaders,
+                      in_container: bool) -> SharedBlock:
+        """The process of an exec (and then of its end) document; shared by the two."""
         host_names = not in_container
-        block = dict(self.process_summary(proc))
+        block = SharedBlock(self.process_summary(proc))
         if proc.uid >= 0:
-            block["user"] = _id_block(proc.euid, host_names, user_name)
-            block["group"] = _id_block(proc.egid, host_names, group_name)
-            block["real_user"] = _id_block(proc.uid, host_names, user_name)
-            block["real_group"] = _id_block(proc.gid, host_names, group_name)
+            block["user"] = self._ids(proc.euid, host_names, True)
+            block["group"] = self._ids(proc.egid, host_names, False)
+            block["real_user"] = self._ids(proc.uid, host_names, True)
+            block["real_group"] = self._ids(proc.gid, host_names, False)
         if proc.cwd:
             block["working_directory"] = proc.cwd
         if proc.tty_major:
@@ -266,6 +292,20 @@ class DocumentBuilder:
         self._leaders[key] = (leader, block)
         return block
 
+    def _container_blocks(self, container: ContainerLike) -> tuple[SharedBlock, SharedBlock | None]:
+        """container and orchestrator, shared by every document of one resolved container (the resolver hands
+        out a new object when what it knows of the container changes)."""
+        hit = self._containers.get(id(container))
+        if hit is not None and hit[0] is container:
+            return hit[1]
+        orchestrator = self.orchestrator_block(container)
+        blocks = (SharedBlock(self.container_block(container)),
+                  SharedBlock(orchestrator) if orchestrator is not None else None)
+        if len(self._containers) >= SUMMARY_CACHE_SIZE:
+            self._containers.clear()
+        self._containers[id(container)] = (container, blocks)
+        return blocks
+
     @staticmethod
     def container_block(container: ContainerLike) -> dict[str, Any]:
         block: dict[str, Any] = {"id": container.id}
@@ -303,15 +343,15 @@ class DocumentBuilder:
                  "user": ns.user})
         return block
 
-    def custom_block(self, proc: Process, container: ContainerLike | None, cgroup_path: str | None) -> dict:
+    def custom_block(self, proc: Process, container: ContainerLike | None, cgroup_path: str | None) -> SharedBlock:
         cgroup: dict[str, Any] = {"id": proc.cgroup_id}
         if cgroup_path:
             cgroup["path"] = cgroup_path
-        block: dict[str, Any] = {
+        block = SharedBlock({
             "cgroup": cgroup,
             "namespaces": self._namespaces_block(proc.ns),
             "args_truncated": proc.args_truncated,
-        }
+        })
         if proc.exe_ino:
             block["executable"] = {"inode": proc.exe_ino, "device": proc.exe_dev}
             if proc.exe_ctime_ns:
@@ -327,20 +367,17 @@ class DocumentBuilder:
     def envelope(self, *, kind: str, ktime_ns: int, pid: int, sequence: int, event_type: str,
                  action: str) -> dict[str, Any]:
         now = iso_time(self.wall(ktime_ns))
+        base = self._event_bases.get((event_type, action))
+        if base is None:
+            base = self._event_bases[(event_type, action)] = SharedBlock({
+                "kind": "event", "category": ["process"], "type": [event_type], "action": action,
+                "dataset": self._dataset, "module": CUSTOM_KEY})
         return {
             "@timestamp": now,
             "ecs": self._ecs,
-            "event": {
-                "kind": "event",
-                "category": ["process"],
-                "type": [event_type],
-                "action": action,
-                "created": iso_time(time.time_ns()),
-                "id": event_id(self._boot_id, kind, pid, ktime_ns),
-                "sequence": sequence,
-                "dataset": self._dataset,
-                "module": CUSTOM_KEY,
-            },
+            "event": ExtendedBlock(base, {"created": iso_time(time.time_ns()),
+                                          "id": event_id(self._boot_id, kind, pid, ktime_ns),
+                                          "sequence": sequence}),
             "data_stream": self._data_stream,
             "host": self._host,
             "agent": self._agent,
@@ -369,25 +406,19 @@ class DocumentBuilder:
         body = self._bodies.get(id(proc))
         if body is not None and body[0] is proc and body[1] is container and body[2] is leaders:
             _p, _c, _l, process, custom, container_blocks = body
-            process, custom = dict(process), dict(custom)
         else:
             process = self.process_block(proc, parent, leaders, container is not None)
             custom = self.custom_block(proc, container, cgroup_path)
-            container_blocks = (
-                (self.container_block(container), self.orchestrator_block(container)) if container is not None
-                else (None, None)
-            )
+            container_blocks = self._container_blocks(container) if container is not None else (None, None)
             if kind == "exec":
                 if len(self._bodies) >= SUMMARY_CACHE_SIZE:
                     self._bodies.clear()
                 self._bodies[id(proc)] = (proc, container, leaders, process, custom, container_blocks)
-                process, custom = dict(process), dict(custom)
         if exit_status is not None:
             code, signal = exit_code_of(exit_status)
-            process["exit_code"] = code
-            process["end"] = doc["@timestamp"]
+            process = ExtendedBlock(process, {"exit_code": code, "end": doc["@timestamp"]})
             if signal is not None:
-                custom["exit_signal"] = signal
+                custom = ExtendedBlock(custom, {"exit_signal": signal})
             self._bodies.pop(id(proc), None)
         doc["process"] = process
         container_block, orchestrator = container_blocks

@@ -130,7 +130,10 @@ def elastic_entry_leader(proc: Process, table: ProcessTable, chain: Sequence[Pro
             known = memo.get(id(current))
             if known is not None and known[0] is current:
                 return _remember(memo, chain, index, known[1], known[2])
-        parent = chain[index + 1] if index + 1 < len(chain) else table.get(current.ppid)
+        try:
+            parent = chain[index + 1]  # a LazyChain looks up no further than asked
+        except IndexError:
+            parent = table.get(current.ppid)
         decided = _own_entry(current, parent, table)
         if decided is not None:
             return _remember(memo, chain, index + 1, *decided)
@@ -179,7 +182,7 @@ def entry_leader(proc: Process, table: ProcessTable, container: Any = None,
     leader, kind = elastic_entry_leader(proc, table, chain, memo)
     if container is None:
         return leader, kind
-    if (kind not in (None, UNKNOWN) and leader is not None and leader.pid in {p.pid for p in chain}
+    if (kind not in (None, UNKNOWN) and leader is not None and any(p.pid == leader.pid for p in chain)
             and _inside(leader, proc, container)):
         return leader, kind
     return container_entry_leader(proc, chain, container), CONTAINER
@@ -190,6 +193,7 @@ class LazyChain(Sequence[Process]):
 
     def __init__(self, proc: Process, table: ProcessTable) -> None:
         self._items = [proc]
+        self._pids = {proc.pid}
         self._table = table
         self._done = False
 
@@ -197,10 +201,11 @@ class LazyChain(Sequence[Process]):
         items = self._items
         while not self._done and len(items) <= upto:
             parent = self._table.get(items[-1].ppid)
-            if parent is None or len(items) > MAX_DEPTH or any(p is parent for p in items):
+            if parent is None or len(items) > MAX_DEPTH or parent.pid in self._pids:
                 self._done = True
             else:
                 items.append(parent)
+                self._pids.add(parent.pid)
 
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice) or index < 0:

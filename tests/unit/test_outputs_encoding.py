@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import copy
 import json
 
-from sensor.outputs.encoding import DocumentEncoder, SharedBlock
+import pytest
+
+from sensor.outputs.encoding import DocumentEncoder, ExtendedBlock, SharedBlock
 from tests.unit.test_ecs import Container, build
 
 
@@ -25,9 +28,38 @@ def test_shared_blocks_are_encoded_once() -> None:
     encoder = DocumentEncoder()
     host = SharedBlock({"name": "a"})
     encoder.json({"host": host, "n": 1})
-    host_text = encoder._blocks[id(host)][1]  # noqa: SLF001 - the cache is what is tested
-    assert host_text == '{"name":"a"}'
-    assert encoder.json({"host": host, "n": 2}) == b'{"n":2,"host":{"name":"a"}}'
+    assert host._text == '{"name":"a"}'  # noqa: SLF001 - the kept text is what is tested
+    host._text = '{"name":"kept"}'  # noqa: SLF001 - proves the second encoding reads it
+    assert encoder.json({"host": host, "n": 2}) == b'{"n":2,"host":{"name":"kept"}}'
+
+
+def test_blocks_nested_in_blocks_and_extended_blocks() -> None:
+    parent = SharedBlock({"pid": 1, "name": "init"})
+    process = SharedBlock({"pid": 7, "args": ["a", "b"], "parent": parent, "user": SharedBlock({"id": "0"})})
+    end = ExtendedBlock(process, {"exit_code": 3, "end": "t"})
+    event = ExtendedBlock(SharedBlock({"kind": "event"}), {"id": "x", "meta": SharedBlock({"k": [1]})})
+    doc = {"@timestamp": "t", "event": event, "process": end, "empty": ExtendedBlock(SharedBlock(), {"a": 1})}
+    out = DocumentEncoder().json(doc)
+    assert json.loads(out) == json.loads(reference(doc))
+    assert len(out) == len(reference(doc))
+    assert out.startswith(b'{"@timestamp":"t",')
+    assert dict(end) == {**process, "exit_code": 3, "end": "t"}, "readers see one object"
+
+
+def test_extended_block_refuses_a_member_of_its_base() -> None:
+    with pytest.raises(ValueError, match="pid"):
+        ExtendedBlock(SharedBlock({"pid": 1}), {"pid": 2})
+
+
+def test_copies_are_plain_dicts_free_to_change() -> None:
+    shared = SharedBlock({"alert": None, "inner": SharedBlock({"a": 1})})
+    DocumentEncoder().json({"x": shared})
+    for copied in (copy.deepcopy({"x": shared})["x"], copy.copy(shared), dict(shared)):
+        assert type(copied) is dict
+        copied["alert"] = {"rule": "r"}
+        assert json.loads(DocumentEncoder().json({"x": copied}))["x"]["alert"] == {"rule": "r"}
+    extended = ExtendedBlock(shared, {"more": 1})
+    assert type(copy.deepcopy(extended)) is dict and copy.deepcopy(extended)["more"] == 1
 
 
 def test_lone_surrogates_fall_back_to_ascii_escapes() -> None:
@@ -35,11 +67,3 @@ def test_lone_surrogates_fall_back_to_ascii_escapes() -> None:
     out = DocumentEncoder().json(doc)
     out.decode("ascii")
     assert json.loads(out) == doc
-
-
-def test_cache_is_bounded() -> None:
-    encoder = DocumentEncoder(max_blocks=4)
-    blocks = [SharedBlock({"i": i}) for i in range(10)]
-    for block in blocks:
-        assert encoder.json({"host": block}) == reference({"host": block})  # nothing plain: order unchanged
-    assert 0 < len(encoder._blocks) <= 4  # noqa: SLF001
