@@ -153,6 +153,7 @@ def probe_options(config: Any) -> Any:
     return ProbeOptions(
         ringbuf_pages=max(1, getattr(config, "probe_ringbuf_size", 8 << 20) // 4096),
         args_max=getattr(config, "probe_argv_max_bytes", 16384),
+        ring_reader=getattr(config, "probe_ring_reader", "auto"),
     )
 
 
@@ -212,7 +213,8 @@ def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | Non
                 recorder.write(CgroupRecord(now, "mkdir", V2_HIERARCHY, cgroup_id, path.count("/"), path.encode()))
         for proc in seeded:
             recorder.write(snapshot_of(proc, now))
-    log.info("probe attached in %.2fs, %d running processes seeded", time.monotonic() - started, len(seeded))
+    log.info("probe attached in %.2fs (ring buffer read by %s), %d running processes seeded",
+             time.monotonic() - started, probe.reader_name, len(seeded))
     settle_garbage_collector()
     ready_file = getattr(config, "ready_file", None)
     if ready_file:

@@ -29,6 +29,7 @@ OUTPUT_KINDS = ("stdout", "file", "elasticsearch")
 FORMATS = ("ndjson", "compact")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+RING_READERS = ("auto", "mmap", "libbpf")
 SPOOL_POLICIES = ("drop-oldest", "drop-newest")
 PAGE_SIZE = 4096
 
@@ -73,6 +74,7 @@ class Config:
     elasticsearch_timeout: float = 10.0
     probe_ringbuf_size: int = 8 * 1024 * 1024
     probe_argv_max_bytes: int = 16384
+    probe_ring_reader: str = "auto"
     # Where each value came from ("default", "file PATH", "env CONTAINER_SENSOR_...", "command line"), by field.
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -337,6 +339,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("elasticsearch.timeout", parse_duration, "request timeout for Elasticsearch"),
     Option("probe.ringbuf_size", parse_size, "BPF ring buffer size (power of two, at least 4096)"),
     Option("probe.argv_max_bytes", parse_size, "argv bytes captured per exec (power of two, 512-16384)"),
+    Option("probe.ring_reader", choice(RING_READERS),
+           "how records are read: mmap (x86 only), libbpf (a callback per record), or auto"),
 )
 # Fields whose type admits None.
 OPTIONAL_FIELDS = {f.name: "None" in str(f.type) for f in fields(Config)}

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sensor import ringbuf
 from sensor.btf import BTFError, KernelBTF
 from sensor.kernel_headers import HeaderError, ensure_kernel_headers
 from sensor.kernel_offsets import kernel_macros
@@ -26,6 +28,7 @@ from sensor.probe_layout import (
     decode,
 )
 from sensor.records import LossRecord, Record
+from sensor.ringbuf import RingBufferReader
 from sensor.tracefs import TracefsError, ensure_tracefs
 
 
@@ -49,6 +52,7 @@ def bpf_source_dir() -> Path:
 class ProbeOptions:
     ringbuf_pages: int = 2048  # 8 MiB: a storm of small records at saturation fits several hundred ms of backlog
     args_max: int = 16384  # argv bytes kept per exec; a power of two
+    ring_reader: str = "auto"  # "mmap", "libbpf" or "auto" (sensor/ringbuf.py says why and where)
 
 
 class Probe:
@@ -58,6 +62,7 @@ class Probe:
         self._on_record = on_record
         self._options = options or ProbeOptions()
         self._bpf = None
+        self._reader: RingBufferReader | None = None
         self.decode_errors = 0
         self.records = 0
 
@@ -91,20 +96,33 @@ class Probe:
             self._bpf = BPF(src_file=str(source).encode(), cflags=cflags)
         except Exception as exc:  # bcc raises bare Exception on compile or load failure
             raise ProbeError(f"cannot compile or load the BPF program: {exc}") from exc
+        reader = opts.ring_reader
+        if reader == "mmap" and not ringbuf.supported():
+            raise ProbeError(f"probe.ring_reader mmap needs an x86 CPU, not {platform.machine()}: use libbpf or auto")
         try:
-            self._bpf["events"].open_ring_buffer(self._callback)
+            if reader == "mmap" or (reader == "auto" and ringbuf.supported()):
+                self._reader = RingBufferReader(self._bpf["events"].map_fd)
+            else:
+                self._bpf["events"].open_ring_buffer(self._callback)
         except Exception as exc:
             raise ProbeError(f"cannot open the BPF ring buffer: {exc}") from exc
 
+    @property
+    def reader_name(self) -> str:
+        return "mmap" if self._reader is not None else "libbpf"
+
     def _callback(self, _ctx: object, data: int, size: int) -> int:
+        self._handle(ctypes.string_at(data, size))
+        return 0
+
+    def _handle(self, raw: bytes) -> None:
         try:
-            record = decode(ctypes.string_at(data, size))
+            record = decode(raw)
         except DecodeError:
             self.decode_errors += 1
-            return 0
+            return
         self.records += 1
         self._on_record(record)
-        return 0
 
     def poll(self, timeout_ms: int) -> None:
         """Waits up to timeout_ms for a wake-up, then delivers everything in the ring buffer.
@@ -112,12 +130,18 @@ class Probe:
         The probe wakes the consumer only every few records (bpf/sensor.c WAKEUP_EVERY) and libbpf's poll only
         reads rings that woke it, so the records written since the last wake-up are consumed explicitly."""
         assert self._bpf is not None
+        if self._reader is not None:
+            self._reader.wait(timeout_ms)
+            self._reader.consume(self._handle)
+            return
         self._bpf.ring_buffer_poll(timeout_ms)
         self._bpf.ring_buffer_consume()
 
     def drain(self) -> None:
         """Delivers what is already in the ring buffer without waiting."""
-        if self._bpf is not None:
+        if self._reader is not None:
+            self._reader.consume(self._handle)
+        elif self._bpf is not None:
             self._bpf.ring_buffer_consume()
 
     def loss(self) -> LossRecord:
@@ -135,6 +159,9 @@ class Probe:
         )
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None

@@ -1,6 +1,8 @@
 """The process table: pid -> what we know of the process, seeded from /proc, kept current by probe records.
 
 Entries are replaced, not edited, on exec and fork, so a document built from an entry keeps the values it saw.
+Process is not a frozen dataclass only because frozen construction costs half as much again, once per exec:
+nothing assigns to a Process after it is made, and the builder's caches rely on that.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def entity_id(boot_id: str, pid: int, start_boottime_ns: int) -> str:
     return base64.urlsafe_b64encode(digest[:18]).decode()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Process:
     pid: int
     ppid: int

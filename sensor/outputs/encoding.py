@@ -61,6 +61,7 @@ class ExtendedBlock(dict):
         self.update(own)
         self.base = base
         self.own = own
+        self._text: str | None = None
 
     def __copy__(self) -> dict:
         return dict(self)
@@ -77,18 +78,16 @@ def _key_text(key: str) -> str:
 
 
 def _shared_text(block: SharedBlock) -> str:
-    try:
-        return block._text  # noqa: SLF001 - the cache this module keeps on its own type
-    except AttributeError:
-        text = block._text = _object_text(block)  # noqa: SLF001
-        return text
+    text = getattr(block, "_text", None)  # the slot is unset until the first encoding
+    if text is None:
+        text = block._text = _object_text(block)  # noqa: SLF001 - the cache this module keeps on its own type
+    return text
 
 
 def _extended_text(block: ExtendedBlock) -> str:
-    try:
-        return block._text  # noqa: SLF001
-    except AttributeError:
-        pass
+    text = block._text  # noqa: SLF001
+    if text is not None:
+        return text
     base = _shared_text(block.base)
     if not block.own:
         text = base
