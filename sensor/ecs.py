@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import grp
-import hashlib
 import pwd
 import struct
 import time
@@ -20,7 +19,7 @@ from typing import Any, Protocol
 from sensor import __version__
 from sensor.host import HostFacts
 from sensor.outputs.encoding import ExtendedBlock, SharedBlock
-from sensor.processes import Process
+from sensor.processes import Process, boot_prefix
 from sensor.records import Namespaces
 
 ECS_VERSION = "9.4.0"
@@ -63,19 +62,14 @@ def _second_stamp(seconds: int) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
-_EVENT_ID = struct.Struct("<8sQIB")
+_EVENT_ID = struct.Struct("<9sQIB")
 _EVENT_KINDS = {"exec": 1, "exit": 2}
-
-
-@lru_cache(maxsize=16)
-def _boot_prefix(boot_id: str) -> bytes:
-    return hashlib.sha256(boot_id.encode()).digest()[:8]
 
 
 def event_id(boot_id: str, kind: str, pid: int, ktime_ns: int) -> str:
     """Deterministic: the same kernel event always gets the same id, so re-delivery deduplicates. Unique: no two
     events of one kind have the same pid and kernel time in one boot, and the boot id is random per boot."""
-    packed = _EVENT_ID.pack(_boot_prefix(boot_id), ktime_ns, pid & 0xFFFFFFFF, _EVENT_KINDS.get(kind, 0))
+    packed = _EVENT_ID.pack(boot_prefix(boot_id), ktime_ns, pid & 0xFFFFFFFF, _EVENT_KINDS.get(kind, 0))
     return base64.urlsafe_b64encode(packed).decode()
 
 
@@ -124,13 +118,15 @@ class DocumentBuilder:
     ) -> None:
         self.boot_wall_offset_ns = boot_wall_offset_ns
         self._dataset = data_stream_dataset
-        # Blocks every document shares, built once (see SharedBlock).
-        self._host = SharedBlock(self._host_block(host))
-        self._agent = SharedBlock({"type": "container-sensor", "version": __version__, "name": host.hostname,
-                                   "id": agent_id or host.host_id})
-        self._ecs = SharedBlock({"version": ECS_VERSION})
-        self._data_stream = SharedBlock({"type": "logs", "dataset": data_stream_dataset,
-                                         "namespace": data_stream_namespace})
+        # The members every document of this host shares, built once (see SharedBlock).
+        self._host_base = SharedBlock({
+            "ecs": SharedBlock({"version": ECS_VERSION}),
+            "data_stream": SharedBlock({"type": "logs", "dataset": data_stream_dataset,
+                                        "namespace": data_stream_namespace}),
+            "host": SharedBlock(self._host_block(host)),
+            "agent": SharedBlock({"type": "container-sensor", "version": __version__, "name": host.hostname,
+                                  "id": agent_id or host.host_id}),
+        })
         self._boot_id = host.boot_id
         self.hostname = host.hostname
         self._summaries: dict[int, tuple[Process, SharedBlock]] = {}
@@ -138,11 +134,11 @@ class DocumentBuilder:
         self._entries: dict[tuple[int, bool, str | None, int], tuple[Process, Process | None, SharedBlock]] = {}
         self._namespace_blocks: dict[Namespaces, SharedBlock] = {}
         self._event_bases: dict[tuple[str, str], SharedBlock] = {}
-        self._containers: dict[int, tuple[ContainerLike, tuple[SharedBlock, SharedBlock | None]]] = {}
+        self._containers: dict[int, tuple[ContainerLike, SharedBlock]] = {}
         self._id_blocks: dict[tuple[int, bool, bool], SharedBlock] = {}
-        # id(process) -> (process, container, leaders, process block, custom block, container blocks) of its
+        # id(process) -> (process, container, leaders, process block, custom block, document base) of its
         # exec document, which its end document reuses when nothing it depends on has changed since
-        self._bodies: dict[int, tuple[Process, Any, Leaders, SharedBlock, SharedBlock, tuple]] = {}
+        self._bodies: dict[int, tuple[Process, Any, Leaders, SharedBlock, SharedBlock, SharedBlock]] = {}
 
     def wall(self, boot_ns: int) -> int:
         return self.boot_wall_offset_ns + boot_ns
@@ -292,19 +288,21 @@ class DocumentBuilder:
         self._leaders[key] = (leader, block)
         return block
 
-    def _container_blocks(self, container: ContainerLike) -> tuple[SharedBlock, SharedBlock | None]:
-        """container and orchestrator, shared by every document of one resolved container (the resolver hands
-        out a new object when what it knows of the container changes)."""
+    def _container_base(self, container: ContainerLike) -> SharedBlock:
+        """The host's shared members plus container and orchestrator, shared by every document of one resolved
+        container (the resolver hands out a new object when what it knows of the container changes)."""
         hit = self._containers.get(id(container))
         if hit is not None and hit[0] is container:
             return hit[1]
+        base = SharedBlock(self._host_base)
+        base["container"] = SharedBlock(self.container_block(container))
         orchestrator = self.orchestrator_block(container)
-        blocks = (SharedBlock(self.container_block(container)),
-                  SharedBlock(orchestrator) if orchestrator is not None else None)
+        if orchestrator is not None:
+            base["orchestrator"] = SharedBlock(orchestrator)
         if len(self._containers) >= SUMMARY_CACHE_SIZE:
             self._containers.clear()
-        self._containers[id(container)] = (container, blocks)
-        return blocks
+        self._containers[id(container)] = (container, base)
+        return base
 
     @staticmethod
     def container_block(container: ContainerLike) -> dict[str, Any]:
@@ -364,24 +362,15 @@ class DocumentBuilder:
 
     # -- documents --------------------------------------------------------------------------------------
 
-    def envelope(self, *, kind: str, ktime_ns: int, pid: int, sequence: int, event_type: str,
-                 action: str) -> dict[str, Any]:
-        now = iso_time(self.wall(ktime_ns))
+    def event_block(self, *, kind: str, ktime_ns: int, pid: int, sequence: int, event_type: str,
+                    action: str) -> ExtendedBlock:
         base = self._event_bases.get((event_type, action))
         if base is None:
             base = self._event_bases[(event_type, action)] = SharedBlock({
                 "kind": "event", "category": ["process"], "type": [event_type], "action": action,
                 "dataset": self._dataset, "module": CUSTOM_KEY})
-        return {
-            "@timestamp": now,
-            "ecs": self._ecs,
-            "event": ExtendedBlock(base, {"created": iso_time(time.time_ns()),
-                                          "id": event_id(self._boot_id, kind, pid, ktime_ns),
-                                          "sequence": sequence}),
-            "data_stream": self._data_stream,
-            "host": self._host,
-            "agent": self._agent,
-        }
+        return ExtendedBlock(base, {"created": iso_time(time.time_ns()),
+                                    "id": event_id(self._boot_id, kind, pid, ktime_ns), "sequence": sequence})
 
     def process_event(
         self,
@@ -396,35 +385,32 @@ class DocumentBuilder:
         cgroup_path: str | None,
         exit_status: int | None = None,
     ) -> dict[str, Any]:
-        """An exec (kind "exec") or end (kind "exit") document."""
+        """An exec (kind "exec") or end (kind "exit") document.
+
+        An ExtendedBlock: the members every document of the host (and of the container) shares are its base,
+        encoded once."""
+        timestamp = iso_time(self.wall(ktime_ns))
         if kind == "exec":
-            doc = self.envelope(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
-                                event_type="start", action="exec")
+            event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
+                                     event_type="start", action="exec")
         else:
-            doc = self.envelope(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
-                                event_type="end", action="end")
+            event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
+                                     event_type="end", action="end")
         body = self._bodies.get(id(proc))
         if body is not None and body[0] is proc and body[1] is container and body[2] is leaders:
-            _p, _c, _l, process, custom, container_blocks = body
+            _p, _c, _l, process, custom, base = body
         else:
             process = self.process_block(proc, parent, leaders, container is not None)
             custom = self.custom_block(proc, container, cgroup_path)
-            container_blocks = self._container_blocks(container) if container is not None else (None, None)
+            base = self._container_base(container) if container is not None else self._host_base
             if kind == "exec":
                 if len(self._bodies) >= SUMMARY_CACHE_SIZE:
                     self._bodies.clear()
-                self._bodies[id(proc)] = (proc, container, leaders, process, custom, container_blocks)
+                self._bodies[id(proc)] = (proc, container, leaders, process, custom, base)
         if exit_status is not None:
             code, signal = exit_code_of(exit_status)
-            process = ExtendedBlock(process, {"exit_code": code, "end": doc["@timestamp"]})
+            process = ExtendedBlock(process, {"exit_code": code, "end": timestamp})
             if signal is not None:
                 custom = ExtendedBlock(custom, {"exit_signal": signal})
             self._bodies.pop(id(proc), None)
-        doc["process"] = process
-        container_block, orchestrator = container_blocks
-        if container_block is not None:
-            doc["container"] = container_block
-            if orchestrator is not None:
-                doc["orchestrator"] = orchestrator
-        doc[CUSTOM_KEY] = custom
-        return doc
+        return ExtendedBlock(base, {"@timestamp": timestamp, "event": event, "process": process, CUSTOM_KEY: custom})

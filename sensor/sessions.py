@@ -235,17 +235,56 @@ class SessionModel:
     def __init__(self, size: int = MEMO_SIZE) -> None:
         self._entries: EntryMemo = {}
         self._leaders: dict[int, tuple[Process, Any, Leaders]] = {}
+        # id(parent) -> (parent, container, leaders a child of it inherited)
+        self._children_entry: dict[int, tuple[Process, Any, Leaders]] = {}
         self._size = size
 
     def __call__(self, proc: Process, table: ProcessTable, container: Any = None) -> Leaders:
         hit = self._leaders.get(id(proc))
         if hit is not None and hit[0] is proc and hit[1] is container:
             return hit[2]
-        leaders = find_leaders(proc, table, container, self._entries)
+        inherits = _decides_nothing(proc)
+        leaders = self._inherited(proc, table, container) if inherits else None
+        if leaders is None:
+            leaders = find_leaders(proc, table, container, self._entries)
+            parent = table.get(proc.ppid) if inherits else None
+            if parent is not None and leaders.entry is not None and leaders.entry_type not in (None, UNKNOWN):
+                # what this process inherited is what every other child of that parent in that container will
+                if len(self._children_entry) >= self._size:
+                    self._children_entry.clear()
+                self._children_entry[id(parent)] = (parent, container, leaders)
         if len(self._leaders) >= self._size:
             self._leaders.clear()
         self._leaders[id(proc)] = (proc, container, leaders)
         return leaders
+
+    def _inherited(self, proc: Process, table: ProcessTable, container: Any) -> Leaders | None:
+        """The common case without a walk: a process that decides no entry of its own, in the same container
+        as its parent, has the entry leader, type and entry parent that its parent has (when the parent's own
+        leaders are known) or that a sibling inherited from it: exactly what find_leaders would compute."""
+        parent = table.get(proc.ppid)
+        if parent is None:
+            return None
+        hit = self._leaders.get(id(parent))
+        if hit is None or hit[0] is not parent or hit[1] is not container:
+            hit = self._children_entry.get(id(parent))
+            if hit is None or hit[0] is not parent or hit[1] is not container:
+                return None
+        inherited = hit[2]
+        if inherited.entry is None or inherited.entry_type in (None, UNKNOWN):
+            return None
+        return Leaders(
+            group=_self_or_table(proc, proc.pgid, table),
+            session=_self_or_table(proc, proc.sid, table),
+            entry=inherited.entry,
+            entry_type=inherited.entry_type,
+            entry_parent=inherited.entry_parent,
+        )
+
+
+def _decides_nothing(proc: Process) -> bool:
+    """Not a row of its own in the decision table: the process inherits its parent's entry."""
+    return proc.sid != proc.pid and proc.pid > 2 and proc.ppid != 2 and not proc.kthread
 
 
 def find_leaders(proc: Process, table: ProcessTable, container: Any = None, memo: EntryMemo | None = None) -> Leaders:

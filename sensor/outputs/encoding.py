@@ -26,6 +26,7 @@ def _plain_encoder() -> Any:
 
 
 _plain = _plain_encoder()
+_escape = getattr(_stdlib_encoder, "c_encode_basestring", None) or _stdlib_encoder.py_encode_basestring
 _key_texts: dict[str, str] = {}
 
 
@@ -57,8 +58,7 @@ class ExtendedBlock(dict):
     def __init__(self, base: SharedBlock, own: dict[str, Any]) -> None:
         if not base.keys().isdisjoint(own):
             raise ValueError(f"members {sorted(base.keys() & own.keys())} are in the base already")
-        super().__init__(base)
-        self.update(own)
+        dict.__init__(self, base, **own)
         self.base = base
         self.own = own
         self._text: str | None = None
@@ -73,7 +73,7 @@ class ExtendedBlock(dict):
 def _key_text(key: str) -> str:
     text = _key_texts.get(key)
     if text is None:
-        text = _key_texts[key] = _plain(key) + ":"
+        text = _key_texts[key] = _escape(key) + ":"
     return text
 
 
@@ -85,6 +85,7 @@ def _shared_text(block: SharedBlock) -> str:
 
 
 def _extended_text(block: ExtendedBlock) -> str:
+    """The own members first, so a document's `@timestamp` leads its line."""
     text = block._text  # noqa: SLF001
     if text is not None:
         return text
@@ -94,29 +95,36 @@ def _extended_text(block: ExtendedBlock) -> str:
     elif len(base) == 2:  # "{}"
         text = _object_text(block.own)
     else:
-        text = base[:-1] + "," + _object_text(block.own)[1:]
+        text = _object_text(block.own)[:-1] + "," + base[1:]
     block._text = text  # noqa: SLF001
     return text
 
 
 def _object_text(obj: dict[str, Any]) -> str:
-    """The members that are shared or extended blocks from their kept text, the rest in one C-encoder call.
-    JSON objects are unordered; a reader of the raw text sees the plain members first (`@timestamp` leads a
-    document's line)."""
+    """The members that are shared or extended blocks from their kept text, the rest in one C-encoder call
+    (a lone string member escaped directly). JSON objects are unordered: the plain members come first."""
     plain: dict[str, Any] = {}
     blocks: list[str] = []
+    keys = _key_texts
     for key, value in obj.items():
         kind = type(value)
         if kind is SharedBlock:
-            blocks.append(_key_text(key) + _shared_text(value))
+            text = getattr(value, "_text", None) or _shared_text(value)
         elif kind is ExtendedBlock:
-            blocks.append(_key_text(key) + _extended_text(value))
+            text = value._text or _extended_text(value)  # noqa: SLF001
         else:
             plain[key] = value
+            continue
+        blocks.append((keys.get(key) or _key_text(key)) + text)
     if not blocks:
         return _plain(obj)
-    head = _plain(plain)[:-1] + "," if plain else "{"
-    return head + ",".join(blocks) + "}"
+    if not plain:
+        return "{" + ",".join(blocks) + "}"
+    if len(plain) == 1:
+        ((key, value),) = plain.items()
+        if type(value) is str:
+            return "{" + (keys.get(key) or _key_text(key)) + _escape(value) + "," + ",".join(blocks) + "}"
+    return _plain(plain)[:-1] + "," + ",".join(blocks) + "}"
 
 
 class DocumentEncoder:
@@ -127,7 +135,13 @@ class DocumentEncoder:
     which every JSON reader accepts."""
 
     def json(self, doc: dict[str, Any]) -> bytes:
-        text = _object_text(doc)
+        kind = type(doc)
+        if kind is ExtendedBlock:
+            text = _extended_text(doc)
+        elif kind is SharedBlock:
+            text = _shared_text(doc)
+        else:
+            text = _object_text(doc)
         try:
             return text.encode("utf-8")
         except UnicodeEncodeError:

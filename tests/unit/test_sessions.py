@@ -15,6 +15,7 @@ from sensor.sessions import (
     TERMINAL,
     UNKNOWN,
     SessionModel,
+    _inside,
     elastic_entry_leader,
     find_leaders,
     tty_kind,
@@ -56,6 +57,13 @@ def entry(t: ProcessTable, pid: int, container=None):
     memoized = model(t.get(pid), t, container)
     assert memoized == leaders
     assert model(t.get(pid), t, container) is memoized, "an end event reuses the exec's leaders"
+    # As in the pipeline, ancestors inside the container are computed with it: children then inherit their
+    # parent's entry without a walk, and must get what the walk gives.
+    model = SessionModel()
+    target = t.get(pid)
+    for ancestor in reversed(chain[1:]):
+        model(ancestor, t, container if container is not None and _inside(ancestor, target, container) else None)
+    assert model(target, t, container) == leaders
     return (leaders.entry.pid if leaders.entry else None), leaders.entry_type
 
 
@@ -121,6 +129,25 @@ def test_podman_exec_tty_and_nested_shells():
                     proc(23300, 23214, "/bin/sh", sid=23214, pgid=23300, tty=(136, 0), ns=CTR, cg=CTR_CG),
                     proc(23301, 23300, "/usr/bin/ssh", sid=23214, pgid=23300, tty=(136, 0), ns=CTR, cg=CTR_CG))
     assert entry(t, 23301, PODMAN) == (23214, CONTAINER)
+
+
+def test_siblings_under_a_parent_never_computed_inherit_what_the_first_child_found():
+    """A storm's children share a fork-only parent whose own leaders are never computed: the second child onward
+    takes the entry its sibling inherited, and must get exactly what the walk gives, in and out of a container."""
+    t = podman_tree(proc(23203, 1, "/usr/bin/conmon", sid=23203),
+                    proc(23214, 23203, "/bin/sh", sid=23214, ns=CTR, cg=CTR_CG),
+                    proc(23300, 23214, "/bin/sh", sid=23214, pgid=23300, ns=CTR, cg=CTR_CG),
+                    *(proc(pid, 23300, "/bin/true", sid=23214, pgid=23300, ns=CTR, cg=CTR_CG)
+                      for pid in (23301, 23302, 23303)),
+                    proc(5000, 4973, "/usr/bin/python3", sid=4973),
+                    *(proc(pid, 5000, "/bin/true", sid=4973) for pid in (5001, 5002)),
+                    proc(5003, 5000, "/bin/true", sid=5003))
+    model = SessionModel()
+    for pid, container in ((23301, PODMAN), (23302, PODMAN), (23303, PODMAN), (5001, None), (5002, None),
+                           (5003, None)):
+        assert model(t.get(pid), t, container) == find_leaders(t.get(pid), t, container), pid
+    assert model._children_entry[id(t.get(23300))][1] is PODMAN  # noqa: SLF001 - the memo is what is tested
+    assert model(t.get(23302), t, PODMAN).entry.pid == 23214
 
 
 def test_sshd_inside_container_keeps_sshd_type():
