@@ -75,6 +75,7 @@ class Config:
     probe_ringbuf_size: int = 8 * 1024 * 1024
     probe_argv_max_bytes: int = 16384
     probe_ring_reader: str = "auto"
+    priority_boost: int = 4
     # Where each value came from ("default", "file PATH", "env CONTAINER_SENSOR_...", "command line"), by field.
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -339,6 +340,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("elasticsearch.timeout", parse_duration, "request timeout for Elasticsearch"),
     Option("probe.ringbuf_size", parse_size, "BPF ring buffer size (power of two, at least 4096)"),
     Option("probe.argv_max_bytes", parse_size, "argv bytes captured per exec (power of two, 512-16384)"),
+    Option("priority_boost", parse_int,
+           "how many nice levels above normal the sensor runs (as auditd's priority_boost; 0 keeps it normal)"),
     Option("probe.ring_reader", choice(RING_READERS),
            "how records are read: mmap (x86 only), libbpf (a callback per record), or auto"),
 )
@@ -446,6 +449,8 @@ def _check(config: Config, problems: list[str]) -> None:
     size = config.probe_ringbuf_size
     if size < PAGE_SIZE or size & (size - 1):
         problems.append(f"probe.ringbuf_size: must be a power of two of at least 4096 bytes, got {size}")
+    if not 0 <= config.priority_boost <= 19:
+        problems.append(f"priority_boost: must be from 0 to 19, got {config.priority_boost}")
     argv = config.probe_argv_max_bytes
     # the per-CPU scratch record (argv + path + header) must fit the kernel's 32 KiB per-CPU allocation
     if not 512 <= argv <= 16384 or argv & (argv - 1):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -15,6 +17,21 @@ from sensor.outputs.encoding import DocumentEncoder
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.1  # seconds: the most a line waits in the buffer while documents keep coming
+
+
+PIPE_SIZE = 1 << 20
+
+
+def _widen_pipe(stream: IO[bytes]) -> None:
+    """A pipe's default 64 KiB holds a fraction of one poll's documents in a storm: every flush then blocks
+    until the reader has drained it, a round of context switches each time. 1 MiB is Linux's default most
+    for an unprivileged pipe (fs.pipe-max-size); where it cannot be had, the pipe stays as it is."""
+    try:
+        fd = stream.fileno()
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 class StdoutOutput:
@@ -32,6 +49,7 @@ class StdoutOutput:
             (lambda doc: (compact_line(doc, color=color) + "\n").encode("utf-8", "backslashreplace"))
             if compact else DocumentEncoder().line
         )
+        _widen_pipe(self._stream)
         self._flushed_at = time.monotonic()
         self._parts: list[bytes] = []
         self._size = 0

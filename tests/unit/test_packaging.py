@@ -75,7 +75,7 @@ def test_least_privilege_variant_validates(version):
     context = sensor_container(merged)["securityContext"]
     assert context["privileged"] is False
     assert context["capabilities"] == {
-        "drop": ["ALL"], "add": ["BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"],
+        "drop": ["ALL"], "add": ["BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH", "SYS_NICE"],
     }
     # Everything but the security context is the base DaemonSet's.
     base = copy.deepcopy(daemonset())
