@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from sensor import __version__
 from sensor.host import HostFacts
-from sensor.outputs.encoding import ExtendedBlock, SharedBlock
+from sensor.outputs.encoding import ExtendedBlock, SharedBlock, extend
 from sensor.processes import Process, boot_prefix
 from sensor.records import Namespaces
 
@@ -369,7 +369,7 @@ class DocumentBuilder:
             base = self._event_bases[(event_type, action)] = SharedBlock({
                 "kind": "event", "category": ["process"], "type": [event_type], "action": action,
                 "dataset": self._dataset, "module": CUSTOM_KEY})
-        return ExtendedBlock(base, {"created": iso_time(time.time_ns()),
+        return extend(base, {"created": iso_time(time.time_ns()),
                                     "id": event_id(self._boot_id, kind, pid, ktime_ns), "sequence": sequence})
 
     def process_event(
@@ -409,8 +409,8 @@ class DocumentBuilder:
                 self._bodies[id(proc)] = (proc, container, leaders, process, custom, base)
         if exit_status is not None:
             code, signal = exit_code_of(exit_status)
-            process = ExtendedBlock(process, {"exit_code": code, "end": timestamp})
+            process = extend(process, {"exit_code": code, "end": timestamp})
             if signal is not None:
-                custom = ExtendedBlock(custom, {"exit_signal": signal})
+                custom = extend(custom, {"exit_signal": signal})
             self._bodies.pop(id(proc), None)
-        return ExtendedBlock(base, {"@timestamp": timestamp, "event": event, "process": process, CUSTOM_KEY: custom})
+        return extend(base, {"@timestamp": timestamp, "event": event, "process": process, CUSTOM_KEY: custom})

@@ -34,6 +34,11 @@ CGROUP_PATH_MAX = 512
 CWD_MAX = 1024
 
 
+# Namespace sets seen, shared: a host has a handful, and one object per set spares the allocation per exec
+_namespaces: dict[tuple[int, ...], Namespaces] = {}
+NAMESPACES_KEPT = 4096
+
+
 class DecodeError(ValueError):
     """A ring-buffer record that does not fit its layout."""
 
@@ -99,11 +104,14 @@ def decode_exec(raw: bytes) -> ExecRecord:
     filename = raw[base : base + filename_len]
     argv = split_args(raw[base + filename_len : base + filename_len + args_len])
     truncated = bool(flags & (EXEC_ARGS_TRUNCATED | EXEC_ARGS_READ_FAILED)) or len(argv) < argc
+    ns_values = (ns_pid, ns_mnt, ns_net, ns_uts, ns_ipc, ns_cgroup, ns_user)
+    ns = _namespaces.get(ns_values)
+    if ns is None:
+        if len(_namespaces) >= NAMESPACES_KEPT:
+            _namespaces.clear()
+        ns = _namespaces[ns_values] = Namespaces(*ns_values)
+    # positional, in ExecRecord's field order: a third cheaper than keywords, once per exec
     return ExecRecord(
-        ktime_ns=ktime, pid=pid, tid=tid, old_tid=old_tid, ppid=ppid,
-        uid=uid, gid=gid, euid=euid, egid=egid, comm=_cstr(comm), filename=filename,
-        argv=argv, argc=max(argc, len(argv)), args_truncated=truncated, cgroup_id=cgroup_id,
-        ns=Namespaces(ns_pid, ns_mnt, ns_net, ns_uts, ns_ipc, ns_cgroup, ns_user),
-        sid=sid, pgid=pgid, tty_major=tty_major, tty_minor=tty_minor, start_boottime_ns=start,
-        exe_ino=exe_ino, exe_dev=exe_dev, cwd=cwd, exe_ctime_ns=exe_ctime_ns,
+        ktime, pid, tid, old_tid, ppid, uid, gid, euid, egid, _cstr(comm), filename, argv, max(argc, len(argv)),
+        truncated, cgroup_id, ns, sid, pgid, tty_major, tty_minor, start, exe_ino, exe_dev, cwd, exe_ctime_ns,
     )

@@ -48,26 +48,31 @@ class SharedBlock(dict):
 
 class ExtendedBlock(dict):
     """A SharedBlock plus members of its own (an end document's process: its exec document's block plus
-    exit_code and end; an event block: the fields every exec shares plus its id and times).
+    exit_code and end; an event block: the fields every exec shares plus its id and times). Made by `extend`.
 
     It holds every member, so readers see one object; the encoder reuses the base's text and encodes only the
     own members. Never changed after creation either; a copy is a plain dict."""
 
     __slots__ = ("base", "own", "_text")
 
-    def __init__(self, base: SharedBlock, own: dict[str, Any]) -> None:
-        if not base.keys().isdisjoint(own):
-            raise ValueError(f"members {sorted(base.keys() & own.keys())} are in the base already")
-        dict.__init__(self, base, **own)
-        self.base = base
-        self.own = own
-        self._text: str | None = None
-
     def __copy__(self) -> dict:
         return dict(self)
 
     def __deepcopy__(self, memo: dict) -> dict:
         return {key: copy.deepcopy(value, memo) for key, value in self.items()}
+
+
+def extend(base: SharedBlock, own: dict[str, Any]) -> ExtendedBlock:
+    """BASE's members and OWN's, which must be new ones (a function, not __init__: one is made per document
+    part, and a Python __init__ on a dict subclass costs twice as much)."""
+    if not base.keys().isdisjoint(own):
+        raise ValueError(f"members {sorted(base.keys() & own.keys())} are in the base already")
+    block = ExtendedBlock(base)
+    block.update(own)
+    block.base = base
+    block.own = own
+    block._text = None  # noqa: SLF001
+    return block
 
 
 def _key_text(key: str) -> str:

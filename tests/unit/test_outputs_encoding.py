@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from sensor.outputs.encoding import DocumentEncoder, ExtendedBlock, SharedBlock
+from sensor.outputs.encoding import DocumentEncoder, SharedBlock, extend
 from tests.unit.test_ecs import Container, build
 
 
@@ -36,9 +36,9 @@ def test_shared_blocks_are_encoded_once() -> None:
 def test_blocks_nested_in_blocks_and_extended_blocks() -> None:
     parent = SharedBlock({"pid": 1, "name": "init"})
     process = SharedBlock({"pid": 7, "args": ["a", "b"], "parent": parent, "user": SharedBlock({"id": "0"})})
-    end = ExtendedBlock(process, {"exit_code": 3, "end": "t"})
-    event = ExtendedBlock(SharedBlock({"kind": "event"}), {"id": "x", "meta": SharedBlock({"k": [1]})})
-    doc = {"@timestamp": "t", "event": event, "process": end, "empty": ExtendedBlock(SharedBlock(), {"a": 1})}
+    end = extend(process, {"exit_code": 3, "end": "t"})
+    event = extend(SharedBlock({"kind": "event"}), {"id": "x", "meta": SharedBlock({"k": [1]})})
+    doc = {"@timestamp": "t", "event": event, "process": end, "empty": extend(SharedBlock(), {"a": 1})}
     out = DocumentEncoder().json(doc)
     assert json.loads(out) == json.loads(reference(doc))
     assert len(out) == len(reference(doc))
@@ -48,7 +48,7 @@ def test_blocks_nested_in_blocks_and_extended_blocks() -> None:
 
 def test_extended_block_refuses_a_member_of_its_base() -> None:
     with pytest.raises(ValueError, match="pid"):
-        ExtendedBlock(SharedBlock({"pid": 1}), {"pid": 2})
+        extend(SharedBlock({"pid": 1}), {"pid": 2})
 
 
 def test_copies_are_plain_dicts_free_to_change() -> None:
@@ -58,7 +58,7 @@ def test_copies_are_plain_dicts_free_to_change() -> None:
         assert type(copied) is dict
         copied["alert"] = {"rule": "r"}
         assert json.loads(DocumentEncoder().json({"x": copied}))["x"]["alert"] == {"rule": "r"}
-    extended = ExtendedBlock(shared, {"more": 1})
+    extended = extend(shared, {"more": 1})
     assert type(copy.deepcopy(extended)) is dict and copy.deepcopy(extended)["more"] == 1
 
 
