@@ -245,9 +245,9 @@ def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | Non
         pipeline.handle(record)
 
     probe = Probe(on_record, probe_options(config))
-    boost_priority(getattr(config, "priority_boost", 0))
     started = time.monotonic()
     seeded = attach(probe, pipeline)
+    boost_priority(getattr(config, "priority_boost", 0))
     if recorder is not None:
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         if pipeline.resolver is not None:
