@@ -195,10 +195,15 @@ class GarbageCollection:
             self.freezes += 1
 
 
-def boost_priority(levels: int) -> None:
+def boost_priority(levels: int, proc_root: Path = Path("/proc")) -> None:
     """Runs the sensor `levels` nice levels above normal, as auditd does by default (priority_boost = 4): in a
     saturated machine a normal-priority consumer waits behind the workload for tens of milliseconds at a time,
-    which is all of its event latency. Needs CAP_SYS_NICE; without it the sensor stays at its priority."""
+    which is all of its event latency. Needs CAP_SYS_NICE; without it the sensor stays at its priority.
+
+    A nice value only weighs against tasks of the same scheduling group. A sensor that leads its own session
+    outside any cgroup of its own (started with setsid) is alone in its autogroup, and the kernel weighs that
+    group against the workload's: the boost is given to the group too. Under systemd or Kubernetes the
+    service's cgroup weight (CPUWeight=, CPU requests) plays that part."""
     if levels <= 0:
         return
     try:
@@ -206,6 +211,14 @@ def boost_priority(levels: int) -> None:
     except OSError as error:
         log.warning("priority_boost %d not applied (%s): events may wait longer under load", levels,
                     error.strerror)
+        return
+    autogroup = proc_root / "self" / "autogroup"
+    if os.getsid(0) != os.getpid() or not autogroup.exists():
+        return
+    try:
+        autogroup.write_text(f"{-levels}\n")
+    except OSError as error:
+        log.warning("priority_boost %d not applied to the sensor's scheduling group (%s)", levels, error.strerror)
 
 
 def attach(probe: Any, pipeline: Pipeline) -> list[Any]:

@@ -53,7 +53,7 @@ class ExtendedBlock(dict):
     It holds every member, so readers see one object; the encoder reuses the base's text and encodes only the
     own members. Never changed after creation either; a copy is a plain dict."""
 
-    __slots__ = ("base", "own", "_text")
+    __slots__ = ("base", "own")
 
     def __copy__(self) -> dict:
         return dict(self)
@@ -71,7 +71,6 @@ def extend(base: SharedBlock, own: dict[str, Any]) -> ExtendedBlock:
     block.update(own)
     block.base = base
     block.own = own
-    block._text = None  # noqa: SLF001
     return block
 
 
@@ -82,54 +81,80 @@ def _key_text(key: str) -> str:
     return text
 
 
-def _shared_text(block: SharedBlock) -> str:
+# A document is written as a list of text fragments joined once: concatenating a block's kept text into its
+# parent's text, and that into the next, copied a whole document several times over.
+
+
+def _shared_members(block: SharedBlock) -> str:
+    """The block's members as JSON text without the braces, made once and kept on the block."""
     text = getattr(block, "_text", None)  # the slot is unset until the first encoding
     if text is None:
-        text = block._text = _object_text(block)  # noqa: SLF001 - the cache this module keeps on its own type
+        parts: list[str] = []
+        _members(block, parts)
+        text = block._text = "".join(parts)  # noqa: SLF001 - the cache this module keeps on its own type
     return text
 
 
-def _extended_text(block: ExtendedBlock) -> str:
+def _extended_members(block: ExtendedBlock, out: list[str]) -> None:
     """The own members first, so a document's `@timestamp` leads its line."""
-    text = block._text  # noqa: SLF001
-    if text is not None:
-        return text
-    base = _shared_text(block.base)
-    if not block.own:
-        text = base
-    elif len(base) == 2:  # "{}"
-        text = _object_text(block.own)
-    else:
-        text = _object_text(block.own)[:-1] + "," + base[1:]
-    block._text = text  # noqa: SLF001
-    return text
+    start = len(out)
+    _members(block.own, out)
+    base = _shared_members(block.base)
+    if base:
+        if len(out) > start:
+            out.append(",")
+        out.append(base)
 
 
-def _object_text(obj: dict[str, Any]) -> str:
-    """The members that are shared or extended blocks from their kept text, the rest in one C-encoder call
-    (a lone string member escaped directly). JSON objects are unordered: the plain members come first."""
+def _members(obj: dict[str, Any], out: list[str]) -> None:
+    """Appends OBJ's members as fragments, without the braces: shared and extended blocks from their kept
+    text, the rest in one C-encoder call (a lone string member escaped directly). JSON objects are
+    unordered: the plain members come first."""
+    start = len(out)
     plain: dict[str, Any] = {}
-    blocks: list[str] = []
-    keys = _key_texts
+    blocks: list[tuple[str, Any, type]] = []
     for key, value in obj.items():
         kind = type(value)
-        if kind is SharedBlock:
-            text = getattr(value, "_text", None) or _shared_text(value)
-        elif kind is ExtendedBlock:
-            text = value._text or _extended_text(value)  # noqa: SLF001
+        if kind is SharedBlock or kind is ExtendedBlock:
+            blocks.append((key, value, kind))
         else:
             plain[key] = value
-            continue
-        blocks.append((keys.get(key) or _key_text(key)) + text)
     if not blocks:
-        return _plain(obj)
-    if not plain:
-        return "{" + ",".join(blocks) + "}"
+        if obj:
+            out.append(_plain(obj)[1:-1])
+        return
+    keys = _key_texts
     if len(plain) == 1:
         ((key, value),) = plain.items()
         if type(value) is str:
-            return "{" + (keys.get(key) or _key_text(key)) + _escape(value) + "," + ",".join(blocks) + "}"
-    return _plain(plain)[:-1] + "," + ",".join(blocks) + "}"
+            out.append((keys.get(key) or _key_text(key)) + _escape(value))
+        else:
+            out.append(_plain(plain)[1:-1])
+    elif plain:
+        out.append(_plain(plain)[1:-1])
+    for key, value, kind in blocks:
+        if len(out) > start:
+            out.append(",")
+        out.append(keys.get(key) or _key_text(key))
+        out.append("{")
+        if kind is SharedBlock:
+            out.append(getattr(value, "_text", None) or _shared_members(value))
+        else:
+            _extended_members(value, out)
+        out.append("}")
+
+
+def _text(doc: dict[str, Any], end: str) -> str:
+    out = ["{"]
+    kind = type(doc)
+    if kind is ExtendedBlock:
+        _extended_members(doc, out)
+    elif kind is SharedBlock:
+        out.append(_shared_members(doc))
+    else:
+        _members(doc, out)
+    out.append(end)
+    return "".join(out)
 
 
 class DocumentEncoder:
@@ -140,17 +165,15 @@ class DocumentEncoder:
     which every JSON reader accepts."""
 
     def json(self, doc: dict[str, Any]) -> bytes:
-        kind = type(doc)
-        if kind is ExtendedBlock:
-            text = _extended_text(doc)
-        elif kind is SharedBlock:
-            text = _shared_text(doc)
-        else:
-            text = _object_text(doc)
+        return self._encode(doc, "}")
+
+    def line(self, doc: dict[str, Any]) -> bytes:
+        return self._encode(doc, "}\n")
+
+    @staticmethod
+    def _encode(doc: dict[str, Any], end: str) -> bytes:
+        text = _text(doc, end)
         try:
             return text.encode("utf-8")
         except UnicodeEncodeError:
-            return _ASCII.encode(doc).encode("ascii")
-
-    def line(self, doc: dict[str, Any]) -> bytes:
-        return self.json(doc) + b"\n"
+            return (_ASCII.encode(doc) + end[1:]).encode("ascii")

@@ -15,6 +15,7 @@ from sensor.rules.metadata import RuleMetadata
 
 # When none of an exec's processes shows the container's root, the next try waits this long.
 SCAN_RETRY_S = 1.0
+NOT_SSH_KEPT = 16384
 
 BUILTIN_SSH_RULE = RuleMetadata(
     rule_id="0c6f3e52-6a0e-4c1b-9f4e-0b5c9a7d2e41",
@@ -84,38 +85,52 @@ class BuiltinSshRule:
         # container -> 0.0 once its ssh binaries are recorded, else when to try again; oldest first
         self._scanned: dict[object, float] = {}
         self._max_containers = max_containers
+        # (container, device, inode, ctime, executable, name) of execs found not to be ssh
+        self._not_ssh: set[tuple] = set()
 
     def match(self, doc: dict) -> tuple[Recognition, list[str]] | None:
         """(how ssh was recognised, which fields place it in a container) or None."""
         if not _is_exec_start(doc):
-            return None
-        evidence = container_evidence(doc)
-        if not evidence:
             return None
         process = doc.get("process")
         if not isinstance(process, dict):
             return None
         sensor = doc.get("container_sensor") or {}
         executable = sensor.get("executable") or {}
-        device, inode = executable.get("device"), executable.get("inode")
+        device, inode, ctime_ns = executable.get("device"), executable.get("inode"), executable.get("ctime_ns")
+        container = _container_key(doc, sensor)
+        # A container's storm of execs of a few files that are not ssh: decided once per file and container
+        seen_key = (container, device, inode, ctime_ns, process.get("executable"), process.get("name"))
+        if seen_key in self._not_ssh:
+            return None
+        evidence = container_evidence(doc)
+        if not evidence:
+            return None
         pids = _live_pids(process)
-        self._scan_once(doc, sensor, pids)
-        ctime_ns = executable.get("ctime_ns")
+        if self._scan_once(container, pids):
+            self._not_ssh.clear()  # new ssh binaries may be known now
         recognition = self.identity.classify(
             process.get("executable"), process.get("name"),
             device if isinstance(device, int) else None, inode if isinstance(inode, int) else None, pids,
             ctime_ns if isinstance(ctime_ns, int) else None)
         if recognition is None:
+            if (self._scanned.get(container) == 0.0 and isinstance(device, int) and isinstance(inode, int)
+                    and isinstance(ctime_ns, int) and self.identity.settled_not_ssh(device, inode, ctime_ns)):
+                if len(self._not_ssh) >= NOT_SSH_KEPT:
+                    self._not_ssh.clear()
+                self._not_ssh.add(seen_key)
             return None
+        self._not_ssh.clear()  # recognising one may have taught the identity a new inode
         return recognition, evidence
 
-    def _scan_once(self, doc: dict, sensor: dict, pids: list[int]) -> None:
-        """On a container's first exec, record the ssh binaries at its usual paths (a few stats, once)."""
-        key = _container_key(doc, sensor)
+    def _scan_once(self, key: object, pids: list[int]) -> bool:
+        """On a container's first exec, record the ssh binaries at its usual paths (a few stats, once). True
+        when it looked."""
         retry_at = self._scanned.get(key)
         if retry_at is not None and (retry_at == 0.0 or time.monotonic() < retry_at):
-            return
+            return False
         done = self.identity.learn_root(pids)
         if key not in self._scanned and len(self._scanned) >= self._max_containers:
             del self._scanned[next(iter(self._scanned))]
         self._scanned[key] = 0.0 if done else time.monotonic() + SCAN_RETRY_S
+        return True

@@ -162,6 +162,13 @@ class ExecutableIdentity:
             for dev in _device_forms(st.st_dev):
                 self._known[(dev, st.st_ino)] = program
 
+    def settled_not_ssh(self, device: int, inode: int, ctime_ns: int) -> bool:
+        """The file (device, inode) as it was at ctime_ns was read and is none of the programs: an exec of it
+        under a name that is not one of them is not ssh until something new is learned."""
+        cached = self._verdicts.get((device, inode))
+        return (cached is not None and cached.source != "unreadable" and not cached.program
+                and cached.ctime_ns == ctime_ns and (device, inode) not in self._known)
+
     def learn_root(self, pids: Sequence[int]) -> bool:
         """Record the ssh binaries at the usual paths of a container's root (seen through the first of `pids`
         whose /proc/<pid>/root is reachable), so a hard link to one is recognised even after every process

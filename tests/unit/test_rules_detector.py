@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -228,6 +229,33 @@ def test_fold_windows_are_bounded_and_closing_early_is_counted() -> None:
     out = folder.offer(("k", 3), 3.0, lambda: make(4))                # evicts window 1: its summary goes out
     assert [a["container_sensor"]["alert"]["fold"].get("folded") for a in out] == [1, None]
     assert folder.windows_closed_early == 1 and folder.folded == 1 and folder.summaries == 1
+
+
+def test_a_container_storm_of_one_file_is_decided_once_and_relearned_when_it_changes(tmp_path: Path) -> None:
+    """Execs of a file found not to be ssh skip the identity lookup afterwards; a new change time (the file
+    rewritten into ssh) or ssh recognised under a name brings the lookup back."""
+    if not os.path.exists("/usr/bin/ssh"):
+        pytest.skip("apt-get install -y openssh-client")
+    tool = tmp_path / "tool"
+    shutil.copy2(shutil.which("true") or "/bin/true", tool)
+    detector = Detector([], clock=FakeClock())
+    identity = detector._builtin.identity  # noqa: SLF001 - the lookups are what is counted
+
+    def exec_of_tool(name: str = "tool") -> list:
+        st = tool.stat()
+        doc = container_ssh_exec(name=name, executable=str(tool), pid=os.getpid())
+        doc["container_sensor"]["executable"] = {"inode": st.st_ino, "device": st.st_dev,
+                                                 "ctime_ns": st.st_ctime_ns}
+        return detector.evaluate(doc)
+
+    for _ in range(50):
+        assert exec_of_tool() == []
+    assert identity.counts["identity_lookups"] == 1 and identity.counts["identity_cache_hits"] == 0
+    time.sleep(0.01)
+    shutil.copy2("/usr/bin/ssh", tool)  # same inode, new content and change time
+    alerts = exec_of_tool()
+    assert [a["container_sensor"]["alert"]["recognized_by"] for a in alerts] == ["content"]
+    assert identity.counts["identity_lookups"] == 2
 
 
 def test_a_hard_link_deleted_before_evaluation_is_known_by_the_containers_ssh_inode(tmp_path: Path) -> None:
