@@ -25,6 +25,9 @@ from sensor.records import Namespaces
 ECS_VERSION = "9.4.0"
 CUSTOM_KEY = "container_sensor"
 SUMMARY_CACHE_SIZE = 8192
+# Exec documents' bodies kept for their end documents: each holds its encoded text too (about 3 KB), and an end
+# usually follows its exec within seconds
+BODIES_CACHE_SIZE = 4096
 NS_NAMES = ("pid", "mnt", "net", "uts", "ipc", "cgroup", "user")
 
 
@@ -404,7 +407,7 @@ class DocumentBuilder:
             custom = self.custom_block(proc, container, cgroup_path)
             base = self._container_base(container) if container is not None else self._host_base
             if kind == "exec":
-                if len(self._bodies) >= SUMMARY_CACHE_SIZE:
+                if len(self._bodies) >= BODIES_CACHE_SIZE:
                     self._bodies.clear()
                 self._bodies[id(proc)] = (proc, container, leaders, process, custom, base)
         if exit_status is not None:
