@@ -197,7 +197,8 @@ def run_sensor(args: argparse.Namespace, root: Path, extra: list[str]) -> dict[s
     cmd = [sys.executable, "-m", "sensor", "run", "--ready-file", str(ready), "--metrics-address", "off",
            "--log-format", "text", *extra]
     with open(err_path, "wb") as err:
-        sensor = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=REPO)
+        # its own session, as a service runs (see bench_exec.py: autogroup scheduling)
+        sensor = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=REPO, start_new_session=True)
         reader = AlertReader(sensor.stdout)
         reader.start()
         while not ready.exists():
