@@ -244,6 +244,32 @@ static __always_inline void release_ancestors(const void *task)
     }
 }
 
+#define PENDING_CHILDREN 128 /* fork-only children released ahead of their parent's exec or exit */
+
+static __always_inline int has_children(const void *task)
+{
+    const char *head = (const char *)task + OFF_TASK_CHILDREN;
+    void *first = read_ptr(head, 0);
+    return first && first != (void *)head;
+}
+
+/* A deferred fork record stands for a copy of its parent as the parent was at the fork: user space takes the
+ * child's executable, arguments and ids from the parent's entry. Before the parent execs (a new image) or exits
+ * (its entry ages out), its fork-only children go out, so they still copy what they were forked from. */
+static __always_inline void release_children(const void *task)
+{
+    const char *head = (const char *)task + OFF_TASK_CHILDREN;
+    void *node = read_ptr(head, 0);
+    for (int i = 0; i < PENDING_CHILDREN; i++) {
+        if (!node || node == (void *)head)
+            return;
+        u32 tgid = read_u32((char *)node - OFF_TASK_SIBLING, OFF_TASK_TGID);
+        if (tgid)
+            release_fork(tgid);
+        node = read_ptr(node, 0);
+    }
+}
+
 /* raw tracepoint sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm):
  * fires once the new image is in place, so mm->arg_start..arg_end holds the final argv (interpreter
  * included for scripts) in the new process's memory, and bprm gives the true argc. */
@@ -254,9 +280,15 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     u32 zero = 0;
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32;
-    /* this exec record supersedes the process's own deferred fork record */
-    pending_forks.delete(&tgid);
     release_ancestors(task);
+    if (has_children(task)) {
+        /* children forked from the old image go out first, after the entry they copy */
+        release_fork(tgid);
+        release_children(task);
+    } else {
+        /* this exec record supersedes the process's own deferred fork record */
+        pending_forks.delete(&tgid);
+    }
     struct exec_record *e = exec_scratch.lookup(&zero);
     if (!e)
         return 0;
@@ -367,6 +399,8 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         release_ancestors(task);
         release_fork(tgid);
     }
+    if (has_children(task))
+        release_children(task);
 
     struct exit_record r = {};
     r.hdr.type = RECORD_EXIT;

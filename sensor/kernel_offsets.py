@@ -9,6 +9,8 @@ MEMBER_OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_TASK_PID": ("task_struct", "pid"),
     "OFF_TASK_TGID": ("task_struct", "tgid"),
     "OFF_TASK_REAL_PARENT": ("task_struct", "real_parent"),
+    "OFF_TASK_CHILDREN": ("task_struct", "children"),
+    "OFF_TASK_SIBLING": ("task_struct", "sibling"),
     "OFF_TASK_START_BOOTTIME": ("task_struct", "start_boottime"),
     "OFF_TASK_NSPROXY": ("task_struct", "nsproxy"),
     "OFF_TASK_SIGNAL": ("task_struct", "signal"),

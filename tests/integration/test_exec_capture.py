@@ -137,6 +137,18 @@ def test_fork_only_processes_are_reported_ancestors_first(sensor: SensorProcess,
     assert get(three, "process.name") == "bash" and get(three, "process.pid") not in (shell.pid, outer_pid)
 
 
+def test_fork_only_child_keeps_the_image_it_was_forked_from(sensor: SensorProcess) -> None:
+    """The shell forks a subshell that never execs, then execs sleep itself: the subshell's deferred fork record
+    must reach user space before that exec, or the subshell would be reported as `sleep`."""
+    script = "( i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exit 4 ) & exec /bin/sleep 0.3"
+    shell = run_and_wait(["/bin/sh", "-c", script])
+    end = sensor.wait_for(lambda d: get(d, "event.action") == "end" and get(d, "process.exit_code") == 4
+                          and get(d, "process.parent.pid") == shell.pid)[-1]
+    assert get(end, "process.args") == ["/bin/sh", "-c", script]
+    assert get(end, "process.executable") == "/bin/sh"
+    assert get(sensor.exec_of(shell.pid), "process.executable") == "/bin/sleep"
+
+
 def test_documents_agree_with_ecs_field_list(sensor: SensorProcess) -> None:
     child = run_and_wait(["/bin/sh", "-c", "exit 3"])
     for doc in (sensor.exec_of(child.pid), sensor.end_of(child.pid)):
