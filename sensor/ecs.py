@@ -372,8 +372,8 @@ class DocumentBuilder:
             base = self._event_bases[(event_type, action)] = SharedBlock({
                 "kind": "event", "category": ["process"], "type": [event_type], "action": action,
                 "dataset": self._dataset, "module": CUSTOM_KEY})
-        return extend(base, {"created": iso_time(time.time_ns()),
-                                    "id": event_id(self._boot_id, kind, pid, ktime_ns), "sequence": sequence})
+        return extend(base, {"created": iso_time(time.time_ns()), "id": event_id(self._boot_id, kind, pid, ktime_ns),
+                             "sequence": sequence})
 
     def process_event(
         self,

@@ -14,23 +14,37 @@ def _unserializable(obj: Any) -> Any:
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
+_C_ESCAPE = getattr(_stdlib_encoder, "c_encode_basestring", None)
+_escape = _C_ESCAPE or _stdlib_encoder.py_encode_basestring
+
+
 def _plain_encoder() -> Any:
     """The standard library's C encoder, made once: JSONEncoder.encode builds a new one on every call, which
     cost a fifth of the encoding time of small objects."""
     make = getattr(_stdlib_encoder, "c_make_encoder", None)
-    escape = getattr(_stdlib_encoder, "c_encode_basestring", None)
-    if make is None or escape is None:
+    if make is None or _C_ESCAPE is None:
         return json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
-    chunks = make(None, _unserializable, escape, None, ":", ",", False, False, True)
+    chunks = make(None, _unserializable, _C_ESCAPE, None, ":", ",", False, False, True)
     return lambda obj: "".join(chunks(obj, 0))
 
 
 _plain = _plain_encoder()
-_escape = getattr(_stdlib_encoder, "c_encode_basestring", None) or _stdlib_encoder.py_encode_basestring
 _key_texts: dict[str, str] = {}
 
 
-class SharedBlock(dict):
+class _CopiesArePlain:
+    """Whoever copies a block means to change the copy: copies are plain dicts, without the kept text."""
+
+    __slots__ = ()
+
+    def __copy__(self) -> dict:
+        return dict(self)  # type: ignore[call-overload]
+
+    def __deepcopy__(self, memo: dict) -> dict:
+        return {key: copy.deepcopy(value, memo) for key, value in self.items()}  # type: ignore[attr-defined]
+
+
+class SharedBlock(_CopiesArePlain, dict):
     """A sub-document that many documents share unchanged (the host, the agent, a parent or leader process, a
     process's own block in its exec and end documents).
 
@@ -39,14 +53,8 @@ class SharedBlock(dict):
 
     __slots__ = ("_text",)
 
-    def __copy__(self) -> dict:
-        return dict(self)
 
-    def __deepcopy__(self, memo: dict) -> dict:
-        return {key: copy.deepcopy(value, memo) for key, value in self.items()}
-
-
-class ExtendedBlock(dict):
+class ExtendedBlock(_CopiesArePlain, dict):
     """A SharedBlock plus members of its own (an end document's process: its exec document's block plus
     exit_code and end; an event block: the fields every exec shares plus its id and times). Made by `extend`.
 
@@ -54,12 +62,6 @@ class ExtendedBlock(dict):
     own members. Never changed after creation either; a copy is a plain dict."""
 
     __slots__ = ("base", "own")
-
-    def __copy__(self) -> dict:
-        return dict(self)
-
-    def __deepcopy__(self, memo: dict) -> dict:
-        return {key: copy.deepcopy(value, memo) for key, value in self.items()}
 
 
 def extend(base: SharedBlock, own: dict[str, Any]) -> ExtendedBlock:
