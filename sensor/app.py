@@ -302,7 +302,7 @@ def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | Non
             record_stream.close()
         if ready_file:
             Path(ready_file).unlink(missing_ok=True)
-    return summarize(pipeline, outputs, probe.records, undecodable=probe.decode_errors)
+    return summarize(pipeline, outputs, probe.records, undecodable=probe.decode_errors + probe.handler_errors)
 
 
 def run_replay(config: Any, records: Iterable[Record], meta: dict[str, Any] | None = None) -> RunSummary:
@@ -327,7 +327,8 @@ def run_replay(config: Any, records: Iterable[Record], meta: dict[str, Any] | No
 
 
 def summarize(pipeline: Pipeline, outputs: list[Output], seen: int, undecodable: int = 0) -> RunSummary:
-    """undecodable: ring-buffer records that did not fit their layout, lost like those the kernel dropped."""
+    """undecodable: ring-buffer records that did not fit their layout or that the pipeline failed on, lost like
+    those the kernel dropped."""
     dropped = sum(o.stats().get("dropped", 0) for o in outputs)
     stats = pipeline.stats
     return RunSummary(seen=seen, emitted=stats.documents, lost=stats.kernel_lost + undecodable, alerts=stats.alerts,

@@ -6,6 +6,7 @@ The only module that imports bcc.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import platform
 import sys
@@ -30,6 +31,8 @@ from sensor.probe_layout import (
 from sensor.records import LossRecord, Record
 from sensor.ringbuf import RingBufferReader
 from sensor.tracefs import TracefsError, ensure_tracefs
+
+log = logging.getLogger("container_sensor")
 
 
 class ProbeError(Exception):
@@ -64,6 +67,7 @@ class Probe:
         self._bpf = None
         self._reader: RingBufferReader | None = None
         self.decode_errors = 0
+        self.handler_errors = 0  # records the pipeline failed on: lost, counted, the loop goes on
         self.records = 0
 
     def load(self) -> None:
@@ -122,7 +126,13 @@ class Probe:
             self.decode_errors += 1
             return
         self.records += 1
-        self._on_record(record)
+        try:
+            self._on_record(record)
+        except Exception as error:  # one record the pipeline cannot take must not stop the sensor
+            self.handler_errors += 1
+            if self.handler_errors == 1:
+                log.error("a %s record could not be processed and is counted as lost: %s: %s",
+                          type(record).__name__, type(error).__name__, error)
 
     def poll(self, timeout_ms: int) -> None:
         """Waits up to timeout_ms for a wake-up, then delivers everything in the ring buffer.

@@ -1,0 +1,23 @@
+"""Records the probe hands over: a broken one or one the pipeline fails on is counted as lost, never fatal."""
+
+from __future__ import annotations
+
+from sensor import probe_layout
+from sensor.probe import Probe
+
+
+def test_a_record_the_pipeline_fails_on_is_counted_and_the_next_one_still_delivered() -> None:
+    seen = []
+
+    def on_record(record) -> None:
+        seen.append(record)
+        if len(seen) == 1:
+            raise KeyError("a bug in a later stage")
+
+    probe = Probe(on_record)
+    exit_record = probe_layout.EXIT.pack(probe_layout.RECORD_EXIT, probe_layout.EXIT.size, 5, 100, 0, 555)
+    probe._handle(exit_record)  # noqa: SLF001 - what both ring readers call per record
+    probe._handle(exit_record)  # noqa: SLF001
+    probe._handle(b"\x01\x00")  # noqa: SLF001 - shorter than any header
+    assert (probe.records, probe.handler_errors, probe.decode_errors) == (2, 1, 1)
+    assert len(seen) == 2
