@@ -138,10 +138,11 @@ class DocumentBuilder:
         self._namespace_blocks: dict[Namespaces, SharedBlock] = {}
         self._event_bases: dict[tuple[str, str], SharedBlock] = {}
         self._containers: dict[int, tuple[ContainerLike, SharedBlock]] = {}
+        self._placements: dict[tuple, tuple[ContainerLike | None, SharedBlock]] = {}
         self._id_blocks: dict[tuple[int, bool, bool], SharedBlock] = {}
         # id(process) -> (process, container, leaders, process block, custom block, document base) of its
         # exec document, which its end document reuses when nothing it depends on has changed since
-        self._bodies: dict[int, tuple[Process, Any, Leaders, SharedBlock, SharedBlock, SharedBlock]] = {}
+        self._bodies: dict[int, tuple[Process, Any, Leaders, SharedBlock, ExtendedBlock, SharedBlock]] = {}
 
     def wall(self, boot_ns: int) -> int:
         return self.boot_wall_offset_ns + boot_ns
@@ -344,23 +345,34 @@ class DocumentBuilder:
                  "user": ns.user})
         return block
 
-    def custom_block(self, proc: Process, container: ContainerLike | None, cgroup_path: str | None) -> SharedBlock:
-        cgroup: dict[str, Any] = {"id": proc.cgroup_id}
+    def custom_block(self, proc: Process, container: ContainerLike | None,
+                     cgroup_path: str | None) -> ExtendedBlock:
+        own: dict[str, Any] = {"args_truncated": proc.args_truncated}
+        if proc.exe_ino:
+            own["executable"] = {"inode": proc.exe_ino, "device": proc.exe_dev}
+            if proc.exe_ctime_ns:
+                own["executable"]["ctime_ns"] = proc.exe_ctime_ns
+        return extend(self._placement(proc.cgroup_id, cgroup_path, proc.ns, container), own)
+
+    def _placement(self, cgroup_id: int, cgroup_path: str | None, ns: Namespaces,
+                   container: ContainerLike | None) -> SharedBlock:
+        """cgroup, namespaces and container evidence: the same for every process of a cgroup (a container's
+        storm shares one block)."""
+        key = (cgroup_id, cgroup_path, ns, id(container))
+        hit = self._placements.get(key)
+        if hit is not None and hit[0] is container:
+            return hit[1]
+        cgroup: dict[str, Any] = {"id": cgroup_id}
         if cgroup_path:
             cgroup["path"] = cgroup_path
-        block = SharedBlock({
-            "cgroup": cgroup,
-            "namespaces": self._namespaces_block(proc.ns),
-            "args_truncated": proc.args_truncated,
-        })
-        if proc.exe_ino:
-            block["executable"] = {"inode": proc.exe_ino, "device": proc.exe_dev}
-            if proc.exe_ctime_ns:
-                block["executable"]["ctime_ns"] = proc.exe_ctime_ns
+        block = SharedBlock({"cgroup": cgroup, "namespaces": self._namespaces_block(ns)})
         if container is not None:
             evidence = getattr(container, "evidence", None)
             if evidence:
                 block["container_evidence"] = list(evidence)
+        if len(self._placements) >= SUMMARY_CACHE_SIZE:
+            self._placements.clear()
+        self._placements[key] = (container, block)
         return block
 
     # -- documents --------------------------------------------------------------------------------------

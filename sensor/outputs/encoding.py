@@ -55,8 +55,9 @@ class SharedBlock(_CopiesArePlain, dict):
 
 
 class ExtendedBlock(_CopiesArePlain, dict):
-    """A SharedBlock plus members of its own (an end document's process: its exec document's block plus
-    exit_code and end; an event block: the fields every exec shares plus its id and times). Made by `extend`.
+    """A SharedBlock (or another extension) plus members of its own (an end document's process: its exec
+    document's block plus exit_code and end; an event block: the fields every exec shares plus its id and
+    times; an end's container_sensor block plus the exit signal). Made by `extend`.
 
     It holds every member, so readers see one object; the encoder reuses the base's text and encodes only the
     own members. Never changed after creation either; a copy is a plain dict."""
@@ -64,7 +65,7 @@ class ExtendedBlock(_CopiesArePlain, dict):
     __slots__ = ("base", "own")
 
 
-def extend(base: SharedBlock, own: dict[str, Any]) -> ExtendedBlock:
+def extend(base: SharedBlock | ExtendedBlock, own: dict[str, Any]) -> ExtendedBlock:
     """BASE's members and OWN's, which must be new ones (a function, not __init__: one is made per document
     part, and a Python __init__ on a dict subclass costs twice as much)."""
     if not base.keys().isdisjoint(own):
@@ -101,6 +102,13 @@ def _extended_members(block: ExtendedBlock, out: list[str]) -> None:
     """The own members first, so a document's `@timestamp` leads its line."""
     start = len(out)
     _members(block.own, out)
+    if type(block.base) is ExtendedBlock:  # an extension of an extension: an end's exit signal
+        comma = len(out)
+        out.append(",")
+        _extended_members(block.base, out)
+        if len(out) == comma + 1 or comma == start:
+            del out[comma]
+        return
     base = _shared_members(block.base)
     if base:
         if len(out) > start:

@@ -46,6 +46,16 @@ def test_blocks_nested_in_blocks_and_extended_blocks() -> None:
     assert dict(end) == {**process, "exit_code": 3, "end": "t"}, "readers see one object"
 
 
+def test_extensions_of_extensions_with_empty_parts() -> None:
+    shared = SharedBlock({"a": 1, "s": SharedBlock({"x": "y"})})
+    for inner_own in ({}, {"b": [2]}):
+        for outer_own in ({}, {"c": "3"}):
+            for base in (shared, SharedBlock()):
+                doc = {"t": "now", "block": extend(extend(base, inner_own), outer_own)}
+                out = DocumentEncoder().json(doc)
+                assert json.loads(out) == json.loads(reference(doc)), (inner_own, outer_own, base)
+
+
 def test_extended_block_refuses_a_member_of_its_base() -> None:
     with pytest.raises(ValueError, match="pid"):
         extend(SharedBlock({"pid": 1}), {"pid": 2})
