@@ -68,10 +68,10 @@ class ExtendedBlock(_CopiesArePlain, dict):
 def extend(base: SharedBlock | ExtendedBlock, own: dict[str, Any]) -> ExtendedBlock:
     """BASE's members and OWN's, which must be new ones (a function, not __init__: one is made per document
     part, and a Python __init__ on a dict subclass costs twice as much)."""
-    if not base.keys().isdisjoint(own):
-        raise ValueError(f"members {sorted(base.keys() & own.keys())} are in the base already")
     block = ExtendedBlock(base)
     block.update(own)
+    if len(block) != len(base) + len(own):
+        raise ValueError(f"members {sorted(base.keys() & own.keys())} are in the base already")
     block.base = base
     block.own = own
     return block
