@@ -3,19 +3,32 @@ name.
 
 Container evidence is `container.id` or an entry leader of type `container`; an sshd session inside a
 container (entry leader type `sshd`) still counts when the container id is there. Host ssh never alerts.
+
+An exec named ssh is decided at once. Any other exec in a container needs a look at the executed file, which
+belongs to the container: that look runs on a worker thread (`sensor.rules.offthread`) the event loop waits for
+only briefly. When it is not back in time, the exec's document says its identity is unknown and why, and should
+the look finish later and find ssh, the alert is raised then (`pending`).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 from sensor.rules.alerts import container_evidence
-from sensor.rules.identity import ExecutableIdentity, Recognition
+from sensor.rules.identity import ExecutableIdentity, Outcome, Recognition
 from sensor.rules.metadata import RuleMetadata
+from sensor.rules.offthread import BoundedWorker, Job
 
 # When none of an exec's processes shows the container's root, the next try waits this long.
 SCAN_RETRY_S = 1.0
 NOT_SSH_KEPT = 16384
+# Execs whose look was given up on, kept for a late alert; a look not back after PENDING_KEPT_S is forgotten.
+PENDING_KEPT = 256
+PENDING_KEPT_S = 600.0
+UNKNOWN_TIMEOUT = "timeout"      # the look did not finish within the event loop's wait
+UNKNOWN_BUSY = "workers_busy"    # earlier looks have still not returned: this one was not started
+UNKNOWN_ERROR = "error"
 
 BUILTIN_SSH_RULE = RuleMetadata(
     rule_id="0c6f3e52-6a0e-4c1b-9f4e-0b5c9a7d2e41",
@@ -78,18 +91,40 @@ def _live_pids(process: dict) -> list[int]:
     return pids
 
 
+@dataclass
+class SshMatch:
+    """The rule's answer for one exec in a container: ssh recognised, or not decided (`unknown` says why)."""
+    recognition: Recognition | None
+    evidence: list[str]
+    unknown: str = ""
+
+
+@dataclass
+class _Pending:
+    job: Job
+    doc: dict
+    evidence: list[str]
+    since: float = field(default_factory=time.monotonic)
+
+
 class BuiltinSshRule:
-    def __init__(self, identity: ExecutableIdentity, max_containers: int = 10000) -> None:
+    def __init__(self, identity: ExecutableIdentity, max_containers: int = 10000,
+                 worker: BoundedWorker | None = None) -> None:
         self.identity = identity
         self.metadata = BUILTIN_SSH_RULE
+        self.worker = worker if worker is not None else BoundedWorker("ssh identity")
         # container -> 0.0 once its ssh binaries are recorded, else when to try again; oldest first
         self._scanned: dict[object, float] = {}
         self._max_containers = max_containers
         # (container, device, inode, ctime, executable, name) of execs found not to be ssh
         self._not_ssh: set[tuple] = set()
+        self._pending: list[_Pending] = []
+        self.counts = {"identity_unknown": 0, "identity_late_matches": 0, "identity_pending_dropped": 0}
+        self.unknown_by_reason: dict[str, int] = {}
 
-    def match(self, doc: dict) -> tuple[Recognition, list[str]] | None:
-        """(how ssh was recognised, which fields place it in a container) or None."""
+    def match(self, doc: dict) -> SshMatch | None:
+        """ssh recognised (how, and which fields place it in a container), identity unknown, or None: not ssh,
+        or not an exec in a container."""
         if not _is_exec_start(doc):
             return None
         process = doc.get("process")
@@ -98,6 +133,11 @@ class BuiltinSshRule:
         sensor = doc.get("container_sensor") or {}
         executable = sensor.get("executable") or {}
         device, inode, ctime_ns = executable.get("device"), executable.get("inode"), executable.get("ctime_ns")
+        if executable.get("path_truncated") is True:
+            # A cut path is no file's path: its last component is where the cut fell, not a name, and opening it
+            # in the container would reach another file. Only process.name (from the kernel's comm, never from
+            # the cut path) and the file itself (device, inode, /proc/<pid>/exe) are looked at.
+            process = {key: value for key, value in process.items() if key != "executable"}
         container = _container_key(doc, sensor)
         # A container's storm of execs of a few files that are not ssh: decided once per file and container
         seen_key = (container, device, inode, ctime_ns, process.get("executable"), process.get("name"))
@@ -106,22 +146,85 @@ class BuiltinSshRule:
         evidence = container_evidence(doc)
         if not evidence:
             return None
-        pids = _live_pids(process)
+        device = device if isinstance(device, int) else None
+        inode = inode if isinstance(inode, int) else None
+        ctime_ns = ctime_ns if isinstance(ctime_ns, int) else None
+        if self.identity.by_name(process.get("executable"), process.get("name")) is not None:
+            # ssh by name needs no look at any file: decided here, whatever state the looks are in (the
+            # container's inventory is taken at its next exec of another name)
+            return self._found(self.identity.check(process.get("executable"), process.get("name"),
+                                                   device, inode, ()), evidence)
+        if (self._scanned.get(container) == 0.0 and device is not None and inode is not None
+                and ctime_ns is not None and self.identity.settled_not_ssh(device, inode, ctime_ns)):
+            self._settle(seen_key)
+            return None
+        job = self.worker.call(self._look, container, process.get("executable"), process.get("name"),
+                               device, inode, _live_pids(process), ctime_ns)
+        if job.refused:
+            return self._unknown(UNKNOWN_BUSY, evidence)
+        if not job.done.is_set():
+            if len(self._pending) >= PENDING_KEPT:
+                self._pending.pop(0)
+                self.counts["identity_pending_dropped"] += 1
+            self._pending.append(_Pending(job, doc, evidence))
+            return self._unknown(UNKNOWN_TIMEOUT, evidence)
+        if job.error is not None:
+            raise job.error
+        outcome: Outcome = job.result
+        if outcome.recognition is None and not outcome.unknown:
+            if (self._scanned.get(container) == 0.0 and device is not None and inode is not None
+                    and ctime_ns is not None and self.identity.settled_not_ssh(device, inode, ctime_ns)):
+                self._settle(seen_key)
+            return None
+        return self._found(outcome, evidence)
+
+    def _look(self, container: object, executable: str | None, name: str | None, device: int | None,
+              inode: int | None, pids: list[int], ctime_ns: int | None) -> Outcome:
+        """On the worker: the container's ssh inventory (once), then the executed file."""
         if self._scan_once(container, pids):
             self._not_ssh.clear()  # new ssh binaries may be known now
-        recognition = self.identity.classify(
-            process.get("executable"), process.get("name"),
-            device if isinstance(device, int) else None, inode if isinstance(inode, int) else None, pids,
-            ctime_ns if isinstance(ctime_ns, int) else None)
-        if recognition is None:
-            if (self._scanned.get(container) == 0.0 and isinstance(device, int) and isinstance(inode, int)
-                    and isinstance(ctime_ns, int) and self.identity.settled_not_ssh(device, inode, ctime_ns)):
-                if len(self._not_ssh) >= NOT_SSH_KEPT:
-                    self._not_ssh.clear()
-                self._not_ssh.add(seen_key)
-            return None
-        self._not_ssh.clear()  # recognising one may have taught the identity a new inode
-        return recognition, evidence
+        return self.identity.check(executable, name, device, inode, pids, ctime_ns)
+
+    def _found(self, outcome: Outcome, evidence: list[str]) -> SshMatch | None:
+        if outcome.recognition is not None:
+            self._not_ssh.clear()  # recognising one may have taught the identity a new inode
+            return SshMatch(outcome.recognition, evidence)
+        if outcome.unknown:
+            return self._unknown(outcome.unknown, evidence)
+        return None
+
+    def _unknown(self, reason: str, evidence: list[str]) -> SshMatch:
+        self.counts["identity_unknown"] += 1
+        self.unknown_by_reason[reason] = self.unknown_by_reason.get(reason, 0) + 1
+        return SshMatch(None, evidence, reason)
+
+    def _settle(self, seen_key: tuple) -> None:
+        if len(self._not_ssh) >= NOT_SSH_KEPT:
+            self._not_ssh.clear()
+        self._not_ssh.add(seen_key)
+
+    def late(self) -> list[tuple[dict, SshMatch]]:
+        """Execs whose look finished after their document went out and found ssh: (the exec's document, the
+        match). Looks that failed or found nothing are forgotten; looks pending too long are given up."""
+        if not self._pending:
+            return []
+        now = time.monotonic()
+        found: list[tuple[dict, SshMatch]] = []
+        kept: list[_Pending] = []
+        for pending in self._pending:
+            job = pending.job
+            if not job.done.is_set():
+                if now - pending.since < PENDING_KEPT_S:
+                    kept.append(pending)
+                else:
+                    self.counts["identity_pending_dropped"] += 1
+                continue
+            outcome = job.result if job.error is None else None
+            if isinstance(outcome, Outcome) and outcome.recognition is not None:
+                self.counts["identity_late_matches"] += 1
+                found.append((pending.doc, SshMatch(outcome.recognition, pending.evidence)))
+        self._pending = kept
+        return found
 
     def _scan_once(self, key: object, pids: list[int]) -> bool:
         """On a container's first exec, record the ssh binaries at its usual paths (a few stats, once). True

@@ -14,11 +14,12 @@ import time
 from collections.abc import Callable
 
 from sensor.rules.alerts import build_alert
-from sensor.rules.builtin_ssh import BuiltinSshRule
+from sensor.rules.builtin_ssh import BuiltinSshRule, SshMatch
 from sensor.rules.folding import AlertFolder, fold_key
 from sensor.rules.identity import ExecutableIdentity
 from sensor.rules.loader import LoadedRule
 from sensor.rules.metadata import RuleMetadata
+from sensor.rules.offthread import BoundedWorker
 from sensor.rules.sequences import SequenceMatch, SequenceMatcher
 
 log = logging.getLogger(__name__)
@@ -27,13 +28,15 @@ log = logging.getLogger(__name__)
 class Detector:
     def __init__(self, rules: list[LoadedRule], *, builtin_ssh: bool = True, fold_window_s: float = 60.0,
                  max_sequences: int = 10000, proc_root: str = "/proc",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, identity_wait_s: float = 0.1) -> None:
         self._single = [(rule, rule.compiled.predicate, rule.compiled.required_names, rule.compiled.names_folded)
                         for rule in rules if not rule.compiled.is_sequence]
         self._sequences = [(rule, SequenceMatcher(rule.compiled, max_sequences))
                            for rule in rules if rule.compiled.is_sequence]
         self._identity = ExecutableIdentity(proc_root)
-        self._builtin = BuiltinSshRule(self._identity) if builtin_ssh else None
+        self._identity_worker = BoundedWorker("ssh identity", wait_s=identity_wait_s)
+        self._builtin = BuiltinSshRule(self._identity, worker=self._identity_worker) if builtin_ssh else None
+        self._identity_note: dict | None = None
         self._folder = AlertFolder(fold_window_s)
         self._clock = clock
         self._counts = {"events": 0, "alerts": 0, "builtin_matches": 0, "rule_matches": 0, "rule_errors": 0,
@@ -44,6 +47,13 @@ class Detector:
     @property
     def rules(self) -> list[LoadedRule]:
         return [entry[0] for entry in self._single] + [rule for rule, _ in self._sequences]
+
+    def inspect(self, doc: dict) -> tuple[list[dict], dict | None]:
+        """Alert documents raised by this event, and what its document should say of the executed file's
+        identity when the built-in rule could not decide it (None when there is nothing to say)."""
+        self._identity_note = None
+        alerts = self.evaluate(doc)
+        return alerts, self._identity_note
 
     def evaluate(self, doc: dict) -> list[dict]:
         """Alert documents raised by this event (usually none)."""
@@ -69,12 +79,10 @@ class Detector:
                 self._rule_error(self._builtin.metadata.name, exc)
                 found = None
             if found is not None:
-                recognition, evidence = found
-                self._counts["builtin_matches"] += 1
-                details = {"recognized_by": recognition.way, "program": recognition.program}
-                if recognition.target:
-                    details["symlink_target"] = recognition.target
-                out.extend(self._raise(doc, self._builtin.metadata, details))
+                if found.recognition is not None:
+                    out.extend(self._raise_builtin(doc, found))
+                else:
+                    self._identity_note = {"status": "unknown", "reason": found.unknown}
         process = doc.get("process")
         name = process.get("name") if isinstance(process, dict) else None
         for rule, predicate, names, folded in self._single:
@@ -101,6 +109,17 @@ class Detector:
                 self._matched(rule)
                 out.extend(self._raise(doc, rule.metadata, self._sequence_details(rule, match)))
         return out
+
+    def _raise_builtin(self, doc: dict, found: SshMatch, late: bool = False) -> list[dict]:
+        assert self._builtin is not None and found.recognition is not None
+        recognition = found.recognition
+        self._counts["builtin_matches"] += 1
+        details: dict = {"recognized_by": recognition.way, "program": recognition.program}
+        if recognition.target:
+            details["symlink_target"] = recognition.target
+        if late:
+            details["identity_late"] = True   # the exec's own document went out saying "unknown: timeout"
+        return self._raise(doc, self._builtin.metadata, details)
 
     @staticmethod
     def _sequence_details(rule: LoadedRule, match: SequenceMatch) -> dict:
@@ -131,6 +150,14 @@ class Detector:
 
     def tick(self, now_s: float) -> list[dict]:
         """Summaries of folded alerts whose window has closed by `now_s` (same clock as `clock`)."""
+        late: list[dict] = []
+        try:
+            if self._builtin is not None:
+                for doc, found in self._builtin.late():
+                    late.extend(self._raise_builtin(doc, found, late=True))
+        except Exception as exc:
+            self._counts["detector_errors"] += 1
+            log.warning("late identity results failed: %s: %s", type(exc).__name__, exc)
         try:
             for _, matcher in self._sequences:
                 matcher.expire_stale()
@@ -138,9 +165,9 @@ class Detector:
         except Exception as exc:
             self._counts["detector_errors"] += 1
             log.warning("alert folding failed: %s: %s", type(exc).__name__, exc)
-            return []
+            return late
         self._counts["alerts"] += len(summaries)
-        return summaries
+        return late + summaries
 
     def flush(self) -> list[dict]:
         """Summaries of every open fold window (at shutdown)."""
@@ -160,4 +187,10 @@ class Detector:
             "rules_loaded": len(self._single) + len(self._sequences),
         })
         stats.update(self._identity.counts)
+        worker = self._identity_worker
+        worker.outstanding()
+        stats.update({"identity_timeouts": worker.counts["timeouts"], "identity_refused": worker.counts["refused"],
+                      "identity_looks_outstanding": worker.counts["abandoned_now"]})
+        if self._builtin is not None:
+            stats.update(self._builtin.counts)
         return stats

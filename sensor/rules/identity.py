@@ -11,11 +11,19 @@ The verdict for a file is cached by (device, inode) so an exec storm costs one l
 content reads are bounded (ELF only, the first `max_read_bytes` of the file: padding a copy with zeros moves
 no marker, and a huge binary costs no more than a small one). A cached verdict is re-checked against the
 file's ctime while the process still lives, so a recycled inode number cannot hide a new binary.
+
+The files looked at belong to whoever runs in the container, who may change them while we read: they are
+never mapped (truncating a mapped file kills the reader with SIGBUS) but read with bounded `pread`s; opened
+non-blocking (a FIFO planted at the path must not block the open) and read only when `fstat` says they are the
+regular file executed; and paths inside a container are resolved by the kernel within the container's root
+(`openat2` with RESOLVE_IN_ROOT), so a link swapped in between our checks cannot lead to the host's files.
+Each look has a time budget; callers run it off the event loop (see `sensor.rules.offthread`).
 """
 
 from __future__ import annotations
 
-import mmap
+import ctypes
+import errno
 import os
 import stat
 import time
@@ -32,8 +40,22 @@ DEFAULT_MAX_READ_BYTES = 16 * 1024 * 1024
 # A file that could not be reached (every process that could show it has exited) is tried again at most this
 # often, so a storm of short-lived execs of one unreachable binary costs a dict lookup per event.
 UNREADABLE_RETRY_S = 0.1
+# A look at one file reads for at most this long; a file that cannot be read in time stays unknown (and is
+# tried again later) instead of being settled as "not ssh".
+DEFAULT_MAX_CHECK_S = 2.0
 _ELF_MAGIC = b"\x7fELF"
 _MAX_SYMLINKS = 40
+_MARKERS = (b"AUTOSSH_GATETIME", b"OpenSSH_", b"usage: sshd ", b"usage: ssh ")
+_CHUNK = 1 << 20
+_OVERLAP = max(len(marker) for marker in _MARKERS) - 1
+# O_NONBLOCK: opening a FIFO (or a device) must return at once; O_NOCTTY: a tty planted at the path must
+# never become ours.
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+
+# Reasons an identity stays unknown, as documents and metrics name them.
+UNKNOWN_UNREACHABLE = "unreachable"      # no live process shows the file any more, and it is not known
+UNKNOWN_REPLACED = "replaced"            # the path now leads to another file (or to no regular file)
+UNKNOWN_TIME_BUDGET = "time_budget"      # reading the file took longer than the budget of one look
 
 
 @dataclass(frozen=True)
@@ -49,9 +71,116 @@ class _Verdict:
     source: str           # "inventory", "content" or "unreadable"
     ctime_ns: int | None
     retry_at: float = 0.0  # for "unreadable": when to try to reach the file again
+    reason: str = ""      # for "unreadable": why (UNKNOWN_*)
 
 
-def program_from_content(data: bytes | mmap.mmap, limit: int | None = None) -> str:
+@dataclass(frozen=True)
+class Outcome:
+    """What one identity check found: a recognition, or nothing; `unknown` says why nothing could be decided
+    ("" when the file was read and is none of the programs)."""
+    recognition: Recognition | None
+    unknown: str = ""
+
+
+# openat2(2) resolution flags (linux/openat2.h)
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_IN_ROOT = 0x10
+_SYS_OPENAT2 = 437   # the same number on every architecture (added after the syscall tables were unified)
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+class _InRootOpener:
+    """Opens a path inside a directory taken as the root, resolved by the kernel (openat2 RESOLVE_IN_ROOT): `..`
+    and absolute links stay inside it, /proc magic links are refused. Where openat2 is missing (kernels before
+    5.6, or a seccomp profile that refuses it) the path is resolved in userspace and its last component opened
+    with O_NOFOLLOW, which leaves a race with a directory swapped for a link in between."""
+
+    def __init__(self) -> None:
+        self._syscall = None
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            self._syscall = libc.syscall
+            self._syscall.restype = ctypes.c_long
+        except (OSError, AttributeError):
+            self._syscall = None
+        self.kernel_resolves = self._syscall is not None
+
+    def open(self, root: str, path: str) -> int:
+        if self.kernel_resolves and self._syscall is not None:
+            root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                how = _OpenHow(_OPEN_FLAGS, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+                fd = self._syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(root_fd),
+                                   ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
+                                   ctypes.c_size_t(ctypes.sizeof(how)))
+                if fd >= 0:
+                    return fd
+                err = ctypes.get_errno()
+                if err not in (errno.ENOSYS, errno.EPERM) or err == errno.EPERM and not self._refused_by_filter():
+                    raise OSError(err, os.strerror(err), path)
+                self.kernel_resolves = False
+            finally:
+                os.close(root_fd)
+        final = follow_link_in_root(root, path)
+        if final is None:
+            raise FileNotFoundError(errno.ENOENT, "no file at the path inside the root", path)
+        return os.open(resolve_in_root(root, final)[0], _OPEN_FLAGS | os.O_NOFOLLOW)
+
+    def _refused_by_filter(self) -> bool:
+        """EPERM from openat2 itself (a seccomp filter) rather than from the path: probe with "/"."""
+        how = _OpenHow(os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY, 0, 0)
+        assert self._syscall is not None
+        fd = self._syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(-100), ctypes.c_char_p(b"/"),
+                           ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+        if fd >= 0:
+            os.close(fd)
+            return False
+        return True
+
+
+def scan_file(fd: int, size: int, limit: int, deadline: float) -> tuple[str, bool]:
+    """Which program the open regular file `fd` is, reading at most its first `limit` bytes by `pread` (the file
+    may shrink or grow meanwhile: a short read is its end). Returns (program, finished): not finished when the
+    time ran out before the searched head was read."""
+    if os.pread(fd, 4, 0) != _ELF_MAGIC:
+        return "", True
+    end = min(limit, max(size, 4))
+    found: set[bytes] = set()
+    offset = 0
+    tail = b""
+    while offset < end:
+        chunk = os.pread(fd, min(_CHUNK, end - offset), offset)
+        if not chunk:
+            break
+        window = tail + chunk
+        for marker in _MARKERS:
+            if marker not in found and window.find(marker) >= 0:
+                found.add(marker)
+        if _MARKERS[0] in found:
+            break                       # autossh wins whatever else is there
+        offset += len(chunk)
+        tail = window[-_OVERLAP:]
+        if offset < end and time.monotonic() > deadline:
+            return "", False
+    return _program_of_markers(found), True
+
+
+def _program_of_markers(found: set[bytes]) -> str:
+    if _MARKERS[0] in found:
+        return "autossh"
+    if _MARKERS[1] not in found:
+        return ""
+    if _MARKERS[2] in found:
+        return "sshd"
+    if _MARKERS[3] in found:
+        return "ssh"
+    return ""
+
+
+def program_from_content(data: bytes, limit: int | None = None) -> str:
     """Which OpenSSH/autossh program an ELF image is, from strings every build carries; "" for none.
     Only the first `limit` bytes are searched."""
     if data[:4] != _ELF_MAGIC:
@@ -132,14 +261,18 @@ def follow_link_in_root(root: str, path: str) -> str | None:
 
 class ExecutableIdentity:
     def __init__(self, proc_root: str = "/proc", *, max_read_bytes: int = DEFAULT_MAX_READ_BYTES,
-                 cache_size: int = 65536, host_paths: Iterable[str] = HOST_SSH_PATHS) -> None:
+                 cache_size: int = 65536, host_paths: Iterable[str] = HOST_SSH_PATHS,
+                 max_check_s: float = DEFAULT_MAX_CHECK_S) -> None:
         self._proc = proc_root.rstrip("/")
         self._max_read = max_read_bytes
+        self._max_check_s = max_check_s
+        self._opener = _InRootOpener()
         self._cache_size = max(16, cache_size)
         self._verdicts: dict[tuple[int, int], _Verdict] = {}
         self._known: dict[tuple[int, int], str] = {}
         self.counts = {"identity_cache_hits": 0, "identity_lookups": 0, "identity_content_reads": 0,
-                       "identity_unreadable": 0, "identity_partial_scans": 0, "identity_stale": 0}
+                       "identity_unreadable": 0, "identity_partial_scans": 0, "identity_stale": 0,
+                       "identity_replaced": 0, "identity_time_budget": 0}
         self._inventory_paths = tuple(host_paths)
         for path in self._inventory_paths:
             self._learn_path(path)
@@ -154,10 +287,18 @@ class ExecutableIdentity:
         program = name if name in SSH_PROGRAMS else ""
         if not program:
             try:
-                with open(path, "rb") as handle:
-                    program = program_from_content(handle.read(self._max_read))
+                fd = os.open(path, _OPEN_FLAGS)
             except OSError:
                 return
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    return
+                program, _ = scan_file(fd, st.st_size, self._max_read, time.monotonic() + self._max_check_s)
+            except OSError:
+                return
+            finally:
+                os.close(fd)
         if program:
             for dev in _device_forms(st.st_dev):
                 self._known[(dev, st.st_ino)] = program
@@ -202,28 +343,43 @@ class ExecutableIdentity:
         exec'd process first (its /proc/<pid>/exe and /proc/<pid>/root are used to reach the file).
         `ctime_ns`: the file's change time as the kernel saw it at exec; with it, a cached verdict is checked
         without looking at the file again."""
+        return self.check(executable, process_name, device, inode, pids, ctime_ns).recognition
+
+    @staticmethod
+    def by_name(executable: str | None, process_name: str | None) -> str | None:
+        """The program an exec names itself as (no file is looked at)."""
         base = os.path.basename(executable) if executable else None
         for name in (base, process_name):
             if name in SSH_PROGRAMS:
-                if device is not None and inode is not None:
-                    self._known.setdefault((device, inode), name)
-                return Recognition(name, "name")
+                return name
+        return None
+
+    def check(self, executable: str | None, process_name: str | None, device: int | None,
+              inode: int | None, pids: Sequence[int], ctime_ns: int | None = None) -> Outcome:
+        """`classify`, saying why when the file could not be decided."""
+        name = self.by_name(executable, process_name)
+        if name is not None:
+            if device is not None and inode is not None:
+                self._known.setdefault((device, inode), name)
+            return Outcome(Recognition(name, "name"))
         if device is None or inode is None:
-            return None
+            return Outcome(None)
         key = (device, inode)
         verdict = self._verdict(key, executable, pids, ctime_ns)
-        if verdict is None or not verdict.program:
-            return None
-        return self._way(verdict, key, executable, pids)
+        if verdict.source == "unreadable":
+            return Outcome(None, verdict.reason or UNKNOWN_UNREACHABLE)
+        if not verdict.program:
+            return Outcome(None)
+        return Outcome(self._way(verdict, key, executable, pids))
 
     def _verdict(self, key: tuple[int, int], executable: str | None, pids: Sequence[int],
-                 ctime_ns: int | None = None) -> _Verdict | None:
+                 ctime_ns: int | None = None) -> _Verdict:
         cached = self._verdicts.get(key)
         if cached is not None:
             if cached.source == "unreadable":
                 if time.monotonic() < cached.retry_at:
                     self.counts["identity_unreadable"] += 1
-                    return None
+                    return cached
             elif ctime_ns and cached.ctime_ns is not None:
                 if ctime_ns == cached.ctime_ns:
                     self.counts["identity_cache_hits"] += 1
@@ -234,14 +390,11 @@ class ExecutableIdentity:
                 return cached
             else:
                 self.counts["identity_stale"] += 1
-            del self._verdicts[key]
+            self._verdicts.pop(key, None)
         self.counts["identity_lookups"] += 1
         verdict = self._identify(key, executable, pids)
         if len(self._verdicts) >= self._cache_size:
-            del self._verdicts[next(iter(self._verdicts))]
-        if verdict is None:
-            self._verdicts[key] = _Verdict("", "unreadable", None, time.monotonic() + UNREADABLE_RETRY_S)
-            return None
+            self._verdicts.clear()   # a scan for the oldest key on every insert would cost more than relearning
         self._verdicts[key] = verdict
         return verdict
 
@@ -254,47 +407,63 @@ class ExecutableIdentity:
             return True  # the pid was reused by another program; the cached verdict is for key, not for it
         return st.st_ctime_ns == ctime_ns
 
-    def _open_candidates(self, executable: str | None, pids: Sequence[int]) -> Iterable[str]:
+    def _open_candidates(self, executable: str | None, pids: Sequence[int]) -> Iterable[int]:
+        """Open descriptors of what may be the executed file: the exec'd process's own image first, then the
+        path inside each relative's root. The caller closes them."""
         if pids:
-            yield f"{self._proc}/{pids[0]}/exe"
+            try:
+                fd = os.open(f"{self._proc}/{pids[0]}/exe", _OPEN_FLAGS)
+            except OSError:
+                fd = -1
+            if fd >= 0:
+                yield fd
         if executable and executable.startswith("/"):
             for pid in pids:
-                # resolved link by link inside the root: the kernel would resolve an absolute link met under
-                # /proc/<pid>/root against our own root, the host's
-                root = f"{self._proc}/{pid}/root"
-                final = follow_link_in_root(root, executable)
-                if final is not None:
-                    yield resolve_in_root(root, final)[0]
+                try:
+                    yield self._opener.open(f"{self._proc}/{pid}/root", executable)
+                except OSError:
+                    continue
 
-    def _identify(self, key: tuple[int, int], executable: str | None, pids: Sequence[int]) -> _Verdict | None:
-        for candidate in self._open_candidates(executable, pids):
-            try:
-                fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                continue
+    def _identify(self, key: tuple[int, int], executable: str | None, pids: Sequence[int]) -> _Verdict:
+        deadline = time.monotonic() + self._max_check_s
+        replaced = False
+        for fd in self._open_candidates(executable, pids):
             try:
                 st = os.fstat(fd)
                 if st.st_ino != key[1] or key[0] not in _device_forms(st.st_dev):
+                    replaced = True
                     continue
                 known = self._known.get(key)
                 if known:
                     return _Verdict(known, "inventory", st.st_ctime_ns)
-                if not stat.S_ISREG(st.st_mode) or st.st_size < 4:
+                if not stat.S_ISREG(st.st_mode):
+                    replaced = True   # the inode executed was a regular file: this is not what ran
+                    continue
+                if st.st_size < 4:
                     return _Verdict("", "content", st.st_ctime_ns)
                 if st.st_size > self._max_read:
                     self.counts["identity_partial_scans"] += 1
                 self.counts["identity_content_reads"] += 1
-                with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as image:
-                    return _Verdict(program_from_content(image, self._max_read), "content", st.st_ctime_ns)
-            except (OSError, ValueError):
+                program, finished = scan_file(fd, st.st_size, self._max_read, deadline)
+                if not finished:
+                    self.counts["identity_time_budget"] += 1
+                    return self._unreadable(UNKNOWN_TIME_BUDGET)
+                return _Verdict(program, "content", st.st_ctime_ns)
+            except OSError:
                 continue
             finally:
                 os.close(fd)
         known = self._known.get(key)
         if known:
             return _Verdict(known, "inventory", None)
+        if replaced:
+            self.counts["identity_replaced"] += 1
         self.counts["identity_unreadable"] += 1
-        return None
+        return self._unreadable(UNKNOWN_REPLACED if replaced else UNKNOWN_UNREACHABLE)
+
+    @staticmethod
+    def _unreadable(reason: str) -> _Verdict:
+        return _Verdict("", "unreadable", None, time.monotonic() + UNREADABLE_RETRY_S, reason)
 
     @staticmethod
     def _is_file(path: str, key: tuple[int, int]) -> bool:

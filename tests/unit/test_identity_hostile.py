@@ -1,0 +1,238 @@
+"""The ssh identity check against files a container controls: truncated while read, FIFOs, links out of the
+root, and looks that never return. Real files, real FIFOs, real threads."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sensor.rules.builtin_ssh import UNKNOWN_BUSY, UNKNOWN_TIMEOUT, BuiltinSshRule
+from sensor.rules.detector import Detector
+from sensor.rules.identity import (
+    UNKNOWN_REPLACED,
+    UNKNOWN_TIME_BUDGET,
+    UNKNOWN_UNREACHABLE,
+    ExecutableIdentity,
+    Outcome,
+    Recognition,
+    scan_file,
+)
+from sensor.rules.offthread import BoundedWorker
+
+SSH = Path("/usr/bin/ssh")
+needs_ssh = pytest.mark.skipif(not SSH.exists(), reason="apt-get install -y openssh-client")
+
+
+def fake_root(tmp_path: Path, pid: int = 200) -> tuple[Path, Path]:
+    proc = tmp_path / "proc"
+    root = proc / str(pid) / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    return proc, root
+
+
+def within(seconds: float, fn, *args):
+    """fn(*args) on a thread; fails the test (instead of hanging the suite) when it has not returned in time."""
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.setdefault("result", fn(*args)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still blocked after {seconds}s"
+    return box.get("result")
+
+
+@needs_ssh
+def test_file_truncated_while_it_is_read_costs_nothing(tmp_path: Path) -> None:
+    """A mapped file truncated under the reader kills it with SIGBUS; reads by pread just come up short. This
+    test process itself would die under a mapping reader."""
+    victim = tmp_path / "victim"
+    stop = threading.Event()
+
+    def truncate_forever() -> None:
+        while not stop.is_set():
+            with open(victim, "r+b") as handle:
+                handle.truncate(4096)
+                handle.truncate(64 * 1024 * 1024)
+
+    shutil.copy2(SSH, victim)
+    with open(victim, "r+b") as handle:
+        handle.truncate(64 * 1024 * 1024)
+    cutter = threading.Thread(target=truncate_forever, daemon=True)
+    cutter.start()
+    try:
+        for _ in range(200):
+            fd = os.open(victim, os.O_RDONLY)
+            try:
+                program, finished = scan_file(fd, 64 * 1024 * 1024, 64 * 1024 * 1024, time.monotonic() + 5)
+            finally:
+                os.close(fd)
+            assert finished and program in ("", "ssh")
+    finally:
+        stop.set()
+        cutter.join()
+
+
+def test_a_fifo_at_the_path_does_not_block_and_says_replaced(tmp_path: Path) -> None:
+    """The exec'd process is gone; its path inside the container is now a FIFO nobody writes to."""
+    proc, root = fake_root(tmp_path)
+    os.mkfifo(root / "usr/bin/tool")
+    identity = ExecutableIdentity(proc_root=str(proc), host_paths=())
+    outcome = within(5, identity.check, "/usr/bin/tool", "tool", 1, 123456789, [999999, 200])
+    assert outcome == Outcome(None, UNKNOWN_REPLACED)
+    assert identity.counts["identity_replaced"] == 1
+
+
+def test_a_fifo_with_the_executed_inode_is_never_read(tmp_path: Path) -> None:
+    """Even when the (device, inode) matches, only a regular file is read."""
+    proc, root = fake_root(tmp_path)
+    fifo = root / "usr/bin/tool"
+    os.mkfifo(fifo)
+    st = os.stat(fifo)
+    identity = ExecutableIdentity(proc_root=str(proc), host_paths=())
+    outcome = within(5, identity.check, "/usr/bin/tool", "tool", st.st_dev, st.st_ino, [200])
+    assert outcome.recognition is None and outcome.unknown == UNKNOWN_REPLACED
+    assert identity.counts["identity_content_reads"] == 0
+
+
+@needs_ssh
+def test_links_are_resolved_inside_the_root_by_the_kernel(tmp_path: Path) -> None:
+    """An absolute link inside the container means the container's file, never the host's, even in a
+    directory component."""
+    proc, root = fake_root(tmp_path)
+    (root / "opt").mkdir()
+    (root / "opt/real").mkdir()
+    shutil.copy2(SSH, root / "opt/real/tool")
+    (root / "opt/link").symlink_to("/opt/real")        # absolute: the host has no /opt/real
+    (root / "usr/bin/tool").symlink_to("../../opt/link/tool")
+    st = os.stat(root / "opt/real/tool")
+    identity = ExecutableIdentity(proc_root=str(proc), host_paths=())
+    found = identity.check("/opt/link/tool", "tool", st.st_dev, st.st_ino, [200])
+    assert found.recognition is not None and found.recognition.program == "ssh"
+    # A link to a host file of the same path is not followed out of the root: the host's ssh is not read
+    # when the container's path leads nowhere inside it.
+    host_ssh = os.stat(SSH)
+    (root / "usr/bin/escape").symlink_to("/../../../../../../usr/bin/ssh")
+    outcome = ExecutableIdentity(proc_root=str(proc), host_paths=()).check(
+        "/usr/bin/escape", "escape", host_ssh.st_dev, host_ssh.st_ino, [200])
+    assert outcome == Outcome(None, UNKNOWN_UNREACHABLE)
+
+
+@needs_ssh
+def test_without_openat2_the_last_component_is_not_followed_blindly(tmp_path: Path) -> None:
+    proc, root = fake_root(tmp_path)
+    shutil.copy2(SSH, root / "usr/bin/kworker")
+    st = os.stat(root / "usr/bin/kworker")
+    identity = ExecutableIdentity(proc_root=str(proc), host_paths=())
+    identity._opener.kernel_resolves = False
+    assert identity.check("/usr/bin/kworker", "kworker", st.st_dev, st.st_ino, [200]) == \
+        Outcome(Recognition("ssh", "content"))
+
+
+def test_a_read_that_runs_out_of_time_is_unknown_not_settled(tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    with open(big, "wb") as out:
+        out.write(b"\x7fELF")
+        out.truncate(32 * 1024 * 1024)
+    st = os.stat(big)
+    identity = ExecutableIdentity(host_paths=(), max_read_bytes=32 * 1024 * 1024, max_check_s=0.0)
+    outcome = identity.check(str(big), "big", st.st_dev, st.st_ino, [os.getpid()])
+    assert outcome == Outcome(None, UNKNOWN_TIME_BUDGET)
+    assert not identity.settled_not_ssh(st.st_dev, st.st_ino, st.st_ctime_ns)
+
+
+def test_a_look_that_never_returns_costs_the_caller_only_its_wait() -> None:
+    gate = threading.Event()
+    worker = BoundedWorker("test", wait_s=0.05, degraded_wait_s=0.01, max_abandoned=2)
+    started = time.monotonic()
+    stuck = worker.call(gate.wait, 30)
+    assert not stuck.done.is_set() and time.monotonic() - started < 1
+    quick = worker.call(lambda: 7)           # a new thread: the stuck one is left to its job
+    assert quick.done.is_set() and quick.result == 7
+    worker.call(gate.wait, 30)
+    refused = worker.call(lambda: 8)
+    assert refused.refused and worker.counts["refused"] == 1 and worker.outstanding() == 2
+    gate.set()
+    assert stuck.done.wait(5) and stuck.result is True
+    deadline = time.monotonic() + 5
+    while worker.outstanding() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert worker.call(lambda: 9).result == 9
+
+
+class GatedIdentity(ExecutableIdentity):
+    """A real identity whose look at one file waits for the test: stands in for a file server (FUSE, NFS) that
+    takes as long as its owner wants."""
+
+    def __init__(self, gate: threading.Event, slow_inode: int) -> None:
+        super().__init__(host_paths=())
+        self.gate = gate
+        self.slow_inode = slow_inode
+
+    def check(self, executable, process_name, device, inode, pids, ctime_ns=None):  # type: ignore[override]
+        if inode == self.slow_inode:
+            self.gate.wait(30)
+        return super().check(executable, process_name, device, inode, pids, ctime_ns)
+
+
+def container_exec(executable: str, device: int, inode: int, pid: int) -> dict:
+    return {
+        "event": {"kind": "event", "action": "exec", "type": ["start"], "id": f"e{pid}"},
+        "process": {"pid": pid, "name": os.path.basename(executable), "executable": executable,
+                    "parent": {"pid": 1}, "entry_leader": {"pid": 1, "entry_meta": {"type": "container"}}},
+        "container": {"id": "c" * 64},
+        "container_sensor": {"executable": {"device": device, "inode": inode, "ctime_ns": 1}},
+    }
+
+
+@needs_ssh
+def test_slow_identity_marks_the_document_unknown_and_alerts_late(tmp_path: Path) -> None:
+    copy = tmp_path / "kworker"
+    shutil.copy2(SSH, copy)
+    st = os.stat(copy)
+    gate = threading.Event()
+    detector = Detector([], proc_root="/proc", identity_wait_s=0.05)
+    rule = detector._builtin
+    assert isinstance(rule, BuiltinSshRule)
+    rule.identity = GatedIdentity(gate, st.st_ino)
+    started = time.monotonic()
+    alerts, note = detector.inspect(container_exec(str(copy), st.st_dev, st.st_ino, os.getpid()))
+    assert time.monotonic() - started < 1
+    assert alerts == [] and note == {"status": "unknown", "reason": UNKNOWN_TIMEOUT}
+    assert detector.tick(time.monotonic()) == []
+    gate.set()
+    deadline = time.monotonic() + 5
+    late: list[dict] = []
+    while not late and time.monotonic() < deadline:
+        time.sleep(0.02)
+        late = detector.tick(time.monotonic())
+    assert len(late) == 1
+    assert late[0]["container_sensor"]["alert"]["identity_late"] is True
+    assert late[0]["container_sensor"]["alert"]["recognized_by"] == "content"
+    stats = detector.stats()
+    assert stats["identity_timeouts"] == 1 and stats["identity_late_matches"] == 1
+    assert stats["identity_unknown"] == 1
+
+
+def test_looks_stuck_everywhere_refuse_new_ones_at_once(tmp_path: Path) -> None:
+    gate = threading.Event()
+    detector = Detector([], proc_root="/proc", identity_wait_s=0.02)
+    rule = detector._builtin
+    assert isinstance(rule, BuiltinSshRule)
+    rule.identity = GatedIdentity(gate, 4242)
+    rule.worker.max_abandoned = 2
+    try:
+        notes = [detector.inspect(container_exec("/usr/bin/x", 1, 4242, 10 + i))[1] for i in range(2)]
+        assert notes == [{"status": "unknown", "reason": UNKNOWN_TIMEOUT}] * 2
+        started = time.monotonic()
+        _, note = detector.inspect(container_exec("/usr/bin/y", 1, 4243, 20))
+        assert note == {"status": "unknown", "reason": UNKNOWN_BUSY}
+        assert time.monotonic() - started < 0.5
+        # ssh by name needs no look: still recognised while the looks are stuck
+        alerts, note = detector.inspect(container_exec("/usr/bin/ssh", 1, 4244, 21))
+        assert note is None and len(alerts) == 1
+    finally:
+        gate.set()
