@@ -1,11 +1,18 @@
 """A bounded, crash-safe FIFO of opaque payloads on disk: the Elasticsearch output's outage buffer.
 
-Layout of the directory:
-  <20-digit id>.seg  segments, read in id order. Each starts with SEGMENT_MAGIC, then frames of
-                     `<u32 length><u32 crc32>` + payload (the payload is whatever the caller packed, msgpack here).
+Layout of the directory (0700, files 0600 whatever the umask):
+  <20-digit id>.seg  segments, read in id order. Each starts with SEGMENT_MAGIC, then one frame per payload:
+                     `<4-byte marker><u32 sequence><u32 length><u32 crc32 of the payload><u32 crc32 of the 16
+                     bytes before>` + payload (whatever the caller packed, msgpack here). The marker and the
+                     header's own CRC let a reader find the next intact frame after damage; the sequence number
+                     (0, 1, ... within a segment) tells exactly how many frames the damage took.
+                     Segments of the first format (LEGACY_MAGIC, `<u32 length><u32 crc32>` frames) are still
+                     read; damage there loses the rest of the segment, as it always did.
   ack                the commit point `<u64 segment id><u64 offset>`: everything before it was delivered.
                      Written with rename after each successful bulk, so a crash at any moment re-sends at most
                      what was in flight (at-least-once; deterministic document ids make that exactly-once).
+  quarantine/        segments (and an ack file) found at start that another user owns or may write, moved
+                     aside and never delivered: under a loose umask another user could otherwise plant events.
 
 One writer thread may `append` while one reader thread `read`s and `ack`s. `push_front` (reader side only)
 puts payloads ahead of everything unread, for a batch that failed while it was held in memory, and
@@ -20,16 +27,27 @@ import contextlib
 import errno
 import logging
 import os
+import stat
 import struct
 import threading
 import time
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-SEGMENT_MAGIC = b"CSSPOOL1"
-FRAME_HEADER = struct.Struct("<II")
+from sensor.statefiles import FILE_MODE, StateFileError, create_exclusive, make_private_dirs
+
+SEGMENT_MAGIC = b"CSSPOOL2"
+LEGACY_MAGIC = b"CSSPOOL1"  # same length: offsets after the magic mean the same in both formats
+# 0xc1 is the one byte msgpack never uses as a type, so the marker rarely occurs inside a payload; where it does,
+# the header's own CRC tells it from a real frame start.
+FRAME_MARKER = b"\xc1SF\x02"
+FRAME_HEADER = struct.Struct("<4sIIII")  # marker, sequence, length, crc32 of the payload, crc32 of these 16 bytes
+_HEADER_CHECKED = FRAME_HEADER.size - 4
+LEGACY_FRAME_HEADER = struct.Struct("<II")  # length, crc32
+QUARANTINE = "quarantine"
+_OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 ACK_RECORD = struct.Struct("<QQ")
 # A fresh spool numbers its first segment here so that push_front has ids below it to use.
 FIRST_SEGMENT_ID = 1 << 40
@@ -44,6 +62,13 @@ log = logging.getLogger(__name__)
 
 class SpoolError(Exception):
     """The spool directory cannot be used at all (not creatable, not writable)."""
+
+
+class _Replaced(OSError):
+    """A segment's file is no longer the one the spool wrote (removed, or replaced by someone else)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(errno.ESTALE, "segment file removed or replaced by another", str(path))
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,33 +89,71 @@ class _Segment:
     frames_read: int = 0
     sealed: bool = True
     synced: bool = True  # on stable storage (fsync done), or found there at start-up
+    identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file written or checked: reopened by name,
+    # it must still be that file, not one put in its place
+    legacy: bool = False  # first format: frames without marker and sequence number
+    next_seq: int = 0  # sequence number of the next frame appended
+    skips: dict[int, int] = field(default_factory=dict)  # damaged stretch start -> next intact frame
 
 
 def _segment_path(directory: Path, segment_id: int) -> Path:
     return directory / f"{segment_id:020d}.seg"
 
 
-def encode_frames(payloads: Iterable[bytes]) -> tuple[bytes, int]:
+def encode_frames(payloads: Iterable[bytes], first_seq: int = 0) -> tuple[bytes, int]:
+    """Frames for payloads, numbered from first_seq: (bytes, count)."""
     parts = []
     count = 0
     for payload in payloads:
-        parts.append(FRAME_HEADER.pack(len(payload), zlib.crc32(payload)))
+        head = FRAME_MARKER + struct.pack("<III", (first_seq + count) & 0xFFFFFFFF, len(payload), zlib.crc32(payload))
+        parts.append(head)
+        parts.append(struct.pack("<I", zlib.crc32(head)))
         parts.append(payload)
         count += 1
     return b"".join(parts), count
 
 
-def scan_frames(data: bytes, start: int) -> tuple[list[bytes], int, bool]:
-    """Complete, intact frames of `data` from `start`: (payloads, end offset, True if a bad frame stopped it)."""
+def _intact_header(data: bytes, offset: int) -> tuple[int, int, int] | None:
+    """(sequence, length, payload crc) of the frame header at offset, None unless one is there intact."""
+    if offset + FRAME_HEADER.size > len(data):
+        return None
+    marker, seq, length, crc, header_crc = FRAME_HEADER.unpack_from(data, offset)
+    if marker != FRAME_MARKER or length > MAX_FRAME_BYTES:
+        return None
+    if zlib.crc32(data[offset : offset + _HEADER_CHECKED]) != header_crc:
+        return None
+    return seq, length, crc
+
+
+def _next_header(data: bytes, offset: int) -> int | None:
+    """The offset of the first intact frame header at or after offset."""
+    while True:
+        found = data.find(FRAME_MARKER, offset)
+        if found < 0 or found + FRAME_HEADER.size > len(data):
+            return None
+        if _intact_header(data, found) is not None:
+            return found
+        offset = found + 1
+
+
+def scan_frames(data: bytes, start: int, legacy: bool = False) -> tuple[list[bytes], int, bool]:
+    """Complete, intact frames of `data` from `start`: (payloads, end offset, True if a bad frame stopped it).
+    A frame cut short by the end of `data` stops it without being bad."""
     payloads = []
     offset = start
     end = len(data)
-    header_size = FRAME_HEADER.size
+    header_size = LEGACY_FRAME_HEADER.size if legacy else FRAME_HEADER.size
     while offset + header_size <= end:
-        length, crc = FRAME_HEADER.unpack_from(data, offset)
+        if legacy:
+            length, crc = LEGACY_FRAME_HEADER.unpack_from(data, offset)
+            if length > MAX_FRAME_BYTES:
+                return payloads, offset, True
+        else:
+            header = _intact_header(data, offset)
+            if header is None:
+                return payloads, offset, True
+            _, length, crc = header
         body_end = offset + header_size + length
-        if length > MAX_FRAME_BYTES:
-            return payloads, offset, True
         if body_end > end:
             break
         payload = data[offset + header_size : body_end]
@@ -99,6 +162,72 @@ def scan_frames(data: bytes, start: int) -> tuple[list[bytes], int, bool]:
         payloads.append(payload)
         offset = body_end
     return payloads, offset, False
+
+
+@dataclass(slots=True)
+class Survey:
+    """What a walk over a whole segment (current format) found after damage."""
+
+    frames: int = 0  # intact frames at or after the start
+    end: int = 0  # end of the last of them (the start when there is none)
+    last_seq: int = -1  # sequence number of the last of them
+    skips: dict[int, int] = field(default_factory=dict)  # damaged stretch start -> next intact frame
+    lost: int = 0  # frames the damage took, known from the sequence numbers (or from an intact header)
+    unknown: int = 0  # damaged stretches at the end whose frame count no header tells
+    stretches: int = 0  # damaged stretches at or after the start
+
+
+def survey_frames(data: bytes, start: int, first: int = len(SEGMENT_MAGIC)) -> Survey:
+    """Walks the frames of `data` from `first`, resynchronising after damage on the next intact header.
+
+    Frames before `start` (delivered already) only tell which sequence number comes next. Between two intact
+    frames the damage took exactly the frames whose numbers are missing; after the last intact frame, the
+    damaged frames whose headers are still intact are counted, and bytes that no header explains are a stretch
+    of unknown count."""
+    result = Survey(end=start)
+    size = len(data)
+    header_size = FRAME_HEADER.size
+    offset = first
+    expected = 0  # sequence number of the next frame
+    contiguous = first  # where the next frame would start if nothing were damaged
+    tail_seq: int | None = None  # highest number in a damaged frame with an intact header since the last good one
+    tail_end = first  # where that frame (as its header says) ends
+    while offset < size:
+        header = _intact_header(data, offset)
+        if header is not None:
+            seq, length, crc = header
+            body_end = offset + header_size + length
+            if body_end <= size and seq >= expected and zlib.crc32(data[offset + header_size : body_end]) == crc:
+                if offset >= start:
+                    gap_start = max(contiguous, start)
+                    if offset > gap_start:
+                        result.skips[gap_start] = offset
+                        result.stretches += 1
+                    result.lost += seq - expected
+                    result.frames += 1
+                    result.end = body_end
+                    result.last_seq = seq
+                expected = seq + 1
+                contiguous = offset = body_end
+                tail_seq = None
+                continue
+            if seq >= expected and (tail_seq is None or seq > tail_seq):
+                tail_seq = seq
+                tail_end = min(body_end, size)
+        found = _next_header(data, offset + 1)
+        if found is None:
+            break
+        offset = found
+    tail_start = max(contiguous, start)
+    if tail_start < size:
+        result.stretches += 1
+        if tail_seq is not None:
+            result.lost += tail_seq - expected + 1
+            if tail_end < size:
+                result.unknown += 1  # bytes after the last header found: perhaps more frames
+        else:
+            result.unknown += 1
+    return result
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -142,7 +271,9 @@ class Spool:
         self.dropped_oldest = 0
         self.dropped_newest = 0
         self.dropped_disk_full = 0
-        self.dropped_corrupt = 0
+        self.dropped_corrupt = 0  # events in damaged frames, counted exactly
+        self.damaged_unknown = 0  # damaged stretches at a segment's end whose event count cannot be known
+        self.quarantined = 0  # files moved to quarantine/ (another user's, or writable by others)
         self.appended = 0
         self._total_bytes = 0  # sum of the segments' sizes, kept as they change
         self._next_id = FIRST_SEGMENT_ID  # above every id used so far, so no new segment hides behind the ack
@@ -154,63 +285,172 @@ class Spool:
 
     def _open(self) -> None:
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(self.directory, owned=True)
         except OSError as error:
             raise SpoolError(f"cannot create spool directory {self.directory}: {error.strerror}") from None
+        if not self.directory.is_dir():
+            raise SpoolError(f"spool directory {self.directory} is not a directory")
         if not os.access(self.directory, os.W_OK | os.X_OK):
             raise SpoolError(f"spool directory {self.directory} is not writable")
         ack = self._read_ack()
         if ack is not None:
             self._next_id = max(self._next_id, ack.segment_id + 1)
             self._lowest_id = min(self._lowest_id, ack.segment_id)
-        for path in sorted(self.directory.glob("*.seg")):
+        try:
+            entries = sorted(os.scandir(self.directory), key=lambda entry: entry.name)
+        except OSError as error:
+            raise SpoolError(f"cannot list spool directory {self.directory}: {error.strerror}") from None
+        for entry in entries:
+            if not entry.name.endswith(".seg"):
+                continue
+            path = Path(entry.path)
             try:
                 segment_id = int(path.stem)
             except ValueError:
                 continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if is_dir:
+                log.warning("spool: %s is a directory, not a segment; skipped", path)
+                continue
             self._next_id = max(self._next_id, segment_id + 1)
             self._lowest_id = min(self._lowest_id, segment_id)
-            if ack is not None and segment_id < ack.segment_id:
-                path.unlink(missing_ok=True)  # delivered before the last run ended
-                continue
-            start = ack.offset if ack is not None and segment_id == ack.segment_id else len(SEGMENT_MAGIC)
+            start = len(SEGMENT_MAGIC)
+            if ack is not None:
+                if segment_id < ack.segment_id:
+                    path.unlink(missing_ok=True)  # delivered before the last run ended
+                    continue
+                if segment_id == ack.segment_id:
+                    start = ack.offset
             self._recover_segment(segment_id, path, start)
         for leftover in self.directory.glob("*.tmp"):
-            leftover.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a directory of that name is left alone
+                leftover.unlink(missing_ok=True)
 
-    def _read_ack(self) -> Position | None:
+    def _open_trusted(self, path: Path) -> tuple[int, os.stat_result] | None:
+        """A read descriptor and its stat for a file found in the spool, if it can be trusted: a regular file of
+        the sensor's user that nobody else may write. Anything else is moved to quarantine/ (None)."""
         try:
-            data = (self.directory / "ack").read_bytes()
+            fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
         except FileNotFoundError:
             return None
+        except OSError as error:
+            reason = "a symbolic link" if error.errno == errno.ELOOP else f"unreadable ({error.strerror})"
+            self._quarantine(path, reason)
+            return None
+        info = os.fstat(fd)
+        reason = None
+        if not stat.S_ISREG(info.st_mode):
+            reason = "not a regular file"
+        elif info.st_uid != os.geteuid():
+            reason = f"owned by uid {info.st_uid}, not by the sensor's user (uid {os.geteuid()})"
+        elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            reason = f"writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
+        if reason is not None:
+            os.close(fd)
+            self._quarantine(path, reason)
+            return None
+        return fd, info
+
+    def _quarantine(self, path: Path, reason: str) -> None:
+        """Moves a file the spool must not trust out of the way, never to be delivered: one line, one count."""
+        self.quarantined += 1
+        target = self._quarantine_target(path)
+        try:
+            os.rename(path, target)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            log.error("spool: %s is %s; it could not be moved to quarantine (%s), so it was removed",
+                      path, reason, error.strerror)
+            return
+        log.error("spool: %s is %s; moved to %s and not delivered", path, reason, target)
+
+    def _quarantine_target(self, path: Path) -> Path:
+        directory = self.directory / QUARANTINE
+        try:
+            make_private_dirs(directory)
+            info = os.lstat(directory)
+            usable = stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid()
+        except OSError:
+            usable = False
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        if not usable:  # beside the original, under a name the spool never reads
+            return path.with_name(f"{path.name}.quarantined-{stamp}-{os.getpid()}")
+        target = directory / path.name
+        if os.path.lexists(target):
+            target = directory / f"{path.name}.{stamp}-{os.getpid()}-{self.quarantined}"
+        return target
+
+    def _read_ack(self) -> Position | None:
+        opened = self._open_trusted(self.directory / "ack")
+        if opened is None:
+            return None
+        fd, _ = opened
+        try:
+            data = os.read(fd, ACK_RECORD.size + 1)
+        except OSError:
+            data = b""
+        finally:
+            os.close(fd)
         if len(data) != ACK_RECORD.size:
             log.warning("spool %s: ignoring a damaged ack file; undelivered data is sent again", self.directory)
             return None
         return Position(*ACK_RECORD.unpack(data))
 
     def _recover_segment(self, segment_id: int, path: Path, start: int) -> None:
-        data = path.read_bytes()
-        if not data.startswith(SEGMENT_MAGIC):
-            log.warning("spool: %s is not a spool segment; removed", path.name)
-            self.dropped_corrupt += 1
+        opened = self._open_trusted(path)
+        if opened is None:
+            return
+        fd, info = opened
+        try:
+            data = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
+        except OSError as error:
+            log.error("spool: cannot read segment %s (%s); skipped", path.name, error.strerror)
+            os.close(fd)
+            return
+        os.close(fd)
+        legacy = data.startswith(LEGACY_MAGIC)
+        if not legacy and not data.startswith(SEGMENT_MAGIC):
+            log.warning("spool: %s is not a spool segment (%d bytes); removed, its events (if any) counted as one "
+                        "damaged stretch", path.name, len(data))
+            self.damaged_unknown += 1
             path.unlink(missing_ok=True)
             return
         start = max(len(SEGMENT_MAGIC), min(start, len(data)))
-        payloads, end, damaged = scan_frames(data, start)
-        if end < len(data):
-            # A frame cut short (crash mid-write, full disk) or damaged: everything after it is unreadable.
-            self.dropped_corrupt += 1
-            log.warning(
-                "spool: segment %s %s at byte %d; %d bytes after it discarded",
-                path.name, "damaged" if damaged else "ends in a partial frame", end, len(data) - end,
-            )
-            with open(path, "r+b") as handle:
-                handle.truncate(end)
-        if not payloads:
+        if legacy:
+            payloads, end, damaged = scan_frames(data, start, legacy=True)
+            survey = Survey(frames=len(payloads), end=end)
+            if end < len(data):
+                # The first format has no way back in after damage: the rest of the segment is lost.
+                survey.unknown = survey.stretches = 1
+        else:
+            survey = survey_frames(data, start)
+        if survey.stretches:
+            self.dropped_corrupt += survey.lost
+            self.damaged_unknown += survey.unknown
+            unknown = f", plus {survey.unknown} damaged stretch of unknown count" if survey.unknown else ""
+            log.error("spool: segment %s damaged (%d damaged stretches): %d events discarded%s; the %d intact "
+                      "events kept", path.name, survey.stretches, survey.lost, unknown, survey.frames)
+        if survey.end < len(data) and survey.end >= start:
+            # Nothing intact after this: cut it off, so appends or a restart never meet it again.
+            try:
+                fd = os.open(path, os.O_WRONLY | _OPEN_FLAGS)
+                try:
+                    os.ftruncate(fd, survey.end)
+                finally:
+                    os.close(fd)
+            except OSError as error:
+                log.warning("spool: cannot cut the damaged end of %s: %s", path.name, error.strerror)
+        if not survey.frames:
             path.unlink(missing_ok=True)
             return
-        self._segments[segment_id] = _Segment(segment_id, path, end, start, len(payloads))
-        self._total_bytes += end
+        segment = _Segment(segment_id, path, survey.end, start, survey.frames, identity=(info.st_dev, info.st_ino),
+                           legacy=legacy, next_seq=survey.last_seq + 1, skips=survey.skips)
+        self._segments[segment_id] = segment
+        self._total_bytes += survey.end
         self._order.append(segment_id)
 
     # ---- sizes and state
@@ -246,6 +486,8 @@ class Spool:
                 "spool_dropped_newest": self.dropped_newest,
                 "spool_dropped_disk_full": self.dropped_disk_full,
                 "spool_dropped_corrupt": self.dropped_corrupt,
+                "spool_damaged_unknown": self.damaged_unknown,
+                "spool_quarantined": self.quarantined,
             }
 
     @property
@@ -258,9 +500,9 @@ class Spool:
         """Adds payloads at the end; returns how many were kept (the rest are counted as dropped)."""
         if not payloads:
             return 0
-        data, count = encode_frames(payloads)
+        size, count = sum(FRAME_HEADER.size + len(payload) for payload in payloads), len(payloads)
         with self._lock:
-            if not self._make_room(len(data)):
+            if not self._make_room(size):
                 if not self._refusing:
                     self._refusing = True
                     log.warning("spool %s full (%d bytes): new events are dropped and counted until it drains "
@@ -275,6 +517,7 @@ class Spool:
                 tail = self._tail_for_write()
                 fd = self._tail_fd
                 assert fd is not None
+                data, _ = encode_frames(payloads, tail.next_seq)
                 try:
                     _write_all(fd, data)
                 except OSError:
@@ -286,6 +529,7 @@ class Spool:
             tail.size += len(data)
             self._total_bytes += len(data)
             tail.frames += count
+            tail.next_seq += count
             self.appended += count
             if self._disk_full and time.monotonic() - self._last_write_error >= DISK_FULL_QUIET:
                 self._disk_full = False
@@ -295,12 +539,13 @@ class Spool:
                 self._seal_tail()
             return count
 
-    def _note_write_error(self, error: OSError, count: int) -> None:
+    def _note_write_error(self, error: OSError | StateFileError, count: int) -> None:
         self.dropped_disk_full += count
         self._last_write_error = time.monotonic()
         if not self._disk_full:
             self._disk_full = True
-            reason = "disk full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else error.strerror
+            code = getattr(error, "errno", None)
+            reason = "disk full" if code in (errno.ENOSPC, errno.EDQUOT) else getattr(error, "strerror", None) or error
             log.error(
                 "spool %s: cannot write (%s); events are dropped and counted until space is back",
                 self.directory, reason,
@@ -350,15 +595,24 @@ class Spool:
         segment_id = self._next_id
         self._next_id += 1
         path = _segment_path(self.directory, segment_id)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | _OPEN_FLAGS
         try:
+            fd = os.open(path, flags, FILE_MODE)
+        except FileExistsError:
+            # Not made by this spool (every id it used is below _next_id): someone else's, never written into.
+            self._quarantine(path, "a file the spool did not make, in the place of a new segment")
+            fd = os.open(path, flags, FILE_MODE)
+        try:
+            os.fchmod(fd, FILE_MODE)  # the umask cannot loosen it, nor make it unreadable to us
+            os.set_blocking(fd, True)
             _write_all(fd, SEGMENT_MAGIC)
+            info = os.fstat(fd)
         except OSError:
             os.close(fd)
             path.unlink(missing_ok=True)
             raise
         segment = _Segment(segment_id, path, len(SEGMENT_MAGIC), len(SEGMENT_MAGIC), 0, sealed=False,
-                           synced=False)
+                           synced=False, identity=(info.st_dev, info.st_ino))
         self._total_bytes += segment.size
         self._segments[segment_id] = segment
         self._order.append(segment_id)
@@ -393,7 +647,7 @@ class Spool:
                 segment.synced = True
         for segment in pending:
             try:
-                fd = os.open(segment.path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(segment.path, os.O_RDONLY | _OPEN_FLAGS)
             except OSError:
                 continue  # dropped or delivered meanwhile
             try:
@@ -427,20 +681,23 @@ class Spool:
         temp = path.with_suffix(".tmp")
         try:
             # Written and synced outside the lock: the event loop's appends never wait for this disk work.
-            with open(temp, "wb") as handle:
-                handle.write(SEGMENT_MAGIC)
-                handle.write(data)
-                handle.flush()
+            fd, info = create_exclusive(temp)
+            try:
+                _write_all(fd, SEGMENT_MAGIC + data)
                 if self._fsync:
-                    os.fsync(handle.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(temp, path)
-        except OSError as error:
-            temp.unlink(missing_ok=True)
+        except (OSError, StateFileError) as error:
+            if not isinstance(error, StateFileError):
+                temp.unlink(missing_ok=True)
             with self._lock:
                 self._note_write_error(error, count)
             return 0
         with self._lock:
-            segment = _Segment(segment_id, path, len(SEGMENT_MAGIC) + len(data), len(SEGMENT_MAGIC), count)
+            segment = _Segment(segment_id, path, len(SEGMENT_MAGIC) + len(data), len(SEGMENT_MAGIC), count,
+                               identity=(info.st_dev, info.st_ino), next_seq=count)
             # Where reading of the segment that was current resumes once this one is done.
             if self._cursor_id is not None and self._cursor_id in self._segments:
                 self._segments[self._cursor_id].read_from = self._cursor_offset
@@ -477,12 +734,13 @@ class Spool:
                     front = None
             if front is not None:
                 size = front.size
+                first_seq = front.next_seq
         if front is None:
             return self.push_front(payloads)
-        data, count = encode_frames(payloads)
+        data, count = encode_frames(payloads, first_seq)
         # Written outside the lock, as push_front does; the event loop may drop this segment meanwhile.
         try:
-            fd = os.open(front.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            fd = self._open_segment(front, os.O_WRONLY | os.O_APPEND)
         except OSError as error:
             with self._lock:
                 if front.id in self._segments:
@@ -506,6 +764,7 @@ class Spool:
                 return 0
             front.size += len(data)
             front.frames += count
+            front.next_seq += count
             front.synced = False  # sync_sealed flushes it
             self._total_bytes += len(data)
             self.appended += count
@@ -555,37 +814,84 @@ class Spool:
                 segment = self._current_segment()
                 if segment is None:
                     return [], None
+                if self._cursor_offset in segment.skips:
+                    self._cursor_offset = segment.skips[self._cursor_offset]  # damage found (and counted) before
+                    continue
                 offset = self._cursor_offset
-                size = segment.size
-                fd = self._reader_fd(segment)
+                # Up to the next damaged stretch known: the frames before it are read as usual.
+                size = min((start for start in segment.skips if start > offset), default=segment.size)
+                try:
+                    fd = self._reader_fd(segment)
+                except OSError as error:
+                    self._lose_segment(segment, error)
+                    continue
                 segment_id = segment.id
+                legacy = segment.legacy
+                frames_left = segment.frames - segment.frames_read
+                segment_size = segment.size
             # Read outside the lock: the writer appends beyond `size`, never inside it.
-            want = min(size - offset, max(max_bytes, 1) + FRAME_HEADER.size)
+            header_size = LEGACY_FRAME_HEADER.size if legacy else FRAME_HEADER.size
+            want = min(size - offset, max(max_bytes, 1) + header_size)
             data = os.pread(fd, want, offset)
-            payloads, used, damaged = scan_frames(data, 0)
+            payloads, used, damaged = scan_frames(data, 0, legacy)
             if not payloads and not damaged and want < size - offset:
                 data = os.pread(fd, size - offset, offset)  # one frame larger than max_bytes
-                payloads, used, damaged = scan_frames(data, 0)
-            payloads, used = self._limit(payloads, max_items, max_bytes)
+                payloads, used, damaged = scan_frames(data, 0, legacy)
+            survey = None
+            if damaged and not payloads and not legacy:
+                # Damaged since it was written: find every intact frame in the rest of the segment at once.
+                survey = survey_frames(os.pread(fd, segment_size - offset, offset), 0, first=0)
+            payloads, used = self._limit(payloads, max_items, max_bytes, header_size)
             with self._lock:
                 current = self._segments.get(segment_id)
                 if current is None or self._cursor_id != segment_id or self._cursor_offset != offset:
                     continue  # dropped (and counted) or pushed in front of while we read: read again
                 if damaged and not payloads:
-                    lost = current.frames - current.frames_read
-                    self.dropped_corrupt += lost
-                    log.error("spool: segment %s damaged at byte %d; %d events lost",
-                              current.path.name, offset, lost)
-                    current.frames_read = current.frames
-                    self._total_bytes -= current.size - offset
-                    current.size = offset
+                    self._note_damage(current, offset, segment_size, frames_left, survey)
                     continue
                 self._cursor_offset = offset + used
                 current.frames_read += len(payloads)
                 return payloads, Position(segment_id, self._cursor_offset)
 
+    def _note_damage(self, segment: _Segment, offset: int, size: int, frames_left: int,
+                     survey: Survey | None) -> None:
+        """Damage met while reading from offset (bytes up to size looked at): skips over it, one line, counted."""
+        if survey is None:  # first format: no way back in, the rest of the segment is lost
+            lost = frames_left
+            segment.frames_read = segment.frames
+            self._total_bytes -= segment.size - offset
+            segment.size = offset
+            kept = 0
+        else:
+            # Every frame still expected between offset and size that is not intact now was taken by the damage.
+            lost = max(0, frames_left - survey.frames)
+            for start, end in survey.skips.items():
+                segment.skips[offset + start] = offset + end
+            if survey.end < size - offset:
+                segment.skips[offset + survey.end] = size  # nothing intact after it, up to what was looked at
+            segment.frames -= lost
+            kept = survey.frames
+        self.dropped_corrupt += lost
+        log.error("spool: segment %s damaged after byte %d: %d events discarded; the %d intact events after it "
+                  "are kept", segment.path.name, offset, lost, kept)
+
+    def _lose_segment(self, segment: _Segment, error: OSError) -> None:
+        """The segment's file cannot be read back (removed, or replaced by someone else): its unread events are
+        lost, counted, and a file put in its place is never read."""
+        lost = segment.frames - segment.frames_read
+        self.dropped_corrupt += lost
+        log.error("spool: segment %s cannot be read (%s): %d events lost", segment.path.name, error.strerror, lost)
+        if segment.id == self._tail_id:
+            self._seal_tail()
+        path = segment.path
+        segment.path = path.with_name(path.name + ".gone")  # _forget must not remove what now has its name
+        self._forget(segment)
+        if isinstance(error, _Replaced) and os.path.lexists(path):
+            self._quarantine(path, "not the file the spool wrote")
+
     @staticmethod
-    def _limit(payloads: list[bytes], max_items: int, max_bytes: int) -> tuple[list[bytes], int]:
+    def _limit(payloads: list[bytes], max_items: int, max_bytes: int,
+               header_size: int = FRAME_HEADER.size) -> tuple[list[bytes], int]:
         kept = []
         total = 0
         used = 0
@@ -594,7 +900,7 @@ class Spool:
                 break
             kept.append(payload)
             total += len(payload)
-            used += FRAME_HEADER.size + len(payload)
+            used += header_size + len(payload)
         return kept, used
 
     def _current_segment(self) -> _Segment | None:
@@ -623,10 +929,30 @@ class Spool:
         if self._read_fd_id != segment.id:
             if self._read_fd is not None:
                 os.close(self._read_fd)
-            self._read_fd = os.open(segment.path, os.O_RDONLY | os.O_CLOEXEC)
+                self._read_fd = None
+                self._read_fd_id = None
+            self._read_fd = self._open_segment(segment, os.O_RDONLY)
             self._read_fd_id = segment.id
         assert self._read_fd is not None
         return self._read_fd
+
+    @staticmethod
+    def _open_segment(segment: _Segment, flags: int) -> int:
+        """Opens a segment's file again by name, only if it is still the file written or checked before."""
+        try:
+            fd = os.open(segment.path, flags | _OPEN_FLAGS)
+        except FileNotFoundError:
+            raise _Replaced(segment.path) from None
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.ENXIO):
+                raise _Replaced(segment.path) from None
+            raise
+        info = os.fstat(fd)
+        if segment.identity is not None and (info.st_dev, info.st_ino) != segment.identity:
+            os.close(fd)
+            raise _Replaced(segment.path)
+        os.set_blocking(fd, True)
+        return fd
 
     def holds(self, position: Position) -> bool:
         """False once the segment a read came from was dropped: the reader's copy is then the only one."""
@@ -659,14 +985,18 @@ class Spool:
         path = self.directory / "ack"
         temp = self.directory / "ack.tmp"
         try:
-            with open(temp, "wb") as handle:
-                handle.write(ACK_RECORD.pack(position.segment_id, position.offset))
+            fd, _ = create_exclusive(temp)  # never through a link planted at that name
+            try:
+                _write_all(fd, ACK_RECORD.pack(position.segment_id, position.offset))
+            finally:
+                os.close(fd)
             os.replace(temp, path)
-        except OSError as error:
+        except (OSError, StateFileError) as error:
             # Not fatal: an older ack only means delivered events are sent again (and deduplicated by id).
             if not self._ack_failing and not self._disk_full:  # a full disk was reported already
                 self._ack_failing = True
-                log.warning("spool %s: cannot record delivery progress: %s", self.directory, error.strerror)
+                log.warning("spool %s: cannot record delivery progress: %s", self.directory,
+                            getattr(error, "strerror", None) or error)
             return
         self._ack_failing = False
 
