@@ -122,8 +122,11 @@ class Probe:
     def _handle(self, raw: bytes) -> None:
         try:
             record = decode(raw)
-        except DecodeError:
+        except Exception as error:  # DecodeError, or a decoder bug a hostile record found: lost, never fatal
             self.decode_errors += 1
+            if self.decode_errors == 1:
+                log.error("a ring-buffer record of %d bytes could not be decoded and is counted as lost: %s%s",
+                          len(raw), "" if isinstance(error, DecodeError) else f"{type(error).__name__}: ", error)
             return
         self.records += 1
         try:

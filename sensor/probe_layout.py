@@ -27,6 +27,9 @@ EXEC_FIXED = struct.Struct("<IIQ12IQQQIIQ7II4H16s")
 FORK = struct.Struct("<IIQIIQIIQ")
 EXIT = struct.Struct("<IIQIiQ")
 CGROUP_FIXED = struct.Struct("<IIQiiQII")
+# the fixed-size layouts, by record type: a record shorter than its layout is damaged
+_FIXED_LAYOUTS = {RECORD_FORK: FORK, RECORD_EXIT: EXIT, RECORD_CGROUP_MKDIR: CGROUP_FIXED,
+                  RECORD_CGROUP_RMDIR: CGROUP_FIXED}
 
 ARGS_MAX = 16384
 FILENAME_MAX_LEN = 1024
@@ -70,6 +73,10 @@ def decode(raw: bytes) -> Record:
     record_type = HEADER.unpack_from(raw)[0]
     if record_type == RECORD_EXEC:
         return decode_exec(raw)
+    fixed = _FIXED_LAYOUTS.get(record_type)
+    if fixed is not None and len(raw) < fixed.size:
+        # struct.error otherwise, which no caller expects from a decoder
+        raise DecodeError(f"record of type {record_type} has {len(raw)} bytes, fewer than its {fixed.size}")
     if record_type == RECORD_FORK:
         (_t, _s, ktime, parent_pid, pid, start, uid, gid, cgroup_id) = FORK.unpack_from(raw)
         return ForkRecord(ktime, parent_pid, pid, start, uid, gid, cgroup_id)

@@ -183,6 +183,11 @@ class DocumentEncoder:
     @staticmethod
     def _encode(doc: dict[str, Any], end: str) -> bytes:
         text = _text(doc, end)
+        # U+2028/U+2029 are valid raw in JSON, but JavaScript and some NDJSON readers split lines at them. On a
+        # Latin-1 text (nearly every document) `in` answers without scanning; only the whole text is fixed, so
+        # the kept texts of shared blocks need no care.
+        if "\u2028" in text or "\u2029" in text:
+            text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
         try:
             return text.encode("utf-8")
         except UnicodeEncodeError:
