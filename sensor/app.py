@@ -19,7 +19,8 @@ from sensor.outputs.base import Output
 from sensor.outputs.stdout import StdoutOutput
 from sensor.pipeline import Pipeline
 from sensor.processes import ProcessTable, snapshot_of
-from sensor.records import CgroupRecord, Namespaces, Record, RecordingWriter
+from sensor.records import CgroupRecord, Namespaces, Record, RecordingWriter, create_recording
+from sensor.statefiles import ReadyFile
 
 log = logging.getLogger("container_sensor")
 
@@ -237,6 +238,9 @@ def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | Non
     """Attaches the probe and runs until SIGINT/SIGTERM. Raises ProbeError when the probe cannot load."""
     from sensor.probe import Probe  # noqa: PLC0415 - bcc only where the probe runs
 
+    ready = ReadyFile(config.ready_file) if getattr(config, "ready_file", None) else None
+    if ready is not None:
+        ready.check()  # a bad path fails now, with one line, not after the probes have attached
     stop = stop or StopFlag()
     stop.install()
     outputs = build_outputs(config)
@@ -244,7 +248,7 @@ def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | Non
     recorder = None
     record_stream = None
     if record_to is not None:
-        record_stream = open(record_to, "wb")  # noqa: SIM115 - closed in finally below
+        record_stream = create_recording(record_to)  # closed in finally below
         recorder = RecordingWriter(record_stream, {
             "boot_id": pipeline.table.boot_id,
             "boot_wall_offset_ns": pipeline.builder.boot_wall_offset_ns,
@@ -271,9 +275,8 @@ def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | Non
     log.info("probe attached in %.2fs (ring buffer read by %s), %d running processes seeded",
              time.monotonic() - started, probe.reader_name, len(seeded))
     settle_garbage_collector()
-    ready_file = getattr(config, "ready_file", None)
-    if ready_file:
-        Path(ready_file).write_text(f"{os.getpid()}\n")
+    if ready is not None:
+        ready.create(f"{os.getpid()}\n")  # 0600, O_EXCL and O_NOFOLLOW: never through a planted link
     if on_ready is not None:
         on_ready(pipeline)
     next_tick = time.monotonic() + TICK_SECONDS
@@ -300,8 +303,8 @@ def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | Non
             output.close()
         if record_stream is not None:
             record_stream.close()
-        if ready_file:
-            Path(ready_file).unlink(missing_ok=True)
+        if ready is not None:
+            ready.remove()  # only the file made above, not one put in its place
     return summarize(pipeline, outputs, probe.records, undecodable=probe.decode_errors + probe.handler_errors)
 
 

@@ -120,6 +120,7 @@ def _run(config_file: Path | None, flags: dict[str, Any], record_to: Path | None
     from sensor.app import run_live  # noqa: PLC0415
     from sensor.outputs.factory import OutputSpecError  # noqa: PLC0415
     from sensor.probe import ProbeError  # noqa: PLC0415
+    from sensor.statefiles import StateFileError  # noqa: PLC0415
 
     config = _load_config(config_file, flags)
     _setup_logging(config)
@@ -131,6 +132,8 @@ def _run(config_file: Path | None, flags: dict[str, Any], record_to: Path | None
     except ProbeError as exc:
         _fail(f"{exc} (run 'container-sensor check' for every prerequisite)")
     except OutputSpecError as exc:
+        _fail(str(exc))
+    except StateFileError as exc:  # the ready file or the recording: a link, another user's file, no directory
         _fail(str(exc))
     except OSError as exc:
         _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))

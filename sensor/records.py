@@ -8,11 +8,15 @@ construction cost by a third. Nothing in this module imports bcc.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import astuple, dataclass, fields
+from pathlib import Path
 from typing import IO, Any, ClassVar
 
 import msgpack
+
+from sensor.statefiles import open_private
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +178,12 @@ def from_wire(item: list) -> Record:
 
 
 RECORDING_MAGIC = b"CSREC1"
+
+
+def create_recording(path: Path) -> IO[bytes]:
+    """The stream for a new recording at path: 0600 whatever the umask (it holds every command line the node
+    ran), never opened through a symbolic link or into another user's file (StateFileError)."""
+    return os.fdopen(open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb")
 
 
 class RecordingWriter:

@@ -207,15 +207,20 @@ class ReadyFile:
             raise StateFileError(f"ready file {self.path}: {error.strerror}") from None
         try:
             os.write(fd, text.encode())
+            info = os.fstat(fd)
         finally:
             os.close(fd)
-        self._identity = (info.st_dev, info.st_ino)
+        self._identity = _identity(info)
 
     def remove(self) -> None:
         if self._identity is None:
             return
         with contextlib.suppress(OSError):
-            info = os.lstat(self.path)
-            if (info.st_dev, info.st_ino) == self._identity:
+            if _identity(os.lstat(self.path)) == self._identity:
                 os.unlink(self.path)
         self._identity = None
+
+
+def _identity(info: os.stat_result) -> tuple[int, ...]:
+    # The inode number alone can be reused at once by a file made after ours was removed.
+    return info.st_dev, info.st_ino, info.st_uid, info.st_ctime_ns

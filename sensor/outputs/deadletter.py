@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sensor.statefiles import StateFileError, make_private_dirs, open_private
+
 log = logging.getLogger(__name__)
 
 
@@ -32,9 +34,12 @@ class DeadLetterFile:
     def _open(self) -> int | None:
         if self._fd is None and self.path is not None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+                make_private_dirs(self.path.parent)
+                # 0600 whatever the umask (it holds whole documents), never through a link planted at its name.
+                self._fd = open_private(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
                 self._size = os.fstat(self._fd).st_size
+            except StateFileError as error:
+                self._warn(str(error))
             except OSError as error:
                 self._warn(f"cannot open {self.path}: {error.strerror}")
         return self._fd

@@ -1,8 +1,11 @@
 """NDJSON file output, rotated by size and count.
 
 Rotation happens only between lines, and a file is renamed to PATH.1 only after fsync, so every rotated file is
-complete and valid NDJSON even after a crash. Writing and rotating happen on a thread of the output's own: the
-event loop only appends documents to a bounded list, and a slow disk never stalls it.
+complete and valid NDJSON even after a crash. Files are created 0600 (whatever the umask) and never opened through
+a symbolic link, nor when another user owns what is at the path: in a world-writable directory someone else
+could otherwise point the sensor's writes at a file of their choosing, or read what it writes. Writing and
+rotating happen on a thread of the output's own: the event loop only appends documents to a bounded list, and a
+slow disk never stalls it.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ import contextlib
 import errno
 import logging
 import os
+import stat
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from sensor.outputs.encoding import DocumentEncoder
+from sensor.statefiles import StateFileError, make_private_dirs, open_private
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +35,18 @@ class FileOutputError(Exception):
 
 
 def _open_append(path: Path) -> tuple[int, int]:
-    """An append descriptor for path and its size, after cutting a partial last line left by a crash."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
-    size = os.fstat(fd).st_size
+    """An append descriptor for path and its size, after cutting a partial last line left by a crash.
+
+    StateFileError when the path is a symbolic link, not a regular file or another user's file. An existing
+    file keeps its mode (the operator may have opened it to a log shipper's group); a new one is 0600."""
+    fd = open_private(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, chmod_existing=False)
+    try:
+        size = os.fstat(fd).st_size
+    except OSError:
+        os.close(fd)
+        raise
     if size:
-        with open(path, "rb") as reader:
-            reader.seek(max(0, size - 65536))
-            tail = reader.read()
+        tail = os.pread(fd, min(size, 65536), max(0, size - 65536))  # the file opened, not the name again
         if not tail.endswith(b"\n"):
             cut = tail.rfind(b"\n")
             keep = size - len(tail) + cut + 1 if cut >= 0 else (0 if size <= 65536 else size)
@@ -45,6 +55,19 @@ def _open_append(path: Path) -> tuple[int, int]:
                 log.warning("file output %s: cut a partial last line (%d bytes)", path, size - keep)
                 size = keep
     return fd, size
+
+
+def _warn_if_replaceable(directory: Path) -> None:
+    """One warning when other users may rename or remove files in the output's directory (writable by them and
+    without the sticky bit /tmp has): they could swap the file between two rotations."""
+    try:
+        mode = os.stat(directory).st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
+        log.warning("file output directory %s is writable by other users (mode %04o) without the sticky bit: "
+                    "they could replace the output file; use a directory only the sensor can write",
+                    directory, stat.S_IMODE(mode))
 
 
 class RotatingFileOutput:
@@ -59,10 +82,13 @@ class RotatingFileOutput:
         self.backups = max(0, backups)
         self.max_pending = max_pending
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(self.path.parent)
             self._fd, self._size = _open_append(self.path)
+        except StateFileError as error:
+            raise FileOutputError(f"file output {error}") from None
         except OSError as error:
             raise FileOutputError(f"cannot open {self.path}: {error.strerror}") from None
+        _warn_if_replaceable(self.path.parent)
         self._lock = threading.Condition()
         self._pending: list[dict[str, Any]] = []
         self._stopping = False
@@ -190,11 +216,14 @@ class RotatingFileOutput:
             log.warning("file output %s: writing again (%d events dropped so far)", self.path,
                         self.dropped_write_error)
 
-    def _report(self, error: OSError) -> None:
+    def _report(self, error: OSError | StateFileError) -> None:
         self._healthy = False
         self._last_error = time.monotonic()
         if not self._failing:
             self._failing = True
+            if isinstance(error, StateFileError):
+                log.error("file output: %s; events are dropped and counted", error)
+                return
             reason = "disk full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else error.strerror
             log.error("file output %s: cannot write (%s); events are dropped and counted", self.path, reason)
 
@@ -226,7 +255,7 @@ class RotatingFileOutput:
         try:
             self._fd, self._size = _open_append(self.path)
             return True
-        except OSError as error:
+        except (OSError, StateFileError) as error:  # a link planted at the name while it was rotated, too
             self._fd = None
             self._report(error)
             return False
