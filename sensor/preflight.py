@@ -10,7 +10,7 @@ from pathlib import Path
 from sensor.kernel_headers import MODULES, fallback_tree, has_headers, running_release
 from sensor.tracefs import TracefsError, tracefs_mounted
 
-CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_BPF = 21, 19, 2, 38, 39
+CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_SYS_NICE, CAP_PERFMON, CAP_BPF = 2, 19, 21, 23, 38, 39
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 
 
@@ -23,6 +23,36 @@ class Check:
     fatal: bool = True  # the sensor cannot run while this fails
 
 
+@dataclass(frozen=True, slots=True)
+class Capability:
+    """One capability of the least-privilege set: what breaks without it (proven on a real kernel by
+    tests/integration/test_least_privilege.py)."""
+
+    name: str
+    bit: int
+    needed_for: str
+    required: bool = True  # False: the sensor runs without it, with the loss `needed_for` names
+
+
+# The whole set the sensor needs when tracefs is already mounted. Not CAP_SYS_ADMIN: only mounting tracefs
+# needs it (check_tracefs). Not CAP_SYS_RESOURCE: since 5.11 BPF maps are charged to the memory cgroup, not
+# to RLIMIT_MEMLOCK.
+CAPABILITIES: tuple[Capability, ...] = (
+    Capability("CAP_BPF", CAP_BPF, "creating BPF maps (the ring buffer) and loading the program"),
+    Capability("CAP_PERFMON", CAP_PERFMON,
+               "loading tracing programs, attaching them to tracepoints and reading kernel memory"),
+    Capability("CAP_SYS_PTRACE", CAP_SYS_PTRACE,
+               "reading /proc/PID/{exe,root,ns} of other processes: copies of ssh under other names go "
+               "unrecognised and containers unnamed"),
+    Capability("CAP_DAC_READ_SEARCH", CAP_DAC_READ_SEARCH,
+               "reading executables and runtime state whatever their modes: an execute-only copy of ssh goes "
+               "unrecognised"),
+    Capability("CAP_SYS_NICE", CAP_SYS_NICE,
+               "priority_boost: without it the sensor runs at normal priority and events wait longer under load",
+               required=False),
+)
+
+
 def effective_caps(status: Path = Path("/proc/self/status")) -> int:
     for line in status.read_text().splitlines():
         if line.startswith("CapEff:"):
@@ -30,16 +60,37 @@ def effective_caps(status: Path = Path("/proc/self/status")) -> int:
     return 0
 
 
-def check_privileges() -> Check:
-    caps = effective_caps()
-    needed = {"CAP_BPF": CAP_BPF, "CAP_PERFMON": CAP_PERFMON, "CAP_SYS_ADMIN": CAP_SYS_ADMIN,
-              "CAP_SYS_PTRACE": CAP_SYS_PTRACE, "CAP_DAC_READ_SEARCH": CAP_DAC_READ_SEARCH}
-    missing = [name for name, bit in needed.items() if not caps & (1 << bit)]
+def has_capability(bit: int, caps: int | None = None) -> bool:
+    return bool((effective_caps() if caps is None else caps) & (1 << bit))
+
+
+def grant_hint(name: str) -> str:
+    short = name.removeprefix("CAP_")
+    return (f"grant {name} (DaemonSet: securityContext.capabilities.add [{short}]; systemd: "
+            f"CapabilityBoundingSet= and AmbientCapabilities= {name}), or run as root")
+
+
+def check_privileges(caps: int | None = None) -> Check:
+    """All required capabilities at once: what the probe checks before it loads."""
+    caps = effective_caps() if caps is None else caps
+    missing = [cap for cap in CAPABILITIES if cap.required and not caps & (1 << cap.bit)]
     if not missing:
         return Check("privileges", True, f"uid {os.geteuid()}, capabilities present")
-    return Check("privileges", False, f"missing {', '.join(missing)}",
-                 "run as root (sudo), or grant the capabilities (DaemonSet: privileged: true or "
-                 "securityContext.capabilities.add)")
+    return Check("privileges", False, "missing " + "; ".join(f"{cap.name} ({cap.needed_for})" for cap in missing),
+                 "grant " + ", ".join(cap.name for cap in missing) + " (DaemonSet: "
+                 "securityContext.capabilities.add, see packaging/kubernetes/least-privilege; systemd: "
+                 "CapabilityBoundingSet= and AmbientCapabilities=), or run as root")
+
+
+def check_capabilities(caps: int | None = None) -> list[Check]:
+    """One line per missing capability with what breaks and the fix; one ok line when none is missing."""
+    caps = effective_caps() if caps is None else caps
+    missing = [cap for cap in CAPABILITIES if not caps & (1 << cap.bit)]
+    if not missing:
+        return [Check("capabilities", True,
+                      f"uid {os.geteuid()}, {' '.join(cap.name for cap in CAPABILITIES)} present")]
+    return [Check(cap.name, False, f"missing, needed for {cap.needed_for}; fix: {grant_hint(cap.name)}",
+                  fatal=cap.required) for cap in missing]
 
 
 def check_btf() -> Check:
@@ -57,6 +108,10 @@ def check_tracefs() -> Check:
         return Check("tracefs", False, str(exc), "run as root (sudo)")
     if found is not None:
         return Check("tracefs", True, f"mounted at {found}")
+    if not has_capability(CAP_SYS_ADMIN):
+        return Check("tracefs", False, "not mounted, and mounting it needs CAP_SYS_ADMIN, which the sensor lacks",
+                     "run 'mount -t tracefs nodev /sys/kernel/tracing' on the host (a DaemonSet mounts the host's "
+                     "/sys/kernel/tracing), or grant CAP_SYS_ADMIN")
     return Check("tracefs", True, "not mounted; the sensor mounts it at /sys/kernel/tracing when it starts",
                  "or run 'mount -t tracefs nodev /sys/kernel/tracing'; in a container, mount the host's "
                  "/sys/kernel/tracing", fatal=False)
@@ -109,13 +164,17 @@ def check_host_pid_namespace() -> Check:
                  "run with hostPID: true (DaemonSet) or --pid=host (podman/docker)", fatal=False)
 
 
-CHECKS: tuple[Callable[[], Check], ...] = (
-    check_privileges, check_btf, check_tracefs, check_bcc, check_headers, check_cgroup, check_host_pid_namespace,
+CHECKS: tuple[Callable[[], Check | list[Check]], ...] = (
+    check_capabilities, check_btf, check_tracefs, check_bcc, check_headers, check_cgroup, check_host_pid_namespace,
 )
 
 
-def run_checks(extra: tuple[Callable[[], Check], ...] = ()) -> list[Check]:
-    return [check() for check in (*CHECKS, *extra)]
+def run_checks(extra: tuple[Callable[[], Check | list[Check]], ...] = ()) -> list[Check]:
+    checks: list[Check] = []
+    for check in (*CHECKS, *extra):
+        result = check()
+        checks.extend(result if isinstance(result, list) else [result])
+    return checks
 
 
 def report(checks: list[Check]) -> tuple[str, bool]:
