@@ -193,4 +193,6 @@ class Detector:
                       "identity_looks_outstanding": worker.counts["abandoned_now"]})
         if self._builtin is not None:
             stats.update(self._builtin.counts)
+            for reason, count in self._builtin.unknown_by_reason.items():
+                stats[f"identity_unknown_{reason}"] = count
         return stats
