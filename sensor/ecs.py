@@ -429,3 +429,15 @@ class DocumentBuilder:
                 custom = extend(custom, {"exit_signal": signal})
             self._bodies.pop(id(proc), None)
         return extend(base, {"@timestamp": timestamp, "event": event, "process": process, CUSTOM_KEY: custom})
+
+    @staticmethod
+    def with_custom(doc: dict[str, Any], members: dict[str, Any]) -> dict[str, Any]:
+        """DOC with MEMBERS added under the custom key: a new document over the same blocks (blocks are never
+        changed once made, since their text is kept)."""
+        custom = doc.get(CUSTOM_KEY)
+        if (isinstance(doc, ExtendedBlock) and CUSTOM_KEY in doc.own
+                and isinstance(custom, (SharedBlock, ExtendedBlock))):
+            return extend(doc.base, {**doc.own, CUSTOM_KEY: extend(custom, members)})
+        copied = dict(doc)
+        copied[CUSTOM_KEY] = {**(custom if isinstance(custom, dict) else {}), **members}
+        return copied

@@ -37,7 +37,7 @@ class Resolver(Protocol):
 
 
 class Detector(Protocol):
-    def evaluate(self, doc: dict[str, Any]) -> list[dict[str, Any]]: ...
+    def inspect(self, doc: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]: ...
 
     def tick(self, now_s: float) -> list[dict[str, Any]]: ...
 
@@ -156,11 +156,18 @@ class Pipeline:
             parent=self.table.get(proc.ppid), leaders=self._leaders(proc, self.table, container),
             container=container, cgroup_path=cgroup_path, exit_status=exit_status,
         )
+        if self.detector is None:
+            self.emit(doc)
+            return
+        # Rules see the document before it goes out, so what they could not decide about it (the executed
+        # file's identity) is written into it; it still goes out ahead of its alerts.
+        alerts, identity = self.detector.inspect(doc)
+        if identity is not None:
+            doc = self.builder.with_custom(doc, {"identity": identity})
         self.emit(doc)
-        if self.detector is not None:
-            for alert in self.detector.evaluate(doc):
-                self.stats.alerts += 1
-                self.emit(alert)
+        for alert in alerts:
+            self.stats.alerts += 1
+            self.emit(alert)
 
     def emit(self, doc: dict[str, Any]) -> None:
         self.stats.documents += 1
