@@ -45,7 +45,7 @@ def test_mmap_reader_reads_records_that_wrap_around_the_ring(monkeypatch: pytest
     finally:
         assert sensor.stop() == 0
     ours = [d for d in sensor.docs if get(d, "event.action") == "exec"
-            and (get(d, "process.args") or [None, None])[1] == marker]
+            and (get(d, "process.args") or [])[1:2] == [marker]]   # other execs on the machine may have one arg
     lost = int(re.search(r"(\d+) lost", sensor.stderr()).group(1))
     assert lost == 0
     assert len(ours) == count
