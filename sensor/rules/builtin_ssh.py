@@ -121,6 +121,7 @@ class BuiltinSshRule:
         self._pending: list[_Pending] = []
         self.counts = {"identity_unknown": 0, "identity_late_matches": 0, "identity_pending_dropped": 0}
         self.unknown_by_reason: dict[str, int] = {}
+        self.last_error: Exception | None = None
 
     def match(self, doc: dict) -> SshMatch | None:
         """ssh recognised (how, and which fields place it in a container), identity unknown, or None: not ssh,
@@ -169,7 +170,8 @@ class BuiltinSshRule:
             self._pending.append(_Pending(job, doc, evidence))
             return self._unknown(UNKNOWN_TIMEOUT, evidence)
         if job.error is not None:
-            raise job.error
+            self.last_error = job.error
+            return self._unknown(UNKNOWN_ERROR, evidence)
         outcome: Outcome = job.result
         if outcome.recognition is None and not outcome.unknown:
             if (self._scanned.get(container) == 0.0 and device is not None and inode is not None

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from sensor.rules.alerts import build_alert
-from sensor.rules.builtin_ssh import BuiltinSshRule, SshMatch
+from sensor.rules.builtin_ssh import UNKNOWN_ERROR, BuiltinSshRule, SshMatch
 from sensor.rules.folding import AlertFolder, fold_key
 from sensor.rules.identity import ExecutableIdentity
 from sensor.rules.loader import LoadedRule
@@ -83,6 +83,8 @@ class Detector:
                     out.extend(self._raise_builtin(doc, found))
                 else:
                     self._identity_note = {"status": "unknown", "reason": found.unknown}
+                    if found.unknown == UNKNOWN_ERROR and self._builtin.last_error is not None:
+                        self._rule_error(self._builtin.metadata.name, self._builtin.last_error)
         process = doc.get("process")
         name = process.get("name") if isinstance(process, dict) else None
         for rule, predicate, names, folded in self._single:
