@@ -323,11 +323,20 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     char *rest = &e->data[cwd_len];
 
     u32 filename_len = 0;
-    long copied = bpf_probe_read_kernel_str(rest, FILENAME_MAX_LEN, read_ptr(bprm, OFF_BPRM_FILENAME));
+    const char *filename = read_ptr(bprm, OFF_BPRM_FILENAME);
+    long copied = bpf_probe_read_kernel_str(rest, FILENAME_MAX_LEN, filename);
     if (copied > 0) {
         filename_len = copied - 1;
-        if (copied >= FILENAME_MAX_LEN)
-            e->flags |= EXEC_FILENAME_TRUNCATED;
+        /* A full buffer is either a path of exactly FILENAME_MAX_LEN - 1 bytes or a cut one: the kernel's own
+         * byte at the buffer's last position tells which (NUL only when the path ended there). */
+        if (copied >= FILENAME_MAX_LEN) {
+            char next = 0;
+            bpf_probe_read_kernel(&next, 1, filename + FILENAME_MAX_LEN - 1);
+            if (next) {
+                e->flags |= EXEC_FILENAME_TRUNCATED;
+                count_loss(LOSS_PATH_TRUNCATED);
+            }
+        }
     }
     filename_len &= FILENAME_MAX_LEN - 1;
 

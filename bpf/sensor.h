@@ -10,7 +10,10 @@
 #define ARGS_MAX 16384 /* bytes of argv kept per exec; must be a power of two */
 #endif
 #ifndef FILENAME_MAX_LEN
-#define FILENAME_MAX_LEN 1024 /* bytes of the executable path kept; must be a power of two */
+/* bytes of the executable path kept, NUL included; must be a power of two. PATH_MAX: every path execve(2) takes
+ * fits whole. Only execveat(2) with a directory fd makes a longer one ("/dev/fd/N/" + a relative path), and
+ * that one is cut and flagged. The record is variable-length, so a short path costs no more than before. */
+#define FILENAME_MAX_LEN 4096
 #endif
 #define CGROUP_PATH_MAX 512 /* must be a power of two */
 #define CWD_MAX 1024 /* bytes of working-directory components kept; must be a power of two */
@@ -30,7 +33,7 @@ enum record_type {
 enum exec_flags {
     EXEC_ARGS_TRUNCATED = 1,     /* argv did not fit in ARGS_MAX */
     EXEC_ARGS_READ_FAILED = 2,   /* argv could not be read at all */
-    EXEC_FILENAME_TRUNCATED = 4, /* path did not fit in FILENAME_MAX_LEN */
+    EXEC_FILENAME_TRUNCATED = 4, /* path did not fit in FILENAME_MAX_LEN: what was kept is a cut prefix */
     EXEC_CWD_TRUNCATED = 8,      /* the working directory was deeper or longer than CWD_DEPTH/CWD_MAX */
 };
 
@@ -39,7 +42,8 @@ enum loss_counter {
     LOSS_RINGBUF_FULL = 0,
     LOSS_ARGS_TRUNCATED = 1,
     LOSS_ARGS_READ_FAILED = 2,
-    LOSS_COUNTERS = 3,
+    LOSS_PATH_TRUNCATED = 3,
+    LOSS_COUNTERS = 4,
 };
 
 struct record_header {

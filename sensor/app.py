@@ -59,10 +59,12 @@ class RunSummary:
     lost: int
     alerts: int
     output_dropped: int
+    paths_truncated: int = 0  # exec records whose executable path was cut (flagged in their documents)
 
     def line(self) -> str:
-        return (f"container-sensor: {self.seen} events seen, {self.emitted} documents emitted, "
+        line = (f"container-sensor: {self.seen} events seen, {self.emitted} documents emitted, "
                 f"{self.lost} lost, {self.alerts} alerts, {self.output_dropped} dropped by outputs")
+        return line + (f", {self.paths_truncated} executable paths cut" if self.paths_truncated else "")
 
 
 class StopFlag:
@@ -335,4 +337,4 @@ def summarize(pipeline: Pipeline, outputs: list[Output], seen: int, undecodable:
     dropped = sum(o.stats().get("dropped", 0) for o in outputs)
     stats = pipeline.stats
     return RunSummary(seen=seen, emitted=stats.documents, lost=stats.kernel_lost + undecodable, alerts=stats.alerts,
-                      output_dropped=dropped)
+                      output_dropped=dropped, paths_truncated=stats.path_truncated)

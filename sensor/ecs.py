@@ -348,10 +348,15 @@ class DocumentBuilder:
     def custom_block(self, proc: Process, container: ContainerLike | None,
                      cgroup_path: str | None) -> ExtendedBlock:
         own: dict[str, Any] = {"args_truncated": proc.args_truncated}
+        executable: dict[str, Any] = {}
         if proc.exe_ino:
-            own["executable"] = {"inode": proc.exe_ino, "device": proc.exe_dev}
+            executable["inode"] = proc.exe_ino
+            executable["device"] = proc.exe_dev
             if proc.exe_ctime_ns:
-                own["executable"]["ctime_ns"] = proc.exe_ctime_ns
+                executable["ctime_ns"] = proc.exe_ctime_ns
+        # always a boolean, like args_truncated: true when process.executable is a cut prefix of a longer path
+        executable["path_truncated"] = proc.path_truncated
+        own["executable"] = executable
         return extend(self._placement(proc.cgroup_id, cgroup_path, proc.ns, container), own)
 
     def _placement(self, cgroup_id: int, cgroup_path: str | None, ns: Namespaces,

@@ -22,6 +22,7 @@ PIPELINE_COUNTERS = {
     "output_errors": "output_errors_total",
     "argv_truncated": "argv_truncated_total",
     "argv_read_failed": "argv_read_failed_total",
+    "path_truncated": "path_truncated_total",
 }
 
 

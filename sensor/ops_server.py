@@ -53,6 +53,7 @@ METRIC_HELP = {
     "cgroup_events_total": "Cgroup mkdir/rmdir records received.",
     "argv_truncated_total": "Exec records whose arguments were cut by the capture limits.",
     "argv_read_failed_total": "Exec records whose arguments could not be read.",
+    "path_truncated_total": "Exec records whose executable path was longer than the probe keeps and was cut.",
     "alerts_total": "Alerts raised by the rules.",
     "rule_errors_total": "Rule evaluations that failed.",
     "rules_loaded": "Detection rules loaded, built-in rule excluded.",

@@ -83,6 +83,7 @@ class PipelineStats:
     kernel_lost: int = 0
     argv_truncated: int = 0
     argv_read_failed: int = 0
+    path_truncated: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {k: v for k, v in ((n, getattr(self, n)) for n in self.__slots__) if isinstance(v, int)}
@@ -129,6 +130,7 @@ class Pipeline:
             self.stats.kernel_lost = record.ringbuf_full
             self.stats.argv_truncated = record.argv_truncated
             self.stats.argv_read_failed = record.argv_read_failed
+            self.stats.path_truncated = record.path_truncated
 
     def _container(self, proc: Process) -> tuple[ContainerLike | None, str | None]:
         if self.resolver is None:

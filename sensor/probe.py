@@ -24,6 +24,7 @@ from sensor.probe_layout import (
     LOSS_ARGS_READ_FAILED,
     LOSS_ARGS_TRUNCATED,
     LOSS_COUNTERS,
+    LOSS_PATH_TRUNCATED,
     LOSS_RINGBUF_FULL,
     DecodeError,
     decode,
@@ -169,6 +170,7 @@ class Probe:
             ringbuf_full=totals[LOSS_RINGBUF_FULL],
             argv_truncated=totals[LOSS_ARGS_TRUNCATED],
             argv_read_failed=totals[LOSS_ARGS_READ_FAILED],
+            path_truncated=totals[LOSS_PATH_TRUNCATED],
         )
 
     def close(self) -> None:

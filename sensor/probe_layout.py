@@ -19,7 +19,7 @@ from sensor.records import (
 
 RECORD_EXEC, RECORD_FORK, RECORD_EXIT, RECORD_CGROUP_MKDIR, RECORD_CGROUP_RMDIR = 1, 2, 3, 4, 5
 EXEC_ARGS_TRUNCATED, EXEC_ARGS_READ_FAILED, EXEC_FILENAME_TRUNCATED, EXEC_CWD_TRUNCATED = 1, 2, 4, 8
-LOSS_RINGBUF_FULL, LOSS_ARGS_TRUNCATED, LOSS_ARGS_READ_FAILED, LOSS_COUNTERS = 0, 1, 2, 3
+LOSS_RINGBUF_FULL, LOSS_ARGS_TRUNCATED, LOSS_ARGS_READ_FAILED, LOSS_PATH_TRUNCATED, LOSS_COUNTERS = 0, 1, 2, 3, 4
 
 HEADER = struct.Struct("<IIQ")
 # struct exec_record up to its data[] member
@@ -32,7 +32,7 @@ _FIXED_LAYOUTS = {RECORD_FORK: FORK, RECORD_EXIT: EXIT, RECORD_CGROUP_MKDIR: CGR
                   RECORD_CGROUP_RMDIR: CGROUP_FIXED}
 
 ARGS_MAX = 16384
-FILENAME_MAX_LEN = 1024
+FILENAME_MAX_LEN = 4096
 CGROUP_PATH_MAX = 512
 CWD_MAX = 1024
 
@@ -121,4 +121,5 @@ def decode_exec(raw: bytes) -> ExecRecord:
     return ExecRecord(
         ktime, pid, tid, old_tid, ppid, uid, gid, euid, egid, _cstr(comm), filename, argv, max(argc, len(argv)),
         truncated, cgroup_id, ns, sid, pgid, tty_major, tty_minor, start, exe_ino, exe_dev, cwd, exe_ctime_ns,
+        bool(flags & EXEC_FILENAME_TRUNCATED),
     )

@@ -77,6 +77,7 @@ class Process:
     exec_seen: bool = False  # an exec of this process was observed (not only fork or /proc)
     from_proc: bool = False  # seeded from /proc at start-up
     kthread: bool = False
+    path_truncated: bool = False  # `executable` is a cut prefix of a longer path; `name` then comes from comm
 
     @property
     def command_line(self) -> str:
@@ -97,6 +98,20 @@ def snapshot_of(proc: Process, ktime_ns: int) -> ProcessSnapshotRecord:
         tty_minor=proc.tty_minor, cgroup_id=proc.cgroup_id, ns=proc.ns, exe_ino=proc.exe_ino, exe_dev=proc.exe_dev,
         cwd=encode(proc.cwd), kthread=proc.kthread,
     )
+
+
+# TASK_COMM_LEN: the kernel keeps 15 bytes of a name and a NUL
+COMM_KEPT = 15
+
+
+def name_from_comm(comm: bytes) -> str:
+    """The program name when the executed path was cut: at exec the kernel sets comm to the last component of
+    the whole path (kbasename(bprm->filename), or the file's own name for fexecve), and nothing in user space can
+    change it before the probe reads it. A comm shorter than 15 bytes is that component exactly; one of 15 may
+    itself be cut, and a cut name is what this avoids, so it gives "" (no process.name)."""
+    if not comm or len(comm) >= COMM_KEPT:
+        return ""
+    return decode_arg(comm)
 
 
 def kernel_dev_to_st_dev(kdev: int) -> int:
@@ -159,27 +174,38 @@ class ProcessTable:
     def on_exec(self, rec: ExecRecord, cwd: str = "") -> Process:
         args = tuple(decode_arg(a) for a in rec.argv)
         executable = decode_arg(rec.filename)
+        truncated = rec.path_truncated
         if executable.startswith(("/proc/", "/dev/fd/")):
-            executable = self._real_executable(rec.pid, executable)
+            real = self._real_executable(rec.pid, executable, rec.exe_ino)
+            if real != executable:
+                executable, truncated = real, False  # the file's own whole path, not the cut one
         elif executable and not executable.startswith("/") and cwd.startswith("/"):
             # execve("./tool") or execve("bin/tool"): ECS wants the absolute path, resolved as the kernel did
             executable = posixpath.normpath(posixpath.join(cwd, executable))
-        # positional, in field order (pid .. exec_seen): a third cheaper than keywords, once per exec
+        # A cut path's last component is whatever byte the cut fell on ("/x/y/ssh" of "/x/y/sshd-not/true"): the
+        # name must not come from it.
+        name = name_from_comm(rec.comm) if truncated else executable.rsplit("/", 1)[-1]
+        # positional, in field order (pid .. kthread): a third cheaper than keywords, once per exec
         proc = Process(
             rec.pid, rec.ppid, rec.start_boottime_ns, entity_id(self.boot_id, rec.pid, rec.start_boottime_ns),
-            executable, executable.rsplit("/", 1)[-1], args, rec.argc, rec.args_truncated,
+            executable, name, args, rec.argc, rec.args_truncated,
             rec.uid, rec.gid, rec.euid, rec.egid, rec.sid, rec.pgid, rec.tty_major, rec.tty_minor,
             rec.cgroup_id, rec.ns, rec.exe_ino, kernel_dev_to_st_dev(rec.exe_dev), rec.exe_ctime_ns, cwd, True,
+            False, False, truncated,
         )
         self._procs[rec.pid] = proc
         return proc
 
     @staticmethod
-    def _real_executable(pid: int, executable: str) -> str:
+    def _real_executable(pid: int, executable: str, exe_ino: int = 0) -> str:
         """runc init and other re-executions run /proc/self/exe or a /dev/fd path: name the file itself, as
-        Elastic's rules expect (`/usr/bin/runc`). Rare enough to afford one readlink while the process lives."""
+        Elastic's rules expect (`/usr/bin/runc`). Rare enough to afford a readlink and a stat while the process
+        lives. The stat comes after the readlink: if the process exec'd another file in between, the inode
+        differs from the one the probe saw and the link is not taken for this exec's file."""
         try:
             target = os.readlink(f"/proc/{pid}/exe")
+            if exe_ino and os.stat(f"/proc/{pid}/exe").st_ino != exe_ino:
+                return executable
         except OSError:
             return executable
         if not target.startswith("/") or target.startswith("/memfd:"):

@@ -62,6 +62,9 @@ class ExecRecord:
     exe_dev: int
     cwd: bytes = b""  # the working directory as the process saw it, walked in the kernel
     exe_ctime_ns: int = 0  # change time of the executed file's inode; 0 where unknown
+    # `filename` is a cut prefix of a path longer than the probe keeps (PATH_MAX): its last component is not the
+    # file's name. Last, with a default, so recordings made before it replay unchanged (from_wire fills defaults).
+    path_truncated: bool = False
 
 
 @dataclass(slots=True)
@@ -111,6 +114,7 @@ class LossRecord:
     ringbuf_full: int  # records dropped because the ring buffer had no room
     argv_truncated: int  # exec records whose argv was cut
     argv_read_failed: int  # exec records whose argv could not be read at all
+    path_truncated: int = 0  # exec records whose executable path was cut
 
 
 @dataclass(frozen=True, slots=True)

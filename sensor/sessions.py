@@ -79,7 +79,7 @@ def tty_kind(major: int, minor: int) -> str | None:
 
 
 def _basename(proc: Process) -> str:
-    if proc.executable:
+    if proc.executable and not proc.path_truncated:  # a cut path's last component is not the file's name
         return proc.executable.rsplit("/", 1)[-1]
     return proc.name
 

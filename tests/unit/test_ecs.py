@@ -63,7 +63,7 @@ def test_exec_document_fields() -> None:
     assert doc["process"]["group_leader"]["same_as_process"] is True
     assert doc["process"]["session_leader"]["same_as_process"] is False
     assert doc["process"]["entry_leader"]["entry_meta"] == {"type": "terminal"}
-    assert doc["container_sensor"]["executable"] == {"inode": 11, "device": (254 << 8) | 1}
+    assert doc["container_sensor"]["executable"] == {"inode": 11, "device": (254 << 8) | 1, "path_truncated": False}
     assert "container" not in doc
     assert doc["@timestamp"] == iso_time(1_700_000_002 * 10**9)
     assert ecs_problems(doc) == []

@@ -58,8 +58,18 @@ def test_constants_match() -> None:
     for name in ("ARGS_MAX", "FILENAME_MAX_LEN", "CGROUP_PATH_MAX", "RECORD_EXEC", "RECORD_FORK", "RECORD_EXIT",
                  "RECORD_CGROUP_MKDIR", "RECORD_CGROUP_RMDIR", "EXEC_ARGS_TRUNCATED", "EXEC_ARGS_READ_FAILED",
                  "LOSS_RINGBUF_FULL",
-                 "CWD_MAX", "EXEC_CWD_TRUNCATED", "LOSS_ARGS_TRUNCATED", "LOSS_ARGS_READ_FAILED", "LOSS_COUNTERS"):
+                 "CWD_MAX", "EXEC_CWD_TRUNCATED", "LOSS_ARGS_TRUNCATED", "LOSS_ARGS_READ_FAILED", "LOSS_COUNTERS",
+                 "EXEC_FILENAME_TRUNCATED", "LOSS_PATH_TRUNCATED"):
         assert getattr(probe_layout, name) == consts[name], name
+
+
+def test_exec_data_holds_a_whole_path_max_path() -> None:
+    """The exec record's data[] has room for the longest cwd, a PATH_MAX path and ARGS_MAX of argv at once (the
+    BPF program writes each at the end of the one before), and only what was read is sent."""
+    consts, structs = parse_header()
+    assert consts["FILENAME_MAX_LEN"] == 4096
+    data = next(length for _, member, length in structs["exec_record"] if member == "data")
+    assert data >= consts["CWD_MAX"] + consts["CWD_NAME_MAX"] + consts["FILENAME_MAX_LEN"] + consts["ARGS_MAX"]
 
 
 def test_fixed_parts_match_the_c_structs() -> None:

@@ -1,0 +1,146 @@
+"""A cut executable path: flagged through every stage, never the source of process.name, never taken for ssh."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+
+import msgpack
+
+from sensor import probe_layout
+from sensor.ecs import DocumentBuilder, Leaders
+from sensor.host import HostFacts
+from sensor.processes import Process, ProcessTable, name_from_comm
+from sensor.records import ExecRecord, Namespaces, RecordingWriter, from_wire, read_recording, to_wire
+from sensor.rules.detector import Detector
+from sensor.sessions import SSHD, find_leaders
+from tests.unit.test_probe_layout import _exec_bytes
+
+HOST = HostFacts(hostname="node-1", host_id="abc123", architecture="x86_64", kernel="6.18.0", os_name="Debian",
+                 os_version="12", os_family="debian", os_platform="debian", ips=(), macs=(), boot_id="boot-1")
+CUT = "/dev/fd/100/" + "a" * 200 + "/sshd"  # what the probe kept of ".../sshd.fake"
+
+
+def exec_record(**overrides) -> ExecRecord:
+    values = dict(
+        ktime_ns=2_000_000_000, pid=300, tid=300, old_tid=300, ppid=200, uid=0, gid=0, euid=0, egid=0,
+        comm=b"sshd.fake", filename=CUT.encode(), argv=(b"true",), argc=1, args_truncated=False, cgroup_id=77,
+        ns=Namespaces(1, 2, 3, 4, 5, 6, 7), sid=300, pgid=300, tty_major=0, tty_minor=0,
+        start_boottime_ns=1_999_000_000, exe_ino=11, exe_dev=(254 << 20) | 1, path_truncated=True,
+    )
+    values.update(overrides)
+    return ExecRecord(**values)
+
+
+def test_the_probe_keeps_path_max_and_counts_cuts() -> None:
+    assert probe_layout.FILENAME_MAX_LEN == 4096  # PATH_MAX, its NUL included
+    assert probe_layout.LOSS_PATH_TRUNCATED < probe_layout.LOSS_COUNTERS
+
+
+def test_decode_reads_the_kernel_flag() -> None:
+    kept = b"/dev/fd/3/" + b"d" * 4085
+    rec = probe_layout.decode(_exec_bytes(kept, b"true\0", 1, probe_layout.EXEC_FILENAME_TRUNCATED))
+    assert rec.path_truncated is True and rec.filename == kept
+    assert probe_layout.decode(_exec_bytes(b"/bin/true", b"true\0", 1)).path_truncated is False
+
+
+def test_recordings_carry_the_flag_and_old_ones_still_replay() -> None:
+    rec = exec_record()
+    buffer = io.BytesIO()
+    RecordingWriter(buffer).write(rec)
+    buffer.seek(0)
+    assert list(read_recording(buffer)) == [rec]
+    # a recording made before the field existed: one value fewer, read as not cut
+    old = to_wire(rec)[:-1]
+    assert from_wire(msgpack.unpackb(msgpack.packb(old, use_bin_type=True), raw=False)).path_truncated is False
+
+
+def test_name_from_comm_only_when_comm_is_the_whole_name() -> None:
+    assert name_from_comm(b"sshd.fake") == "sshd.fake"
+    assert name_from_comm(b"x" * 14) == "x" * 14
+    assert name_from_comm(b"x" * 15) == ""  # may be the first 15 bytes of a longer name
+    assert name_from_comm(b"") == ""
+
+
+def test_process_name_never_comes_from_a_cut_path() -> None:
+    table = ProcessTable("boot-1")
+    proc = table.on_exec(exec_record(), "/")
+    assert (proc.executable, proc.name, proc.path_truncated) == (CUT, "sshd.fake", True)
+    long_name = table.on_exec(exec_record(pid=301, comm=b"a-rather-long-p"), "/")
+    assert long_name.name == "" and long_name.path_truncated
+    whole = table.on_exec(exec_record(pid=302, filename=b"/usr/sbin/sshd", path_truncated=False), "/")
+    assert (whole.name, whole.path_truncated) == ("sshd", False)
+
+
+def test_a_dev_fd_path_is_replaced_only_by_the_same_file() -> None:
+    """The probe's "/dev/fd/N/..." becomes the file's own path through /proc/<pid>/exe, and is then whole; if
+    that link now shows another file (the process exec'd again), the cut path stays, flagged."""
+    me = os.getpid()
+    exe = os.readlink(f"/proc/{me}/exe")
+    ino = os.stat(f"/proc/{me}/exe").st_ino
+    table = ProcessTable("boot-1")
+    same = table.on_exec(exec_record(pid=me, exe_ino=ino), "/")
+    assert (same.executable, same.path_truncated, same.name) == (exe, False, os.path.basename(exe))
+    other = table.on_exec(exec_record(pid=me, exe_ino=ino + 1), "/")
+    assert (other.executable, other.path_truncated, other.name) == (CUT, True, "sshd.fake")
+
+
+def test_document_flags_the_cut_and_leaves_out_an_unknown_name() -> None:
+    table = ProcessTable("boot-1")
+    parent = Process(pid=200, ppid=1, start_boottime_ns=10**9, entity_id="p", executable="/bin/sh", name="sh")
+    table.put(parent)
+    builder = DocumentBuilder(HOST, boot_wall_offset_ns=0)
+
+    def document(rec: ExecRecord) -> dict:
+        proc = table.on_exec(rec, "/")
+        return builder.process_event(kind="exec", ktime_ns=rec.ktime_ns, sequence=1, proc=proc, parent=parent,
+                                     leaders=Leaders(group=proc, session=proc, entry=proc, entry_type="unknown"),
+                                     container=None, cgroup_path=None)
+
+    doc = document(exec_record())
+    assert doc["container_sensor"]["executable"]["path_truncated"] is True
+    assert doc["process"]["executable"] == CUT and doc["process"]["name"] == "sshd.fake"
+    doc = document(exec_record(pid=301, comm=b"a-rather-long-p"))
+    assert "name" not in doc["process"]
+    doc = document(exec_record(pid=302, filename=b"/bin/true", comm=b"true", path_truncated=False))
+    assert doc["container_sensor"]["executable"]["path_truncated"] is False and doc["process"]["name"] == "true"
+
+
+def test_session_types_do_not_read_a_cut_path() -> None:
+    """A child of "sshd" gets the entry type sshd; a parent whose cut path ends in /sshd is not sshd."""
+    def proc(pid: int, ppid: int, exe: str, name: str, cut: bool) -> Process:
+        return Process(pid=pid, ppid=ppid, start_boottime_ns=pid, entity_id=f"e{pid}", executable=exe, name=name,
+                       sid=pid, pgid=pid, path_truncated=cut)
+
+    for cut, expected in ((False, SSHD), (True, None)):
+        table = ProcessTable("boot-1")
+        for p in (Process(pid=1, ppid=0, start_boottime_ns=1, entity_id="e1", executable="/sbin/init",
+                          name="init", sid=1, pgid=1),
+                  proc(700, 1, CUT, "sshd.fake", cut), proc(710, 700, "/usr/bin/bash", "bash", False)):
+            table.put(p)
+        leaders = find_leaders(table.get(710), table, None)
+        assert (leaders.entry_type == SSHD) == (expected == SSHD), cut
+
+
+def container_doc(executable: str, name: str, cut: bool, device: int, inode: int) -> dict:
+    return {
+        "event": {"kind": "event", "action": "exec", "type": ["start"], "id": "e1"},
+        "process": {"pid": 2**22 + 1, "name": name, "executable": executable, "parent": {"pid": 2**22 + 2},
+                    "entry_leader": {"pid": 2**22 + 3, "entry_meta": {"type": "container"}}},
+        "container": {"id": "c" * 64},
+        "container_sensor": {"executable": {"device": device, "inode": inode, "ctime_ns": 1, "path_truncated": cut}},
+    }
+
+
+def test_builtin_rule_does_not_take_a_cut_path_for_ssh() -> None:
+    st = os.stat(sys.executable)  # some file that is not ssh, under pids that do not exist
+    detector = Detector([], proc_root="/proc", identity_wait_s=0.5)
+    alerts, _ = detector.inspect(container_doc(CUT, "sshd.fake", True, st.st_dev, st.st_ino))
+    assert alerts == []
+    # the same document without the flag: its path's last component is believed, as for any whole path
+    alerts, _ = detector.inspect(container_doc(CUT, "sshd.fake", False, st.st_dev, st.st_ino + 1))
+    assert [a["container_sensor"]["alert"]["recognized_by"] for a in alerts] == ["name"]
+    # a cut path hiding ssh: comm, the kernel's own name for the file, still says ssh
+    alerts, _ = detector.inspect(container_doc("/dev/fd/100/" + "b" * 200, "ssh", True, st.st_dev, st.st_ino + 2))
+    assert [a["container_sensor"]["alert"]["program"] for a in alerts] == ["ssh"]
