@@ -55,6 +55,9 @@ def pipeline_metrics(pipeline: Any) -> dict[str, float]:
             values[f"output_queue_depth{label}"] = out["queued"]
         if "spool_bytes" in out:
             values[f"spool_bytes{label}"] = out["spool_bytes"]
+        for key in ("spool_dropped_corrupt", "spool_damaged_unknown", "spool_quarantined"):
+            if key in out:
+                values[f"{key}_total{label}"] = out[key]
         if output.name == "elasticsearch" or "bulk_failures" in out:
             # Failed bulk requests, and documents Elasticsearch rejected (kept in the dead-letter file).
             values["elasticsearch_errors_total"] = out.get("bulk_failures", 0) + out.get("dead_lettered", 0)
