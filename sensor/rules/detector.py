@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 class Detector:
     def __init__(self, rules: list[LoadedRule], *, builtin_ssh: bool = True, fold_window_s: float = 60.0,
                  max_sequences: int = 10000, proc_root: str = "/proc",
-                 clock: Callable[[], float] = time.monotonic, identity_wait_s: float = 0.1) -> None:
+                 clock: Callable[[], float] = time.monotonic, identity_wait_s: float = 0.1,
+                 rule_budget_s: float | None = 0.05, budget_clock: Callable[[], float] = time.perf_counter) -> None:
         self._single = [(rule, rule.compiled.predicate, rule.compiled.required_names, rule.compiled.names_folded)
                         for rule in rules if not rule.compiled.is_sequence]
         self._sequences = [(rule, SequenceMatcher(rule.compiled, max_sequences))
@@ -43,6 +44,11 @@ class Detector:
                         "detector_errors": 0, "alerts_skipped": 0}
         self.rule_errors: dict[str, int] = {}
         self.rule_matches: dict[str, int] = {}
+        # A ceiling on one event's Elastic rule evaluation (None: none): past it the rules left are skipped for
+        # that event and counted, so no document can hold the pipeline thread for long whatever the rules are.
+        self._budget_s = rule_budget_s
+        self._budget_clock = budget_clock
+        self._budget_counts = {"rule_budget_exceeded": 0, "rules_skipped_budget": 0}
 
     @property
     def rules(self) -> list[LoadedRule]:
@@ -87,12 +93,17 @@ class Detector:
                         self._rule_error(self._builtin.metadata.name, self._builtin.last_error)
         process = doc.get("process")
         name = process.get("name") if isinstance(process, dict) else None
-        for rule, predicate, names, folded in self._single:
+        now = self._budget_clock
+        deadline = now() + self._budget_s if self._budget_s is not None else None
+        for index, (rule, predicate, names, folded) in enumerate(self._single):
             if names is not None:
                 if name is None:
                     continue        # the rule's process.name test cannot hold
                 if type(name) is str and (name.lower() if folded else name) not in names:
                     continue
+            if deadline is not None and now() > deadline:
+                self._over_budget(len(self._single) - index + len(self._sequences))
+                return out
             try:
                 hit = predicate(doc)
             except Exception as exc:
@@ -101,7 +112,10 @@ class Detector:
             if hit:
                 self._matched(rule)
                 out.extend(self._raise(doc, rule.metadata, {"rule_file": rule.path.name}))
-        for rule, matcher in self._sequences:
+        for index, (rule, matcher) in enumerate(self._sequences):
+            if deadline is not None and now() > deadline:
+                self._over_budget(len(self._sequences) - index)
+                return out
             try:
                 matches = matcher.feed(doc)
             except Exception as exc:
@@ -142,6 +156,14 @@ class Detector:
         self._counts["alerts"] += len(alerts)
         return alerts
 
+    def _over_budget(self, skipped: int) -> None:
+        self._budget_counts["rule_budget_exceeded"] += 1
+        self._budget_counts["rules_skipped_budget"] += skipped
+        if self._budget_counts["rule_budget_exceeded"] == 1:
+            log.warning("rule evaluation for one event went over its budget of %.0f ms: the %d rules left were "
+                        "skipped for it (counted in rule_budget_exceeded and rules_skipped_budget; logged once)",
+                        (self._budget_s or 0) * 1000, skipped)
+
     def _rule_error(self, name: str, exc: Exception) -> None:
         self._counts["rule_errors"] += 1
         seen = self.rule_errors.get(name, 0)
@@ -179,6 +201,7 @@ class Detector:
 
     def stats(self) -> dict[str, int]:
         stats = dict(self._counts)
+        stats.update(self._budget_counts)
         stats.update({
             "folded": self._folder.folded,
             "fold_summaries": self._folder.summaries,
