@@ -45,6 +45,8 @@ LEGACY_MAGIC = b"CSSPOOL1"  # same length: offsets after the magic mean the same
 FRAME_MARKER = b"\xc1SF\x02"
 FRAME_HEADER = struct.Struct("<4sIIII")  # marker, sequence, length, crc32 of the payload, crc32 of these 16 bytes
 _HEADER_CHECKED = FRAME_HEADER.size - 4
+_HEAD = struct.Struct("<4sIII")  # the part of the header its own CRC covers
+_CRC = struct.Struct("<I")
 LEGACY_FRAME_HEADER = struct.Struct("<II")  # length, crc32
 QUARANTINE = "quarantine"
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -104,11 +106,10 @@ def encode_frames(payloads: Iterable[bytes], first_seq: int = 0) -> tuple[bytes,
     """Frames for payloads, numbered from first_seq: (bytes, count)."""
     parts = []
     count = 0
+    pack_head, pack_crc, crc32 = _HEAD.pack, _CRC.pack, zlib.crc32
     for payload in payloads:
-        head = FRAME_MARKER + struct.pack("<III", (first_seq + count) & 0xFFFFFFFF, len(payload), zlib.crc32(payload))
-        parts.append(head)
-        parts.append(struct.pack("<I", zlib.crc32(head)))
-        parts.append(payload)
+        head = pack_head(FRAME_MARKER, (first_seq + count) & 0xFFFFFFFF, len(payload), crc32(payload))
+        parts += (head, pack_crc(crc32(head)), payload)
         count += 1
     return b"".join(parts), count
 
@@ -136,14 +137,15 @@ def _next_header(data: bytes, offset: int) -> int | None:
         offset = found + 1
 
 
-def scan_frames(data: bytes, start: int, legacy: bool = False) -> tuple[list[bytes], int, bool]:
-    """Complete, intact frames of `data` from `start`: (payloads, end offset, True if a bad frame stopped it).
-    A frame cut short by the end of `data` stops it without being bad."""
-    payloads = []
+def scan_frames(data: bytes, start: int, legacy: bool = False,
+                max_items: int | None = None) -> tuple[list[bytes], int, bool]:
+    """Complete, intact frames of `data` from `start`, at most max_items: (payloads, end offset, True if a bad
+    frame stopped it). A frame cut short by the end of `data` stops it without being bad."""
+    payloads: list[bytes] = []
     offset = start
     end = len(data)
     header_size = LEGACY_FRAME_HEADER.size if legacy else FRAME_HEADER.size
-    while offset + header_size <= end:
+    while offset + header_size <= end and (max_items is None or len(payloads) < max_items):
         if legacy:
             length, crc = LEGACY_FRAME_HEADER.unpack_from(data, offset)
             if length > MAX_FRAME_BYTES:
@@ -833,10 +835,10 @@ class Spool:
             header_size = LEGACY_FRAME_HEADER.size if legacy else FRAME_HEADER.size
             want = min(size - offset, max(max_bytes, 1) + header_size)
             data = os.pread(fd, want, offset)
-            payloads, used, damaged = scan_frames(data, 0, legacy)
+            payloads, used, damaged = scan_frames(data, 0, legacy, max(max_items, 1))
             if not payloads and not damaged and want < size - offset:
                 data = os.pread(fd, size - offset, offset)  # one frame larger than max_bytes
-                payloads, used, damaged = scan_frames(data, 0, legacy)
+                payloads, used, damaged = scan_frames(data, 0, legacy, max(max_items, 1))
             survey = None
             if damaged and not payloads and not legacy:
                 # Damaged since it was written: find every intact frame in the rest of the segment at once.
