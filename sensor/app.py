@@ -6,6 +6,7 @@ import gc
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import astuple, dataclass, replace
@@ -15,6 +16,7 @@ from typing import Any
 from sensor import host as host_facts
 from sensor.containers.cgroupmap import V2_HIERARCHY
 from sensor.ecs import DocumentBuilder
+from sensor.liveness import SystemdNotifier
 from sensor.outputs.base import Output
 from sensor.outputs.stdout import StdoutOutput
 from sensor.pipeline import Pipeline
@@ -60,23 +62,109 @@ class RunSummary:
     alerts: int
     output_dropped: int
     paths_truncated: int = 0  # exec records whose executable path was cut (flagged in their documents)
+    spooled: int = 0  # documents left in the Elasticsearch spool, sent at the next start
+    undelivered: int = 0  # documents an output still held in memory at exit: lost
+    drain_cut: str = ""  # what ended the SIGTERM drain early ("the 20s drain deadline", "a second SIGINT")
+    ring_left: int | None = None  # bytes of records left unread in the ring buffer when the drain was cut
+    exit_code: int = 0
 
     def line(self) -> str:
         line = (f"container-sensor: {self.seen} events seen, {self.emitted} documents emitted, "
                 f"{self.lost} lost, {self.alerts} alerts, {self.output_dropped} dropped by outputs")
-        return line + (f", {self.paths_truncated} executable paths cut" if self.paths_truncated else "")
+        return line + (f", {self.paths_truncated} executable paths cut" if self.paths_truncated else "") + self.left()
+
+    def left(self) -> str:
+        """What the shutdown left behind, on the same line."""
+        if self.drain_cut:
+            ring = f", {self.ring_left} bytes of records unread in the ring buffer" if self.ring_left else ""
+            return (f"; drain cut by {self.drain_cut}: {self.spooled + self.undelivered} documents not delivered "
+                    f"({self.spooled} kept in the spool for the next start, {self.undelivered} lost){ring}")
+        text = f"; {self.spooled} documents kept in the spool for the next start" if self.spooled else ""
+        return text + (f"; {self.undelivered} documents lost at exit" if self.undelivered else "")
+
+
+class DrainCut(BaseException):
+    """Raised by a signal handler on the main thread, wherever it is (a blocked write, a long rule, the drain):
+    the drain deadline passed, or a second signal asked to exit at once. A BaseException, so the guards that
+    keep one bad record from stopping the sensor (`except Exception`) let it through."""
+
+    def __init__(self, reason: str, exit_code: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.exit_code = exit_code
 
 
 class StopFlag:
-    def __init__(self) -> None:
+    """SIGINT/SIGTERM handling. The first signal asks the loop to stop and starts the drain clock: SIGALRM at
+    `drain_timeout` raises DrainCut, so a loop stuck inside a batch is ended too (a handler that only set a
+    flag left a stalled sensor running after SIGTERM). A second signal raises DrainCut at once. Should the main
+    thread be blocked where no signal handler can run, a timer thread exits BACKSTOP_S after the deadline."""
+
+    BACKSTOP_S = 5.0
+
+    def __init__(self, drain_timeout: float = 20.0) -> None:
         self.stopped = False
+        self.drain_timeout = drain_timeout
+        self.signal_name = ""
+        self.deadline: float | None = None
+        # DrainCut is raised only between arm() (the loop starts) and disarm() (the drain is over): start-up and
+        # the clean-up after the drain are short, and not written to be cut anywhere.
+        self.interruptible = False
+        self._previous: dict[int, Any] = {}
+        self._backstop: threading.Timer | None = None
 
     def install(self) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._handler)
+            self._previous[signum] = signal.signal(signum, self._handler)
+        self._previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_deadline)
 
-    def _handler(self, _signum: int, _frame: Any) -> None:
-        self.stopped = True
+    def uninstall(self) -> None:
+        self.disarm()
+        if self._backstop is not None:
+            self._backstop.cancel()
+            self._backstop = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def remaining(self) -> float:
+        """Seconds left of the drain (all of it before a signal: the loop ended some other way)."""
+        if self.deadline is None:
+            return self.drain_timeout
+        return max(0.0, self.deadline - time.monotonic())
+
+    def arm(self) -> None:
+        self.interruptible = True
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DrainCut(f"the {self.drain_timeout:g}s drain deadline", 0)  # passed during start-up
+
+    def disarm(self) -> None:
+        self.interruptible = False
+        if self._previous:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _handler(self, signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if not self.stopped:
+            self.stopped = True
+            self.signal_name = name
+            self.deadline = time.monotonic() + self.drain_timeout
+            signal.setitimer(signal.ITIMER_REAL, self.drain_timeout)
+            self._backstop = threading.Timer(self.drain_timeout + self.BACKSTOP_S, self._give_up)
+            self._backstop.daemon = True
+            self._backstop.start()
+            return
+        if self.interruptible:
+            raise DrainCut(f"a second {name}", 128 + signum)
+
+    def _on_deadline(self, _signum: int, _frame: Any) -> None:
+        if self.interruptible:
+            raise DrainCut(f"the {self.drain_timeout:g}s drain deadline", 0)
+
+    def _give_up(self) -> None:
+        os.write(2, (f"container-sensor: still not stopped {self.drain_timeout + self.BACKSTOP_S:g}s after "
+                     f"{self.signal_name} (blocked where the drain deadline cannot interrupt it); exiting\n").encode())
+        os._exit(1)
 
 
 def boot_wall_offset_ns() -> int:
@@ -242,14 +330,25 @@ def attach(probe: Any, pipeline: Pipeline) -> list[Any]:
 
 def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | None = None,
              on_ready: Callable[[Pipeline], None] | None = None) -> RunSummary:
-    """Attaches the probe and runs until SIGINT/SIGTERM. Raises ProbeError when the probe cannot load."""
+    """Attaches the probe and runs until SIGINT/SIGTERM. Raises ProbeError when the probe cannot load.
+
+    The drain after the signal (the ring buffer, then the outputs) is bounded by `drain_timeout`; a second signal
+    ends it at once. Either way the summary says what was left behind and where."""
+    stop = stop or StopFlag(getattr(config, "drain_timeout", 20.0))
+    stop.install()
+    try:
+        return _run_live(config, stop, record_to, on_ready)
+    finally:
+        stop.uninstall()
+
+
+def _run_live(config: Any, stop: StopFlag, record_to: Path | None,
+              on_ready: Callable[[Pipeline], None] | None) -> RunSummary:
     from sensor.probe import Probe  # noqa: PLC0415 - bcc only where the probe runs
 
     ready = ReadyFile(config.ready_file) if getattr(config, "ready_file", None) else None
     if ready is not None:
         ready.check()  # a bad path fails now, with one line, not after the probes have attached
-    stop = stop or StopFlag()
-    stop.install()
     outputs = build_outputs(config)
     pipeline = build_pipeline(config, outputs, live=True)
     recorder = None
@@ -269,6 +368,12 @@ def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | Non
         pipeline.handle(record)
 
     probe = Probe(on_record, probe_options(config))
+    heartbeat = pipeline.heartbeat
+    heartbeat.stall_timeout = getattr(config, "stall_timeout", 30.0)
+    notifier = SystemdNotifier(heartbeat.check)
+    cut: DrainCut | None = None
+    ring_left: int | None = None
+    outputs_closed = False
     started = time.monotonic()
     seeded = attach(probe, pipeline)
     boost_priority(getattr(config, "priority_boost", 0))
@@ -286,44 +391,121 @@ def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | Non
         ready.create(f"{os.getpid()}\n")  # 0600, O_EXCL and O_NOFOLLOW: never through a planted link
     if on_ready is not None:
         on_ready(pipeline)
-    next_tick = time.monotonic() + TICK_SECONDS
-    collector = GarbageCollection()
     try:
+        stop.arm()
+        notifier.ready()
+        # Progress inside a long poll (a storm's backlog) shows in the probe's record counter, kept anyway.
+        heartbeat.start(progress=lambda: probe.records + probe.decode_errors, backlog=probe.backlog_bytes)
+        next_tick = time.monotonic() + TICK_SECONDS
+        collector = GarbageCollection()
         while not stop.stopped:
             probe.poll(POLL_MS)
             pipeline.flush()
             now = time.monotonic()
+            heartbeat.beat(now)
             collector.after_poll(now)
             if now >= next_tick:
                 next_tick = now + TICK_SECONDS
                 pipeline.handle(probe.loss())
                 pipeline.tick(time.clock_gettime_ns(time.CLOCK_BOOTTIME))
+        heartbeat.stopping = True
+        notifier.stopping()
         probe.drain()
         pipeline.handle(probe.loss())
         pipeline.finish()
+        close_outputs(outputs, stop)
+        outputs_closed = True
+        stop.disarm()
+    except DrainCut as error:
+        stop.disarm()
+        cut = error
+        ring_left = _ring_backlog(probe)
     finally:
-        pipeline.flush()
+        stop.disarm()
+        notifier.close()
+        if cut is not None:
+            # Whatever blocked the loop (a reader that stopped reading stdout) would block these too: the
+            # outputs are left as they are, what they hold is counted below, and stdout goes to /dev/null so
+            # the interpreter's exit does not wait on it.
+            _detach_stdout(outputs)
+        elif not outputs_closed:
+            pipeline.flush()
+            for output in outputs:
+                output.close()
         probe.close()
         if pipeline.resolver is not None:
             pipeline.resolver.close()
-        for output in outputs:
-            output.close()
         if record_stream is not None:
             record_stream.close()
         if ready is not None:
             ready.remove()  # only the file made above, not one put in its place
-    return summarize(pipeline, outputs, probe.records, undecodable=probe.decode_errors + probe.handler_errors)
+    summary = summarize(pipeline, outputs, probe.records, undecodable=probe.decode_errors + probe.handler_errors)
+    spooled, undelivered = left_behind(outputs)
+    summary = replace(summary, spooled=spooled, undelivered=undelivered)
+    if cut is not None:
+        summary = replace(summary, drain_cut=cut.reason, ring_left=ring_left, exit_code=cut.exit_code)
+    return summary
+
+
+def close_outputs(outputs: list[Output], stop: StopFlag) -> None:
+    """Closes each output within what is left of the drain, less a margin for it to spool what it could not
+    send before the deadline cuts it off."""
+    for output in outputs:
+        remaining = stop.remaining()
+        output.close(timeout=max(0.0, remaining - min(2.0, remaining / 4)))
+
+
+def left_behind(outputs: list[Output]) -> tuple[int, int]:
+    """(documents in a spool for the next start, documents an output still held in memory: lost at exit)."""
+    spooled = lost = 0
+    for output in outputs:
+        try:
+            stats = output.stats()
+        except Exception:  # noqa: BLE001 - the summary line must come out whatever an output does
+            continue
+        spooled += stats.get("spool_unread", 0)
+        if "queued" in stats:  # Elasticsearch: its memory queue
+            lost += stats["queued"]
+        elif "received" in stats:  # file: taken but neither written nor counted as dropped
+            lost += max(0, stats["received"] - stats.get("written", 0) - stats.get("dropped", 0))
+        else:  # stdout: buffered or in a write that never returned
+            lost += stats.get("pending", 0)
+    return spooled, lost
+
+
+def _ring_backlog(probe: Any) -> int | None:
+    try:
+        return probe.backlog_bytes()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _detach_stdout(outputs: list[Output]) -> None:
+    if not any(isinstance(output, StdoutOutput) for output in outputs):
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+    except OSError:
+        pass
 
 
 def run_replay(config: Any, records: Iterable[Record], meta: dict[str, Any] | None = None) -> RunSummary:
     """Feeds recorded records through every stage after the probe."""
     outputs = build_outputs(config)
     pipeline = build_pipeline(config, outputs, live=False, meta=meta)
-    seen = 0
+    seen = failed = 0
     try:
         for record in records:
             seen += 1
-            pipeline.handle(record)
+            try:
+                pipeline.handle(record)
+            except Exception as error:  # as live (Probe._handle): a record the pipeline fails on is lost, counted
+                failed += 1
+                if failed == 1:
+                    log.error("a %s record could not be processed and is counted as lost: %s: %s",
+                              type(record).__name__, type(error).__name__, error)
             if seen % 4096 == 0:
                 pipeline.flush()
         pipeline.finish()

@@ -58,7 +58,11 @@ def _ops_server(config: Any, pipeline_ref: dict[str, Any]) -> Any:
             return False, f"outputs unhealthy: {', '.join(unhealthy)}"
         return True, "probes attached, outputs healthy"
 
-    server = OpsServer(address, metrics, health)
+    def live() -> tuple[bool, str]:
+        pipeline = pipeline_ref.get("pipeline")
+        return (True, "starting") if pipeline is None else pipeline.heartbeat.check()
+
+    server = OpsServer(address, metrics, health, live)
     try:
         server.start()
     except OSError as exc:
@@ -87,6 +91,10 @@ def _run_options(func: Any) -> Any:
                      help="HOST:PORT for /healthz and /metrics (default 127.0.0.1:9464; 'off' disables)."),
         click.option("--log-format", type=click.Choice(["json", "text"]), default=None),
         click.option("--log-level", default=None),
+        click.option("--stall-timeout", default=None,
+                     help="/livez fails once the pipeline has not advanced this long (default 30s; 0 never)."),
+        click.option("--drain-timeout", default=None,
+                     help="Most time SIGTERM/SIGINT spends draining before exiting (default 20s)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -95,7 +103,8 @@ def _run_options(func: Any) -> Any:
 
 def _flags(outputs: tuple[str, ...], fmt: str | None, ready_file: Path | None, rules_paths: tuple[Path, ...],
            no_builtin_rules: bool | None, fold_window: float | None, metrics_address: str | None,
-           log_format: str | None, log_level: str | None) -> dict[str, Any]:
+           log_format: str | None, log_level: str | None, stall_timeout: str | None = None,
+           drain_timeout: str | None = None) -> dict[str, Any]:
     flags: dict[str, Any] = {
         "outputs": list(outputs) or None,
         "format": fmt,
@@ -106,6 +115,8 @@ def _flags(outputs: tuple[str, ...], fmt: str | None, ready_file: Path | None, r
         "metrics_address": metrics_address,
         "log_format": log_format,
         "log_level": log_level,
+        "stall_timeout": stall_timeout,
+        "drain_timeout": drain_timeout,
     }
     return flags
 
@@ -141,6 +152,8 @@ def _run(config_file: Path | None, flags: dict[str, Any], record_to: Path | None
         if server is not None:
             server.stop()
     click.echo(summary.line(), err=True)
+    if summary.exit_code:
+        sys.exit(summary.exit_code)  # a second signal cut the drain short: 128 + its number
 
 
 @main.command()

@@ -76,6 +76,8 @@ class Config:
     probe_argv_max_bytes: int = 16384
     probe_ring_reader: str = "auto"
     priority_boost: int = 4
+    stall_timeout: float = 30.0
+    drain_timeout: float = 20.0
     runtime_state_root: Path = Path("/")
     # Where each value came from ("default", "file PATH", "env CONTAINER_SENSOR_...", "command line"), by field.
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -343,10 +345,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("probe.argv_max_bytes", parse_size, "argv bytes captured per exec (power of two, 512-16384)"),
     Option("priority_boost", parse_int,
            "how many nice levels above normal the sensor runs (as auditd's priority_boost; 0 keeps it normal)"),
-    Option("runtime_state_root", parse_path,
-           "where the host's / is seen for the runtimes' state (/run/containerd, ...); a DaemonSet mounts /host"),
     Option("probe.ring_reader", choice(RING_READERS),
            "how records are read: mmap (x86 only), libbpf (a callback per record), or auto"),
+    Option("stall_timeout", parse_duration,
+           "/livez fails and systemd watchdog pings stop once the pipeline has not advanced this long; 0 never"),
+    Option("drain_timeout", parse_duration,
+           "most time SIGTERM/SIGINT spends draining the ring buffer and outputs before exiting"),
+    Option("runtime_state_root", parse_path,
+           "where the host's / is seen for the runtimes' state (/run/containerd, ...); a DaemonSet mounts /host"),
 )
 # Fields whose type admits None.
 OPTIONAL_FIELDS = {f.name: "None" in str(f.type) for f in fields(Config)}
@@ -452,6 +458,8 @@ def _check(config: Config, problems: list[str]) -> None:
     size = config.probe_ringbuf_size
     if size < PAGE_SIZE or size & (size - 1):
         problems.append(f"probe.ringbuf_size: must be a power of two of at least 4096 bytes, got {size}")
+    if config.drain_timeout <= 0:
+        problems.append("drain_timeout: must be more than 0")
     if not 0 <= config.priority_boost <= 19:
         problems.append(f"priority_boost: must be from 0 to 19, got {config.priority_boost}")
     argv = config.probe_argv_max_bytes

@@ -45,6 +45,14 @@ def pipeline_metrics(pipeline: Any) -> dict[str, float]:
         if field_name in stats:
             values[metric] = stats[field_name]
     values["process_table_size"] = len(pipeline.table)
+    heartbeat = getattr(pipeline, "heartbeat", None)
+    if heartbeat is not None:
+        age = heartbeat.age()
+        if age is not None:  # the loop is running (not a replay, not before the probe attached)
+            values["pipeline_last_progress_seconds"] = round(age, 3)
+            backlog = heartbeat.backlog()
+            if backlog is not None:
+                values["ringbuf_backlog_bytes"] = backlog
 
     for output in pipeline.outputs:
         out = _stats(output)

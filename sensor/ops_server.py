@@ -10,8 +10,10 @@ two callables handed to it:
 - `health()` returns (healthy, reason): `/healthz` answers 200 when healthy and 503 otherwise, with the reason
   as the body, so a failing readiness probe says why in `kubectl describe pod`.
 
-`/livez` answers 200 as long as the process serves requests (or what an optional `live()` says): a liveness
-probe must not restart the sensor because Elasticsearch is down, which the spool already covers.
+- `live()` returns (live, reason) for `/livez`: 503 once the pipeline has stopped advancing (the sensor passes
+  `Heartbeat.check`), so a sensor stuck inside a batch gets restarted. It does not follow `health()`: a liveness
+  probe must not restart the sensor because Elasticsearch is down, which the spool already covers. It is
+  answered on the server's own loop and must never block.
 
 Run as `python -m sensor.ops_server [PATH]` it is the matching probe client: it asks the server named by
 $CONTAINER_SENSOR_METRICS_ADDRESS (default 127.0.0.1:9464) for PATH (default /healthz), prints the answer and
@@ -20,9 +22,12 @@ exits 0 on 200, 1 otherwise; the DaemonSet and the systemd unit use it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import os
+import queue
 import re
 import socket
 import sys
@@ -31,7 +36,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from sensor import __version__
 from sensor.config import split_address
@@ -41,6 +45,15 @@ log = logging.getLogger(__name__)
 PREFIX = "container_sensor_"
 CONTENT_TYPE_METRICS = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_ADDRESS = "127.0.0.1:9464"
+TEXT = "text/plain; charset=utf-8"
+MAX_CONNECTIONS = 64
+READ_TIMEOUT = 5.0  # seconds to send a request head, and to take the answer
+MAX_REQUEST_BYTES = 8192  # request line and headers
+WORKERS = 2
+MAX_CALLS = 8  # /healthz and /metrics requests running or waiting for a worker
+CALL_TIMEOUT = 10.0
+LINGER_S = 1.0  # after an error answer, how long the rest of a refused request is read and discarded
+REFUSAL_REASONS = ("evicted", "busy", "timeout", "too_large")
 
 # HELP lines for the metrics the pipeline is expected to report; others are exposed without HELP.
 METRIC_HELP = {
@@ -68,6 +81,10 @@ METRIC_HELP = {
     "container_cache_size": "Entries in the cgroup-to-container cache.",
     "cgroups_known": "Cgroups in the cgroup id map.",
     "healthy": "1 when /healthz answers 200, else 0.",
+    "pipeline_last_progress_seconds": "Seconds since the event loop last advanced (/livez fails past stall_timeout).",
+    "ringbuf_backlog_bytes": "Bytes of records waiting in the BPF ring buffer.",
+    "ops_connections_open": "Connections open to this ops server.",
+    "ops_requests_refused_total": "Ops server connections closed unanswered or answered busy, by reason.",
     "info": "Constant 1, labelled with the sensor's version.",
 }
 
@@ -118,62 +135,37 @@ def render_metrics(values: dict[str, float], healthy: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    server_version = f"container-sensor/{__version__}"
-
-    def do_GET(self) -> None:  # noqa: N802 (the name http.server dispatches to)
-        path = self.path.split("?", 1)[0]
-        ops = self.server.ops
-        try:
-            if path == "/metrics":
-                healthy, _ = ops.health()
-                self._send(HTTPStatus.OK, render_metrics(ops.metrics(), healthy), CONTENT_TYPE_METRICS)
-            elif path == "/healthz":
-                healthy, reason = ops.health()
-                status = HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE
-                self._send(status, f"{'ok' if healthy else 'unhealthy'}: {reason}\n")
-            elif path == "/livez":
-                alive, reason = ops.live()
-                status = HTTPStatus.OK if alive else HTTPStatus.SERVICE_UNAVAILABLE
-                self._send(status, f"{'ok' if alive else 'dead'}: {reason}\n")
-            elif path == "/":
-                self._send(HTTPStatus.OK, "container-sensor: /healthz /livez /metrics\n")
-            else:
-                self._send(HTTPStatus.NOT_FOUND, f"not found: {path}\n")
-        except Exception as error:  # a failing callable must answer 500, not kill the server thread
-            log.warning("ops endpoint %s failed: %s", path, error, exc_info=True)
-            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, f"error: {type(error).__name__}: {error}\n")
-
-    def _send(self, status: HTTPStatus, body: str, content_type: str = "text/plain; charset=utf-8") -> None:
-        data = body.encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
-        log.debug("ops request from %s: " + format, self.address_string(), *args)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    ops: OpsServer
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
 def _always_alive() -> tuple[bool, str]:
     return True, "serving"
 
 
+class _Connection:
+    __slots__ = ("writer", "requested")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.requested = False  # a whole request head arrived: no longer idle, never evicted
+
+
+def _response(status: HTTPStatus, body: str, content_type: str = TEXT, head_only: bool = False) -> bytes:
+    data = body.encode("utf-8")
+    head = (f"HTTP/1.1 {status.value} {status.phrase}\r\nServer: container-sensor/{__version__}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(data)}\r\nCache-Control: no-store\r\n"
+            "Connection: close\r\n\r\n").encode("ascii")
+    return head if head_only else head + data
+
+
 class OpsServer:
-    """Serves /healthz, /livez and /metrics on `address` ("HOST:PORT"; port 0 picks a free one)."""
+    """Serves /healthz, /livez and /metrics on `address` ("HOST:PORT"; port 0 picks a free one).
+
+    One asyncio loop on one thread holds every connection, so an idle connection costs a socket and a few
+    kilobytes, not a thread: 480 idle connections grew the old thread-per-connection server by 55 MB. Bounds:
+    at most `max_connections` open (a new one pushes out the oldest that has not sent a request yet, so idle
+    connections cannot lock out the kubelet's probe; with none idle it is answered 503 at once), a request head
+    of at most `max_request_bytes` (else 431), `read_timeout` seconds to send it (else 408). /livez is answered
+    on the loop itself (`live()` must not block: it only reads the pipeline's heartbeat); /healthz and /metrics
+    call into the pipeline on `workers` threads, with at most `max_calls` waiting (else 503), so a stuck scrape
+    holds a worker, never the loop."""
 
     def __init__(
         self,
@@ -181,13 +173,32 @@ class OpsServer:
         metrics: Callable[[], dict[str, float]],
         health: Callable[[], tuple[bool, str]],
         live: Callable[[], tuple[bool, str]] | None = None,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        read_timeout: float = READ_TIMEOUT,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+        workers: int = WORKERS,
+        max_calls: int = MAX_CALLS,
+        call_timeout: float = CALL_TIMEOUT,
     ) -> None:
         self.host, self.port = split_address(address, allow_any_port=True)
         self.metrics = metrics
         self.health = health
         self.live = live or _always_alive
-        self._server: _Server | None = None
+        self.max_connections = max_connections
+        self.read_timeout = read_timeout
+        self.max_request_bytes = max_request_bytes
+        self.workers = workers
+        self.max_calls = max_calls
+        self.call_timeout = call_timeout
+        self.refused: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)  # written on the loop thread only
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], tuple[HTTPStatus, str, str]], asyncio.Future] | None] = (
+            queue.SimpleQueue())
+        self._calls = 0
+        self._connections: dict[_Connection, None] = {}  # in accept order: the first idle one is the oldest
 
     @property
     def address(self) -> str:
@@ -196,29 +207,203 @@ class OpsServer:
 
     def start(self) -> None:
         """Binds and starts serving; raises OSError (e.g. address in use) so the caller can report it."""
-        if self._server is not None:
+        if self._loop is not None:
             return
-        server_class = _Server6 if ":" in self.host else _Server
-        server = server_class((self.host, self.port), _Handler)
-        server.ops = self
-        self.port = server.server_address[1]
-        self._server = server
-        # A short poll interval makes stop() quick; an idle poll costs nothing measurable.
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="ops-server", daemon=True
-        )
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.create_server((self.host, self.port), family=family, backlog=128)
+        self.port = sock.getsockname()[1]
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            server = loop.run_until_complete(
+                asyncio.start_server(self._on_connection, sock=sock, limit=self.max_request_bytes))
+        except BaseException:
+            loop.close()
+            sock.close()
+            self._loop = None
+            raise
+        self._workers = [threading.Thread(target=self._work, name=f"ops-server-worker-{n}", daemon=True)
+                         for n in range(self.workers)]
+        for worker in self._workers:
+            worker.start()
+        self._thread = threading.Thread(target=self._serve, args=(loop, server), name="ops-server", daemon=True)
         self._thread.start()
         log.info("serving /healthz and /metrics", extra={"ops_address": self.address})
 
     def stop(self) -> None:
-        if self._server is None:
+        loop, thread = self._loop, self._thread
+        if loop is None:
             return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = None
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(timeout=5)
+        for _ in self._workers:
+            self._jobs.put(None)
+        for worker in self._workers:
+            worker.join(timeout=1)  # a worker stuck in the pipeline is a daemon: it does not hold the exit
+        self._workers = []
+        self._loop = None
         self._thread = None
+
+    def stats(self) -> dict[str, float]:
+        """The server's own counters, exposed in /metrics with the pipeline's."""
+        values: dict[str, float] = {"ops_connections_open": len(self._connections)}
+        for reason, count in self.refused.items():
+            values[f'ops_requests_refused_total{{reason="{reason}"}}'] = count
+        return values
+
+    # ---- loop thread
+
+    def _serve(self, loop: asyncio.AbstractEventLoop, server: asyncio.Server) -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            server.close()
+            for connection in list(self._connections):
+                connection.writer.transport.abort()
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(server.wait_closed())
+            loop.close()
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= self.max_connections:
+            idle = next((c for c in self._connections if not c.requested), None)
+            if idle is None:
+                self.refused["busy"] += 1
+                await self._refuse(reader, writer, _response(HTTPStatus.SERVICE_UNAVAILABLE,
+                                                             "busy: too many requests at once\n"))
+                return
+            self.refused["evicted"] += 1
+            self._connections.pop(idle, None)
+            idle.writer.transport.abort()
+        connection = _Connection(writer)
+        self._connections[connection] = None
+        try:
+            await self._serve_connection(reader, writer, connection)
+        except (ConnectionError, OSError):
+            pass  # the client went away: nothing to answer
+        finally:
+            self._connections.pop(connection, None)
+            writer.close()
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                connection: _Connection) -> None:
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            self.refused["too_large"] += 1
+            await self._refuse(reader, writer, _response(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                                         f"request head over {self.max_request_bytes} bytes\n"))
+            return
+        except TimeoutError:
+            self.refused["timeout"] += 1
+            await self._refuse(reader, writer, _response(HTTPStatus.REQUEST_TIMEOUT, "request not sent in time\n"))
+            return
+        except asyncio.IncompleteReadError:
+            return
+        connection.requested = True
+        parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            await self._send(writer, _response(HTTPStatus.BAD_REQUEST, "bad request line\n"))
+            return
+        method, target = parts[0], parts[1]
+        if method not in ("GET", "HEAD"):
+            await self._send(writer, _response(HTTPStatus.METHOD_NOT_ALLOWED, "only GET and HEAD\n"))
+            return
+        status, body, content_type = await self._answer(target.split("?", 1)[0])
+        await self._send(writer, _response(status, body, content_type, head_only=method == "HEAD"))
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes) -> None:
+        """Answers, then reads what the client still sends for a moment before closing: closing with unread
+        bytes makes the kernel reset the connection, and the client would never see the answer."""
+        await self._send(writer, data)
+        with contextlib.suppress(TimeoutError, ConnectionError, OSError):
+            if writer.can_write_eof():
+                writer.write_eof()
+            async with asyncio.timeout(LINGER_S):
+                while await reader.read(65536):
+                    pass
+
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        writer.write(data)
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                await writer.drain()
+        except TimeoutError:
+            self.refused["timeout"] += 1  # a client that does not read its answer
+
+    async def _answer(self, path: str) -> tuple[HTTPStatus, str, str]:
+        if path == "/livez":
+            return self._guarded(path, self._livez)
+        if path == "/healthz":
+            return await self._call(path, self._healthz)
+        if path == "/metrics":
+            return await self._call(path, self._metrics)
+        if path == "/":
+            return HTTPStatus.OK, "container-sensor: /healthz /livez /metrics\n", TEXT
+        return HTTPStatus.NOT_FOUND, f"not found: {path}\n", TEXT
+
+    async def _call(self, path: str, answer: Callable[[], tuple[HTTPStatus, str, str]]
+                    ) -> tuple[HTTPStatus, str, str]:
+        if self._calls >= self.max_calls:
+            self.refused["busy"] += 1
+            return HTTPStatus.SERVICE_UNAVAILABLE, f"busy: {self._calls} requests wait for the pipeline\n", TEXT
+        assert self._loop is not None
+        future: asyncio.Future = self._loop.create_future()
+        self._calls += 1  # given back when the worker is done, not when the client gives up
+        self._jobs.put((lambda: self._guarded(path, answer), future))
+        try:
+            async with asyncio.timeout(self.call_timeout):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            self.refused["timeout"] += 1
+            return HTTPStatus.SERVICE_UNAVAILABLE, f"{path} did not answer within {self.call_timeout:g}s\n", TEXT
+
+    def _guarded(self, path: str, answer: Callable[[], tuple[HTTPStatus, str, str]]) -> tuple[HTTPStatus, str, str]:
+        try:
+            return answer()
+        except Exception as error:  # a failing callable must answer 500, not kill the server
+            log.warning("ops endpoint %s failed: %s", path, error, exc_info=True)
+            return HTTPStatus.INTERNAL_SERVER_ERROR, f"error: {type(error).__name__}: {error}\n", TEXT
+
+    def _livez(self) -> tuple[HTTPStatus, str, str]:
+        alive, reason = self.live()
+        status = HTTPStatus.OK if alive else HTTPStatus.SERVICE_UNAVAILABLE
+        return status, f"{'ok' if alive else 'dead'}: {reason}\n", TEXT
+
+    def _healthz(self) -> tuple[HTTPStatus, str, str]:
+        healthy, reason = self.health()
+        status = HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE
+        return status, f"{'ok' if healthy else 'unhealthy'}: {reason}\n", TEXT
+
+    def _metrics(self) -> tuple[HTTPStatus, str, str]:
+        healthy, _ = self.health()
+        return HTTPStatus.OK, render_metrics({**self.metrics(), **self.stats()}, healthy), CONTENT_TYPE_METRICS
+
+    def _settle(self, future: asyncio.Future, result: tuple[HTTPStatus, str, str]) -> None:
+        self._calls -= 1
+        if not future.done():
+            future.set_result(result)
+
+    # ---- worker threads
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            call, future = job
+            result = call()
+            loop = self._loop
+            if loop is None:
+                continue
+            with contextlib.suppress(RuntimeError):  # the loop closed while this call ran (stop)
+                loop.call_soon_threadsafe(self._settle, future, result)
 
 
 def probe(address: str, path: str = "/healthz", timeout: float = 3.0) -> tuple[bool, str]:

@@ -158,6 +158,11 @@ class Probe:
         elif self._bpf is not None:
             self._bpf.ring_buffer_consume()
 
+    def backlog_bytes(self) -> int | None:
+        """Bytes of records waiting in the ring buffer, for liveness; None with libbpf's reader, which hides it."""
+        reader = self._reader
+        return reader.backlog() if reader is not None else None
+
     def loss(self) -> LossRecord:
         """Kernel-side counters since load."""
         totals = [0] * LOSS_COUNTERS

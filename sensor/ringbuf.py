@@ -84,6 +84,11 @@ class RingBufferReader:
                 else:
                     write_position(consumer, 0, position)
 
+    def backlog(self) -> int:
+        """Bytes the kernel has reserved or committed that were not consumed yet: two loads, safe from any thread
+        (liveness asks it while the event loop may be stuck)."""
+        return _POSITION.unpack_from(self._ring, 0)[0] - _POSITION.unpack_from(self._consumer, 0)[0]
+
     def close(self) -> None:
         self._ring.close()
         self._consumer.close()

@@ -55,6 +55,7 @@ class StdoutOutput:
         self._size = 0
         self._max_buffer = max_buffer
         self.written = 0
+        self.in_flight = 0  # lines of a write not finished yet: a reader that stopped reading blocks it
         self.broken = False
         self.dropped = 0
 
@@ -73,13 +74,16 @@ class StdoutOutput:
         if not self._parts or self.broken:
             return
         data = b"".join(self._parts)
+        self.in_flight = len(self._parts)  # one line each
         self._parts.clear()
         self._size = 0
         self._flushed_at = time.monotonic()
         try:
             self._stream.write(data)
             self._stream.flush()
+            self.in_flight = 0
         except OSError as error:
+            self.in_flight = 0
             # The reader went away (EPIPE) or the disk behind a redirect is full: say so once, stop writing,
             # keep counting what could not be delivered.
             self.broken = True
@@ -100,4 +104,5 @@ class StdoutOutput:
         return not self.broken
 
     def stats(self) -> dict[str, int]:
-        return {"written": self.written, "dropped": self.dropped}
+        # pending: accepted but not yet in the stream (buffered, or in a write that has not returned)
+        return {"written": self.written, "dropped": self.dropped, "pending": len(self._parts) + self.in_flight}
