@@ -33,9 +33,16 @@ def _load_config(config_file: Path | None, flags: dict[str, Any]) -> Any:
 
 
 def _setup_logging(config: Any) -> None:
+    from sensor.config import command_line_secrets_warning  # noqa: PLC0415
+    from sensor.credentials import protect_stderr  # noqa: PLC0415
     from sensor.logs import setup_logging  # noqa: PLC0415
 
+    # Before the log handler takes sys.stderr: its lines, and any traceback, go through the secret redactor.
+    protect_stderr(config)
     setup_logging(config.log_format, config.log_level)
+    warning = command_line_secrets_warning(config)
+    if warning:
+        log.warning(warning)
 
 
 def _ops_server(config: Any, pipeline_ref: dict[str, Any]) -> Any:
@@ -204,9 +211,13 @@ def config_group() -> None:
 @_run_options
 def config_show(config_file: Path | None, **kwargs: Any) -> None:
     """Print the effective configuration as YAML, secrets masked, each value's origin as a comment."""
-    from sensor.config import render_config  # noqa: PLC0415
+    from sensor.config import command_line_secrets_warning, render_config  # noqa: PLC0415
 
-    click.echo(render_config(_load_config(config_file, _flags(**kwargs))), nl=False)
+    config = _load_config(config_file, _flags(**kwargs))
+    warning = command_line_secrets_warning(config)
+    if warning:
+        click.echo(f"container-sensor: warning: {warning}", err=True)
+    click.echo(render_config(config), nl=False)
 
 
 @main.command()

@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from sensor.credentials import Redactor, UrlError, mask_url, parse_url, secret_forms
+
 ENV_PREFIX = "CONTAINER_SENSOR_"
 # Names the configuration file; read by `resolve_config_file`, not an option itself.
 CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG"
@@ -86,17 +88,29 @@ class Config:
         """The configuration as a nested dict in the file's layout, secrets replaced by a mask."""
         nested: dict[str, Any] = {}
         for option in OPTIONS:
-            value = getattr(self, option.field_name)
-            if value is not None and option.secret:
-                value = SECRET_MASK
-            elif option.key == "elasticsearch.url" and value:
-                value = mask_url_password(value)
+            value = _shown(option.field_name, getattr(self, option.field_name))
             section = nested
             *parents, leaf = option.key.split(".")
             for part in parents:
                 section = section.setdefault(part, {})
             section[leaf] = _plain(value)
         return nested
+
+    def __repr__(self) -> str:
+        # Written out so that a repr in a log line or a traceback never holds a password, API key or URL
+        # credentials (dataclass keeps a __repr__ the class defines).
+        shown = (f"{f.name}={_shown(f.name, getattr(self, f.name))!r}" for f in fields(self) if f.repr)
+        return f"Config({', '.join(shown)})"
+
+
+def _shown(field_name: str, value: Any) -> Any:
+    """A field's value as it may be printed: secrets masked, credentials cut out of the URL."""
+    option = OPTIONS_BY_FIELD.get(field_name)
+    if value is not None and option is not None and option.secret:
+        return SECRET_MASK
+    if field_name == "elasticsearch_url" and value:
+        return mask_url(value)
+    return value
 
 
 def _plain(value: Any) -> Any:
@@ -105,11 +119,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_plain(item) for item in value]
     return value
-
-
-def mask_url_password(url: str) -> str:
-    """`https://user:secret@host` -> `https://user:********@host`; other URLs unchanged."""
-    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*):[^@/]*@", rf"\1:{SECRET_MASK}@", url)
 
 
 # ---- value parsers: each takes a raw value (YAML scalar/list, or an env/flag string) and returns the typed
@@ -228,7 +237,7 @@ def parse_outputs(raw: Any) -> tuple[str, ...]:
     `load_config` folds the PATH/URL of a spec into file.path / elasticsearch.url, so `Config.outputs` only
     ever holds kinds.
     """
-    specs = _items(raw)
+    specs = _split_specs(raw) if isinstance(raw, str) else _items(raw)
     kinds = [spec.partition(":")[0].lower() for spec in specs]
     unknown = [kind for kind in kinds if kind not in OUTPUT_KINDS]
     if unknown:
@@ -238,6 +247,21 @@ def parse_outputs(raw: Any) -> tuple[str, ...]:
     if any(spec.lower().startswith("stdout:") for spec in specs):
         raise ValueError("stdout takes no argument")
     return tuple(specs)
+
+
+def _split_specs(text: str) -> list[str]:
+    """Comma-separated specs, where a comma in an Elasticsearch URL's password does not start a new spec: a
+    piece that names no output kind joins the `elasticsearch:` spec before it while an `@` is still to come."""
+    pieces = text.split(",")
+    specs: list[str] = []
+    for number, piece in enumerate(pieces):
+        kind = piece.strip().partition(":")[0].lower()
+        in_credentials = any("@" in later for later in pieces[number:])
+        if specs and kind not in OUTPUT_KINDS and in_credentials and specs[-1].lower().startswith("elasticsearch:"):
+            specs[-1] += "," + piece
+        else:
+            specs.append(piece.strip())
+    return [spec.strip() for spec in specs if spec.strip()]
 
 
 def _fold_output_specs(values: dict[str, Any], origins: dict[str, str], problems: list[str]) -> None:
@@ -255,7 +279,8 @@ def _fold_output_specs(values: dict[str, Any], origins: dict[str, str], problems
         if not argument:
             continue
         if kind in given and given[kind] != argument:
-            problems.append(f"outputs: only one {kind} output is supported, got {given[kind]} and {argument}")
+            shown = (mask_url(given[kind]), mask_url(argument)) if kind == "elasticsearch" else (given[kind], argument)
+            problems.append(f"outputs: only one {kind} output is supported, got {shown[0]} and {shown[1]}")
             continue
         given[kind] = argument
         field_name, convert = targets[kind]
@@ -384,17 +409,37 @@ def _flatten(data: Mapping[str, Any], prefix: str, problems: list[str], source: 
 
 
 def _read_file(path: Path, problems: list[str]) -> dict[str, Any]:
+    # Every way a file can be wrong is one problem line naming the place; none quotes the file's text, which may
+    # hold a password.
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as error:
         problems.append(f"{path}: cannot read the configuration file: {error.strerror or error}")
         return {}
     try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        problems.append(f"{path}: not UTF-8 text (byte 0x{raw[error.start]:02x} at line {line}, offset "
+                        f"{error.start}); save the file as UTF-8")
+        return {}
+    try:
         data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        where = error.problem_mark
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problems.append(f"{path}: not valid YAML{line}: {error.problem or type(error).__name__}")
+        return {}
+    except yaml.reader.ReaderError as error:
+        problems.append(f"{path}: not valid YAML: {error.reason} (character #x{error.character:04x} at offset "
+                        f"{error.position})" if isinstance(error.character, int) else
+                        f"{path}: not valid YAML: {error.reason} (at offset {error.position})")
+        return {}
     except yaml.YAMLError as error:
-        where = getattr(error, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where is not None else ""
-        problems.append(f"{path}: not valid YAML{line}: {getattr(error, 'problem', None) or error}")
+        problems.append(f"{path}: not valid YAML: {type(error).__name__}")
+        return {}
+    except RecursionError:
+        problems.append(f"{path}: not valid YAML: nested too deeply")
         return {}
     if data is None:
         return {}
@@ -433,12 +478,17 @@ def _flag_values(flags: Mapping[str, Any], problems: list[str]) -> dict[str, tup
 
 def _check(config: Config, problems: list[str]) -> None:
     """Problems that involve more than one option, or the filesystem."""
-    if "elasticsearch" in config.outputs:
-        if not config.elasticsearch_url:
-            problems.append("elasticsearch.url: required when outputs include elasticsearch")
-        elif not re.match(r"^https?://[^/\s]+", config.elasticsearch_url):
-            shown = mask_url_password(config.elasticsearch_url)
-            problems.append(f"elasticsearch.url: expected http(s)://HOST[:PORT], got {shown!r}")
+    if "elasticsearch" in config.outputs and not config.elasticsearch_url:
+        problems.append("elasticsearch.url: required when outputs include elasticsearch")
+    if config.elasticsearch_url:
+        try:
+            url = parse_url(config.elasticsearch_url)
+        except UrlError as error:
+            problems.append(f"elasticsearch.url: {error}")
+        else:
+            if url.has_credentials and (config.elasticsearch_api_key or config.elasticsearch_username):
+                problems.append("elasticsearch: credentials both in elasticsearch.url and in elasticsearch."
+                                f"{'api_key' if config.elasticsearch_api_key else 'username'}; give them once")
     if config.elasticsearch_api_key and (config.elasticsearch_username or config.elasticsearch_password):
         problems.append("elasticsearch: give either api_key or username/password, not both")
     if bool(config.elasticsearch_username) != bool(config.elasticsearch_password):
@@ -493,7 +543,9 @@ def load_config(file: Path | None, env: Mapping[str, str], flags: Mapping[str, A
         try:
             parsed = option.parse(value)
         except ValueError as error:
-            problems.append(f"{key}: {error} (from {origin})")
+            # A secret's parse error says what is wrong, not what was given ("..., got VALUE").
+            message = str(error).split(", got ")[0] if option.secret else error
+            problems.append(f"{key}: {message} (from {origin})")
             continue
         if parsed is None and not option.may_be_empty:
             problems.append(f"{key}: must not be empty (from {origin})")
@@ -505,8 +557,55 @@ def load_config(file: Path | None, env: Mapping[str, str], flags: Mapping[str, A
     config = Config(**values, origins=origins)
     _check(config, problems)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(_scrubbed(problems, raw))
     return config
+
+
+def _scrubbed(problems: list[str], raw: Mapping[str, tuple[str, Any]]) -> list[str]:
+    """Problems with any secret given (and the user info of any URL) masked, however a message came to hold
+    one: a value quoted back, a URL in an unknown key's value."""
+    def given(key: str) -> str | None:
+        value = raw.get(key, (None, None))[1]
+        return value if isinstance(value, str) else None
+
+    redactor = Redactor()
+    outputs = raw.get("outputs", (None, None))[1]
+    specs = _split_specs(outputs) if isinstance(outputs, str) else outputs if isinstance(outputs, list | tuple) else []
+    urls = [given("elasticsearch.url")] + [str(spec).partition(":")[2] for spec in specs]
+    for url in urls:
+        redactor.add(secret_forms(url=url))
+    redactor.add(secret_forms(username=given("elasticsearch.username"), password=given("elasticsearch.password"),
+                              api_key=given("elasticsearch.api_key")))
+    return [redactor.scrub(problem) for problem in problems]
+
+
+def command_line_secrets_warning(config: Config) -> str | None:
+    """One warning line when a secret came from the command line, where every user of the host sees it in `ps`;
+    it names the environment variables and file keys that keep it out of sight. None when there is nothing to say.
+    """
+    def from_flags(field_name: str) -> bool:
+        return config.origins.get(field_name) == "command line" and bool(getattr(config, field_name))
+
+    given = [option.key for option in OPTIONS if option.secret and from_flags(option.field_name)]
+    url = OPTIONS_BY_KEY["elasticsearch.url"]
+    try:
+        url_credentials = from_flags(url.field_name) and parse_url(config.elasticsearch_url or "").has_credentials
+    except UrlError:
+        url_credentials = False
+    if not given and not url_credentials:
+        return None
+    user, password, api_key = (OPTIONS_BY_KEY[f"elasticsearch.{name}"] for name in ("username", "password", "api_key"))
+    if url_credentials:
+        given.insert(0, "the credentials in the Elasticsearch URL")
+        instead = (f"set the URL in {url.env_name}, or give it without credentials and set {user.env_name} and "
+                   f"{password.env_name} (or {api_key.env_name}); or use {url.key}, {user.key} and {password.key} "
+                   "in the configuration file")
+    else:
+        secrets = [option for option in OPTIONS if option.secret and from_flags(option.field_name)]
+        instead = (f"set {' and '.join(option.env_name for option in secrets)}, or "
+                   f"{' and '.join(option.key for option in secrets)} in the configuration file")
+    return (f"{' and '.join(given)} given on the command line can be read by every user of this host (ps, "
+            f"/proc/PID/cmdline): {instead}")
 
 
 def resolve_config_file(flag: Path | None, env: Mapping[str, str]) -> Path | None:

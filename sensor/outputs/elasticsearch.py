@@ -37,10 +37,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import msgpack
 
+from sensor.credentials import UrlError, mask_url, parse_url, scrub_urls
 from sensor.outputs.deadletter import DeadLetterFile
 from sensor.outputs.encoding import DocumentEncoder
 from sensor.outputs.spool import Position, Spool
@@ -72,12 +72,11 @@ def check_index_name(name: str, what: str) -> None:
 
 
 def redact_url(url: str) -> str:
-    """The URL without user info, for messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    """The URL for messages: without credentials, or masked (`https://***@host`) when it does not parse."""
+    try:
+        return parse_url(url).without_credentials()
+    except UrlError:
+        return mask_url(url)
 
 
 @dataclass
@@ -107,18 +106,18 @@ class ElasticsearchSettings:
     backoff_max: float = 30.0
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ElasticsearchConfigError(
-                f"elasticsearch url: expected http(s)://HOST[:PORT], got {redact_url(self.url)!r}"
-            )
-        if parts.username is not None:
-            # Credentials in the URL become basic auth; the URL kept here carries none.
+        # The last `@` ends the credentials, so a password may hold `/`, `#`, `?`, `:` or `@` (sensor.credentials).
+        try:
+            parts = parse_url(self.url)
+        except UrlError as error:
+            raise ElasticsearchConfigError(f"elasticsearch url: {error}") from None
+        if parts.has_credentials:
+            # Credentials in the URL become basic auth; the URL kept here (and given to the client) carries none.
             if self.api_key or self.username:
                 raise ElasticsearchConfigError("elasticsearch: credentials both in the URL and in settings")
-            self.username = unquote(parts.username)
-            self.password = unquote(parts.password or "")
-            self.url = redact_url(self.url)
+            self.username = parts.username
+            self.password = parts.password or ""
+        self.url = parts.without_credentials()
         if self.api_key and self.username:
             raise ElasticsearchConfigError("elasticsearch: give either an API key or a username, not both")
         if self.username and self.password is None:
@@ -621,6 +620,7 @@ class ElasticsearchOutput:
         self._dead_letter.add(item[0], item[1], status, error, item[2])
 
     def _note_failure(self, reason: str) -> None:
+        reason = scrub_urls(reason)  # a client's exception text may quote a URL
         if self._healthy or reason != self._last_error:
             log.warning("elasticsearch %s: %s; retrying", redact_url(self.settings.url), reason)
         self._healthy = False

@@ -5,13 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sensor.credentials import mask_spec
 from sensor.outputs.base import Output
-from sensor.outputs.elasticsearch import (
-    ElasticsearchConfigError,
-    ElasticsearchOutput,
-    ElasticsearchSettings,
-    redact_url,
-)
+from sensor.outputs.elasticsearch import ElasticsearchConfigError, ElasticsearchOutput, ElasticsearchSettings
 from sensor.outputs.files import FileOutputError, RotatingFileOutput
 from sensor.outputs.spool import SpoolError
 from sensor.outputs.stdout import StdoutOutput
@@ -33,8 +29,8 @@ def _setting(settings: Any, name: str, default: Any = None) -> Any:
 
 
 def _show(spec: str) -> str:
-    kind, _, argument = spec.partition(":")
-    return f"{kind}:{redact_url(argument)}" if kind.lower() == "elasticsearch" and argument else spec
+    """The spec for messages: an Elasticsearch URL's credentials masked (`https://***@host`)."""
+    return mask_spec(spec)
 
 
 def elasticsearch_settings(url: str, settings: Any) -> ElasticsearchSettings:
@@ -80,7 +76,7 @@ def _build_one(spec: str, settings: Any) -> Output:
     if kind == "elasticsearch":
         url = argument or _setting(settings, "elasticsearch_url")
         if not url:
-            raise OutputSpecError([f"--output {spec}: needs a URL (elasticsearch:URL, or elasticsearch.url)"])
+            raise OutputSpecError([f"--output {_show(spec)}: needs a URL (elasticsearch:URL, or elasticsearch.url)"])
         return ElasticsearchOutput(elasticsearch_settings(url, settings))
     raise OutputSpecError([f"--output {_show(spec)}: unknown output {kind!r} "
                            "(expected stdout, file:PATH or elasticsearch:URL)"])

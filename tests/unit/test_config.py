@@ -11,7 +11,6 @@ from sensor.config import (
     Config,
     ConfigError,
     load_config,
-    mask_url_password,
     parse_duration,
     parse_size,
     render_config,
@@ -121,17 +120,36 @@ def test_bad_elasticsearch_url_is_shown_masked():
     problems = problems_of(env={"CONTAINER_SENSOR_OUTPUTS": "elasticsearch",
                                 "CONTAINER_SENSOR_ELASTICSEARCH_URL": "es://elastic:hunter2@es:9200"})
     assert len(problems) == 1
-    assert "hunter2" not in problems[0] and SECRET_MASK in problems[0]
+    assert "hunter2" not in problems[0] and "'es://***@es:9200'" in problems[0]
 
 
 @pytest.mark.parametrize("text,problem", [
     ("outputs: [stdout\n", "not valid YAML at line 2"),
     ("- stdout\n", "expected a mapping of keys at the top, got list"),
+    ("just text\n", "expected a mapping of keys at the top, got str"),
+    ("elasticsearch:\n  password: s3cr3t-value\n\tindex: x\n", "not valid YAML at line 3, column 1: found character"),
+    ("outputs: [stdout]\nnode_name: a\x07b\n", "not valid YAML: special characters are not allowed (character #x0007"),
+    ("outputs: " + "[" * 5000 + "\n", "not valid YAML: nested too deeply"),
+    ("a: *nowhere\n", "not valid YAML at line 1, column 4: found undefined alias"),
 ])
 def test_broken_files(tmp_path, text, problem):
     file = write(tmp_path, text)
     problems = problems_of(file)
-    assert len(problems) == 1 and problem in problems[0] and str(file) in problems[0]
+    assert len(problems) == 1 and problem in problems[0] and str(file) in problems[0], problems
+    # The file's text is not quoted back: it may hold a password.
+    assert "s3cr3t" not in problems[0]
+
+
+def test_a_file_that_is_not_utf8_is_one_problem(tmp_path):
+    file = tmp_path / "latin1.yaml"
+    file.write_bytes("node_name: n\nelasticsearch:\n  password: caf\u00e9-s3cr3t\n".encode("latin-1"))
+    assert problems_of(file) == [
+        f"{file}: not UTF-8 text (byte 0xe9 at line 3, offset 43); save the file as UTF-8"
+    ]
+
+
+def test_a_directory_as_the_file_is_one_problem(tmp_path):
+    assert problems_of(tmp_path) == [f"{tmp_path}: cannot read the configuration file: Is a directory"]
 
 
 def test_missing_file_is_one_problem(tmp_path):
@@ -190,17 +208,19 @@ def test_render_masks_secrets_and_names_origins(tmp_path):
     env = {
         "CONTAINER_SENSOR_OUTPUTS": "elasticsearch",
         "CONTAINER_SENSOR_ELASTICSEARCH_URL": "https://elastic:pa55word@es.example:9200",
-        "CONTAINER_SENSOR_ELASTICSEARCH_API_KEY": "VnVhQ2ZHY0JDZGJrU",
     }
+    with_url = render_config(load_config(None, env, {}))
+    assert "pa55word" not in with_url and "url: https://***@es.example:9200  # env" in with_url
+    env["CONTAINER_SENSOR_ELASTICSEARCH_URL"] = "https://es.example:9200"
+    env["CONTAINER_SENSOR_ELASTICSEARCH_API_KEY"] = "VnVhQ2ZHY0JDZGJrU"
     config = load_config(None, env, {"node_name": "node-1"})
     text = render_config(config)
-    assert "pa55word" not in text and "VnVhQ2ZHY0JDZGJrU" not in text
-    assert "https://elastic:********@es.example:9200" in text
+    assert "VnVhQ2ZHY0JDZGJrU" not in text
     assert "node_name: node-1  # command line" in text
     assert "  api_key: '********'  # env CONTAINER_SENSOR_ELASTICSEARCH_API_KEY" in text
     # Without the comments it is a valid configuration file again (secrets aside).
     reloaded = yaml.safe_load(render_config(config, with_origins=False))
-    assert reloaded["elasticsearch"]["url"] == "https://elastic:********@es.example:9200"
+    assert reloaded["elasticsearch"]["url"] == "https://es.example:9200"
     assert reloaded["outputs"] == ["elasticsearch"]
     assert reloaded["probe"]["ringbuf_size"] == config.probe_ringbuf_size
 
@@ -210,10 +230,15 @@ def test_rendered_defaults_load_back_to_the_same_config(tmp_path):
     assert load_config(file, {}, {}) == Config()
 
 
-def test_mask_url_password():
-    assert mask_url_password("https://u:p@h:9200/x") == f"https://u:{SECRET_MASK}@h:9200/x"
-    assert mask_url_password("https://h:9200") == "https://h:9200"
-    assert mask_url_password("https://u@h") == "https://u@h"
+def test_repr_masks_secrets():
+    config = load_config(None, {"CONTAINER_SENSOR_ELASTICSEARCH_URL": "https://elastic:pa55word@es.example:9200"}, {})
+    shown = repr(config)
+    assert "pa55word" not in shown and "elasticsearch_url='https://***@es.example:9200'" in shown
+    config = load_config(None, {"CONTAINER_SENSOR_ELASTICSEARCH_USERNAME": "elastic",
+                                "CONTAINER_SENSOR_ELASTICSEARCH_PASSWORD": "pa55word"}, {})
+    shown = repr(config)
+    assert "pa55word" not in shown and "spool_dir=" in shown
+    assert f"elasticsearch_password='{SECRET_MASK}'" in shown and "elasticsearch_username='elastic'" in shown
 
 
 def test_resolve_config_file(tmp_path):
