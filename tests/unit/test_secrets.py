@@ -6,6 +6,9 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import subprocess
+import sys
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -249,3 +252,27 @@ def test_warning_for_credentials_on_the_command_line():
     assert warning is not None and "elasticsearch.api_key given on the command line" in warning
     assert "set CONTAINER_SENSOR_ELASTICSEARCH_API_KEY, or elasticsearch.api_key in the configuration file" in warning
 
+
+
+def test_uncaught_tracebacks_of_a_protected_process_are_scrubbed():
+    script = f"""
+import threading
+from sensor.config import load_config
+from sensor.credentials import protect_stderr
+
+protect_stderr(load_config(None, {{"CONTAINER_SENSOR_ELASTICSEARCH_URL": {URL!r}}}, {{}}))
+
+def fail():
+    raise RuntimeError("in a thread: " + {PASSWORD!r})
+
+thread = threading.Thread(target=fail)
+thread.start()
+thread.join()
+raise ValueError("Could not parse URL " + {URL!r})
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 1
+    assert result.stderr.count("Traceback") == 2 and "RuntimeError: in a thread: ***" in result.stderr
+    assert "ValueError: Could not parse URL https://***@es.example:9200" in result.stderr
+    assert PASSWORD not in result.stderr and "p/a#s" not in result.stderr
