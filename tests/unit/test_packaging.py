@@ -214,6 +214,7 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path):
     unit = (PACKAGING / "systemd" / "container-sensor.service").read_text()
     # verify insists that ExecStart exists; the real one is only there once installed.
     unit = unit.replace("ExecStart=/opt/container-sensor/venv/bin/container-sensor", "ExecStart=/bin/true")
+    unit = unit.replace("ExecStartPre=+/opt/container-sensor/venv/bin/python", "ExecStartPre=+/bin/true")
     path = tmp_path / "container-sensor.service"
     path.write_text(unit)
     verify = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True, cwd=tmp_path)
@@ -224,6 +225,28 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path):
     overall = next(line for line in security.stdout.splitlines() if "Overall exposure level" in line)
     score = float(overall.split(":")[1].split()[0])
     assert score <= 4.5, overall  # "OK"; a privileged sensor cannot reach "SAFE"
+
+
+def test_systemd_unit_bounds_the_sensor_to_the_proven_set_and_leaves_lib_modules_read_only():
+    from sensor.preflight import CAPABILITIES  # noqa: PLC0415
+
+    lines = (PACKAGING / "systemd" / "container-sensor.service").read_text().splitlines()
+    settings: dict[str, list[str]] = {}
+    for line in lines:
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            settings.setdefault(key, []).append(value)
+    assert settings["CapabilityBoundingSet"] == [" ".join(cap.name for cap in CAPABILITIES)]
+    assert settings["ProtectSystem"] == ["strict"]
+    assert not any("/lib/modules" in value for value in settings.get("ReadWritePaths", []))
+    assert settings["ProtectKernelTunables"] == ["yes"]
+    assert settings["ProtectProc"] == ["default"]  # the sensor reads every process's /proc entries
+    assert settings["NoNewPrivileges"] == ["yes"]
+    assert "@mount" not in settings["SystemCallFilter"][0]
+    # the header links are made before the sensor starts, by a privileged step, not by the sandboxed sensor
+    (pre,) = settings["ExecStartPre"]
+    assert pre.startswith("+") and "ensure_kernel_headers()" in pre
+    assert "sys-kernel-tracing.mount" in settings["Wants"][0] and "sys-kernel-tracing.mount" in settings["After"][0]
 
 
 def debian_host_tree(root: Path, release: str) -> None:
