@@ -515,7 +515,7 @@ def run_replay(config: Any, records: Iterable[Record], meta: dict[str, Any] | No
             pipeline.resolver.close()
         for output in outputs:
             output.close()
-    return summarize(pipeline, outputs, seen)
+    return summarize(pipeline, outputs, seen, undecodable=failed)
 
 
 def summarize(pipeline: Pipeline, outputs: list[Output], seen: int, undecodable: int = 0) -> RunSummary:

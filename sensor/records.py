@@ -168,11 +168,29 @@ def to_wire(record: Record) -> list:
     return out
 
 
+# The wire type of each annotation in the record classes: a damaged recording can decode to well-formed msgpack
+# of the wrong shape, which must be refused here rather than fail deep in the pipeline.
+_WIRE_TYPES = {"int": int, "bytes": bytes, "bool": bool, "str": str, "tuple[bytes, ...]": list, "Namespaces": list}
+_NS_COUNT = len(fields(Namespaces))
+
+
+def _check_wire(cls: type, values: list) -> None:
+    for f, value in zip(fields(cls), values, strict=False):
+        expected = _WIRE_TYPES[f.type] if isinstance(f.type, str) else f.type
+        if type(value) is not expected:
+            raise ValueError(f"{cls.kind} record field {f.name} is {type(value).__name__}, not {expected.__name__}")
+        if f.type == "Namespaces" and (len(value) != _NS_COUNT or any(type(v) is not int for v in value)):
+            raise ValueError(f"{cls.kind} record field {f.name} is not {_NS_COUNT} integers")
+        if f.type == "tuple[bytes, ...]" and any(type(v) is not bytes for v in value):
+            raise ValueError(f"{cls.kind} record field {f.name} holds something other than bytes")
+
+
 def from_wire(item: list) -> Record:
     kind, *values = item
     cls = RECORD_TYPES.get(kind)
     if cls is None:
         raise ValueError(f"unknown record kind {kind!r}")
+    _check_wire(cls, values)
     kwargs = dict(zip([f.name for f in fields(cls)], values, strict=False))
     if "ns" in kwargs:
         kwargs["ns"] = Namespaces(*kwargs["ns"])
@@ -215,6 +233,11 @@ class RecordingReader:
     """Reads a recording: `meta` at once, the records by iterating. ValueError on a file that is not one."""
 
     def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        try:
+            self._start = stream.tell()
+        except (OSError, AttributeError, ValueError):
+            self._start = 0
         self._unpacker = msgpack.Unpacker(stream, raw=False, use_list=True, max_buffer_size=64 * 1024 * 1024)
         self.meta: dict[str, Any] = {}
         self._first: list | None = None
@@ -234,13 +257,27 @@ class RecordingReader:
             break
 
     def __iter__(self) -> Iterator[Record]:
+        count = 0
+        unpacker = self._unpacker
+        whole = unpacker.tell()  # bytes of whole objects so far
         try:
             if self._first is not None:
                 yield from_wire(self._first)
-            for item in self._unpacker:
+                count += 1
+            for item in unpacker:
+                whole = unpacker.tell()
                 yield from_wire(item)
-        except (msgpack.UnpackException, TypeError, KeyError) as exc:
-            raise ValueError(f"corrupt record in recording ({exc})") from None
+                count += 1
+        except (msgpack.UnpackException, TypeError, KeyError, ValueError) as exc:
+            raise ValueError(f"corrupt record in recording after {count} records ({exc})") from None
+        # The unpacker ends quietly at a record cut short (a recorder killed mid-write, a copy cut off): say so.
+        try:
+            left = self._stream.tell() - self._start - whole
+        except (OSError, AttributeError, ValueError):
+            left = 0  # not seekable (a pipe): cannot tell
+        if left > 0:
+            raise ValueError(f"recording cut short after {count} records: its last {left} bytes are not a whole "
+                             "record")
 
 
 def read_recording(stream: IO[bytes]) -> Iterator[Record]:
