@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 RED = "\033[1;31m"
 DIM = "\033[2m"
 RESET = "\033[0m"
 
+# Written to a terminal, these act instead of showing: C0 controls (ESC starts CSI and OSC sequences that move the
+# cursor, retitle the window, or write the clipboard), DEL, C1 controls (U+009B is a one-character CSI on some
+# terminals), line and paragraph separators, and the bidi controls that reorder the text a reader sees.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x1b": "\\e"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe(text: str) -> str:
+    """TEXT with every character a terminal would act on shown as an escape (an ESC as \\e, others \\xNN or
+    \\uNNNN); the argument, path and name texts a process chose reach the terminal only this way."""
+    return _UNSAFE.sub(_escape, text)
+
 
 def _shorten(text: str, limit: int) -> str:
-    text = text.replace("\n", "\\n").replace("\r", "\\r")
+    text = safe(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -27,12 +49,12 @@ def compact_line(doc: dict[str, Any], *, color: bool = False) -> str:
     who = user.get("name") or user.get("id", "?")
     if event.get("kind") == "alert":
         rule = doc.get("rule", {}).get("name", "alert")
-        line = f"{stamp} ALERT {rule} [{where}] pid={pid} ppid={ppid} user={who} " \
-               f"{_shorten(process.get('command_line', process.get('executable', '')), 160)}"
+        line = safe(f"{stamp} ALERT {rule} [{where}] pid={pid} ppid={ppid} user={who} ") + \
+            _shorten(process.get("command_line", process.get("executable", "")), 160)
         return f"{RED}{line}{RESET}" if color else line
     action = event.get("action", "?")
     if action == "end":
-        line = f"{stamp} end   [{where}] pid={pid} exit={process.get('exit_code', '?')} {process.get('name', '')}"
+        line = safe(f"{stamp} end   [{where}] pid={pid} exit={process.get('exit_code', '?')} {process.get('name', '')}")
         return f"{DIM}{line}{RESET}" if color else line
     cmd = _shorten(process.get("command_line", "") or process.get("executable", ""), 160)
-    return f"{stamp} exec  [{where}] pid={pid} ppid={ppid} user={who} {cmd}"
+    return safe(f"{stamp} exec  [{where}] pid={pid} ppid={ppid} user={who} ") + cmd
