@@ -255,7 +255,7 @@ PATTERNS = st.one_of(st.text("a*", max_size=8), st.text("ab**?\\", max_size=10),
 TEXTS = st.lists(st.one_of(st.text("abA", max_size=14), st.text(ALPHABET, max_size=14)), max_size=6)
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(pattern=PATTERNS, texts=TEXTS, insensitive=st.booleans(), data=st.data())
 def test_wildcards_equal_the_reference_matcher(engine: str, pattern: str, texts: list[str], insensitive: bool,
                                                data: st.DataObject) -> None:
@@ -316,7 +316,7 @@ def _python(source: str, insensitive: bool) -> re.Pattern[str]:
     return re.compile(source, re.DOTALL | (re.IGNORECASE if insensitive else 0))
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(regex=REGEXES, texts=st.lists(st.text("aAbB0.-]|\n x", max_size=8), min_size=1, max_size=8),
        insensitive=st.booleans())
 def test_lucene_regexes_equal_the_python_spelling(regex: tuple[str, str], texts: list[str],
