@@ -6,8 +6,8 @@ container (entry leader type `sshd`) still counts when the container id is there
 
 An exec named ssh is decided at once. Any other exec in a container needs a look at the executed file, which
 belongs to the container: that look runs on a worker thread (`sensor.rules.offthread`) the event loop waits for
-only briefly. When it is not back in time, the exec's document says its identity is unknown and why, and should
-the look finish later and find ssh, the alert is raised then (`pending`).
+only briefly, and only for a share of its time. When it is not back in time, the exec's document says its identity
+is unknown and why, and should the look finish later and find ssh, the alert is raised then (`late`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from sensor.rules.offthread import BoundedWorker, Job
 SCAN_RETRY_S = 1.0
 NOT_SSH_KEPT = 16384
 # Execs whose look was given up on, kept for a late alert; a look not back after PENDING_KEPT_S is forgotten.
-PENDING_KEPT = 256
+PENDING_KEPT = 2048
 PENDING_KEPT_S = 600.0
 UNKNOWN_TIMEOUT = "timeout"      # the look did not finish within the event loop's wait
-UNKNOWN_BUSY = "workers_busy"    # earlier looks have still not returned: this one was not started
+UNKNOWN_DEFERRED = "deferred"    # the loop had spent its share of time waiting for looks: the look is queued
+UNKNOWN_BUSY = "workers_busy"    # the queue of looks is full: this one was not queued
 UNKNOWN_ERROR = "error"
 
 BUILTIN_SSH_RULE = RuleMetadata(
@@ -119,7 +120,9 @@ class BuiltinSshRule:
         # (container, device, inode, ctime, executable, name) of execs found not to be ssh
         self._not_ssh: set[tuple] = set()
         self._pending: list[_Pending] = []
-        self.counts = {"identity_unknown": 0, "identity_late_matches": 0, "identity_pending_dropped": 0}
+        self._in_flight: dict[tuple[int, int], Job] = {}    # (device, inode) -> its look, while not done
+        self.counts = {"identity_unknown": 0, "identity_late_matches": 0, "identity_pending_dropped": 0,
+                       "identity_coalesced": 0}
         self.unknown_by_reason: dict[str, int] = {}
         self.last_error: Exception | None = None
 
@@ -159,16 +162,25 @@ class BuiltinSshRule:
                 and ctime_ns is not None and self.identity.settled_not_ssh(device, inode, ctime_ns)):
             self._settle(seen_key)
             return None
+        inode_key = (device, inode) if device is not None and inode is not None else None
+        running = self._in_flight.get(inode_key) if inode_key is not None else None
+        if running is not None and not running.done.is_set():
+            # The same file is being looked at already (a container touching one binary before each exec):
+            # one look answers for all of them.
+            self.counts["identity_coalesced"] += 1
+            self._keep_pending(_Pending(running, doc, evidence))
+            return self._unknown(UNKNOWN_DEFERRED, evidence)
         job = self.worker.call(self._look, container, process.get("executable"), process.get("name"),
                                device, inode, _live_pids(process), ctime_ns)
         if job.refused:
             return self._unknown(UNKNOWN_BUSY, evidence)
         if not job.done.is_set():
-            if len(self._pending) >= PENDING_KEPT:
-                self._pending.pop(0)
-                self.counts["identity_pending_dropped"] += 1
-            self._pending.append(_Pending(job, doc, evidence))
-            return self._unknown(UNKNOWN_TIMEOUT, evidence)
+            if inode_key is not None:
+                if len(self._in_flight) >= PENDING_KEPT:
+                    self._in_flight = {k: j for k, j in self._in_flight.items() if not j.done.is_set()}
+                self._in_flight[inode_key] = job
+            self._keep_pending(_Pending(job, doc, evidence))
+            return self._unknown(UNKNOWN_TIMEOUT if job.waited else UNKNOWN_DEFERRED, evidence)
         if job.error is not None:
             self.last_error = job.error
             return self._unknown(UNKNOWN_ERROR, evidence)
@@ -200,6 +212,12 @@ class BuiltinSshRule:
         self.unknown_by_reason[reason] = self.unknown_by_reason.get(reason, 0) + 1
         return SshMatch(None, evidence, reason)
 
+    def _keep_pending(self, pending: _Pending) -> None:
+        if len(self._pending) >= PENDING_KEPT:
+            self._pending.pop(0)
+            self.counts["identity_pending_dropped"] += 1
+        self._pending.append(pending)
+
     def _settle(self, seen_key: tuple) -> None:
         if len(self._not_ssh) >= NOT_SSH_KEPT:
             self._not_ssh.clear()
@@ -226,6 +244,8 @@ class BuiltinSshRule:
                 self.counts["identity_late_matches"] += 1
                 found.append((pending.doc, SshMatch(outcome.recognition, pending.evidence)))
         self._pending = kept
+        if self._in_flight:
+            self._in_flight = {k: j for k, j in self._in_flight.items() if not j.done.is_set()}
         return found
 
     def _scan_once(self, key: object, pids: list[int]) -> bool:

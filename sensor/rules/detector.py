@@ -238,10 +238,10 @@ class Detector:
             "rules_loaded": len(self._single) + len(self._sequences),
         })
         stats.update(self._identity.counts)
-        worker = self._identity_worker
-        worker.outstanding()
-        stats.update({"identity_timeouts": worker.counts["timeouts"], "identity_refused": worker.counts["refused"],
-                      "identity_looks_outstanding": worker.counts["abandoned_now"]})
+        worker = self._identity_worker.stats()
+        stats.update({"identity_timeouts": worker["timeouts"], "identity_deferred": worker["deferred"],
+                      "identity_refused": worker["refused"], "identity_looks_queued": worker["queued_now"],
+                      "identity_workers": worker["threads"], "identity_workers_stuck": worker["stuck_now"]})
         if self._builtin is not None:
             stats.update(self._builtin.counts)
             for reason, count in self._builtin.unknown_by_reason.items():

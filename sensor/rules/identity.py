@@ -26,8 +26,9 @@ import ctypes
 import errno
 import os
 import stat
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 SSH_PROGRAMS = ("ssh", "sshd", "autossh")
@@ -46,7 +47,10 @@ DEFAULT_MAX_CHECK_S = 2.0
 _ELF_MAGIC = b"\x7fELF"
 _MAX_SYMLINKS = 40
 _MARKERS = (b"AUTOSSH_GATETIME", b"OpenSSH_", b"usage: sshd ", b"usage: ssh ")
-_CHUNK = 1 << 20
+_CHUNK = 256 * 1024
+# All looks together read at most this much per second (about a tenth of a core here): a container that keeps
+# the sensor reading costly files slows its own looks, not the sensor.
+DEFAULT_READ_RATE = 64 * 1024 * 1024
 _OVERLAP = max(len(marker) for marker in _MARKERS) - 1
 # O_NONBLOCK: opening a FIFO (or a device) must return at once; O_NOCTTY: a tty planted at the path must
 # never become ours.
@@ -141,28 +145,84 @@ class _InRootOpener:
         return True
 
 
-def scan_file(fd: int, size: int, limit: int, deadline: float) -> tuple[str, bool]:
-    """Which program the open regular file `fd` is, reading at most its first `limit` bytes by `pread` (the file
-    may shrink or grow meanwhile: a short read is its end). Returns (program, finished): not finished when the
-    time ran out before the searched head was read."""
+class ReadBudget:
+    """Bytes per second all looks together may read (a token bucket): a container that makes the sensor read
+    costly files over and over gets its looks slowed down, not the sensor's CPU. Shared by the worker threads."""
+
+    def __init__(self, bytes_per_s: float, burst: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = bytes_per_s
+        self.burst = burst if burst is not None else bytes_per_s
+        self._tokens = self.burst
+        self._clock = clock
+        self._stamp = clock()
+        self._lock = threading.Lock()
+        self.waited_s = 0.0
+
+    def take(self, nbytes: int, deadline: float) -> bool:
+        """Wait until NBYTES may be read; False when that would pass DEADLINE (nothing is taken then)."""
+        if self.rate <= 0:
+            return True
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            self._tokens -= nbytes
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+            if wait and now + wait > deadline:
+                self._tokens += nbytes
+                return False
+            self.waited_s += wait
+        if wait:
+            time.sleep(wait)
+        return True
+
+
+def _next_data(fd: int, offset: int) -> int:
+    """The next offset at or after OFFSET that holds data: holes read as zeros, and no marker has a zero byte,
+    so a file padded with holes costs only its data. -1 when there is none."""
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return -1                 # only a hole (or the end) from here on
+        return offset                 # the filesystem cannot tell: read everything
+
+
+def scan_file(fd: int, size: int, limit: int, deadline: float,
+              budget: ReadBudget | None = None) -> tuple[str, bool]:
+    """Which program the open regular file `fd` is, reading at most its first `limit` bytes by `pread` into one
+    buffer (the file may shrink or grow meanwhile: a short read is its end). Returns (program, finished): not
+    finished when the time ran out before the searched head was read."""
     if os.pread(fd, 4, 0) != _ELF_MAGIC:
         return "", True
     end = min(limit, max(size, 4))
     found: set[bytes] = set()
+    buffer = bytearray(_OVERLAP + _CHUNK)
+    view = memoryview(buffer)
+    kept = 0          # bytes at the start of the buffer carried over from the previous chunk
     offset = 0
-    tail = b""
     while offset < end:
-        chunk = os.pread(fd, min(_CHUNK, end - offset), offset)
-        if not chunk:
+        data = _next_data(fd, offset)
+        if data < 0 or data >= end:
             break
-        window = tail + chunk
+        if data != offset:
+            offset, kept = data, 0
+        want = min(_CHUNK, end - offset)
+        if budget is not None and not budget.take(want, deadline):
+            return "", False
+        got = os.preadv(fd, [view[kept:kept + want]], offset)
+        if got <= 0:
+            break
+        filled = kept + got
         for marker in _MARKERS:
-            if marker not in found and window.find(marker) >= 0:
+            if marker not in found and buffer.find(marker, 0, filled) >= 0:
                 found.add(marker)
         if _MARKERS[0] in found:
             break                       # autossh wins whatever else is there
-        offset += len(chunk)
-        tail = window[-_OVERLAP:]
+        offset += got
+        kept = min(_OVERLAP, filled)
+        buffer[:kept] = buffer[filled - kept:filled]
         if offset < end and time.monotonic() > deadline:
             return "", False
     return _program_of_markers(found), True
@@ -262,8 +322,9 @@ def follow_link_in_root(root: str, path: str) -> str | None:
 class ExecutableIdentity:
     def __init__(self, proc_root: str = "/proc", *, max_read_bytes: int = DEFAULT_MAX_READ_BYTES,
                  cache_size: int = 65536, host_paths: Iterable[str] = HOST_SSH_PATHS,
-                 max_check_s: float = DEFAULT_MAX_CHECK_S) -> None:
+                 max_check_s: float = DEFAULT_MAX_CHECK_S, read_rate: float = DEFAULT_READ_RATE) -> None:
         self._proc = proc_root.rstrip("/")
+        self._budget = ReadBudget(read_rate, burst=max(read_rate, max_read_bytes))
         self._max_read = max_read_bytes
         self._max_check_s = max_check_s
         self._opener = _InRootOpener()
@@ -444,7 +505,7 @@ class ExecutableIdentity:
                 if st.st_size > self._max_read:
                     self.counts["identity_partial_scans"] += 1
                 self.counts["identity_content_reads"] += 1
-                program, finished = scan_file(fd, st.st_size, self._max_read, deadline)
+                program, finished = scan_file(fd, st.st_size, self._max_read, deadline, self._budget)
                 if not finished:
                     self.counts["identity_time_budget"] += 1
                     return self._unreadable(UNKNOWN_TIME_BUDGET)

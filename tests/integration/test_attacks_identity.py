@@ -137,3 +137,45 @@ def test_a_fifo_left_at_the_path_of_a_binary(watched: tuple[SensorProcess, str],
             container.wait()
     assert metric(address, "detector_identity_unknown_replaced") >= 5
     still_detects(sensor, address, root)
+
+
+def test_a_flood_of_costly_looks_does_not_slow_the_host(watched: tuple[SensorProcess, str], root: Path) -> None:
+    """A container touches a binary padded to 1 GiB before each exec: every exec is a new file to the sensor, a
+    16 MiB read. Those looks queue up off the event loop; the host's events keep their pace, and ssh copied into
+    another container meanwhile is still found."""
+    sensor, address = watched
+    (root / "tmp").chmod(0o1777)
+    script = ("mkdir -p /tmp/pad; cp /bin/busybox /tmp/pad/true; truncate -s 1G /tmp/pad/true;"
+              " end=$(( $(date +%s) + 8 ));"
+              " while [ $(date +%s) -lt $end ]; do touch /tmp/pad/true; /tmp/pad/true; done")
+    argv = [*PODMAN, "--user", "65534:65534", "--rootfs", str(root), "/bin/sh", "-c", script]
+    flood = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        sensor.wait_for(lambda d: get(d, "process.executable") == "/tmp/pad/true", timeout=30)
+        time.sleep(1)
+        lags = []
+        for i in range(20):
+            marker = f"host-during-flood-{os.getpid()}-{i}"
+            started = time.monotonic()
+            subprocess.run(["/bin/true", marker], check=True)
+            sensor.wait_for(lambda d, m=marker: get(d, "process.args") == ["/bin/true", m], timeout=30)
+            lags.append(time.monotonic() - started)
+            time.sleep(0.1)
+        disguised = run_in_container(root, "cp /usr/bin/ssh /tmp/kworker; /tmp/kworker -V; sleep 3")
+        assert flood.wait(60) == 0, flood.stderr.read() if flood.stderr else ""
+    finally:
+        if flood.poll() is None:
+            flood.kill()
+            flood.wait()
+    looks = metric(address, "detector_identity_content_reads")
+    kept_off = metric(address, "detector_identity_coalesced") + metric(address, "detector_identity_deferred")
+    lags.sort()
+    print(f"host exec to document during the flood: median {lags[len(lags) // 2]:.3f}s, max {lags[-1]:.3f}s;"
+          f" {looks:.0f} looks, {kept_off:.0f} execs answered without a new look on the loop")
+    # Generous: this machine is shared. A loop that waited for every look (16 MiB each, before the changes)
+    # fell behind by tens of seconds.
+    assert lags[len(lags) // 2] < 2.0, f"host execs reached the output after {lags} s during the flood"
+    assert looks > 20 and kept_off > 0
+    sensor.wait_for(lambda d: get(d, "event.kind") == "alert" and get(d, "container.id") == disguised
+                    and get(d, "process.executable") == "/tmp/kworker", timeout=60)
+    assert metric(address, "events_lost_total") == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sensor.rules.builtin_ssh import UNKNOWN_BUSY, UNKNOWN_TIMEOUT, BuiltinSshRule
+from sensor.rules.builtin_ssh import UNKNOWN_BUSY, UNKNOWN_DEFERRED, UNKNOWN_TIMEOUT, BuiltinSshRule
 from sensor.rules.detector import Detector
 from sensor.rules.identity import (
     UNKNOWN_REPLACED,
@@ -146,34 +146,48 @@ def test_a_read_that_runs_out_of_time_is_unknown_not_settled(tmp_path: Path) -> 
 
 def test_a_look_that_never_returns_costs_the_caller_only_its_wait() -> None:
     gate = threading.Event()
-    worker = BoundedWorker("test", wait_s=0.05, degraded_wait_s=0.01, max_abandoned=2)
+    worker = BoundedWorker("test", wait_s=0.05, wait_share=1.0, stuck_after_s=0.1, max_threads=2, max_queued=2)
     started = time.monotonic()
     stuck = worker.call(gate.wait, 30)
-    assert not stuck.done.is_set() and time.monotonic() - started < 1
-    quick = worker.call(lambda: 7)           # a new thread: the stuck one is left to its job
+    assert not stuck.done.is_set() and stuck.waited > 0 and time.monotonic() - started < 1
+    time.sleep(0.15)                          # the first thread is now stuck: the next look gets another
+    quick = worker.call(lambda: 7)
     assert quick.done.is_set() and quick.result == 7
-    worker.call(gate.wait, 30)
-    refused = worker.call(lambda: 8)
-    assert refused.refused and worker.counts["refused"] == 1 and worker.outstanding() == 2
+    time.sleep(0.15)
+    worker.call(gate.wait, 30)                # both threads stuck, at the cap: looks queue up
+    queued = [worker.call(lambda: 8) for _ in range(2)]
+    assert not any(job.done.is_set() for job in queued)
+    refused = worker.call(lambda: 9)
+    assert refused.refused and worker.stats()["refused"] == 1 and worker.stats()["stuck_now"] == 2
     gate.set()
     assert stuck.done.wait(5) and stuck.result is True
-    deadline = time.monotonic() + 5
-    while worker.outstanding() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert worker.call(lambda: 9).result == 9
+    assert all(job.done.wait(5) and job.result == 8 for job in queued)
+    assert worker.call(lambda: 10).result == 10 and worker.stats()["threads"] == 2
+
+
+def test_the_loop_waits_only_its_share_of_time_for_looks() -> None:
+    """A flood of slow looks queues up instead of slowing every event: once the loop has waited its share of a
+    second, it stops waiting (the looks still run)."""
+    worker = BoundedWorker("test", wait_s=0.1, wait_share=0.05)
+    started = time.monotonic()
+    jobs = [worker.call(time.sleep, 0.02) for _ in range(20)]
+    assert time.monotonic() - started < 0.2
+    assert sum(1 for job in jobs if job.waited == 0) >= 15
+    assert worker.stats()["deferred"] >= 15
+    assert all(job.done.wait(5) for job in jobs)
 
 
 class GatedIdentity(ExecutableIdentity):
     """A real identity whose look at one file waits for the test: stands in for a file server (FUSE, NFS) that
     takes as long as its owner wants."""
 
-    def __init__(self, gate: threading.Event, slow_inode: int) -> None:
+    def __init__(self, gate: threading.Event, *slow_inodes: int) -> None:
         super().__init__(host_paths=())
         self.gate = gate
-        self.slow_inode = slow_inode
+        self.slow_inodes = set(slow_inodes)
 
     def check(self, executable, process_name, device, inode, pids, ctime_ns=None):  # type: ignore[override]
-        if inode == self.slow_inode:
+        if inode in self.slow_inodes:
             self.gate.wait(30)
         return super().check(executable, process_name, device, inode, pids, ctime_ns)
 
@@ -222,17 +236,23 @@ def test_looks_stuck_everywhere_refuse_new_ones_at_once(tmp_path: Path) -> None:
     detector = Detector([], proc_root="/proc", identity_wait_s=0.02)
     rule = detector._builtin
     assert isinstance(rule, BuiltinSshRule)
-    rule.identity = GatedIdentity(gate, 4242)
-    rule.worker.max_abandoned = 2
+    rule.identity = GatedIdentity(gate, 4242, 4243, 4244, 4245)
+    rule.worker.max_queued = 2
+    rule.worker.max_threads = 1
+    rule.worker.wait_share = 1.0
     try:
-        notes = [detector.inspect(container_exec("/usr/bin/x", 1, 4242, 10 + i))[1] for i in range(2)]
-        assert notes == [{"status": "unknown", "reason": UNKNOWN_TIMEOUT}] * 2
+        notes = [detector.inspect(container_exec("/usr/bin/x", 1, 4242 + i, 10 + i))[1] for i in range(3)]
+        assert notes == [{"status": "unknown", "reason": UNKNOWN_TIMEOUT}] * 3  # one running, two queued
+        # the same file again: answered by the look already under way, not queued a second time
+        _, note = detector.inspect(container_exec("/usr/bin/x", 1, 4242, 15))
+        assert note == {"status": "unknown", "reason": UNKNOWN_DEFERRED}
+        assert detector.stats()["identity_coalesced"] == 1
         started = time.monotonic()
-        _, note = detector.inspect(container_exec("/usr/bin/y", 1, 4243, 20))
+        _, note = detector.inspect(container_exec("/usr/bin/y", 1, 4245, 20))
         assert note == {"status": "unknown", "reason": UNKNOWN_BUSY}
         assert time.monotonic() - started < 0.5
         # ssh by name needs no look: still recognised while the looks are stuck
-        alerts, note = detector.inspect(container_exec("/usr/bin/ssh", 1, 4244, 21))
+        alerts, note = detector.inspect(container_exec("/usr/bin/ssh", 1, 9999, 21))
         assert note is None and len(alerts) == 1
     finally:
         gate.set()
