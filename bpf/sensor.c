@@ -180,7 +180,9 @@ static __always_inline u32 fill_cwd(struct exec_record *e, const void *task)
     for (u32 j = 0; j < CWD_DEPTH; j++) {
         if (j >= count)
             break;
-        if (off > CWD_MAX - CWD_NAME_MAX) {
+        /* >=, not >: from CWD_MAX - CWD_NAME_MAX a full-length name ends at CWD_MAX, which the caller's mask
+         * turns into 0, and the working directory of a process in /<255 chars>/<255>/<255>/<255> read as "/" */
+        if (off >= CWD_MAX - CWD_NAME_MAX) {
             e->flags |= EXEC_CWD_TRUNCATED;
             break;
         }
