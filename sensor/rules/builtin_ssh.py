@@ -12,6 +12,7 @@ is unknown and why, and should the look finish later and find ssh, the alert is 
 
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ NOT_SSH_KEPT = 16384
 # Execs whose look was given up on, kept for a late alert; a look not back after PENDING_KEPT_S is forgotten.
 PENDING_KEPT = 2048
 PENDING_KEPT_S = 600.0
+PENDING_PER_LOOK = 4
 UNKNOWN_TIMEOUT = "timeout"      # the look did not finish within the event loop's wait
 UNKNOWN_DEFERRED = "deferred"    # the loop had spent its share of time waiting for looks: the look is queued
 UNKNOWN_BUSY = "workers_busy"    # the queue of looks is full: this one was not queued
@@ -119,7 +121,8 @@ class BuiltinSshRule:
         self._max_containers = max_containers
         # (container, device, inode, ctime, executable, name) of execs found not to be ssh
         self._not_ssh: set[tuple] = set()
-        self._pending: list[_Pending] = []
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._waiting: dict[int, int] = {}      # id(job) -> pending execs waiting for it
         self._in_flight: dict[tuple[int, int], Job] = {}    # (device, inode) -> its look, while not done
         self.counts = {"identity_unknown": 0, "identity_late_matches": 0, "identity_pending_dropped": 0,
                        "identity_coalesced": 0}
@@ -168,7 +171,10 @@ class BuiltinSshRule:
             # The same file is being looked at already (a container touching one binary before each exec):
             # one look answers for all of them.
             self.counts["identity_coalesced"] += 1
-            self._keep_pending(_Pending(running, doc, evidence))
+            # a few of its execs wait for its answer (alerts on the rest would fold into theirs): a flood of one
+            # file must not push out the pending execs of other files
+            if self._waiting.get(id(running), 0) < PENDING_PER_LOOK:
+                self._keep_pending(_Pending(running, doc, evidence))
             return self._unknown(UNKNOWN_DEFERRED, evidence)
         job = self.worker.call(self._look, container, process.get("executable"), process.get("name"),
                                device, inode, _live_pids(process), ctime_ns)
@@ -214,9 +220,11 @@ class BuiltinSshRule:
 
     def _keep_pending(self, pending: _Pending) -> None:
         if len(self._pending) >= PENDING_KEPT:
-            self._pending.pop(0)
+            dropped = self._pending.popleft()
+            self._waiting[id(dropped.job)] = self._waiting.get(id(dropped.job), 1) - 1
             self.counts["identity_pending_dropped"] += 1
         self._pending.append(pending)
+        self._waiting[id(pending.job)] = self._waiting.get(id(pending.job), 0) + 1
 
     def _settle(self, seen_key: tuple) -> None:
         if len(self._not_ssh) >= NOT_SSH_KEPT:
@@ -230,7 +238,7 @@ class BuiltinSshRule:
             return []
         now = time.monotonic()
         found: list[tuple[dict, SshMatch]] = []
-        kept: list[_Pending] = []
+        kept: collections.deque[_Pending] = collections.deque()
         for pending in self._pending:
             job = pending.job
             if not job.done.is_set():
@@ -244,6 +252,9 @@ class BuiltinSshRule:
                 self.counts["identity_late_matches"] += 1
                 found.append((pending.doc, SshMatch(outcome.recognition, pending.evidence)))
         self._pending = kept
+        self._waiting = {}
+        for pending in kept:
+            self._waiting[id(pending.job)] = self._waiting.get(id(pending.job), 0) + 1
         if self._in_flight:
             self._in_flight = {k: j for k, j in self._in_flight.items() if not j.done.is_set()}
         return found

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class Detector:
     def __init__(self, rules: list[LoadedRule], *, builtin_ssh: bool = True, fold_window_s: float = 60.0,
                  max_sequences: int = 10000, proc_root: str = "/proc",
-                 clock: Callable[[], float] = time.monotonic, identity_wait_s: float = 0.1,
+                 clock: Callable[[], float] = time.monotonic, identity_wait_s: float = 0.05,
                  rule_budget_s: float | None = 0.05, budget_clock: Callable[[], float] = time.perf_counter,
                  budget_cpu_clock: Callable[[], float] = time.thread_time) -> None:
         self._single = [(rule, rule.compiled.predicate, rule.compiled.required_names, rule.compiled.names_folded)

@@ -71,7 +71,7 @@ class _Worker(threading.Thread):
 
 
 class BoundedWorker:
-    def __init__(self, name: str, *, wait_s: float = 0.1, wait_share: float = 0.2, max_queued: int = 1024,
+    def __init__(self, name: str, *, wait_s: float = 0.05, wait_share: float = 0.05, max_queued: int = 1024,
                  max_threads: int = 4, stuck_after_s: float = 2.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name

@@ -256,3 +256,28 @@ def test_looks_stuck_everywhere_refuse_new_ones_at_once(tmp_path: Path) -> None:
         assert note is None and len(alerts) == 1
     finally:
         gate.set()
+
+
+@needs_ssh
+def test_a_flood_of_one_file_does_not_push_out_the_late_alert_of_another(tmp_path: Path) -> None:
+    copy = tmp_path / "kworker"
+    shutil.copy2(SSH, copy)
+    st = os.stat(copy)
+    gate = threading.Event()
+    detector = Detector([], proc_root="/proc", identity_wait_s=0.01)
+    rule = detector._builtin
+    assert isinstance(rule, BuiltinSshRule)
+    rule.identity = GatedIdentity(gate, st.st_ino, 77)
+    try:
+        assert detector.inspect(container_exec(str(copy), st.st_dev, st.st_ino, os.getpid()))[1] is not None
+        for pid in range(100000, 105000):            # one padded file, touched before each exec
+            detector.inspect(container_exec("/tmp/pad", st.st_dev, 77, pid))
+        assert detector.stats()["identity_coalesced"] >= 4990
+    finally:
+        gate.set()
+    deadline = time.monotonic() + 5
+    late: list[dict] = []
+    while not late and time.monotonic() < deadline:
+        time.sleep(0.02)
+        late = [a for a in detector.tick(time.monotonic()) if a["process"]["executable"] == str(copy)]
+    assert len(late) == 1 and detector.stats()["identity_pending_dropped"] == 0
