@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sensor.outputs.memory import MemoryOutput
+from sensor.preflight import CAP_SYS_ADMIN, has_capability
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +226,12 @@ def choose_trigger(method: str, ssh: Path, workdir: Path) -> Trigger:
     if method == "podman":
         raise SelftestError("podman is not available here (not installed, or not root)")
     if UnshareTrigger.available():
+        if not has_capability(CAP_SYS_ADMIN):
+            # New namespaces need CAP_SYS_ADMIN; a user namespace would not help: mapping root into one needs
+            # CAP_SETFCAP (Linux 5.12+), which the least-privilege set drops too.
+            raise SelftestError("starting ssh in new namespaces needs CAP_SYS_ADMIN, which this process lacks (the "
+                                "least-privilege DaemonSet drops it): run 'sudo container-sensor selftest' on the "
+                                "node, or start ssh in any container and look for the alert")
         return UnshareTrigger(ssh)
     raise SelftestError("neither podman nor unshare can be used here: run as root with util-linux installed")
 
