@@ -184,14 +184,21 @@ def build_outputs(config: Any) -> list[Output]:
     return factory(specs, config)
 
 
+class DetectionUnavailable(RuntimeError):
+    """The rule engine cannot be imported (a dependency missing from the installation). The sensor stops at
+    start rather than run on without detection: a sensor that emits documents but can raise no alert looks
+    healthy while it protects nothing."""
+
+
 def build_detector(config: Any) -> Any:
     paths = list(getattr(config, "rules_paths", ()))
     builtin = getattr(config, "rules_builtin", True)
     try:
         from sensor.rules.detector import Detector  # noqa: PLC0415
         from sensor.rules.loader import load_rules  # noqa: PLC0415
-    except ImportError:
-        return None
+    except ImportError as exc:
+        raise DetectionUnavailable(f"detection cannot start: {exc} (a dependency is missing: run scripts/install.sh "
+                                   "again, or pip install the sensor with its dependencies)") from exc
     rules: list[Any] = []
     for path in paths:
         loaded, refused = load_rules(Path(path))

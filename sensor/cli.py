@@ -135,7 +135,7 @@ def main() -> None:
 
 
 def _run(config_file: Path | None, flags: dict[str, Any], record_to: Path | None) -> None:
-    from sensor.app import run_live  # noqa: PLC0415
+    from sensor.app import DetectionUnavailable, run_live  # noqa: PLC0415
     from sensor.outputs.factory import OutputSpecError  # noqa: PLC0415
     from sensor.probe import ProbeError  # noqa: PLC0415
     from sensor.statefiles import StateFileError  # noqa: PLC0415
@@ -149,7 +149,7 @@ def _run(config_file: Path | None, flags: dict[str, Any], record_to: Path | None
                            on_ready=lambda pipeline: pipeline_ref.__setitem__("pipeline", pipeline))
     except ProbeError as exc:
         _fail(f"{exc} (run 'container-sensor check' for every prerequisite)")
-    except OutputSpecError as exc:
+    except (OutputSpecError, DetectionUnavailable) as exc:
         _fail(str(exc))
     except StateFileError as exc:  # the ready file or the recording: a link, another user's file, no directory
         _fail(str(exc))
@@ -183,7 +183,7 @@ def record(file: Path, config_file: Path | None, **kwargs: Any) -> None:
 @_run_options
 def replay(file: Path, config_file: Path | None, **kwargs: Any) -> None:
     """Run a recording through the whole pipeline, without BPF or root, to the same outputs."""
-    from sensor.app import run_replay  # noqa: PLC0415
+    from sensor.app import DetectionUnavailable, run_replay  # noqa: PLC0415
     from sensor.outputs.factory import OutputSpecError  # noqa: PLC0415
     from sensor.records import RecordingReader  # noqa: PLC0415
 
@@ -195,7 +195,7 @@ def replay(file: Path, config_file: Path | None, **kwargs: Any) -> None:
         with open(file, "rb") as stream:
             reader = RecordingReader(stream)
             summary = run_replay(config, reader, reader.meta)
-    except OutputSpecError as exc:
+    except (OutputSpecError, DetectionUnavailable) as exc:
         _fail(str(exc))
     except ValueError as exc:
         _fail(f"{file}: {exc}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -11,13 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from sensor import app
+from sensor.config import load_config
+from sensor.records import RecordingWriter
 from sensor.rules.detector import Detector
 from sensor.rules.eql_compile import CompiledQuery
 from sensor.rules.loader import LoadedRule, load_rule_file, load_rules
 from tests.ecs_fields import ecs_problems
 from tests.unit.rules_docs import container_ssh_exec, host_ssh_exec
+from tests.unit.test_pipeline import HOST_NS, exec_rec
 
-SHARED_RULES = Path(__file__).resolve().parents[2].parent / "shared" / "rules"
+REPO = Path(__file__).resolve().parents[2]
+SHARED_RULES = REPO.parent / "shared" / "rules"
 
 
 class FakeClock:
@@ -296,3 +303,26 @@ def test_sequence_rule_alert_names_every_event_of_the_sequence() -> None:
     assert sequence["by"] == ["3d1219c7c4c5404aaa1f6d2a48adfda4", "S1"]
     assert alerts[0]["rule"]["id"] == "7afc6cc9-8800-4c7f-be6b-b688d2dea248"
     assert detector.stats()["sequence_partials"] == 0
+
+
+def test_a_missing_rule_engine_dependency_stops_the_sensor_with_one_line(tmp_path: Path) -> None:
+    """Detection never switches itself off: with the RE2 binding missing (import blocked), `replay` writes no
+    document, one line naming the missing module, and exits 1, as `run` does before attaching the probe."""
+    recording = tmp_path / "one.rec"
+    with open(recording, "wb") as stream:
+        RecordingWriter(stream, {"boot_id": "b", "boot_wall_offset_ns": 0}).write(
+            exec_rec(500, 1, (b"/bin/true",), HOST_NS, 1, 10_000))
+    blocked = "import sys; sys.modules['re2'] = None; from sensor.cli import main; main()"
+    done = subprocess.run([sys.executable, "-c", blocked, "replay", "--metrics-address", "off", str(recording)],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "container-sensor: detection cannot start: import of re2 halted; None in sys.modules (a dependency is"
+        " missing: run scripts/install.sh again, or pip install the sensor with its dependencies)"]
+
+
+def test_build_detector_raises_when_the_rule_engine_cannot_be_imported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "sensor.rules.detector", None)
+    with pytest.raises(app.DetectionUnavailable, match="detection cannot start"):
+        app.build_detector(load_config(None, {}, {}))
