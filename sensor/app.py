@@ -173,14 +173,11 @@ def boot_wall_offset_ns() -> int:
 
 def build_outputs(config: Any) -> list[Output]:
     """Every configured output; the factory in sensor.outputs handles files and Elasticsearch."""
+    from sensor.outputs.factory import build_outputs as factory  # noqa: PLC0415
+
     specs = list(getattr(config, "outputs", ("stdout",)))
-    compact = getattr(config, "format", "ndjson") == "compact"
-    try:
-        from sensor.outputs.factory import build_outputs as factory  # noqa: PLC0415
-    except ImportError:
-        factory = None
-    if factory is None or specs == ["stdout"]:
-        return [StdoutOutput(compact=compact) for spec in specs if spec == "stdout"]
+    if specs == ["stdout"]:
+        return [StdoutOutput(compact=getattr(config, "format", "ndjson") == "compact")]
     return factory(specs, config)
 
 

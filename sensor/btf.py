@@ -149,15 +149,6 @@ class KernelBTF:
             raise BTFError(f"{struct_name}.{path} is a bitfield")
         return total_bits // 8
 
-    def member_size(self, struct_name: str, path: str) -> int:
-        type_id = self.struct_id(struct_name)
-        for part in path.split("."):
-            found = self._find(type_id, part)
-            if found is None:
-                raise BTFError(f"struct {struct_name} has no member {path}")
-            type_id = found[1]
-        return self.size(type_id)
-
     def enum_value(self, enum_name: str, constant: str) -> int:
         type_id = self._by_name.get((KIND_ENUM, enum_name))
         if type_id is None:

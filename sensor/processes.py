@@ -75,7 +75,6 @@ class Process:
     exe_ctime_ns: int = 0
     cwd: str = ""
     exec_seen: bool = False  # an exec of this process was observed (not only fork or /proc)
-    from_proc: bool = False  # seeded from /proc at start-up
     kthread: bool = False
     path_truncated: bool = False  # `executable` is a cut prefix of a longer path; `name` then comes from comm
 
@@ -119,13 +118,6 @@ def kernel_dev_to_st_dev(kdev: int) -> int:
     return os.makedev(kdev >> 20, kdev & 0xFFFFF)
 
 
-def read_boot_id(proc: Path = Path("/proc")) -> str:
-    try:
-        return (proc / "sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown-boot"
-
-
 class ProcessTable:
     """Live processes and recently exited ones (kept for `linger_ns` so late references still resolve)."""
 
@@ -167,7 +159,7 @@ class ProcessTable:
                             entity_id=eid, uid=rec.uid, gid=rec.gid, cgroup_id=rec.cgroup_id)
         else:
             child = replace(parent, pid=rec.pid, ppid=rec.parent_pid, start_boottime_ns=rec.start_boottime_ns,
-                            entity_id=eid, exec_seen=False, from_proc=False, cgroup_id=rec.cgroup_id)
+                            entity_id=eid, exec_seen=False, cgroup_id=rec.cgroup_id)
         self._procs[rec.pid] = child
         return child
 
@@ -191,7 +183,7 @@ class ProcessTable:
             executable, name, args, rec.argc, rec.args_truncated,
             rec.uid, rec.gid, rec.euid, rec.egid, rec.sid, rec.pgid, rec.tty_major, rec.tty_minor,
             rec.cgroup_id, rec.ns, rec.exe_ino, kernel_dev_to_st_dev(rec.exe_dev), rec.exe_ctime_ns, cwd, True,
-            False, False, truncated,
+            False, truncated,
         )
         self._procs[rec.pid] = proc
         return proc
@@ -255,7 +247,7 @@ class ProcessTable:
             name=executable.rsplit("/", 1)[-1], args=tuple(decode_arg(a) for a in rec.argv), args_count=len(rec.argv),
             uid=rec.uid, gid=rec.gid, euid=rec.euid, egid=rec.egid, sid=rec.sid, pgid=rec.pgid,
             tty_major=rec.tty_major, tty_minor=rec.tty_minor, cgroup_id=rec.cgroup_id, ns=rec.ns,
-            exe_ino=rec.exe_ino, exe_dev=rec.exe_dev, cwd=decode_arg(rec.cwd), from_proc=True, kthread=rec.kthread,
+            exe_ino=rec.exe_ino, exe_dev=rec.exe_dev, cwd=decode_arg(rec.cwd), kthread=rec.kthread,
         )
         self._procs.setdefault(proc.pid, proc)
         return proc
@@ -292,7 +284,7 @@ class ProcessTable:
             executable=exe, name=exe.rsplit("/", 1)[-1] if exe else name, args=tuple(cmdline),
             args_count=len(cmdline), uid=uids.real, gid=gids.real, euid=uids.effective, egid=gids.effective,
             sid=sid, pgid=pgid, tty_major=(tty_nr >> 8) & 0xFFF, tty_minor=(tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00),
-            cgroup_id=cgroup_id, ns=ns, exe_ino=exe_ino, exe_dev=exe_dev, cwd=cwd, from_proc=True,
+            cgroup_id=cgroup_id, ns=ns, exe_ino=exe_ino, exe_dev=exe_dev, cwd=cwd,
             kthread=bool(flags & 0x00200000),  # PF_KTHREAD
         )
 

@@ -67,8 +67,6 @@ class CgroupMap:
         self._grace = grace_seconds
         self._paths: dict[tuple[int, int], str] = {}
         self._removed: deque[tuple[float, tuple[int, int], str]] = deque()
-        self.mkdirs = 0
-        self.rmdirs = 0
         self.expired = 0
 
     def __len__(self) -> int:
@@ -79,11 +77,9 @@ class CgroupMap:
 
     def add(self, hierarchy: int, cgroup_id: int, path: str) -> None:
         self._paths[(hierarchy, cgroup_id)] = path
-        self.mkdirs += 1
 
     def remove(self, hierarchy: int, cgroup_id: int, path: str) -> None:
         """Schedules removal after the grace period; ids are reused rarely, and a new mkdir overrides."""
-        self.rmdirs += 1
         self._removed.append((self._clock() + self._grace, (hierarchy, cgroup_id), path))
         self.expire()
 

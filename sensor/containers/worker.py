@@ -28,9 +28,7 @@ class RetryWorker:
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
-        self.runs = 0
         self.retries = 0
-        self.given_up = 0
         self.failed = 0
         self._thread: threading.Thread | None = None
         if start:
@@ -87,7 +85,6 @@ class RetryWorker:
 
     def _run(self, key: Hashable, attempt: int) -> None:
         job, on_give_up = self._jobs[key]
-        self.runs += 1
         try:
             done = job()
         except Exception:  # a malformed state file must not kill the worker
@@ -104,7 +101,6 @@ class RetryWorker:
                 heapq.heappush(self._heap, (due, next(self._seq), key, attempt + 1))
                 return
             del self._jobs[key]
-            self.given_up += 1
         if on_give_up is not None:
             on_give_up()
 

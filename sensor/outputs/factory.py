@@ -12,8 +12,6 @@ from sensor.outputs.files import FileOutputError, RotatingFileOutput
 from sensor.outputs.spool import SpoolError
 from sensor.outputs.stdout import StdoutOutput
 
-KINDS = ("stdout", "file", "elasticsearch")
-
 
 class OutputSpecError(ValueError):
     """One or more outputs cannot be built; one line per problem."""

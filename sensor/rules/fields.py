@@ -112,7 +112,3 @@ def make_getter(parts: Sequence[str | int]) -> Getter:
         return value
 
     return get_n
-
-
-def split_dotted(name: str) -> list[str]:
-    return name.split(".")

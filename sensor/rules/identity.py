@@ -157,7 +157,6 @@ class ReadBudget:
         self._clock = clock
         self._stamp = clock()
         self._lock = threading.Lock()
-        self.waited_s = 0.0
 
     def take(self, nbytes: int, deadline: float) -> bool:
         """Wait until NBYTES may be read; False when that would pass DEADLINE (nothing is taken then)."""
@@ -172,7 +171,6 @@ class ReadBudget:
             if wait and now + wait > deadline:
                 self._tokens += nbytes
                 return False
-            self.waited_s += wait
         if wait:
             time.sleep(wait)
         return True
@@ -392,10 +390,6 @@ class ExecutableIdentity:
                     self._known.setdefault((dev, st.st_ino), name)
             return True
         return False
-
-    def learn(self, device: int, inode: int, program: str) -> None:
-        """Remember a binary seen executed under its own name, so other names for it are recognised."""
-        self._known[(device, inode)] = program
 
     # classification -----------------------------------------------------------------------------------------
     def classify(self, executable: str | None, process_name: str | None, device: int | None,

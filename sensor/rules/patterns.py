@@ -70,10 +70,6 @@ def _compile(source: str, case_insensitive: bool, whole: bool = True) -> Callabl
 
 
 # wildcards ------------------------------------------------------------------------------------------------------
-def wildcard_to_re2(pattern: str) -> str:
-    return "".join(_wildcard_atoms(pattern))
-
-
 def _wildcard_atoms(pattern: str) -> list[str]:
     out: list[str] = []
     i = 0
