@@ -108,7 +108,7 @@ class ContainerStorm:
 
     def __init__(self) -> None:
         sys.path.insert(0, str(REPO))
-        from tests.integration.rootfs import podman_image  # noqa: PLC0415 - only for this mode
+        from tests.integration.rootfs import podman_image  # only for this mode
 
         self.name = f"bench-exec-{os.getpid()}"
         subprocess.run(["podman", "--runtime", "runc", "run", "-d", "--name", self.name, "--network", "none",
@@ -131,7 +131,7 @@ class ContainerStorm:
 
 
 def scrape_resolver(address: str) -> dict[str, float]:
-    import urllib.request  # noqa: PLC0415
+    import urllib.request
 
     values = {}
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:

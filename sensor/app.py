@@ -173,7 +173,7 @@ def boot_wall_offset_ns() -> int:
 
 def build_outputs(config: Any) -> list[Output]:
     """Every configured output; the factory in sensor.outputs handles files and Elasticsearch."""
-    from sensor.outputs.factory import build_outputs as factory  # noqa: PLC0415
+    from sensor.outputs.factory import build_outputs as factory
 
     specs = list(getattr(config, "outputs", ("stdout",)))
     if specs == ["stdout"]:
@@ -191,8 +191,8 @@ def build_detector(config: Any) -> Any:
     paths = list(getattr(config, "rules_paths", ()))
     builtin = getattr(config, "rules_builtin", True)
     try:
-        from sensor.rules.detector import Detector  # noqa: PLC0415
-        from sensor.rules.loader import load_rules  # noqa: PLC0415
+        from sensor.rules.detector import Detector
+        from sensor.rules.loader import load_rules
     except ImportError as exc:
         raise DetectionUnavailable(f"detection cannot start: {exc} (a dependency is missing: run scripts/install.sh "
                                    "again, or pip install the sensor with its dependencies)") from exc
@@ -208,8 +208,8 @@ def build_detector(config: Any) -> Any:
 
 
 def build_resolver(host_ns: Namespaces, *, live: bool, state_root: Path | None = None) -> Any:
-    from sensor.containers.metadata import StateRoots  # noqa: PLC0415
-    from sensor.containers.resolver import ContainerResolver  # noqa: PLC0415
+    from sensor.containers.metadata import StateRoots
+    from sensor.containers.resolver import ContainerResolver
 
     if live:
         # state_root: the host's / as mounted in a DaemonSet (/host), so that only /run and /var/lib are mounted,
@@ -223,7 +223,7 @@ def build_resolver(host_ns: Namespaces, *, live: bool, state_root: Path | None =
 
 
 def build_leaders() -> Callable:
-    from sensor.sessions import SessionModel  # noqa: PLC0415
+    from sensor.sessions import SessionModel
 
     return SessionModel()
 
@@ -248,7 +248,7 @@ def build_pipeline(config: Any, outputs: list[Output], *, live: bool, meta: dict
 
 
 def probe_options(config: Any) -> Any:
-    from sensor.probe import ProbeOptions  # noqa: PLC0415
+    from sensor.probe import ProbeOptions
 
     return ProbeOptions(
         ringbuf_pages=max(1, getattr(config, "probe_ringbuf_size", 8 << 20) // 4096),
@@ -348,7 +348,7 @@ def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | Non
 
 def _run_live(config: Any, stop: StopFlag, record_to: Path | None,
               on_ready: Callable[[Pipeline], None] | None) -> RunSummary:
-    from sensor.probe import Probe  # noqa: PLC0415 - bcc only where the probe runs
+    from sensor.probe import Probe  # bcc only where the probe runs
 
     ready = ReadyFile(config.ready_file) if getattr(config, "ready_file", None) else None
     if ready is not None:
@@ -465,7 +465,7 @@ def left_behind(outputs: list[Output]) -> tuple[int, int]:
     for output in outputs:
         try:
             stats = output.stats()
-        except Exception:  # noqa: BLE001 - the summary line must come out whatever an output does
+        except Exception:  # the summary line must come out whatever an output does
             continue
         spooled += stats.get("spool_unread", 0)
         if "queued" in stats:  # Elasticsearch: its memory queue

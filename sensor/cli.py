@@ -21,7 +21,7 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _load_config(config_file: Path | None, flags: dict[str, Any]) -> Any:
-    from sensor.config import ConfigError, load_config, resolve_config_file  # noqa: PLC0415
+    from sensor.config import ConfigError, load_config, resolve_config_file
 
     try:
         path = resolve_config_file(config_file, os.environ)
@@ -33,9 +33,9 @@ def _load_config(config_file: Path | None, flags: dict[str, Any]) -> Any:
 
 
 def _setup_logging(config: Any) -> None:
-    from sensor.config import command_line_secrets_warning  # noqa: PLC0415
-    from sensor.credentials import protect_stderr  # noqa: PLC0415
-    from sensor.logs import setup_logging  # noqa: PLC0415
+    from sensor.config import command_line_secrets_warning
+    from sensor.credentials import protect_stderr
+    from sensor.logs import setup_logging
 
     # Before the log handler takes sys.stderr: its lines, and any traceback, go through the secret redactor.
     protect_stderr(config)
@@ -49,10 +49,10 @@ def _ops_server(config: Any, pipeline_ref: dict[str, Any]) -> Any:
     address = getattr(config, "metrics_address", None)
     if not address:
         return None
-    from sensor.ops_server import OpsServer  # noqa: PLC0415
+    from sensor.ops_server import OpsServer
 
     def metrics() -> dict[str, float]:
-        from sensor.metrics import pipeline_metrics  # noqa: PLC0415
+        from sensor.metrics import pipeline_metrics
 
         return pipeline_metrics(pipeline_ref.get("pipeline"))
 
@@ -135,10 +135,10 @@ def main() -> None:
 
 
 def _run(config_file: Path | None, flags: dict[str, Any], record_to: Path | None) -> None:
-    from sensor.app import DetectionUnavailable, run_live  # noqa: PLC0415
-    from sensor.outputs.factory import OutputSpecError  # noqa: PLC0415
-    from sensor.probe import ProbeError  # noqa: PLC0415
-    from sensor.statefiles import StateFileError  # noqa: PLC0415
+    from sensor.app import DetectionUnavailable, run_live
+    from sensor.outputs.factory import OutputSpecError
+    from sensor.probe import ProbeError
+    from sensor.statefiles import StateFileError
 
     config = _load_config(config_file, flags)
     _setup_logging(config)
@@ -183,9 +183,9 @@ def record(file: Path, config_file: Path | None, **kwargs: Any) -> None:
 @_run_options
 def replay(file: Path, config_file: Path | None, **kwargs: Any) -> None:
     """Run a recording through the whole pipeline, without BPF or root, to the same outputs."""
-    from sensor.app import DetectionUnavailable, run_replay  # noqa: PLC0415
-    from sensor.outputs.factory import OutputSpecError  # noqa: PLC0415
-    from sensor.records import RecordingReader  # noqa: PLC0415
+    from sensor.app import DetectionUnavailable, run_replay
+    from sensor.outputs.factory import OutputSpecError
+    from sensor.records import RecordingReader
 
     flags = _flags(**kwargs)
     flags["metrics_address"] = flags["metrics_address"] or "off"
@@ -211,7 +211,7 @@ def config_group() -> None:
 @_run_options
 def config_show(config_file: Path | None, **kwargs: Any) -> None:
     """Print the effective configuration as YAML, secrets masked, each value's origin as a comment."""
-    from sensor.config import command_line_secrets_warning, render_config  # noqa: PLC0415
+    from sensor.config import command_line_secrets_warning, render_config
 
     config = _load_config(config_file, _flags(**kwargs))
     warning = command_line_secrets_warning(config)
@@ -227,8 +227,8 @@ def config_show(config_file: Path | None, **kwargs: Any) -> None:
               help="How to make the container: podman, or new namespaces with unshare when no runtime is here.")
 def selftest(timeout: float, method: str) -> None:
     """Start ssh in a short-lived container and check that its alert comes out; exit 0 when it does."""
-    from sensor.logs import setup_logging  # noqa: PLC0415
-    from sensor.selftest import run_selftest  # noqa: PLC0415
+    from sensor.logs import setup_logging
+    from sensor.selftest import run_selftest
 
     config = _load_config(None, {"metrics_address": "off"})
     setup_logging("text", "warning")
@@ -241,8 +241,8 @@ def selftest(timeout: float, method: str) -> None:
 @main.command()
 def check() -> None:
     """Name each missing prerequisite with its fix; exit non-zero when the sensor cannot run here."""
-    from sensor.deploy_checks import deployment_checks  # noqa: PLC0415
-    from sensor.preflight import report, run_checks  # noqa: PLC0415
+    from sensor.deploy_checks import deployment_checks
+    from sensor.preflight import report, run_checks
 
     text, can_run = report(run_checks(deployment_checks(_load_config(None, {"metrics_address": "off"}))))
     click.echo(text)
@@ -250,7 +250,7 @@ def check() -> None:
 
 
 def _add_rules_commands() -> None:
-    from sensor.rules.commands import rules_group  # noqa: PLC0415
+    from sensor.rules.commands import rules_group
 
     main.add_command(rules_group)
 

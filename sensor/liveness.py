@@ -93,7 +93,7 @@ class SystemdNotifier:
         while not self._stop.wait(self.interval):
             try:
                 alive, reason = self._live()
-            except Exception as error:  # noqa: BLE001 - a failing check must stop the pings, not the thread
+            except Exception as error:  # a failing check must stop the pings, not the thread
                 alive, reason = False, f"liveness check failed: {type(error).__name__}: {error}"
             if alive:
                 if stalled:

@@ -119,7 +119,7 @@ def check_tracefs() -> Check:
 
 def check_bcc() -> Check:
     try:
-        import bcc  # noqa: F401, PLC0415
+        import bcc  # noqa: F401
     except ImportError:
         return Check("bcc", False, "the bcc Python module cannot be imported",
                      "apt-get install python3-bpfcc, and use a venv made with "

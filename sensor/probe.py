@@ -85,7 +85,7 @@ class Probe:
         except (TracefsError, BTFError, HeaderError) as exc:
             raise ProbeError(str(exc)) from exc
         try:
-            from bcc import BPF  # noqa: PLC0415 - the one place bcc is imported
+            from bcc import BPF  # the one place bcc is imported
         except ImportError as exc:
             raise ProbeError(
                 "the bcc Python module is missing: install Debian's python3-bpfcc and use a venv made with "

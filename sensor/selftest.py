@@ -248,12 +248,12 @@ def _timestamp(doc: Doc) -> float | None:
 
 def run_selftest(config: Any, *, method: str = "auto", timeout: float = 15.0) -> SelftestResult:
     """Attaches the probe, starts ssh in a container, and waits up to `timeout` seconds for the alert."""
-    from sensor.app import (  # noqa: PLC0415 - the live pipeline, only here
+    from sensor.app import (  # the live pipeline, only here
         attach,
         build_pipeline,
         probe_options,
     )
-    from sensor.probe import Probe, ProbeError  # noqa: PLC0415 - bcc only where it runs
+    from sensor.probe import Probe, ProbeError  # bcc only where it runs
 
     result = SelftestResult(passed=False)
     try:

@@ -272,7 +272,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it so
+    def log_message(self, format: str, *args: Any) -> None:  # `format` as the base class names it
         pass
 
     def _send(self, status: int, body: Any, compat: int | None = None, product: bool = True) -> None:

@@ -391,7 +391,7 @@ class ElasticsearchOutput:
                 if batch is None:
                     return
                 self._deliver(batch)
-        except Exception:  # noqa: BLE001 - the thread must say why it died, once
+        except Exception:  # the thread must say why it died, once
             log.exception("elasticsearch: sender stopped by an unexpected error")
             self._healthy = False
 

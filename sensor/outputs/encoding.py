@@ -94,7 +94,7 @@ def _shared_members(block: SharedBlock) -> str:
     if text is None:
         parts: list[str] = []
         _members(block, parts)
-        text = block._text = "".join(parts)  # noqa: SLF001 - the cache this module keeps on its own type
+        text = block._text = "".join(parts)  # private: the cache this module keeps on its own type
     return text
 
 

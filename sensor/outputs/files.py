@@ -166,7 +166,7 @@ class RotatingFileOutput:
                     with self._lock:
                         if not self._pending:
                             return
-        except Exception:  # noqa: BLE001 - the thread must say why it died, once
+        except Exception:  # the thread must say why it died, once
             log.exception("file output %s: writer stopped by an unexpected error", self.path)
             self._healthy = False
 

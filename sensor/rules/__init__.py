@@ -18,6 +18,6 @@ _HOMES = {"Detector": "sensor.rules.detector", "LoadedRule": "sensor.rules.loade
 def __getattr__(name: str) -> Any:
     if name not in _HOMES:
         raise AttributeError(f"module 'sensor.rules' has no attribute {name!r}")
-    import importlib  # noqa: PLC0415
+    import importlib
 
     return getattr(importlib.import_module(_HOMES[name]), name)

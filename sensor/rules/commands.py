@@ -13,7 +13,7 @@ import click
 
 def _load_all(paths: tuple[Path, ...]) -> tuple[list[Any], list[Any]]:
     # imported here so that `container-sensor --help` does not pay for the EQL parser
-    from sensor.rules.loader import RulesPathError, load_rules  # noqa: PLC0415
+    from sensor.rules.loader import RulesPathError, load_rules
 
     loaded: list[Any] = []
     refused: list[Any] = []
@@ -98,7 +98,7 @@ def _hit_line(alert: dict) -> str:
 def rules_test(rules_paths: tuple[Path, ...], no_builtin_rules: bool, fold_window: float, as_json: bool,
                events: tuple[str, ...]) -> None:
     """Evaluate the rules over saved ECS documents (NDJSON files, '-' for stdin) and print every hit."""
-    from sensor.rules.detector import Detector  # noqa: PLC0415
+    from sensor.rules.detector import Detector
 
     loaded, refused = _load_all(rules_paths)
     for refusal in refused:

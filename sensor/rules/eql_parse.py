@@ -21,19 +21,19 @@ class QueryError(ValueError):
 
 
 class _ElasticsearchWalker(LarkToEQL):
-    def string_predicate(self, node):  # noqa: ANN001, ANN201 - signature of the package's walker
+    def string_predicate(self, node):  # untyped: the signature of the package's walker
         info = super().string_predicate(node)
         info.node.name = str(node["STRING_PREDICATE"])
         return info
 
-    def in_set(self, node):  # noqa: ANN001, ANN201
+    def in_set(self, node):
         info = super().in_set(node)
         if node.get("IN") == "in~":
             in_set = info.node
             info.node = ast.FunctionCall("in~", [in_set.expression, *in_set.container])
         return info
 
-    def function_call(self, node, prev_node=None, prev_arg=None):  # noqa: ANN001, ANN201
+    def function_call(self, node, prev_node=None, prev_arg=None):
         info = super().function_call(node, prev_node=prev_node, prev_arg=prev_arg)
         insensitive = any(isinstance(child, Token) and child.type == "INSENSITIVE_NAME"
                           for child in node.children)

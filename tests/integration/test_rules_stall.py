@@ -24,7 +24,7 @@ import pytest
 
 from tests.integration.sensor_process import SensorProcess, get, run_and_wait
 from tests.integration.test_detection import BUILTIN, PODMAN, alerts_for
-from tests.integration.test_detection import root as root  # noqa: F401 - a fixture, used by name
+from tests.integration.test_detection import root as root  # a fixture, used by name
 
 pytestmark = [pytest.mark.kernel, pytest.mark.containers]
 

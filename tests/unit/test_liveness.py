@@ -112,7 +112,7 @@ def test_metrics_expose_the_age_of_the_last_progress():
 
     class Pipeline:
         def __init__(self) -> None:
-            from sensor.pipeline import PipelineStats  # noqa: PLC0415
+            from sensor.pipeline import PipelineStats
 
             self.stats = PipelineStats()
             self.table: list[int] = []

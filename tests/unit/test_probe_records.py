@@ -16,8 +16,8 @@ def test_a_record_the_pipeline_fails_on_is_counted_and_the_next_one_still_delive
 
     probe = Probe(on_record)
     exit_record = probe_layout.EXIT.pack(probe_layout.RECORD_EXIT, probe_layout.EXIT.size, 5, 100, 0, 555)
-    probe._handle(exit_record)  # noqa: SLF001 - what both ring readers call per record
-    probe._handle(exit_record)  # noqa: SLF001
-    probe._handle(b"\x01\x00")  # noqa: SLF001 - shorter than any header
+    probe._handle(exit_record)  # private: what both ring readers call per record
+    probe._handle(exit_record)
+    probe._handle(b"\x01\x00")  # private: shorter than any header
     assert (probe.records, probe.handler_errors, probe.decode_errors) == (2, 1, 1)
     assert len(seen) == 2

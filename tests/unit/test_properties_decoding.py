@@ -152,7 +152,7 @@ def test_the_reader_loop_counts_every_record_and_never_raises(raws: list[bytes])
     delivered: list = []
     probe = Probe(delivered.append)
     for raw in raws:
-        probe._handle(raw)  # noqa: SLF001
+        probe._handle(raw)
     assert probe.records + probe.decode_errors == len(raws)
     assert len(delivered) == probe.records
 
@@ -170,7 +170,7 @@ def test_short_fixed_size_records_are_counted_not_raised() -> None:
                 pass
             else:
                 raise AssertionError(f"type {kind} of {length} bytes decoded")
-            probe._handle(raw)  # noqa: SLF001
+            probe._handle(raw)
     assert (probe.records, probe.decode_errors) == (0, 6)
 
 
@@ -204,15 +204,15 @@ def _ring(data_size: int) -> RingBufferReader:
     """A reader over a bytearray laid out as the kernel maps a ring: consumer page, producer page, then the data
     pages twice in a row (so the test writes each byte at both places)."""
     reader = RingBufferReader.__new__(RingBufferReader)
-    reader._consumer = bytearray(PAGE)  # noqa: SLF001
-    reader._ring = bytearray(PAGE + 2 * data_size)  # noqa: SLF001
-    reader._data = PAGE  # noqa: SLF001
-    reader._mask = data_size - 1  # noqa: SLF001
+    reader._consumer = bytearray(PAGE)
+    reader._ring = bytearray(PAGE + 2 * data_size)
+    reader._data = PAGE
+    reader._mask = data_size - 1
     return reader
 
 
 def _put(reader: RingBufferReader, position: int, blob: bytes) -> None:
-    ring, size = reader._ring, reader._mask + 1  # noqa: SLF001
+    ring, size = reader._ring, reader._mask + 1
     for i, byte in enumerate(blob):
         at = (position + i) & (size - 1)
         ring[PAGE + at] = byte
@@ -228,7 +228,7 @@ def test_ring_reader_delivers_committed_records_whole_across_the_wrap(start: int
     data_size = 4096
     reader = _ring(data_size)
     position = start
-    struct.pack_into("<Q", reader._consumer, 0, position)  # noqa: SLF001
+    struct.pack_into("<Q", reader._consumer, 0, position)
     expected = []
     for blob, discard in records:
         room = (len(blob) + HEADER_SIZE + 7) & ~7
@@ -238,18 +238,18 @@ def test_ring_reader_delivers_committed_records_whole_across_the_wrap(start: int
         if not discard:
             expected.append(blob)
         position += room
-    struct.pack_into("<Q", reader._ring, 0, position)  # noqa: SLF001
+    struct.pack_into("<Q", reader._ring, 0, position)
     got: list[bytes] = []
     assert reader.consume(got.append) == len(expected)
     assert got == expected
-    assert struct.unpack_from("<Q", reader._consumer, 0)[0] == position  # noqa: SLF001
+    assert struct.unpack_from("<Q", reader._consumer, 0)[0] == position
 
 
 def test_ring_reader_stops_at_a_busy_record_and_resumes() -> None:
     reader = _ring(4096)
     _put(reader, 0, struct.pack("<I", 3) + b"\0" * 4 + b"abc")
     _put(reader, 16, struct.pack("<I", 2 | BUSY_BIT) + b"\0" * 4 + b"de")
-    struct.pack_into("<Q", reader._ring, 0, 32)  # noqa: SLF001
+    struct.pack_into("<Q", reader._ring, 0, 32)
     got: list[bytes] = []
     assert reader.consume(got.append) == 1 and got == [b"abc"]
     _put(reader, 16, struct.pack("<I", 2))

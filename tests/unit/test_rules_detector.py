@@ -246,7 +246,7 @@ def test_a_container_storm_of_one_file_is_decided_once_and_relearned_when_it_cha
     tool = tmp_path / "tool"
     shutil.copy2(shutil.which("true") or "/bin/true", tool)
     detector = Detector([], clock=FakeClock())
-    identity = detector._builtin.identity  # noqa: SLF001 - the lookups are what is counted
+    identity = detector._builtin.identity  # private: the lookups are what is counted
 
     def exec_of_tool(name: str = "tool") -> list:
         st = tool.stat()

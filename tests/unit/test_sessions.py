@@ -146,7 +146,7 @@ def test_siblings_under_a_parent_never_computed_inherit_what_the_first_child_fou
     for pid, container in ((23301, PODMAN), (23302, PODMAN), (23303, PODMAN), (5001, None), (5002, None),
                            (5003, None)):
         assert model(t.get(pid), t, container) == find_leaders(t.get(pid), t, container), pid
-    assert model._children_entry[id(t.get(23300))][1] is PODMAN  # noqa: SLF001 - the memo is what is tested
+    assert model._children_entry[id(t.get(23300))][1] is PODMAN  # private: the memo is what is tested
     assert model(t.get(23302), t, PODMAN).entry.pid == 23214
 
 

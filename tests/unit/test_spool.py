@@ -180,8 +180,8 @@ def test_damage_while_running_is_skipped_and_counted(tmp_path: Path) -> None:
 
 
 def test_old_format_segments_are_still_read(tmp_path: Path) -> None:
-    import struct  # noqa: PLC0415
-    import zlib  # noqa: PLC0415
+    import struct
+    import zlib
 
     frames = b"".join(struct.pack("<II", 100, zlib.crc32(payload(n))) + payload(n) for n in range(4))
     segment = tmp_path / f"{(1 << 40):020d}.seg"
