@@ -15,6 +15,7 @@ from typing import Any
 
 from sensor import host as host_facts
 from sensor.containers.cgroupmap import V2_HIERARCHY
+from sensor.containers.namespaces import host_namespaces
 from sensor.ecs import DocumentBuilder
 from sensor.liveness import SystemdNotifier
 from sensor.outputs.base import Output
@@ -36,22 +37,6 @@ def cgroup_v2_root() -> Path | None:
         if (candidate / "cgroup.procs").exists() and (candidate / "cgroup.controllers").exists():
             return candidate
     return None
-
-
-def host_namespaces(proc_root: Path = Path("/proc")) -> Namespaces:
-    """pid 1's namespaces; where pid 1 cannot be inspected (a hardened init), the sensor's own, which are the
-    host's when it runs as the DaemonSet or the systemd unit runs it."""
-    names = ("pid", "mnt", "net", "uts", "ipc", "cgroup", "user")
-    values = []
-    for name in names:
-        try:
-            values.append(os.stat(proc_root / "1" / "ns" / name).st_ino)
-        except OSError:
-            try:
-                values.append(os.stat(proc_root / "self" / "ns" / name).st_ino)
-            except OSError:
-                values.append(0)
-    return Namespaces(*values)
 
 
 @dataclass

@@ -6,23 +6,13 @@ of a service cgroup); pids cycle through a small range, as on a busy host, so th
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from sensor.containers.namespaces import host_namespaces
 from sensor.records import ExecRecord, Namespaces, RecordingWriter
 
 PID_BASE = 200_000
 PID_RANGE = 4096
-
-
-def host_namespaces() -> Namespaces:
-    values = []
-    for name in ("pid", "mnt", "net", "uts", "ipc", "cgroup", "user"):
-        try:
-            values.append(os.stat(f"/proc/self/ns/{name}").st_ino)
-        except OSError:
-            values.append(0)
-    return Namespaces(*values)
 
 
 def exec_record(number: int, ns: Namespaces, start_ns: int = 10_000_000_000) -> ExecRecord:

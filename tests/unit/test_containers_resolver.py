@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sensor.containers import ContainerResolver, StateRoots
+from sensor.containers import ContainerResolver, StateRoots, host_namespaces
 from sensor.containers.cgroupmap import CgroupMap, CgroupMount, find_v2_mount
 from sensor.containers.info import BY_CGROUP, BY_NAMESPACE_OF_KNOWN, BY_NAMESPACES, ID_NAME, ID_PID_NAMESPACE
 from sensor.records import CgroupRecord, Namespaces
@@ -248,3 +248,17 @@ def test_cgroup_mkdir_prefetches_metadata(tree, state, tmp_path):
     # v1 hierarchies' mkdirs of the same container do not queue it again
     r.on_cgroup(CgroupRecord(ktime_ns=2, op="mkdir", root=4, cgroup_id=99, level=2, path=path.encode()))
     assert r.stats()["metadata_requested"] == 1
+
+
+def test_host_namespaces_are_pid_1s_and_the_sensors_own_where_pid_1_cannot_be_read(tmp_path: Path) -> None:
+    """The one reader of the host's namespaces (the live pipeline, its recordings and the tests all use it):
+    a hardened init hides some of /proc/1/ns; those come from /proc/self/ns, and 0 where neither is readable."""
+    for pid, kinds in (("1", ("pid", "mnt")), ("self", ("pid", "mnt", "net", "uts", "ipc", "cgroup"))):
+        (tmp_path / pid / "ns").mkdir(parents=True)
+        for kind in kinds:
+            (tmp_path / pid / "ns" / kind).write_text(pid + kind)
+    inode = {(pid, kind): os.stat(tmp_path / pid / "ns" / kind).st_ino
+             for pid in ("1", "self") for kind in os.listdir(tmp_path / pid / "ns")}
+    assert host_namespaces(tmp_path) == Namespaces(
+        pid=inode["1", "pid"], mnt=inode["1", "mnt"], net=inode["self", "net"], uts=inode["self", "uts"],
+        ipc=inode["self", "ipc"], cgroup=inode["self", "cgroup"], user=0)
