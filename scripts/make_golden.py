@@ -176,7 +176,7 @@ def keep_workload(raw: Path, out: Path, root_pid: int, container_id: str) -> int
             cgroup_id = getattr(rec, "cgroup_id", 0)
             if cgroup_id:
                 cgroup_ids.add(cgroup_id)
-    from sensor.containers.cgroupmap import V2_HIERARCHY  # noqa: PLC0415
+    from sensor.containers.cgroupmap import V2_HIERARCHY  # imported here: only this step needs it
 
     def wanted(rec: CgroupRecord) -> bool:
         return container_id in rec.path.decode("utf-8", "replace") or (
