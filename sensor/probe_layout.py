@@ -1,12 +1,15 @@
 """The byte layouts of bpf/sensor.h, and decoding of raw ring-buffer records into sensor.records types.
 
-tests/unit/test_probe_layout.py compiles nothing: it parses bpf/sensor.h and checks these formats against it,
-so the C structs and this mirror cannot drift apart.
+Every member of the C structs is named here with its place in the struct formats. `static_asserts()` turns those
+names into C checks of each member's offset, size and sign, compiled against sensor.h by gcc in
+tests/unit/test_probe_layout.py, so a member moved, resized or added on either side fails the tests and names
+the member (Tetragon's alignchecker holds its Go mirrors to its C structs the same way).
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 from sensor.records import (
     CgroupRecord,
@@ -21,20 +24,153 @@ RECORD_EXEC, RECORD_FORK, RECORD_EXIT, RECORD_CGROUP_MKDIR, RECORD_CGROUP_RMDIR 
 EXEC_ARGS_TRUNCATED, EXEC_ARGS_READ_FAILED, EXEC_FILENAME_TRUNCATED, EXEC_CWD_TRUNCATED = 1, 2, 4, 8
 LOSS_RINGBUF_FULL, LOSS_ARGS_TRUNCATED, LOSS_ARGS_READ_FAILED, LOSS_PATH_TRUNCATED, LOSS_COUNTERS = 0, 1, 2, 3, 4
 
-HEADER = struct.Struct("<IIQ")
-# struct exec_record up to its data[] member
-EXEC_FIXED = struct.Struct("<IIQ12IQQQIIQ7II4H16s")
-FORK = struct.Struct("<IIQIIQIIQ")
-EXIT = struct.Struct("<IIQIiQ")
-CGROUP_FIXED = struct.Struct("<IIQiiQII")
-# the fixed-size layouts, by record type: a record shorter than its layout is damaged
-_FIXED_LAYOUTS = {RECORD_FORK: FORK, RECORD_EXIT: EXIT, RECORD_CGROUP_MKDIR: CGROUP_FIXED,
-                  RECORD_CGROUP_RMDIR: CGROUP_FIXED}
-
 ARGS_MAX = 16384
 FILENAME_MAX_LEN = 4096
 CGROUP_PATH_MAX = 512
 CWD_MAX = 1024
+
+Fields = tuple[tuple[str, str], ...]
+# (C member designator, struct format code), in the structs' order: the decoders unpack by position, in this order.
+# A nested struct's members are "hdr.type"; an array's elements are "ns[NS_PID]", which also holds sensor.h's enum
+# order to the order the decoder reads them in.
+HEADER_FIELDS: Fields = (("type", "I"), ("size", "I"), ("ktime_ns", "Q"))
+
+
+def _in(member: str, fields: Fields) -> Fields:
+    return tuple((f"{member}.{name}", code) for name, code in fields)
+
+
+EXEC_FIELDS: Fields = (
+    *_in("hdr", HEADER_FIELDS),
+    ("pid", "I"), ("tid", "I"), ("old_tid", "I"), ("ppid", "I"), ("uid", "I"), ("gid", "I"), ("euid", "I"),
+    ("egid", "I"), ("sid", "I"), ("pgid", "I"), ("tty_major", "I"), ("tty_minor", "I"),
+    ("cgroup_id", "Q"), ("start_boottime_ns", "Q"), ("exe_ino", "Q"), ("exe_dev", "I"), ("flags", "I"),
+    ("exe_ctime_ns", "Q"),
+    ("ns[NS_PID]", "I"), ("ns[NS_MNT]", "I"), ("ns[NS_NET]", "I"), ("ns[NS_UTS]", "I"), ("ns[NS_IPC]", "I"),
+    ("ns[NS_CGROUP]", "I"), ("ns[NS_USER]", "I"),
+    ("argc", "I"), ("filename_len", "H"), ("args_len_lo", "H"), ("args_len_hi", "H"), ("cwd_len", "H"),
+    ("comm", "16s"),
+)
+FORK_FIELDS: Fields = (
+    *_in("hdr", HEADER_FIELDS),
+    ("parent_pid", "I"), ("pid", "I"), ("start_boottime_ns", "Q"), ("uid", "I"), ("gid", "I"), ("cgroup_id", "Q"),
+)
+EXIT_FIELDS: Fields = (*_in("hdr", HEADER_FIELDS), ("pid", "I"), ("exit_code", "i"), ("start_boottime_ns", "Q"))
+CGROUP_FIELDS: Fields = (
+    *_in("hdr", HEADER_FIELDS), ("root", "i"), ("level", "i"), ("id", "Q"), ("path_len", "I"), ("pad", "I"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordLayout:
+    """One C struct of sensor.h: its fixed members, then the char array the record's lengths index, if any."""
+
+    c_struct: str
+    fields: Fields
+    tail: str | None = None
+    tail_len: int | None = None  # None: sized by build options (ARGS_MAX is a cflag), so only its offset is held
+
+    @property
+    def fixed(self) -> struct.Struct:
+        # "<": no padding, so a padding hole the C compiler leaves shows up as a member at the wrong offset
+        return struct.Struct("<" + "".join(code for _, code in self.fields))
+
+
+LAYOUTS = (
+    RecordLayout("record_header", HEADER_FIELDS),
+    RecordLayout("exec_record", EXEC_FIELDS, "data"),
+    RecordLayout("fork_record", FORK_FIELDS),
+    RecordLayout("exit_record", EXIT_FIELDS),
+    RecordLayout("cgroup_record", CGROUP_FIELDS, "path", CGROUP_PATH_MAX),
+)
+HEADER, EXEC_FIXED, FORK, EXIT, CGROUP_FIXED = (layout.fixed for layout in LAYOUTS)
+# the fixed-size layouts, by record type: a record shorter than its layout is damaged
+_FIXED_LAYOUTS = {RECORD_FORK: FORK, RECORD_EXIT: EXIT, RECORD_CGROUP_MKDIR: CGROUP_FIXED,
+                  RECORD_CGROUP_RMDIR: CGROUP_FIXED}
+
+# The constants both sides share. ARGS_MAX and FILENAME_MAX_LEN are left out: the probe sets ARGS_MAX by cflag,
+# and the decoder reads neither (the record's lengths say how much was sent).
+SHARED_CONSTANTS = (
+    "RECORD_EXEC", "RECORD_FORK", "RECORD_EXIT", "RECORD_CGROUP_MKDIR", "RECORD_CGROUP_RMDIR",
+    "EXEC_ARGS_TRUNCATED", "EXEC_ARGS_READ_FAILED", "EXEC_FILENAME_TRUNCATED", "EXEC_CWD_TRUNCATED",
+    "LOSS_RINGBUF_FULL", "LOSS_ARGS_TRUNCATED", "LOSS_ARGS_READ_FAILED", "LOSS_PATH_TRUNCATED", "LOSS_COUNTERS",
+    "CGROUP_PATH_MAX", "CWD_MAX",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberCheck:
+    """Where the decoder expects one C member: `member` is a designator ("cwd_len", "hdr.type", "ns[NS_USER]"),
+    or "" for the whole struct; size None where a build option sets it; signed None for all but integers."""
+
+    c_struct: str
+    member: str
+    offset: int
+    size: int | None
+    signed: bool | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.c_struct}.{self.member}" if self.member else f"struct {self.c_struct}"
+
+    @property
+    def c_offset(self) -> str:
+        return f"__builtin_offsetof(struct {self.c_struct}, {self.member})"
+
+    @property
+    def c_size(self) -> str:
+        if not self.member:
+            return f"sizeof(struct {self.c_struct})"
+        return f"sizeof(((struct {self.c_struct} *)0)->{self.member})"
+
+    @property
+    def c_signed(self) -> str:
+        # an s32 read as unsigned turns exit code -1 into 4294967295: same size, so only this catches it
+        return f"((__typeof__(((struct {self.c_struct} *)0)->{self.member}))-1 < 0)"
+
+
+def member_checks() -> list[MemberCheck]:
+    """Every member of every record struct with the offset and size this module reads it at: each element and
+    nested member, the nested struct or array as a whole, the trailing char array, and the struct's size."""
+    checks = []
+    for layout in LAYOUTS:
+        offset = 0
+        wholes: dict[str, list[int]] = {}  # "hdr", "ns" -> [start, end]
+        for name, code in layout.fields:
+            size = struct.calcsize("<" + code)
+            signed = None if code.endswith("s") else code.islower()
+            checks.append(MemberCheck(layout.c_struct, name, offset, size, signed))
+            whole = name.partition(".")[0].partition("[")[0]
+            if whole != name:
+                wholes.setdefault(whole, [offset, offset])[1] = offset + size
+            offset += size
+        checks += [MemberCheck(layout.c_struct, whole, start, end - start) for whole, (start, end) in wholes.items()]
+        if layout.tail is not None:
+            checks.append(MemberCheck(layout.c_struct, layout.tail, offset, layout.tail_len))
+        if layout.tail is None or layout.tail_len is not None:
+            checks.append(MemberCheck(layout.c_struct, "", 0, offset + (layout.tail_len or 0)))
+    return checks
+
+
+def static_asserts() -> str:
+    """C11 checks that bpf/sensor.h lays out every record member where and as this module reads it, to compile after
+    sensor.h is included. A failure names the member and the Python value; the C value is the compiler's."""
+    lines = ["/* From sensor/probe_layout.py static_asserts(): where the decoder reads each record member. */"]
+    for check in member_checks():
+        if check.member:
+            lines.append(f'_Static_assert({check.c_offset} == {check.offset}, '
+                         f'"{check.label}: sensor/probe_layout.py reads it at offset {check.offset}");')
+        if check.size is not None:
+            lines.append(f'_Static_assert({check.c_size} == {check.size}, '
+                         f'"{check.label}: sensor/probe_layout.py reads {check.size} bytes");')
+        if check.signed is not None:
+            sign = "signed" if check.signed else "unsigned"
+            lines.append(f'_Static_assert({check.c_signed} == {int(check.signed)}, '
+                         f'"{check.label}: sensor/probe_layout.py reads it {sign}");')
+    for name in SHARED_CONSTANTS:
+        value = globals()[name]
+        lines.append(f'_Static_assert({name} == {value}, "{name}: sensor/probe_layout.py has {value}");')
+    return "\n".join(lines) + "\n"
 
 
 # Namespace sets seen, shared: a host has a handful, and one object per set spares the allocation per exec

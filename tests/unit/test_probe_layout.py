@@ -1,22 +1,40 @@
-"""bpf/sensor.h and sensor/probe_layout.py must describe the same bytes (Tetragon keeps its mirrors the same way)."""
+"""bpf/sensor.h and sensor/probe_layout.py must describe the same bytes (Tetragon keeps its mirrors the same way).
+
+gcc compiles sensor/probe_layout.py's checks of every member's offset and size against sensor.h, and a program
+that prints where C puts each member, so a failure says which member moved and where to.
+"""
 
 from __future__ import annotations
 
+import operator
 import re
-import struct
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
+
 from sensor import probe_layout
-from sensor.probe_layout import decode, split_args
+from sensor.probe_layout import LAYOUTS, decode, member_checks, split_args, static_asserts
 from sensor.records import CgroupRecord, ExecRecord, ExitRecord, ForkRecord
 
 HEADER_FILE = Path(__file__).resolve().parents[2] / "bpf" / "sensor.h"
+# BCC's integer types. The BPF target aligns 64-bit integers to 8 bytes; x86-64 does too, i386 would not unasked.
+C_PRELUDE = """\
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef short s16;
+typedef unsigned int u32;
+typedef int s32;
+typedef unsigned long long u64 __attribute__((aligned(8)));
+typedef long long s64 __attribute__((aligned(8)));
+"""
 C_SIZES = {"u8": 1, "char": 1, "u16": 2, "s16": 2, "u32": 4, "s32": 4, "u64": 8, "s64": 8}
 
 
-def parse_header() -> tuple[dict[str, int], dict[str, list[tuple[str, str, int]]]]:
+def parse_header(header: Path = HEADER_FILE) -> tuple[dict[str, int], dict[str, list[tuple[str, str, int]]]]:
     """(#define and enum constants, struct name -> [(type, member, array length)])."""
-    text = re.sub(r"/\*.*?\*/", "", HEADER_FILE.read_text(), flags=re.S)
+    text = re.sub(r"/\*.*?\*/", "", header.read_text(), flags=re.S)
     consts = {m[0]: int(m[1]) for m in re.findall(r"#define\s+(\w+)\s+(\d+)", text)}
     for body in re.findall(r"enum\s+\w+\s*\{(.*?)\};", text, flags=re.S):
         value = -1
@@ -82,6 +100,153 @@ def test_fixed_parts_match_the_c_structs() -> None:
     assert probe_layout.HEADER.size == layout(structs, "record_header")[1]
 
 
+def _gcc() -> str:
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("no gcc: scripts/install.sh --test installs it")
+    return gcc
+
+
+def compile_static_asserts(header_dir: Path, work: Path) -> subprocess.CompletedProcess[str]:
+    """gcc on sensor.h followed by the checks sensor/probe.py also compiles into the BPF program."""
+    source = work / "layout_asserts.c"
+    source.write_text(C_PRELUDE + '#include "sensor.h"\n' + static_asserts())
+    return subprocess.run([_gcc(), "-std=c11", "-Wall", "-Werror", "-fsyntax-only", f"-I{header_dir}", str(source)],
+                          capture_output=True, text=True, check=False)
+
+
+def c_layout(header_dir: Path, work: Path) -> dict[str, tuple[int, int, int]]:
+    """Member label -> (offset, size, signed) as gcc lays out sensor.h, for every member sensor/probe_layout.py
+    reads (signed is 0 for arrays and structs)."""
+    prints = [f'    printf("%s %zu %zu %d\\n", "{c.label}", (size_t){c.c_offset if c.member else 0}, '
+              f'(size_t){c.c_size}, {c.c_signed if c.signed is not None else 0});' for c in member_checks()]
+    source, program = work / "layout_print.c", work / "layout_print"
+    source.write_text("#include <stdio.h>\n" + C_PRELUDE + '#include "sensor.h"\n'
+                      + "int main(void)\n{\n" + "\n".join(prints) + "\n    return 0;\n}\n")
+    subprocess.run([_gcc(), "-std=c11", "-Wall", "-Werror", f"-I{header_dir}", "-o", str(program), str(source)],
+                   check=True, capture_output=True, text=True)
+    out = subprocess.run([str(program)], check=True, capture_output=True, text=True).stdout
+    # labels have no spaces but "struct X": split from the right
+    rows = (line.rsplit(" ", 3) for line in out.splitlines())
+    return {label: (int(offset), int(size), int(signed)) for label, offset, size, signed in rows}
+
+
+def layout_mismatches(c: dict[str, tuple[int, int, int]]) -> list[str]:
+    found = []
+    for check in member_checks():
+        c_offset, c_size, c_signed = c[check.label]
+        if check.member and c_offset != check.offset:
+            found.append(f"{check.label}: C offset {c_offset}, Python {check.offset}")
+        if check.size is not None and c_size != check.size:
+            found.append(f"{check.label}: C size {c_size}, Python {check.size}")
+        if check.signed is not None and bool(c_signed) != check.signed:
+            found.append(f"{check.label}: C {'signed' if c_signed else 'unsigned'}, Python "
+                         f"{'signed' if check.signed else 'unsigned'}")
+    return found
+
+
+def test_every_member_is_where_the_decoder_reads_it(tmp_path: Path) -> None:
+    mismatches = layout_mismatches(c_layout(HEADER_FILE.parent, tmp_path))
+    assert not mismatches, "bpf/sensor.h and sensor/probe_layout.py differ:\n" + "\n".join(mismatches)
+
+
+def test_the_static_asserts_hold_for_sensor_h(tmp_path: Path) -> None:
+    result = compile_static_asserts(HEADER_FILE.parent, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_every_c_member_has_a_place_in_the_python_layout() -> None:
+    """A member added on the C side only (in a padding hole, or after the trailing array) is caught here: the
+    offset checks only cover the members Python names."""
+    _, structs = parse_header()
+    assert set(structs) == {layout.c_struct for layout in LAYOUTS}
+    for layout in LAYOUTS:
+        python = [name.partition(".")[0].partition("[")[0] for name, _ in layout.fields] + [layout.tail]
+        python = list(dict.fromkeys(name for name in python if name))
+        assert python == [member for _, member, _ in structs[layout.c_struct]], layout.c_struct
+
+
+def test_a_member_moved_within_the_same_size_fails_and_is_named(tmp_path: Path) -> None:
+    """cwd_len moved ahead of filename_len: every size stays the same, which the size checks alone let through."""
+    original = HEADER_FILE.read_text()
+    assert original.count("    u16 cwd_len;\n") == 1
+    moved = original.replace("    u16 cwd_len;\n", "").replace("    u16 filename_len;\n",
+                                                               "    u16 cwd_len;\n    u16 filename_len;\n")
+    (tmp_path / "sensor.h").write_text(moved)
+    _, structs = parse_header(tmp_path / "sensor.h")
+    assert layout(structs, "exec_record")[0]["data"] == probe_layout.EXEC_FIXED.size
+
+    mismatches = layout_mismatches(c_layout(tmp_path, tmp_path))
+    assert "exec_record.cwd_len: C offset 136, Python 142" in mismatches
+    assert "exec_record.filename_len: C offset 138, Python 136" in mismatches
+    assert not [m for m in mismatches if not m.startswith(("exec_record.cwd_len:", "exec_record.filename_len:",
+                                                           "exec_record.args_len_lo:", "exec_record.args_len_hi:"))]
+    result = compile_static_asserts(tmp_path, tmp_path)
+    assert result.returncode != 0
+    assert "exec_record.cwd_len: sensor/probe_layout.py reads it at offset 142" in result.stderr
+
+
+def test_a_resized_member_fails_and_is_named(tmp_path: Path) -> None:
+    """exit_code widened to 64 bits: the offsets after it move and its size differs."""
+    (tmp_path / "sensor.h").write_text(HEADER_FILE.read_text().replace("    s32 exit_code;", "    s64 exit_code;"))
+    mismatches = layout_mismatches(c_layout(tmp_path, tmp_path))
+    assert "exit_record.exit_code: C offset 24, Python 20" in mismatches
+    assert "exit_record.exit_code: C size 8, Python 4" in mismatches
+    assert all(m.startswith(("exit_record.", "struct exit_record:")) for m in mismatches), mismatches
+    assert "exit_record.exit_code: sensor/probe_layout.py reads 4 bytes" in compile_static_asserts(tmp_path,
+                                                                                                   tmp_path).stderr
+
+
+def test_a_member_whose_sign_changed_fails_and_is_named(tmp_path: Path) -> None:
+    """exit_code made unsigned: same size, same offsets, and -1 would decode as 4294967295."""
+    (tmp_path / "sensor.h").write_text(HEADER_FILE.read_text().replace("    s32 exit_code;", "    u32 exit_code;"))
+    assert layout_mismatches(c_layout(tmp_path, tmp_path)) == ["exit_record.exit_code: C unsigned, Python signed"]
+    assert "exit_record.exit_code: sensor/probe_layout.py reads it signed" in compile_static_asserts(tmp_path,
+                                                                                                     tmp_path).stderr
+
+
+def _pack(fields: probe_layout.Fields, values: dict[str, int | bytes]) -> bytes:
+    return probe_layout.RecordLayout("", fields).fixed.pack(*(values[name] for name, _ in fields))
+
+
+def _distinct(fields: probe_layout.Fields) -> dict[str, int | bytes]:
+    return {name: 1000 + i for i, (name, code) in enumerate(fields) if not code.endswith("s")}
+
+
+def _assert_read_by_name(record: object, values: dict[str, int | bytes], attributes: dict[str, str]) -> None:
+    for member, attribute in attributes.items():
+        assert operator.attrgetter(attribute)(record) == values[member], f"{member} decoded as {attribute}"
+
+
+def test_the_decoders_read_each_member_by_its_name() -> None:
+    """The decoders unpack by position: each member, given a value of its own, comes out in its record field."""
+    common = {"hdr.ktime_ns": "ktime_ns", "pid": "pid", "start_boottime_ns": "start_boottime_ns"}
+    values = _distinct(probe_layout.EXEC_FIELDS) | {
+        "hdr.type": probe_layout.RECORD_EXEC, "flags": 0, "argc": 1, "filename_len": 6, "args_len_lo": 2,
+        "args_len_hi": 0, "cwd_len": 0, "comm": b"sh",
+    }
+    rec = decode(_pack(probe_layout.EXEC_FIELDS, values) + b"/bin/x" + b"x\0")
+    assert isinstance(rec, ExecRecord) and (rec.comm, rec.filename, rec.argv) == (b"sh", b"/bin/x", (b"x",))
+    namespaces = {f"ns[NS_{kind.upper()}]": f"ns.{kind}" for kind in ("pid", "mnt", "net", "uts", "ipc", "cgroup",
+                                                                        "user")}
+    _assert_read_by_name(rec, values, common | namespaces | {m: m for m in (
+        "tid", "old_tid", "ppid", "uid", "gid", "euid", "egid", "sid", "pgid", "tty_major", "tty_minor", "cgroup_id",
+        "exe_ino", "exe_dev", "exe_ctime_ns")})
+
+    values = _distinct(probe_layout.FORK_FIELDS) | {"hdr.type": probe_layout.RECORD_FORK}
+    _assert_read_by_name(decode(_pack(probe_layout.FORK_FIELDS, values)), values, common | {
+        "parent_pid": "parent_pid", "uid": "uid", "gid": "gid", "cgroup_id": "cgroup_id"})
+
+    values = _distinct(probe_layout.EXIT_FIELDS) | {"hdr.type": probe_layout.RECORD_EXIT}
+    _assert_read_by_name(decode(_pack(probe_layout.EXIT_FIELDS, values)), values, common | {"exit_code": "exit_code"})
+
+    values = _distinct(probe_layout.CGROUP_FIELDS) | {"hdr.type": probe_layout.RECORD_CGROUP_RMDIR, "path_len": 3}
+    cgroup = decode(_pack(probe_layout.CGROUP_FIELDS, values) + b"/a/")
+    assert isinstance(cgroup, CgroupRecord) and (cgroup.op, cgroup.path) == ("rmdir", b"/a/")
+    _assert_read_by_name(cgroup, values, {"hdr.ktime_ns": "ktime_ns", "root": "root", "level": "level",
+                                          "id": "cgroup_id"})
+
+
 def _exec_bytes(filename: bytes, args: bytes, argc: int, flags: int = 0, cwd: bytes = b"") -> bytes:
     fixed = probe_layout.EXEC_FIXED.pack(
         probe_layout.RECORD_EXEC, 0, 123, 10, 10, 10, 1, 0, 0, 1000, 1000, 5, 10, 136, 2,
@@ -136,4 +301,3 @@ def test_decode_fork_exit_cgroup() -> None:
 def test_split_args_keeps_empty_arguments() -> None:
     assert split_args(b"a\0\0b\0") == (b"a", b"", b"b")
     assert split_args(b"") == ()
-    assert struct.calcsize("<Q") == 8
