@@ -1,4 +1,6 @@
-/* Record layouts shared by the BPF program and sensor/probe_layout.py (a test keeps the two in step).
+/* Record layouts shared by the BPF program and sensor/probe_layout.py. Every member's offset and size is checked
+ * against that mirror: sensor/probe_layout.py static_asserts() is compiled after this header into the BPF
+ * program at load, and by gcc in tests/unit/test_probe_layout.py.
  *
  * Every record starts with struct record_header; `type` says which layout follows and `size` how many bytes of
  * the record are valid (exec records are variable-length: only the argv and filename bytes read are sent).

@@ -28,6 +28,7 @@ from sensor.probe_layout import (
     LOSS_RINGBUF_FULL,
     DecodeError,
     decode,
+    static_asserts,
 )
 from sensor.records import LossRecord, Record
 from sensor.ringbuf import RingBufferReader
@@ -97,10 +98,14 @@ class Probe:
             raise ProbeError(f"BPF source not found at {source} (set SENSOR_BPF_DIR)")
         cflags = [f"-I{source_dir}", f"-DRINGBUF_PAGES={opts.ringbuf_pages}", f"-DARGS_MAX={opts.args_max}"]
         cflags += [f"-D{name}={value}" for name, value in macros.items()]
+        # sensor/probe_layout.py's checks of every record member's offset and size, compiled for the BPF target
+        # itself: a sensor.h that does not match the decoder fails here, naming the member, and sends no records.
+        # BCC reads src_file into text the same way, so the program is the same.
+        text = source.read_bytes() + b"\n" + static_asserts().encode()
         try:
-            self._bpf = BPF(src_file=str(source).encode(), cflags=cflags)
+            self._bpf = BPF(text=text, cflags=cflags)
         except Exception as exc:  # bcc raises bare Exception on compile or load failure
-            raise ProbeError(f"cannot compile or load the BPF program: {exc}") from exc
+            raise ProbeError(f"cannot compile or load the BPF program {source}: {exc}") from exc
         reader = opts.ring_reader
         if reader == "mmap" and not ringbuf.supported():
             raise ProbeError(f"probe.ring_reader mmap needs an x86 CPU, not {platform.machine()}: use libbpf or auto")

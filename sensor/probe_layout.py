@@ -2,8 +2,9 @@
 
 Every member of the C structs is named here with its place in the struct formats. `static_asserts()` turns those
 names into C checks of each member's offset, size and sign, compiled against sensor.h by gcc in
-tests/unit/test_probe_layout.py, so a member moved, resized or added on either side fails the tests and names
-the member (Tetragon's alignchecker holds its Go mirrors to its C structs the same way).
+tests/unit/test_probe_layout.py and into the BPF program by sensor/probe.py, so a member moved, resized or added
+on either side fails the tests and the probe's load, naming the member (Tetragon's alignchecker holds its Go
+mirrors to its C structs the same way).
 """
 
 from __future__ import annotations
