@@ -231,6 +231,15 @@ class BuiltinSshRule:
             self._not_ssh.clear()
         self._not_ssh.add(seen_key)
 
+    def wait_pending(self, wait_s: float) -> None:
+        """Wait, at most `wait_s` in all, for the looks execs are waiting on (at shutdown)."""
+        deadline = time.monotonic() + wait_s
+        for pending in list(self._pending):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            pending.job.done.wait(remaining)
+
     def late(self) -> list[tuple[dict, SshMatch]]:
         """Execs whose look finished after their document went out and found ssh: (the exec's document, the
         match). Looks that failed or found nothing are forgotten; looks pending too long are given up."""

@@ -219,11 +219,17 @@ class Detector:
         self._counts["alerts"] += len(summaries)
         return late + summaries
 
-    def flush(self) -> list[dict]:
-        """Summaries of every open fold window (at shutdown)."""
+    def flush(self, wait_s: float = 1.0) -> list[dict]:
+        """At shutdown: late alerts of identity looks still under way (waited for at most `wait_s`), then the
+        summaries of every open fold window."""
+        late: list[dict] = []
+        if self._builtin is not None:
+            self._builtin.wait_pending(wait_s)
+            for doc, found in self._builtin.late():
+                late.extend(self._raise_builtin(doc, found, late=True))
         summaries = self._folder.flush()
         self._counts["alerts"] += len(summaries)
-        return summaries
+        return late + summaries
 
     def stats(self) -> dict[str, int]:
         stats = dict(self._counts)

@@ -281,3 +281,19 @@ def test_a_flood_of_one_file_does_not_push_out_the_late_alert_of_another(tmp_pat
         time.sleep(0.02)
         late = [a for a in detector.tick(time.monotonic()) if a["process"]["executable"] == str(copy)]
     assert len(late) == 1 and detector.stats()["identity_pending_dropped"] == 0
+
+
+@needs_ssh
+def test_a_look_still_under_way_at_shutdown_still_alerts(tmp_path: Path) -> None:
+    copy = tmp_path / "kworker"
+    shutil.copy2(SSH, copy)
+    st = os.stat(copy)
+    gate = threading.Event()
+    detector = Detector([], proc_root="/proc", identity_wait_s=0.01)
+    rule = detector._builtin
+    assert isinstance(rule, BuiltinSshRule)
+    rule.identity = GatedIdentity(gate, st.st_ino)
+    assert detector.inspect(container_exec(str(copy), st.st_dev, st.st_ino, os.getpid()))[1] is not None
+    threading.Timer(0.2, gate.set).start()      # the look returns while the sensor is shutting down
+    alerts = detector.flush(wait_s=5)
+    assert [a["container_sensor"]["alert"]["identity_late"] for a in alerts] == [True]
