@@ -24,6 +24,7 @@ from sensor.records import (
     ProcessSnapshotRecord,
     Record,
 )
+from sensor.sessions import stored_leaders
 
 
 class Resolver(Protocol):
@@ -186,6 +187,9 @@ class Pipeline:
             self._on_exec(record)
         elif isinstance(record, ForkRecord):
             self.stats.forks += 1
+            # A forked child's leaders are stored at its first document (or its first child's), from its parent as
+            # it is then, as they always were here: stored at the fork, an end document would name the parent's
+            # image from before an exec it made after forking (quark and Auditbeat keep that one).
             self.table.on_fork(record)
         elif isinstance(record, ExitRecord):
             self._on_exit(record)
@@ -210,6 +214,7 @@ class Pipeline:
     def _on_exec(self, rec: ExecRecord) -> None:
         self.stats.execs += 1
         proc = self.table.on_exec(rec, rec.cwd.decode("utf-8", "backslashreplace"))
+        stored_leaders(proc, self.table)  # what the exec document (and the end document) reads
         self._emit_process_event("exec", rec.ktime_ns, proc, None)
 
     def _on_exit(self, rec: ExitRecord) -> None:

@@ -2,7 +2,10 @@
 
 Entries are replaced, not edited, on exec and fork, so a document built from an entry keeps the values it saw.
 Process is not a frozen dataclass only because frozen construction costs half as much again, once per exec:
-nothing assigns to a Process after it is made, and the builder's caches rely on that.
+nothing assigns to a Process's fields after it is made, and the builder's caches rely on that. The two session
+slots at the end are the exception, and no cache reads them: `leaders` is written once, by sensor.sessions, when
+the process enters the table (or at first read for one seeded from /proc, whose parent may come after it), and
+`placed` holds the leaders last corrected for a container.
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from sensor.records import ExecRecord, ExitRecord, ForkRecord, Namespaces, ProcessSnapshotRecord
+
+if TYPE_CHECKING:
+    from sensor.ecs import Leaders
 
 # /proc/PID/stat reports start time in clock ticks; entity ids use the same granularity so that a process
 # seeded from /proc and the same process seen later by the probe get the same id.
@@ -77,6 +84,12 @@ class Process:
     exec_seen: bool = False  # an exec of this process was observed (not only fork or /proc)
     kthread: bool = False
     path_truncated: bool = False  # `executable` is a cut prefix of a longer path; `name` then comes from comm
+    # Elastic's session model as it stood when the process entered the table (sensor.sessions.stored_leaders).
+    # Out of comparison and repr: it refers to the process itself when the process leads its group or session.
+    leaders: Leaders | None = field(default=None, compare=False, repr=False)
+    # (container, leaders corrected for it): the resolver may place a process only after it entered the table, so
+    # the correction is made at the first document that has that container, and kept for the next one (its end)
+    placed: tuple[Any, Leaders] | None = field(default=None, compare=False, repr=False)
 
     @property
     def command_line(self) -> str:
@@ -159,7 +172,7 @@ class ProcessTable:
                             entity_id=eid, uid=rec.uid, gid=rec.gid, cgroup_id=rec.cgroup_id)
         else:
             child = replace(parent, pid=rec.pid, ppid=rec.parent_pid, start_boottime_ns=rec.start_boottime_ns,
-                            entity_id=eid, exec_seen=False, cgroup_id=rec.cgroup_id)
+                            entity_id=eid, exec_seen=False, cgroup_id=rec.cgroup_id, leaders=None, placed=None)
         self._procs[rec.pid] = child
         return child
 
@@ -224,6 +237,9 @@ class ProcessTable:
         current = self._procs.get(pid)
         if current is not None and current.start_boottime_ns == start:
             del self._procs[pid]
+            # a process that leads its own group or session refers to itself there: let it go without the cycle
+            # collector (no event is built for a forgotten process, so its leaders are not read again)
+            current.leaders = current.placed = None
             return 1
         return 0
 

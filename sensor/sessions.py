@@ -63,7 +63,6 @@ CONSOLE_MAX_MINOR = 63
 TTY_MAX_MINOR = 255
 
 MAX_DEPTH = 64
-MEMO_SIZE = 16384
 
 
 def tty_kind(major: int, minor: int) -> str | None:
@@ -114,46 +113,67 @@ def _own_entry(proc: Process, parent: Process | None, table: ProcessTable) -> tu
     return None
 
 
-EntryMemo = dict[int, tuple[Process, Process | None, str]]
+def stored_leaders(proc: Process, table: ProcessTable) -> Leaders:
+    """Group, session and entry leaders of PROC exactly as Elastic's model gives them (no container evidence),
+    stored on the entry when it entered the table, as quark and Auditbeat's session processor store them at fork
+    and exec: a document reads them, nothing walks the ancestry.
 
-
-def elastic_entry_leader(proc: Process, table: ProcessTable, chain: Sequence[Process] | None = None,
-                         memo: EntryMemo | None = None) -> tuple[Process | None, str | None]:
-    """The entry leader and type exactly as Elastic's model computes them (no container evidence).
-
-    memo: decided entries by process object. A process that decides nothing inherits its parent's entry, so
-    the walk stops at the first ancestor already decided, as Elastic computes it once per process at exec."""
-    if chain is None:
-        chain = [proc, *table.ancestors(proc, limit=MAX_DEPTH)]
-    for index, current in enumerate(chain):
-        if memo is not None and index:
-            known = memo.get(id(current))
-            if known is not None and known[0] is current:
-                return _remember(memo, chain, index, known[1], known[2])
-        try:
-            parent = chain[index + 1]  # a LazyChain looks up no further than asked
-        except IndexError:
-            parent = table.get(current.ppid)
-        decided = _own_entry(current, parent, table)
-        if decided is not None:
-            return _remember(memo, chain, index + 1, *decided)
-        if parent is None:
+    An entry without them yet (seeded from /proc, where a child can be listed before its parent, or put in the
+    table directly) gets them here, its unstored ancestors first, oldest first, as quark orders its /proc scan."""
+    stored = proc.leaders
+    if stored is not None:
+        return stored
+    pending = [proc]
+    seen = {proc.pid}
+    current = proc
+    while len(pending) <= MAX_DEPTH:
+        parent = table.get(current.ppid)
+        if parent is None or parent.leaders is not None or parent.pid in seen:
             break
-    for current in chain:
-        if _is_session_leader(current):
-            return current, UNKNOWN
-    return None, None
+        pending.append(parent)
+        seen.add(parent.pid)
+        current = parent
+    for current in reversed(pending):
+        current.leaders = _compute(current, table)
+    return proc.leaders  # type: ignore[return-value]
 
 
-def _remember(memo: EntryMemo | None, chain: Sequence[Process], count: int, leader: Process | None,
-              kind: str) -> tuple[Process | None, str]:
-    """Records the decision for the first COUNT processes of the chain: each either decided it or inherits it."""
-    if memo is not None:
-        for index in range(count):
-            if len(memo) >= MEMO_SIZE:
-                memo.clear()  # rebuilt from the table as processes exec; cheaper than evicting one by one
-            memo[id(chain[index])] = (chain[index], leader, kind)
-    return leader, kind
+def _compute(proc: Process, table: ProcessTable) -> Leaders:
+    """PROC's leaders from its parent's stored ones: the parent decided, or inherited, its entry already."""
+    parent = table.get(proc.ppid)
+    if parent is proc:
+        parent = None
+    inherited = parent.leaders if parent is not None else None
+    decided = _own_entry(proc, parent, table)
+    if decided is not None:
+        leader, kind = decided
+    elif inherited is not None and inherited.entry_type not in (None, UNKNOWN):
+        leader, kind = inherited.entry, inherited.entry_type
+    elif _is_session_leader(proc):
+        # no ancestor decided (the top of the known ancestry has no parent in the table): the nearest session
+        # leader, counting from the process itself
+        leader, kind = proc, UNKNOWN
+    elif inherited is not None:
+        leader, kind = inherited.entry, inherited.entry_type
+    else:
+        leader, kind = None, None
+    if inherited is not None and leader is inherited.entry:
+        entry_parent = inherited.entry_parent
+    else:
+        entry_parent = table.get(leader.ppid) if leader is not None and leader.ppid else None
+    return Leaders(
+        group=_self_or_table(proc, proc.pgid, table),
+        session=_self_or_table(proc, proc.sid, table),
+        entry=leader,
+        entry_type=kind,
+        entry_parent=entry_parent,
+    )
+
+
+def elastic_entry_leader(proc: Process, table: ProcessTable) -> tuple[Process | None, str | None]:
+    """The entry leader and type exactly as Elastic's model computes them (no container evidence)."""
+    leaders = stored_leaders(proc, table)
+    return leaders.entry, leaders.entry_type
 
 
 def _inside(candidate: Process, proc: Process, container: Any) -> bool:
@@ -175,17 +195,32 @@ def container_entry_leader(proc: Process, chain: Sequence[Process], container: A
     return inside[-1]
 
 
-def entry_leader(proc: Process, table: ProcessTable, container: Any = None,
-                 memo: EntryMemo | None = None) -> tuple[Process | None, str | None]:
-    """Elastic's entry leader, corrected to `container` where the container evidence says so."""
-    chain = LazyChain(proc, table)
-    leader, kind = elastic_entry_leader(proc, table, chain, memo)
+def find_leaders(proc: Process, table: ProcessTable, container: Any = None) -> Leaders:
+    """Group, session and entry leaders (with the entry type and the entry leader's parent) of PROC: Elastic's,
+    stored on the entry, corrected to `container` where the container evidence says so.
+
+    container: the resolver's ContainerInfo for PROC, or None on the host.
+    """
+    leaders = stored_leaders(proc, table)
     if container is None:
-        return leader, kind
+        return leaders
+    return _placed(proc, table, container, leaders)
+
+
+def _placed(proc: Process, table: ProcessTable, container: Any, leaders: Leaders) -> Leaders:
+    chain = LazyChain(proc, table)
+    leader, kind = leaders.entry, leaders.entry_type
     if (kind not in (None, UNKNOWN) and leader is not None and any(p.pid == leader.pid for p in chain)
             and _inside(leader, proc, container)):
-        return leader, kind
-    return container_entry_leader(proc, chain, container), CONTAINER
+        return leaders
+    leader = container_entry_leader(proc, chain, container)
+    return Leaders(
+        group=leaders.group,
+        session=leaders.session,
+        entry=leader,
+        entry_type=CONTAINER,
+        entry_parent=table.get(leader.ppid) if leader.ppid else None,
+    )
 
 
 class LazyChain(Sequence[Process]):
@@ -229,77 +264,46 @@ class LazyChain(Sequence[Process]):
 
 
 class SessionModel:
-    """`find_leaders` with memory, for the pipeline: a process's leaders are computed once, at its exec, and
-    its end event reuses them, as Elastic computes them once per process."""
-
-    def __init__(self, size: int = MEMO_SIZE) -> None:
-        self._entries: EntryMemo = {}
-        self._leaders: dict[int, tuple[Process, Any, Leaders]] = {}
-        # id(parent) -> (parent, container, leaders a child of it inherited)
-        self._children_entry: dict[int, tuple[Process, Any, Leaders]] = {}
-        self._size = size
+    """`find_leaders` for the pipeline. Elastic's leaders are stored on the entry; what depends on the resolver's
+    answer (the container correction) is made at the first document with that container and stored on the entry
+    too, so the end document reuses the exec's leaders (and the document builder its process block)."""
 
     def __call__(self, proc: Process, table: ProcessTable, container: Any = None) -> Leaders:
-        hit = self._leaders.get(id(proc))
-        if hit is not None and hit[0] is proc and hit[1] is container:
-            return hit[2]
-        inherits = _decides_nothing(proc)
-        leaders = self._inherited(proc, table, container) if inherits else None
-        if leaders is None:
-            leaders = find_leaders(proc, table, container, self._entries)
-            parent = table.get(proc.ppid) if inherits else None
-            if parent is not None and leaders.entry is not None and leaders.entry_type not in (None, UNKNOWN):
-                # what this process inherited is what every other child of that parent in that container will
-                if len(self._children_entry) >= self._size:
-                    self._children_entry.clear()
-                self._children_entry[id(parent)] = (parent, container, leaders)
-        if len(self._leaders) >= self._size:
-            self._leaders.clear()
-        self._leaders[id(proc)] = (proc, container, leaders)
-        return leaders
+        leaders = stored_leaders(proc, table)
+        if container is None:
+            return leaders
+        placed = proc.placed
+        if placed is not None and placed[0] is container:
+            return placed[1]
+        corrected = self._inherited(proc, table, container, leaders)
+        if corrected is None:
+            corrected = _placed(proc, table, container, leaders)
+        proc.placed = (container, corrected)
+        return corrected
 
-    def _inherited(self, proc: Process, table: ProcessTable, container: Any) -> Leaders | None:
-        """The common case without a walk: a process that decides no entry of its own, in the same container
-        as its parent, has the entry leader, type and entry parent that its parent has (when the parent's own
-        leaders are known) or that a sibling inherited from it: exactly what find_leaders would compute."""
-        parent = table.get(proc.ppid)
-        if parent is None:
+    @staticmethod
+    def _inherited(proc: Process, table: ProcessTable, container: Any, leaders: Leaders) -> Leaders | None:
+        """Without a walk: a process that decides no entry of its own, in the same container as its parent, has
+        the corrected entry leader, type and entry parent its parent has: exactly what `_placed` computes."""
+        if not _decides_nothing(proc):
             return None
-        hit = self._leaders.get(id(parent))
-        if hit is None or hit[0] is not parent or hit[1] is not container:
-            hit = self._children_entry.get(id(parent))
-            if hit is None or hit[0] is not parent or hit[1] is not container:
-                return None
-        inherited = hit[2]
+        parent = table.get(proc.ppid)
+        placed = parent.placed if parent is not None else None
+        if placed is None or placed[0] is not container:
+            return None
+        inherited = placed[1]
         if inherited.entry is None or inherited.entry_type in (None, UNKNOWN):
             return None
-        return Leaders(
-            group=_self_or_table(proc, proc.pgid, table),
-            session=_self_or_table(proc, proc.sid, table),
-            entry=inherited.entry,
-            entry_type=inherited.entry_type,
-            entry_parent=inherited.entry_parent,
-        )
+        if (inherited.entry is leaders.entry and inherited.entry_type == leaders.entry_type
+                and inherited.entry_parent is leaders.entry_parent):
+            return leaders
+        return Leaders(group=leaders.group, session=leaders.session, entry=inherited.entry,
+                       entry_type=inherited.entry_type, entry_parent=inherited.entry_parent)
 
 
 def _decides_nothing(proc: Process) -> bool:
     """Not a row of its own in the decision table: the process inherits its parent's entry."""
     return proc.sid != proc.pid and proc.pid > 2 and proc.ppid != 2 and not proc.kthread
-
-
-def find_leaders(proc: Process, table: ProcessTable, container: Any = None, memo: EntryMemo | None = None) -> Leaders:
-    """Group, session and entry leaders (with the entry type and the entry leader's parent) of PROC.
-
-    container: the resolver's ContainerInfo for PROC, or None on the host.
-    """
-    leader, kind = entry_leader(proc, table, container, memo)
-    return Leaders(
-        group=_self_or_table(proc, proc.pgid, table),
-        session=_self_or_table(proc, proc.sid, table),
-        entry=leader,
-        entry_type=kind,
-        entry_parent=table.get(leader.ppid) if leader is not None and leader.ppid else None,
-    )
 
 
 def _self_or_table(proc: Process, pid: int, table: ProcessTable) -> Process | None:

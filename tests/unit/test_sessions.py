@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sensor.containers.info import BY_CGROUP, BY_NAMESPACES, ContainerInfo
 from sensor.processes import Process, ProcessTable
-from sensor.records import Namespaces
+from sensor.records import ExecRecord, ExitRecord, ForkRecord, Namespaces
 from sensor.sessions import (
     CONSOLE,
     CONTAINER,
@@ -18,6 +18,7 @@ from sensor.sessions import (
     _inside,
     elastic_entry_leader,
     find_leaders,
+    stored_leaders,
     tty_kind,
 )
 
@@ -146,7 +147,11 @@ def test_siblings_under_a_parent_never_computed_inherit_what_the_first_child_fou
     for pid, container in ((23301, PODMAN), (23302, PODMAN), (23303, PODMAN), (5001, None), (5002, None),
                            (5003, None)):
         assert model(t.get(pid), t, container) == find_leaders(t.get(pid), t, container), pid
-    assert model._children_entry[id(t.get(23300))][1] is PODMAN  # private: the memo is what is tested
+    # Elastic's leaders were stored on every entry on the way, the fork-only parent's included; the container
+    # correction on each sibling, which its end document reads again
+    assert all(t.get(pid).leaders is not None for pid in (23214, 23300, 23301, 5000, 5001))
+    assert model(t.get(5001), t, None) is t.get(5001).leaders
+    assert t.get(23302).placed[0] is PODMAN and model(t.get(23302), t, PODMAN) is t.get(23302).placed[1]
     assert model(t.get(23302), t, PODMAN).entry.pid == 23214
 
 
@@ -206,3 +211,69 @@ def test_unknown_inside_container_becomes_container():
     t = table(proc(5300, 5299, "/bin/sh", sid=5300, ns=CTR, cg=CTR_CG),
               proc(5301, 5300, "/bin/cat", sid=5300, ns=CTR, cg=CTR_CG))
     assert entry(t, 5301, PODMAN) == (5300, CONTAINER)
+
+
+def _exec(pid: int, ppid: int, exe: bytes, *, sid: int, pgid: int | None = None, t: int = 1_000_000) -> ExecRecord:
+    return ExecRecord(
+        ktime_ns=t, pid=pid, tid=pid, old_tid=pid, ppid=ppid, uid=0, gid=0, euid=0, egid=0, comm=exe[-15:],
+        filename=exe, argv=(exe,), argc=1, args_truncated=False, cgroup_id=HOST_CG, ns=HOST, sid=sid,
+        pgid=pgid or sid, tty_major=0, tty_minor=0, start_boottime_ns=pid * 1000, exe_ino=0, exe_dev=0, cwd=b"/",
+    )
+
+
+def _sshd_session() -> ProcessTable:
+    """init -> sshd (100) -> bash (200, its own session: an sshd entry leader), as the probe reports them."""
+    t = ProcessTable("boot")
+    t.put(proc(1, 0, "/sbin/init", sid=1))
+    t.put(proc(100, 1, "/usr/sbin/sshd", sid=100))
+    stored_leaders(t.on_exec(_exec(200, 100, b"/bin/bash", sid=200)), t)
+    return t
+
+
+def test_leaders_are_stored_at_exec_and_read_by_every_document():
+    t = _sshd_session()
+    child = t.on_exec(_exec(300, 200, b"/bin/true", sid=200, pgid=300))
+    stored = stored_leaders(child, t)
+    assert child.leaders is stored and SessionModel()(child, t, None) is stored
+    assert (stored.entry.pid, stored.entry_type, stored.entry_parent.pid) == (200, SSHD, 100)
+    assert stored.group is child and stored.session is t.get(200)
+
+
+def test_seeded_child_listed_before_its_parent_gets_its_parents_entry():
+    # /proc lists pids in order: after a pid wrap a child (150) comes before its parent (900)
+    t = ProcessTable("boot")
+    t.put(proc(1, 0, "/sbin/init", sid=1))
+    t.put(proc(150, 900, "/bin/sleep", sid=900))
+    t.put(proc(900, 100, "/bin/bash", sid=900))
+    t.put(proc(100, 1, "/usr/sbin/sshd", sid=100))
+    assert elastic_entry_leader(t.get(150), t) == (t.get(900), SSHD)
+    assert t.get(900).leaders is not None, "the unstored ancestors are stored on the way, oldest first"
+
+
+def test_parent_exec_after_the_child_forked():
+    """The child's exec takes its entry from its parent as it is then (quark and Auditbeat compute it at the exec
+    from the parent's entry); a child that only forked reads it from its parent at its first document, as before."""
+    t = _sshd_session()
+    t.on_fork(ForkRecord(2_000_000, 200, 300, 300_000))
+    t.on_fork(ForkRecord(2_000_001, 200, 301, 301_000))
+    # the sshd entry leader becomes an sshd program: a session leader under sshd named sshd starts no entry
+    stored_leaders(t.on_exec(_exec(200, 100, b"/usr/sbin/sshd", sid=200, t=3_000_000)), t)
+    assert elastic_entry_leader(t.get(200), t) == (t.get(1), INIT)
+    child = t.on_exec(_exec(300, 200, b"/bin/true", sid=200, pgid=300, t=4_000_000))
+    assert elastic_entry_leader(child, t) == (t.get(1), INIT)
+    forked = find_leaders(t.get(301), t)
+    assert (forked.entry.pid, forked.entry_type, forked.session) == (1, INIT, t.get(200))
+
+
+def test_a_leader_that_exits_and_is_forgotten_stays_the_leader_of_its_session():
+    t = _sshd_session()
+    child = t.on_exec(_exec(300, 200, b"/bin/sleep", sid=200, pgid=300, t=2_000_000))
+    bash = t.get(200)
+    stored_leaders(child, t)
+    t.on_exit(ExitRecord(3_000_000, 200, 0, bash.start_boottime_ns))
+    assert t.expire(3_000_000 + 31_000_000_000) == 1 and t.get(200) is None
+    assert bash.leaders is None, "the forgotten entry lets go of its own leaders"
+    # pid 200 reused by an unrelated process: the session's entry leader is still the bash that began it
+    stored_leaders(t.on_exec(_exec(200, 1, b"/usr/bin/cron", sid=200, t=40_000_000_000)), t)
+    leaders = find_leaders(child, t)
+    assert leaders.entry is bash and leaders.entry_type == SSHD and leaders.session is bash
