@@ -113,7 +113,7 @@ def run_once(recording: Path, events: int, work: Path, down_first_half: bool) ->
         server.start()
     config = Config(outputs=("elasticsearch",), elasticsearch_url=f"http://127.0.0.1:{port}",
                     spool_dir=work / "spool", spool_limit=4 * 1024**3, metrics_address=None)
-    outputs = build_outputs(["elasticsearch"], config)
+    outputs = build_outputs(["elasticsearch"], config.sections.outputs)
     pipeline = build_pipeline(config, outputs, live=False)
     sampler = RssSampler()
     sampler.start()

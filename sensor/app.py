@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import astuple, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sensor import host as host_facts
 from sensor.containers.cgroupmap import V2_HIERARCHY
@@ -25,10 +25,16 @@ from sensor.processes import ProcessTable, snapshot_of
 from sensor.records import CgroupRecord, Namespaces, Record, RecordingWriter, create_recording
 from sensor.statefiles import ReadyFile
 
+if TYPE_CHECKING:
+    from sensor.config import Config, DetectionConfig, OutputsConfig, ProbeConfig, ResolverConfig
+    from sensor.probe import ProbeOptions
+
 log = logging.getLogger("container_sensor")
 
 CGROUP_V2_CANDIDATES = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 TICK_SECONDS = 1.0
+# A replay's detector looks at no /proc: a directory that never exists, so every look finds nothing.
+NO_PROC = "/nonexistent/container-sensor-replay"
 POLL_MS = 20  # the probe wakes us only every few records (bpf/sensor.c WAKEUP_EVERY): this bounds latency
 
 
@@ -87,7 +93,7 @@ class StopFlag:
 
     BACKSTOP_S = 5.0
 
-    def __init__(self, drain_timeout: float = 20.0) -> None:
+    def __init__(self, drain_timeout: float) -> None:
         self.stopped = False
         self.drain_timeout = drain_timeout
         self.signal_name = ""
@@ -156,13 +162,13 @@ def boot_wall_offset_ns() -> int:
     return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
 
 
-def build_outputs(config: Any) -> list[Output]:
+def build_outputs(config: OutputsConfig) -> list[Output]:
     """Every configured output; the factory in sensor.outputs handles files and Elasticsearch."""
     from sensor.outputs.factory import build_outputs as factory
 
-    specs = list(getattr(config, "outputs", ("stdout",)))
+    specs = list(config.kinds)
     if specs == ["stdout"]:
-        return [StdoutOutput(compact=getattr(config, "format", "ndjson") == "compact")]
+        return [StdoutOutput(compact=config.format == "compact")]
     return factory(specs, config)
 
 
@@ -172,9 +178,9 @@ class DetectionUnavailable(RuntimeError):
     healthy while it protects nothing."""
 
 
-def build_detector(config: Any) -> Any:
-    paths = list(getattr(config, "rules_paths", ()))
-    builtin = getattr(config, "rules_builtin", True)
+def build_detector(config: DetectionConfig, *, live: bool = True) -> Any:
+    """live: looks at the executed files go through this host's /proc; a replay's processes are gone (and this
+    host's pids are others), so it looks at none and recognises ssh by name and by known inode only."""
     try:
         from sensor.rules.detector import Detector
         from sensor.rules.loader import load_rules
@@ -182,24 +188,25 @@ def build_detector(config: Any) -> Any:
         raise DetectionUnavailable(f"detection cannot start: {exc} (a dependency is missing: run scripts/install.sh "
                                    "again, or pip install the sensor with its dependencies)") from exc
     rules: list[Any] = []
-    for path in paths:
-        loaded, refused = load_rules(Path(path))
+    for path in config.rules_paths:
+        loaded, refused = load_rules(path)
         rules.extend(loaded)
         for refusal in refused:
             log.warning("rule refused: %s (%s): %s", refusal.name, refusal.path, refusal.reason)
-    window = getattr(config, "fold_window", None)
-    window = 60.0 if window is None else window
-    return Detector(rules, builtin_ssh=builtin, fold_window_s=window)
+    return Detector(rules, builtin_ssh=config.builtin, fold_window_s=config.fold_window,
+                    proc_root="/proc" if live else NO_PROC)
 
 
-def build_resolver(host_ns: Namespaces, *, live: bool, state_root: Path | None = None) -> Any:
+def build_resolver(host_ns: Namespaces, config: ResolverConfig | None) -> Any:
+    """config: the live resolver's section; None for a replay."""
     from sensor.containers.metadata import StateRoots
     from sensor.containers.resolver import ContainerResolver
 
-    if live:
-        # state_root: the host's / as mounted in a DaemonSet (/host), so that only /run and /var/lib are mounted,
-        # not each runtime's directory (which the kubelet would create on nodes without that runtime).
-        roots = StateRoots.under(state_root) if state_root not in (None, Path("/")) else None
+    if config is not None:
+        # runtime_state_root: the host's / as mounted in a DaemonSet (/host), so that only /run and /var/lib are
+        # mounted, not each runtime's directory (which the kubelet would create on nodes without that runtime).
+        state_root = config.runtime_state_root
+        roots = StateRoots.under(state_root) if state_root != Path("/") else None
         return ContainerResolver(host_ns=host_ns, cgroup_root=cgroup_v2_root(), state_roots=roots)
     # A replay knows cgroups only from the recording: nothing is read from this host's cgroupfs or /proc, which
     # may not be the recorded host's. Runtime state (names, images) is still looked up where it exists.
@@ -213,33 +220,31 @@ def build_leaders() -> Callable:
     return SessionModel()
 
 
-def build_pipeline(config: Any, outputs: list[Output], *, live: bool, meta: dict[str, Any] | None = None) -> Pipeline:
+def build_pipeline(config: Config, outputs: list[Output], *, live: bool,
+                   meta: dict[str, Any] | None = None) -> Pipeline:
     """meta: a recording's metadata, so a replay reproduces the recorded boot id and timestamps."""
     meta = meta or {}
-    facts = host_facts.gather(hostname=getattr(config, "node_name", None) or meta.get("hostname"))
+    sections = config.sections
+    facts = host_facts.gather(hostname=sections.host.node_name or meta.get("hostname"))
     if meta.get("boot_id"):
         facts = replace(facts, boot_id=meta["boot_id"])
     table = ProcessTable(facts.boot_id or "unknown-boot")
     builder = DocumentBuilder(facts, boot_wall_offset_ns=meta.get("boot_wall_offset_ns") or boot_wall_offset_ns())
     if live:
-        resolver = build_resolver(host_namespaces(), live=True,
-                                  state_root=getattr(config, "runtime_state_root", None))
+        resolver = build_resolver(host_namespaces(), sections.resolver)
     elif meta.get("host_ns"):
-        resolver = build_resolver(Namespaces(*meta["host_ns"]), live=False)
+        resolver = build_resolver(Namespaces(*meta["host_ns"]), None)
     else:
         resolver = None
     return Pipeline(table=table, builder=builder, outputs=outputs, resolver=resolver,
-                    detector=build_detector(config), leaders=build_leaders())
+                    detector=build_detector(sections.detection, live=live), leaders=build_leaders())
 
 
-def probe_options(config: Any) -> Any:
+def probe_options(config: ProbeConfig) -> ProbeOptions:
     from sensor.probe import ProbeOptions
 
-    return ProbeOptions(
-        ringbuf_pages=max(1, getattr(config, "probe_ringbuf_size", 8 << 20) // 4096),
-        args_max=getattr(config, "probe_argv_max_bytes", 16384),
-        ring_reader=getattr(config, "probe_ring_reader", "auto"),
-    )
+    return ProbeOptions(ringbuf_pages=max(1, config.ringbuf_size // 4096), args_max=config.argv_max_bytes,
+                        ring_reader=config.ring_reader)
 
 
 def settle_garbage_collector() -> None:
@@ -317,13 +322,13 @@ def attach(probe: Any, pipeline: Pipeline) -> list[Any]:
     return pipeline.table.seed_from_proc(cgroup_v2_root())
 
 
-def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | None = None,
+def run_live(config: Config, *, record_to: Path | None = None, stop: StopFlag | None = None,
              on_ready: Callable[[Pipeline], None] | None = None) -> RunSummary:
     """Attaches the probe and runs until SIGINT/SIGTERM. Raises ProbeError when the probe cannot load.
 
     The drain after the signal (the ring buffer, then the outputs) is bounded by `drain_timeout`; a second signal
     ends it at once. Either way the summary says what was left behind and where."""
-    stop = stop or StopFlag(getattr(config, "drain_timeout", 20.0))
+    stop = stop or StopFlag(config.sections.ops.drain_timeout)
     stop.install()
     try:
         return _run_live(config, stop, record_to, on_ready)
@@ -331,14 +336,15 @@ def run_live(config: Any, *, record_to: Path | None = None, stop: StopFlag | Non
         stop.uninstall()
 
 
-def _run_live(config: Any, stop: StopFlag, record_to: Path | None,
+def _run_live(config: Config, stop: StopFlag, record_to: Path | None,
               on_ready: Callable[[Pipeline], None] | None) -> RunSummary:
     from sensor.probe import Probe  # bcc only where the probe runs
 
-    ready = ReadyFile(config.ready_file) if getattr(config, "ready_file", None) else None
+    sections = config.sections
+    ready = ReadyFile(sections.ops.ready_file) if sections.ops.ready_file else None
     if ready is not None:
         ready.check()  # a bad path fails now, with one line, not after the probes have attached
-    outputs = build_outputs(config)
+    outputs = build_outputs(sections.outputs)
     pipeline = build_pipeline(config, outputs, live=True)
     recorder = None
     record_stream = None
@@ -356,16 +362,16 @@ def _run_live(config: Any, stop: StopFlag, record_to: Path | None,
             recorder.write(record)
         pipeline.handle(record)
 
-    probe = Probe(on_record, probe_options(config))
+    probe = Probe(on_record, probe_options(sections.probe))
     heartbeat = pipeline.heartbeat
-    heartbeat.stall_timeout = getattr(config, "stall_timeout", 30.0)
+    heartbeat.stall_timeout = sections.ops.stall_timeout
     notifier = SystemdNotifier(heartbeat.check)
     cut: DrainCut | None = None
     ring_left: int | None = None
     outputs_closed = False
     started = time.monotonic()
     seeded = attach(probe, pipeline)
-    boost_priority(getattr(config, "priority_boost", 0))
+    boost_priority(sections.ops.priority_boost)
     if recorder is not None:
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         if pipeline.resolver is not None:
@@ -480,9 +486,9 @@ def _detach_stdout(outputs: list[Output]) -> None:
         pass
 
 
-def run_replay(config: Any, records: Iterable[Record], meta: dict[str, Any] | None = None) -> RunSummary:
+def run_replay(config: Config, records: Iterable[Record], meta: dict[str, Any] | None = None) -> RunSummary:
     """Feeds recorded records through every stage after the probe."""
-    outputs = build_outputs(config)
+    outputs = build_outputs(config.sections.outputs)
     pipeline = build_pipeline(config, outputs, live=False, meta=meta)
     seen = failed = 0
     try:

@@ -11,6 +11,20 @@ from typing import Any
 import click
 
 from sensor import __version__
+from sensor.config import (
+    FORMATS,
+    LOG_FORMATS,
+    Config,
+    ConfigError,
+    command_line_secrets_warning,
+    load_config,
+    render_config,
+    resolve_config_file,
+)
+
+# The flags have no defaults of their own: a flag not given is None, and the configuration layer (file <
+# environment < flags, then Config's field defaults) decides. Help texts quote Config's defaults.
+DEFAULTS = Config()
 
 log = logging.getLogger("container_sensor")
 
@@ -20,9 +34,7 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-def _load_config(config_file: Path | None, flags: dict[str, Any]) -> Any:
-    from sensor.config import ConfigError, load_config, resolve_config_file
-
+def _load_config(config_file: Path | None, flags: dict[str, Any]) -> Config:
     try:
         path = resolve_config_file(config_file, os.environ)
         return load_config(path, os.environ, flags)
@@ -32,21 +44,21 @@ def _load_config(config_file: Path | None, flags: dict[str, Any]) -> Any:
         sys.exit(2)
 
 
-def _setup_logging(config: Any) -> None:
-    from sensor.config import command_line_secrets_warning
+def _setup_logging(config: Config) -> None:
     from sensor.credentials import protect_stderr
     from sensor.logs import setup_logging
 
     # Before the log handler takes sys.stderr: its lines, and any traceback, go through the secret redactor.
     protect_stderr(config)
-    setup_logging(config.log_format, config.log_level)
+    log_config = config.sections.ops.log
+    setup_logging(log_config.format, log_config.level)
     warning = command_line_secrets_warning(config)
     if warning:
         log.warning(warning)
 
 
-def _ops_server(config: Any, pipeline_ref: dict[str, Any]) -> Any:
-    address = getattr(config, "metrics_address", None)
+def _ops_server(config: Config, pipeline_ref: dict[str, Any]) -> Any:
+    address = config.sections.ops.metrics_address
     if not address:
         return None
     from sensor.ops_server import OpsServer
@@ -84,7 +96,7 @@ def _run_options(func: Any) -> Any:
                           "/etc/container-sensor/config.yaml when present)."),
         click.option("--output", "outputs", multiple=True,
                      help="stdout (default), file:PATH or elasticsearch:URL; repeat for several."),
-        click.option("--format", "fmt", type=click.Choice(["ndjson", "compact"]), default=None,
+        click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
                      help="ndjson: one ECS document per line; compact: one short line per event."),
         click.option("--ready-file", type=click.Path(path_type=Path), default=None,
                      help="Created once the probes are attached; removed on exit."),
@@ -95,13 +107,15 @@ def _run_options(func: Any) -> Any:
         click.option("--fold-window", type=float, default=None,
                      help="Seconds within which identical alerts are folded into one with a count."),
         click.option("--metrics-address", default=None,
-                     help="HOST:PORT for /healthz and /metrics (default 127.0.0.1:9464; 'off' disables)."),
-        click.option("--log-format", type=click.Choice(["json", "text"]), default=None),
+                     help=f"HOST:PORT for /healthz and /metrics (default {DEFAULTS.metrics_address}; 'off' disables)."),
+        click.option("--log-format", type=click.Choice(LOG_FORMATS), default=None),
         click.option("--log-level", default=None),
         click.option("--stall-timeout", default=None,
-                     help="/livez fails once the pipeline has not advanced this long (default 30s; 0 never)."),
+                     help="/livez fails once the pipeline has not advanced this long "
+                          f"(default {DEFAULTS.stall_timeout:g}s; 0 never)."),
         click.option("--drain-timeout", default=None,
-                     help="Most time SIGTERM/SIGINT spends draining before exiting (default 20s)."),
+                     help="Most time SIGTERM/SIGINT spends draining before exiting "
+                          f"(default {DEFAULTS.drain_timeout:g}s)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -211,8 +225,6 @@ def config_group() -> None:
 @_run_options
 def config_show(config_file: Path | None, **kwargs: Any) -> None:
     """Print the effective configuration as YAML, secrets masked, each value's origin as a comment."""
-    from sensor.config import command_line_secrets_warning, render_config
-
     config = _load_config(config_file, _flags(**kwargs))
     warning = command_line_secrets_warning(config)
     if warning:

@@ -25,8 +25,11 @@ import sys
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
+
+if TYPE_CHECKING:
+    from sensor.config import Config  # sensor.config imports this module
 
 MASK = "***"
 # Shorter secrets are not replaced in free text: a two-letter password would turn every such pair of letters
@@ -245,17 +248,14 @@ class RedactingStream:
         return getattr(self._stream, name)
 
 
-def config_secret_forms(config: Any) -> list[str]:
-    """`secret_forms` of a sensor Config (or anything with its elasticsearch_* attributes)."""
-    return secret_forms(
-        url=getattr(config, "elasticsearch_url", None),
-        username=getattr(config, "elasticsearch_username", None),
-        password=getattr(config, "elasticsearch_password", None),
-        api_key=getattr(config, "elasticsearch_api_key", None),
-    )
+def config_secret_forms(config: Config) -> list[str]:
+    """`secret_forms` of the sensor's configuration."""
+    elasticsearch = config.sections.outputs.elasticsearch
+    return secret_forms(url=elasticsearch.url, username=elasticsearch.username, password=elasticsearch.password,
+                        api_key=elasticsearch.api_key)
 
 
-def protect_stderr(config: Any) -> None:
+def protect_stderr(config: Config) -> None:
     """Registers the configuration's secrets and routes sys.stderr through the redactor (once)."""
     REDACTOR.add(config_secret_forms(config))
     if not isinstance(sys.stderr, RedactingStream) and sys.stderr is not None:

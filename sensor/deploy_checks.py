@@ -13,9 +13,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sensor.preflight import Check
+
+if TYPE_CHECKING:
+    from sensor.config import Config
 
 PROC = Path("/proc")
 
@@ -184,9 +187,10 @@ def _writable_dir(path: Path) -> str | None:
         return error.strerror or str(error)
 
 
-def check_spool(config: Any) -> Check:
-    spool = Path(config.spool_dir)
-    needed = "elasticsearch" in config.outputs
+def check_spool(config: Config) -> Check:
+    outputs = config.sections.outputs
+    spool = outputs.elasticsearch.spool.dir
+    needed = "elasticsearch" in outputs.kinds
     why = _writable_dir(spool)
     if why is None:
         return Check("spool", True, f"{spool} is writable" if spool.exists() else f"{spool} can be created")
@@ -195,10 +199,11 @@ def check_spool(config: Any) -> Check:
                  "spool.dir", fatal=needed)
 
 
-def check_ready_file(config: Any) -> Check:
-    if config.ready_file is None:
+def check_ready_file(config: Config) -> Check:
+    ready_file = config.sections.ops.ready_file
+    if ready_file is None:
         return Check("ready file", True, "none configured")
-    directory = Path(config.ready_file).parent
+    directory = ready_file.parent
     why = _writable_dir(directory)
     if why is None:
         return Check("ready file", True, f"{directory} is writable")
@@ -206,13 +211,13 @@ def check_ready_file(config: Any) -> Check:
                  "mount a writable volume there (DaemonSet: an emptyDir at /run/container-sensor)")
 
 
-def deployment_checks(config: Any) -> tuple[Callable[[], Check], ...]:
+def deployment_checks(config: Config) -> tuple[Callable[[], Check], ...]:
     """The checks for `container-sensor check` beyond sensor.preflight's, bound to the configuration."""
     return (
         check_kernel,
         check_cgroupfs,
         check_host_namespaces,
-        lambda: check_runtime_state(root=Path(getattr(config, "runtime_state_root", None) or "/")),
+        lambda: check_runtime_state(root=config.sections.resolver.runtime_state_root),
         lambda: check_spool(config),
         lambda: check_ready_file(config),
     )

@@ -101,7 +101,7 @@ class Heartbeat:
     a batch (a blocked write, a runaway rule) while records wait in the ring buffer (`backlog()`, in bytes,
     None when the reader cannot tell). `check` runs on other threads and only reads what the loop writes."""
 
-    def __init__(self, stall_timeout: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, stall_timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.stall_timeout = stall_timeout
         self.clock = clock
         self.last: float | None = None  # None until the loop starts
@@ -179,7 +179,7 @@ class Pipeline:
         self._emit_exit = emit_exit
         self.stats = PipelineStats()
         self._sequence = 0
-        self.heartbeat = Heartbeat()
+        self.heartbeat = Heartbeat(0.0)  # never stalled until the live loop sets the configured stall_timeout
 
     def handle(self, record: Record) -> None:
         self.stats.records += 1

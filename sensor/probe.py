@@ -55,17 +55,20 @@ def bpf_source_dir() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class ProbeOptions:
-    ringbuf_pages: int = 2048  # 8 MiB: a storm of small records at saturation fits several hundred ms of backlog
-    args_max: int = 16384  # argv bytes kept per exec; a power of two
-    ring_reader: str = "auto"  # "mmap", "libbpf" or "auto" (sensor/ringbuf.py says why and where)
+    """The probe's section in the kernel's units; sensor.app.probe_options makes it from the configuration,
+    where the defaults are (sensor.config.Config.probe_*)."""
+
+    ringbuf_pages: int  # the ring buffer's size in pages; a power of two
+    args_max: int  # argv bytes kept per exec; a power of two
+    ring_reader: str  # "mmap", "libbpf" or "auto" (sensor/ringbuf.py says why and where)
 
 
 class Probe:
     """The loaded BPF program. `poll` delivers each record to the callback given at construction."""
 
-    def __init__(self, on_record: Callable[[Record], None], options: ProbeOptions | None = None) -> None:
+    def __init__(self, on_record: Callable[[Record], None], options: ProbeOptions) -> None:
         self._on_record = on_record
-        self._options = options or ProbeOptions()
+        self._options = options
         self._bpf = None
         self._reader: RingBufferReader | None = None
         self.decode_errors = 0

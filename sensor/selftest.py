@@ -25,9 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sensor.outputs.memory import MemoryOutput
+
+if TYPE_CHECKING:
+    from sensor.config import Config
 from sensor.preflight import CAP_SYS_ADMIN, has_capability
 
 log = logging.getLogger(__name__)
@@ -246,7 +249,7 @@ def _timestamp(doc: Doc) -> float | None:
         return None
 
 
-def run_selftest(config: Any, *, method: str = "auto", timeout: float = 15.0) -> SelftestResult:
+def run_selftest(config: Config, *, method: str = "auto", timeout: float = 15.0) -> SelftestResult:
     """Attaches the probe, starts ssh in a container, and waits up to `timeout` seconds for the alert."""
     from sensor.app import (  # the live pipeline, only here
         attach,
@@ -263,7 +266,7 @@ def run_selftest(config: Any, *, method: str = "auto", timeout: float = 15.0) ->
         return result
     capture = MemoryOutput()
     pipeline = build_pipeline(config, [capture], live=True)
-    probe = Probe(pipeline.handle, probe_options(config))
+    probe = Probe(pipeline.handle, probe_options(config.sections.probe))
     started = time.monotonic()
     try:
         attach(probe, pipeline)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sensor.credentials import mask_spec
 from sensor.outputs.base import Output
@@ -11,6 +11,9 @@ from sensor.outputs.elasticsearch import ElasticsearchConfigError, Elasticsearch
 from sensor.outputs.files import FileOutputError, RotatingFileOutput
 from sensor.outputs.spool import SpoolError
 from sensor.outputs.stdout import StdoutOutput
+
+if TYPE_CHECKING:
+    from sensor.config import ElasticsearchConfig, OutputsConfig
 
 
 class OutputSpecError(ValueError):
@@ -21,66 +24,55 @@ class OutputSpecError(ValueError):
         self.problems = problems
 
 
-def _setting(settings: Any, name: str, default: Any = None) -> Any:
-    value = getattr(settings, name, None)
-    return default if value is None else value
-
-
 def _show(spec: str) -> str:
     """The spec for messages: an Elasticsearch URL's credentials masked (`https://***@host`)."""
     return mask_spec(spec)
 
 
-def elasticsearch_settings(url: str, settings: Any) -> ElasticsearchSettings:
-    """The Elasticsearch output's settings from the sensor's configuration (flags > environment > file)."""
-    policy = str(_setting(settings, "spool_policy", "drop_oldest")).replace("-", "_")
-    spool_dir = _setting(settings, "spool_dir")
+def elasticsearch_settings(url: str, config: ElasticsearchConfig) -> ElasticsearchSettings:
+    """The Elasticsearch output's settings from its section of the configuration (flags > environment > file)."""
     return ElasticsearchSettings(
         url=url,
-        api_key=_setting(settings, "elasticsearch_api_key"),
-        username=_setting(settings, "elasticsearch_username"),
-        password=_setting(settings, "elasticsearch_password"),
-        ca_file=_setting(settings, "elasticsearch_ca_cert"),
-        ca_fingerprint=_setting(settings, "elasticsearch_ca_fingerprint"),
-        verify_tls=bool(_setting(settings, "elasticsearch_verify_tls", True)),
-        events_stream=_setting(settings, "elasticsearch_index"),
-        alerts_stream=_setting(settings, "elasticsearch_alerts_index"),
-        request_timeout=float(_setting(settings, "elasticsearch_timeout", 10.0)),
-        spool_dir=Path(spool_dir) if spool_dir is not None else None,
-        spool_bytes=int(_setting(settings, "spool_limit", 1024**3)),
-        spool_policy=policy,
+        api_key=config.api_key,
+        username=config.username,
+        password=config.password,
+        ca_file=config.ca_cert,
+        ca_fingerprint=config.ca_fingerprint,
+        verify_tls=config.verify_tls,
+        events_stream=config.index,
+        alerts_stream=config.alerts_index,
+        request_timeout=config.timeout,
+        spool_dir=config.spool.dir,
+        spool_bytes=config.spool.limit,
+        spool_policy=config.spool.policy.replace("-", "_"),
     )
 
 
-def _build_one(spec: str, settings: Any) -> Output:
+def _build_one(spec: str, config: OutputsConfig) -> Output:
     kind, _, argument = spec.partition(":")
     kind = kind.strip().lower()
     argument = argument.strip()
     if kind == "stdout":
         if argument:
             raise OutputSpecError([f"--output {spec}: stdout takes no argument"])
-        return StdoutOutput(compact=_setting(settings, "format", "ndjson") == "compact")
+        return StdoutOutput(compact=config.format == "compact")
     if kind == "file":
-        path = Path(argument) if argument else _setting(settings, "file_path")
+        path = Path(argument) if argument else config.file.path
         if path is None:
             raise OutputSpecError([f"--output {spec}: needs a path (file:PATH, or file.path in the config)"])
         if Path(path).is_dir():
             raise OutputSpecError([f"--output {spec}: {path} is a directory"])
-        return RotatingFileOutput(
-            Path(path),
-            max_bytes=int(_setting(settings, "file_max_bytes", 100 * 1024 * 1024)),
-            backups=int(_setting(settings, "file_backups", 5)),
-        )
+        return RotatingFileOutput(path, max_bytes=config.file.max_bytes, backups=config.file.backups)
     if kind == "elasticsearch":
-        url = argument or _setting(settings, "elasticsearch_url")
+        url = argument or config.elasticsearch.url
         if not url:
             raise OutputSpecError([f"--output {_show(spec)}: needs a URL (elasticsearch:URL, or elasticsearch.url)"])
-        return ElasticsearchOutput(elasticsearch_settings(url, settings))
+        return ElasticsearchOutput(elasticsearch_settings(url, config.elasticsearch))
     raise OutputSpecError([f"--output {_show(spec)}: unknown output {kind!r} "
                            "(expected stdout, file:PATH or elasticsearch:URL)"])
 
 
-def build_outputs(specs: list[str], settings: Any) -> list[Output]:
+def build_outputs(specs: list[str], config: OutputsConfig) -> list[Output]:
     """One output per spec, in order. Raises OutputSpecError naming every bad spec, one line each."""
     outputs: list[Output] = []
     problems: list[str] = []
@@ -91,7 +83,7 @@ def build_outputs(specs: list[str], settings: Any) -> list[Output]:
             continue
         seen.add(key)
         try:
-            outputs.append(_build_one(key, settings))
+            outputs.append(_build_one(key, config))
         except OutputSpecError as error:
             problems.extend(error.problems)
         except (ElasticsearchConfigError, FileOutputError, SpoolError) as error:

@@ -20,7 +20,7 @@ from tests.integration.sensor_process import SensorProcess, get, run_and_wait
 
 pytestmark = pytest.mark.kernel
 
-ARGS_MAX = 16384  # the probe's default argv capture (ProbeOptions.args_max)
+ARGS_MAX = 16384  # the probe's default argv capture (Config.probe_argv_max_bytes)
 
 
 @pytest.fixture(scope="module")

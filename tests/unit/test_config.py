@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,17 @@ from sensor.config import (
     SECRET_MASK,
     Config,
     ConfigError,
+    DetectionConfig,
+    ElasticsearchConfig,
+    FileOutputConfig,
+    HostConfig,
+    LogConfig,
+    OpsConfig,
+    OutputsConfig,
+    ProbeConfig,
+    ResolverConfig,
+    Sections,
+    SpoolConfig,
     load_config,
     parse_duration,
     parse_size,
@@ -276,3 +288,77 @@ def test_operations_doc_lists_every_option():
     rows = {line.split("|")[1].strip(" `"): line.split("|")[2].strip(" `") for line in doc.splitlines()
             if line.startswith("| `") and "CONTAINER_SENSOR_" in line}
     assert rows == {option.key: option.env_name for option in OPTIONS}
+
+
+# ---- the stages' sections
+
+
+def _leaves(section: object) -> list[object]:
+    """Every value a section holds, nested sections walked."""
+    values = []
+    for item in dataclasses.fields(section):
+        value = getattr(section, item.name)
+        values.extend(_leaves(value) if dataclasses.is_dataclass(value) else [value])
+    return values
+
+
+def test_every_option_reaches_exactly_one_section_field():
+    for option in OPTIONS:
+        marker = object()
+        leaves = _leaves(Config(**{option.field_name: marker}).sections)
+        assert sum(leaf is marker for leaf in leaves) == 1, f"{option.key} reaches no stage, or more than one"
+    assert len(_leaves(Config().sections)) == len(OPTIONS)
+
+
+def test_sections_have_no_defaults_of_their_own():
+    """A default lives once, in Config: a section field with its own default could drift from it."""
+    def walk(cls: type) -> None:
+        for item in dataclasses.fields(cls):
+            assert item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING, (
+                f"{cls.__name__}.{item.name} has a default")
+            if isinstance(item.type, str) and item.type in SECTION_TYPES:
+                walk(SECTION_TYPES[item.type])
+
+    walk(Sections)
+
+
+SECTION_TYPES = {cls.__name__: cls for cls in (
+    Sections, ProbeConfig, HostConfig, ResolverConfig, DetectionConfig, OutputsConfig, FileOutputConfig,
+    ElasticsearchConfig, SpoolConfig, OpsConfig, LogConfig)}
+
+
+def test_sections_are_built_once_and_frozen(tmp_path):
+    config = load_config(None, {"CONTAINER_SENSOR_FOLD_WINDOW": "2s", "CONTAINER_SENSOR_SPOOL_DIR": str(tmp_path)},
+                         {"drain_timeout": "5s", "outputs": [f"file:{tmp_path / 'out'}"]})
+    sections = config.sections
+    assert config.sections is sections
+    assert sections.detection.fold_window == 2.0 and sections.detection.builtin is True
+    assert sections.ops.drain_timeout == 5.0 and sections.ops.stall_timeout == 30.0
+    assert sections.outputs.kinds == ("file",) and sections.outputs.file.path == tmp_path / "out"
+    assert sections.outputs.elasticsearch.spool.dir == tmp_path
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sections.ops.drain_timeout = 1.0  # type: ignore[misc]
+    # Config's own fields, equality and repr are as they were: the sections are derived, not compared.
+    assert config == dataclasses.replace(config) and "sections=" not in repr(config)
+
+
+def test_section_reprs_mask_secrets():
+    config = load_config(None, {"CONTAINER_SENSOR_ELASTICSEARCH_URL": "https://u:pa55word@es.example:9200",
+                                "CONTAINER_SENSOR_ELASTICSEARCH_INDEX": "logs-x-y"}, {})
+    shown = repr(config.sections)
+    assert "pa55word" not in shown and "url='https://***@es.example:9200'" in shown and "index='logs-x-y'" in shown
+    keyed = Config(elasticsearch_api_key="c2VjcmV0OmtleQ==", elasticsearch_password="pa55word").sections
+    shown = repr(keyed.outputs.elasticsearch)
+    assert "c2VjcmV0" not in shown and "pa55word" not in shown
+    assert f"api_key='{SECRET_MASK}'" in shown and f"password='{SECRET_MASK}'" in shown
+
+
+def test_command_line_flags_have_no_defaults_of_their_own():
+    """A flag not given must reach load_config as None, so the file and the environment are not overridden."""
+    from sensor.cli import _flags, main  # click only here
+
+    for command in (main.commands["run"], main.commands["config"].commands["show"]):
+        with command.make_context(command.name, []) as context:
+            params = dict(context.params)
+        assert params.pop("config_file") is None
+        assert set(_flags(**params).values()) == {None}, f"{command.name}: a flag not given is not None"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from sensor import probe_layout
-from sensor.probe import Probe
+from sensor.probe import Probe, ProbeOptions
+
+# Records are handed to `_handle` directly: nothing is loaded, so the options' values do not matter.
+UNLOADED = ProbeOptions(ringbuf_pages=1, args_max=512, ring_reader="auto")
 
 
 def test_a_record_the_pipeline_fails_on_is_counted_and_the_next_one_still_delivered() -> None:
@@ -14,7 +17,7 @@ def test_a_record_the_pipeline_fails_on_is_counted_and_the_next_one_still_delive
         if len(seen) == 1:
             raise KeyError("a bug in a later stage")
 
-    probe = Probe(on_record)
+    probe = Probe(on_record, UNLOADED)
     exit_record = probe_layout.EXIT.pack(probe_layout.RECORD_EXIT, probe_layout.EXIT.size, 5, 100, 0, 555)
     probe._handle(exit_record)  # private: what both ring readers call per record
     probe._handle(exit_record)

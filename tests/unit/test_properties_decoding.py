@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from sensor import probe_layout
 from sensor.outputs.encoding import DocumentEncoder
-from sensor.probe import Probe
+from sensor.probe import Probe, ProbeOptions
 from sensor.probe_layout import (
     CGROUP_FIXED,
     EXEC_ARGS_READ_FAILED,
@@ -37,6 +37,9 @@ from sensor.probe_layout import (
 from sensor.records import CgroupRecord, ExecRecord, ExitRecord, ForkRecord
 from sensor.ringbuf import BUSY_BIT, DISCARD_BIT, HEADER_SIZE, RingBufferReader
 from tests.unit.test_pipeline import make_pipeline
+
+# Records are handed to `_handle` directly: nothing is loaded, so the options' values do not matter.
+UNLOADED = ProbeOptions(ringbuf_pages=1, args_max=512, ring_reader="auto")
 
 U16 = st.integers(0, 0xFFFF)
 U32 = st.integers(0, 0xFFFFFFFF)
@@ -150,7 +153,7 @@ def test_any_bytes_decode_to_a_sane_record_or_a_decode_error(raw: bytes) -> None
 def test_the_reader_loop_counts_every_record_and_never_raises(raws: list[bytes]) -> None:
     """Probe._handle is what both ring readers call per record: nothing a record holds may escape it."""
     delivered: list = []
-    probe = Probe(delivered.append)
+    probe = Probe(delivered.append, UNLOADED)
     for raw in raws:
         probe._handle(raw)
     assert probe.records + probe.decode_errors == len(raws)
@@ -160,7 +163,7 @@ def test_the_reader_loop_counts_every_record_and_never_raises(raws: list[bytes])
 def test_short_fixed_size_records_are_counted_not_raised() -> None:
     """Found by the tests above: a fork, exit or cgroup record shorter than its layout raised struct.error,
     which nothing caught: it ended the reader loop, and the sensor with it."""
-    probe = Probe(lambda record: None)
+    probe = Probe(lambda record: None, UNLOADED)
     for kind, layout in ((RECORD_FORK, FORK), (RECORD_EXIT, EXIT), (RECORD_CGROUP_MKDIR, CGROUP_FIXED)):
         for length in (HEADER.size, layout.size - 1):
             raw = (HEADER.pack(kind, length, 1) + b"\0" * layout.size)[:length]

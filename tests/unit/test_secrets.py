@@ -142,7 +142,7 @@ def test_output_spec_errors_hold_no_password(tmp_path):
     config = load_config(None, {"CONTAINER_SENSOR_SPOOL_DIR": str(tmp_path / "spool")}, {})
     specs = [f"elasticsearch:{URL}/x?y", f"kafka:{URL}", "elasticsearch"]
     with pytest.raises(OutputSpecError) as raised:
-        build_outputs(specs, config)
+        build_outputs(specs, config.sections.outputs)
     text = str(raised.value)
     assert PASSWORD not in text and "p/a#s" not in text
     assert "--output elasticsearch:https://***@es.example:9200/x?y: elasticsearch url: a query" in text
