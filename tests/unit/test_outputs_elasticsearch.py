@@ -248,19 +248,19 @@ def test_close_while_down_keeps_the_backlog_for_the_next_start(tmp_path: Path, s
 
 
 class HeldSpool(Spool):
-    """A spool whose first write to its front holds the sender until released: the moment of a failover at which a
-    kill -9 may come, made to last."""
+    """A spool whose first append holds the sender (failing over) until released: the moment of a failover at which
+    a kill -9 may come, made to last."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.holding = threading.Event()
         self.release = threading.Event()
 
-    def push_front(self, payloads: Any) -> int:
+    def append(self, payloads: Any, copy: bool = False) -> int:
         if not self.holding.is_set():
             self.holding.set()
             self.release.wait(15)
-        return super().push_front(payloads)
+        return super().append(payloads, copy)
 
 
 def numbers_a_restart_finds(spool_dir: Path, copy: Path) -> list[int]:
@@ -310,6 +310,27 @@ def test_failing_over_puts_nothing_on_disk_ahead_of_older_events(
     assert numbers_a_restart_finds(tmp_path / "spool", tmp_path / "after-kill") == list(range(400))
     output.close(timeout=0.2)
     assert output.stats()["dropped"] == 0
+
+
+def test_an_overflow_puts_the_batch_in_flight_on_disk_first_and_never_sends_it_twice(
+    tmp_path: Path, server: EsServer
+) -> None:
+    server.delay = 1.0  # slower than the writes, faster than the request timeout: nothing fails
+    output = make_output(tmp_path, server.url, batch_docs=100, queue_docs=200)
+    for number in range(100):
+        output.write(make_doc(number))
+    assert wait_for(lambda: output.stats()["bulk_requests"] >= 1)  # the first batch is in flight
+    for number in range(100, 500):
+        output.write(make_doc(number))  # the queue overflows while it is out
+    # A kill -9 now would leave the whole stream from the batch in flight on: nothing newer without the older.
+    assert numbers_a_restart_finds(tmp_path / "spool", tmp_path / "after-kill") == list(range(500))
+    server.delay = 0.0
+    assert wait_for(lambda: server.count(EVENTS) == 500)
+    output.close()
+    assert server.ids(EVENTS) == ids(range(500))
+    stats = output.stats()
+    assert stats["duplicates"] == 0 and stats["delivered"] == 500  # its copy on disk was consumed, not resent
+    assert stats["dropped"] == 0 and stats["spool_unread"] == 0
 
 
 def test_queue_behind_a_failing_backlog_waits_on_disk(tmp_path: Path, server: EsServer) -> None:

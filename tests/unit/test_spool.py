@@ -224,82 +224,61 @@ def test_drop_oldest_does_not_count_what_is_in_flight(tmp_path: Path) -> None:
     assert rest == sorted(rest)
 
 
-def test_push_front_goes_before_unread_and_survives_reopen(tmp_path: Path) -> None:
+def test_a_batch_not_acknowledged_is_read_again_after_reopen(tmp_path: Path) -> None:
     spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=1000)
     spool.append([payload(n) for n in range(10, 30)])
     items, position = spool.read(5, 1 << 20)
+    assert position is not None
     spool.ack(position)
-    spool.push_front([payload(n) for n in range(5)])
-    assert drain(spool, batch=3) == [0, 1, 2, 3, 4] + list(range(15, 30))
-    spool.push_front([payload(7)])
-    spool.close()
-    assert drain(Spool(tmp_path, max_bytes=1 << 20)) == [7]
+    failed, _ = spool.read(5, 1 << 20)  # its delivery fails: never acknowledged, never put back anywhere
+    assert [int(item[:8]) for item in failed] == list(range(15, 20))
+    spool.append([payload(n) for n in range(30, 35)])
+    spool.close()  # what a kill -9 leaves
+    assert drain(Spool(tmp_path, max_bytes=1 << 20)) == list(range(15, 35))
 
 
-def test_push_front_before_partial_segment_resends_at_worst(tmp_path: Path) -> None:
+def test_acks_only_move_forward_and_a_partial_segment_resends_at_worst(tmp_path: Path) -> None:
     spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=1 << 16)
     spool.append([payload(n) for n in range(10, 20)])
-    items, position = spool.read(4, 1 << 20)
-    spool.ack(position)
-    spool.push_front([payload(1)])
-    spool.close()  # crash-like: nothing of the front segment acknowledged
-    # The front segment comes first; the partly delivered one is read again from its start (duplicates only).
-    assert drain(Spool(tmp_path, max_bytes=1 << 20)) == [1] + list(range(10, 20))
+    first, early = spool.read(4, 1 << 20)
+    _, later = spool.read(4, 1 << 20)
+    assert early is not None and later is not None and later.passes(early) and not early.passes(later)
+    spool.ack(early)
+    spool.close()  # crash-like: the second batch was out, not acknowledged
+    assert drain(Spool(tmp_path, max_bytes=1 << 20)) == list(range(14, 20))
 
 
-def test_extend_front_follows_the_front_and_precedes_appends(tmp_path: Path) -> None:
+def test_read_until_stops_at_the_position_given(tmp_path: Path) -> None:
     spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=1000)
-    spool.append([payload(n) for n in range(100, 110)])  # a backlog left by an earlier run
-    spool.push_front([payload(n) for n in range(5)])  # a failed batch and the queue behind it
-    spool.extend_front([payload(n) for n in range(5, 8)])  # queued while those were written
-    spool.append([payload(n) for n in range(200, 205)])  # newer than all
-    spool.extend_front([payload(n) for n in range(8, 10)])
-    expected = list(range(10)) + list(range(100, 110)) + list(range(200, 205))
-    spool.close()  # what a kill -9 leaves: every frame was written, nothing acknowledged
-    reopened = Spool(tmp_path, max_bytes=1 << 20)
-    assert drain(reopened) == expected
-    assert reopened.unread() == 0
+    spool.append([payload(n) for n in range(12)])  # two segments and a bit
+    end = spool.end
+    spool.append([payload(n) for n in range(100, 105)])
+    assert end is not None
+    seen: list[int] = []
+    while True:
+        items, position = spool.read(5, 1 << 20, until=end)
+        if not items:
+            break
+        assert position is not None and not position.passes(end)
+        seen.extend(int(item[:8]) for item in items)
+        spool.ack(position)
+    assert seen == list(range(12))
+    assert drain(spool) == list(range(100, 105))
 
 
-def test_extend_front_of_a_front_being_read_goes_ahead_of_it(tmp_path: Path) -> None:
-    spool = Spool(tmp_path, max_bytes=1 << 20)
-    spool.push_front([payload(n) for n in range(10, 15)])
-    items, position = spool.read(2, 1 << 20)
-    spool.ack(position)
-    spool.extend_front([payload(1)])  # a batch that failed after reading began: it is older than the rest
-    assert drain(spool) == [1, 12, 13, 14]
-
-
-def test_ack_on_disk_never_passes_a_front_pushed_while_a_batch_was_out(tmp_path: Path) -> None:
-    spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=1000)
-    spool.append([payload(n) for n in range(10, 20)])
-    items, position = spool.read(3, 1 << 20)
-    spool.push_front([payload(1)])
+def test_a_failed_batch_whose_segment_was_dropped_is_counted_once(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=4096, policy="drop_oldest", segment_bytes=1024)
+    for n in range(8):
+        spool.append([payload(n)])
+    in_flight, position = spool.read(3, 1 << 20)
     assert position is not None
-    spool.ack(position)  # the batch read before the push got through
-    spool.close()
-    # Sent again after a restart: the front, then the rest (the acknowledged three at worst twice).
-    assert drain(Spool(tmp_path, max_bytes=1 << 20)) == [1] + list(range(10, 20))
-
-
-def test_extend_front_keeps_the_policy(tmp_path: Path) -> None:
-    size = HEADER + 100  # frame header and payload
-    newest = Spool(tmp_path / "newest", max_bytes=len(SEGMENT_MAGIC) + 10 * size, policy="drop_newest")
-    newest.push_front([payload(n) for n in range(8)])
-    assert newest.extend_front([payload(n) for n in range(8, 12)]) == 2  # the rest do not fit
-    assert newest.dropped_newest == 2
-    # Newer events were spooled meanwhile: these older ones were accepted already and go in past the limit.
-    assert newest.extend_front([payload(n) for n in range(12, 14)], newer_spooled=True) == 2
-    assert drain(newest) == list(range(10)) + [12, 13]
-
-    oldest = Spool(tmp_path / "oldest", max_bytes=len(SEGMENT_MAGIC) * 2 + 10 * size, policy="drop_oldest",
-                   segment_bytes=1 << 16)
-    oldest.push_front([payload(n) for n in range(6)])
-    oldest.append([payload(n) for n in range(100, 104)])  # newer than anything in front
-    oldest.extend_front([payload(n) for n in range(6, 9)])
-    # The front segment, the oldest, made room; the newer segment behind it stays.
-    assert oldest.dropped_oldest == 6
-    assert drain(oldest) == [6, 7, 8, 100, 101, 102, 103]
+    for n in range(8, 100):
+        spool.append([payload(n)])
+    assert not spool.holds(position)  # its segment made room: the reader's copy is the last one
+    spool.drop_in_flight(len(in_flight))  # and its delivery failed
+    rest = drain(spool)
+    assert len(rest) + spool.dropped_oldest == 100
+    assert rest == list(range(100 - len(rest), 100))
 
 
 def test_disk_full_is_counted_not_raised(tmp_path: Path) -> None:
@@ -458,7 +437,7 @@ def test_modes_whatever_the_umask(tmp_path: Path, umask: int) -> None:
         for n in range(20):
             spool.append([payload(n)])
         items, position = spool.read(3, 1 << 20)
-        spool.push_front([payload(99)])
+        spool.append([payload(99)])
         spool.ack(position)
         spool.close()
     finally:
