@@ -1,7 +1,7 @@
 /* Process lifecycle probe: exec, fork, exit and cgroup creation/removal, into one BPF ring buffer.
  *
  * No kernel struct is read through the compile-time headers, which may belong to another kernel: every
- * OFF_* macro is a byte offset taken from the running kernel's BTF by sensor/kernel_offsets.py and passed in
+ * OFF_* macro is a byte offset taken from the running kernel's BTF by sensor/probe/kernel_offsets.py and passed in
  * with -D. Reads go through bpf_probe_read_kernel so a wrong pointer yields zeros, never a fault.
  */
 #include "sensor.h"

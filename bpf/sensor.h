@@ -1,5 +1,5 @@
-/* Record layouts shared by the BPF program and sensor/probe_layout.py. Every member's offset and size is checked
- * against that mirror: sensor/probe_layout.py static_asserts() is compiled after this header into the BPF
+/* Record layouts shared by the BPF program and sensor/probe/layout.py. Every member's offset and size is checked
+ * against that mirror: sensor/probe/layout.py static_asserts() is compiled after this header into the BPF
  * program at load, and by gcc in tests/unit/test_probe_layout.py.
  *
  * Every record starts with struct record_header; `type` says which layout follows and `size` how many bytes of

@@ -32,9 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sensor.app import build_pipeline  # noqa: E402
-from sensor.config import Config  # noqa: E402
+from sensor.config.settings import Config  # noqa: E402
+from sensor.model.records import read_recording  # noqa: E402
 from sensor.outputs.factory import build_outputs  # noqa: E402
-from sensor.records import read_recording  # noqa: E402
 from tests.shipping_recording import write_recording  # noqa: E402
 
 INDEX = "logs-endpoint.events.process-default"

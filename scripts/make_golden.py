@@ -39,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sensor.records import (  # noqa: E402 - after the path is set
+from sensor.model.records import (  # noqa: E402 - after the path is set
     CgroupRecord,
     ExecRecord,
     ExitRecord,

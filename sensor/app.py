@@ -13,21 +13,21 @@ from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sensor import host as host_facts
+from sensor.config.statefiles import ReadyFile
 from sensor.containers.cgroupmap import V2_HIERARCHY
 from sensor.containers.namespaces import host_namespaces
-from sensor.ecs import DocumentBuilder
-from sensor.liveness import SystemdNotifier
+from sensor.ecs.builder import DocumentBuilder
+from sensor.model import host as host_facts
+from sensor.model.processes import ProcessTable, snapshot_of
+from sensor.model.records import CgroupRecord, Namespaces, Record, RecordingWriter, create_recording
+from sensor.ops.liveness import SystemdNotifier
 from sensor.outputs.base import Output
 from sensor.outputs.stdout import StdoutOutput
 from sensor.pipeline import Pipeline
-from sensor.processes import ProcessTable, snapshot_of
-from sensor.records import CgroupRecord, Namespaces, Record, RecordingWriter, create_recording
-from sensor.statefiles import ReadyFile
 
 if TYPE_CHECKING:
-    from sensor.config import Config, DetectionConfig, OutputsConfig, ProbeConfig, ResolverConfig
-    from sensor.probe import ProbeOptions
+    from sensor.config.settings import Config, DetectionConfig, OutputsConfig, ProbeConfig, ResolverConfig
+    from sensor.probe.loader import ProbeOptions
 
 log = logging.getLogger("container_sensor")
 
@@ -215,7 +215,7 @@ def build_resolver(host_ns: Namespaces, config: ResolverConfig | None) -> Any:
 
 
 def build_leaders() -> Callable:
-    from sensor.sessions import SessionModel
+    from sensor.model.sessions import SessionModel
 
     return SessionModel()
 
@@ -241,7 +241,7 @@ def build_pipeline(config: Config, outputs: list[Output], *, live: bool,
 
 
 def probe_options(config: ProbeConfig) -> ProbeOptions:
-    from sensor.probe import ProbeOptions
+    from sensor.probe.loader import ProbeOptions
 
     return ProbeOptions(ringbuf_pages=max(1, config.ringbuf_size // 4096), args_max=config.argv_max_bytes,
                         ring_reader=config.ring_reader)
@@ -338,7 +338,7 @@ def run_live(config: Config, *, record_to: Path | None = None, stop: StopFlag | 
 
 def _run_live(config: Config, stop: StopFlag, record_to: Path | None,
               on_ready: Callable[[Pipeline], None] | None) -> RunSummary:
-    from sensor.probe import Probe  # bcc only where the probe runs
+    from sensor.probe.loader import Probe  # bcc only where the probe runs
 
     sections = config.sections
     ready = ReadyFile(sections.ops.ready_file) if sections.ops.ready_file else None

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from sensor import __version__
-from sensor.config import (
+from sensor.config.settings import (
     FORMATS,
     LOG_FORMATS,
     Config,
@@ -45,8 +45,8 @@ def _load_config(config_file: Path | None, flags: dict[str, Any]) -> Config:
 
 
 def _setup_logging(config: Config) -> None:
-    from sensor.credentials import protect_stderr
-    from sensor.logs import setup_logging
+    from sensor.config.credentials import protect_stderr
+    from sensor.ops.logs import setup_logging
 
     # Before the log handler takes sys.stderr: its lines, and any traceback, go through the secret redactor.
     protect_stderr(config)
@@ -61,10 +61,10 @@ def _ops_server(config: Config, pipeline_ref: dict[str, Any]) -> Any:
     address = config.sections.ops.metrics_address
     if not address:
         return None
-    from sensor.ops_server import OpsServer
+    from sensor.ops.server import OpsServer
 
     def metrics() -> dict[str, float]:
-        from sensor.metrics import pipeline_metrics
+        from sensor.ops.metrics import pipeline_metrics
 
         return pipeline_metrics(pipeline_ref.get("pipeline"))
 
@@ -150,9 +150,9 @@ def main() -> None:
 
 def _run(config_file: Path | None, flags: dict[str, Any], record_to: Path | None) -> None:
     from sensor.app import DetectionUnavailable, run_live
+    from sensor.config.statefiles import StateFileError
     from sensor.outputs.factory import OutputSpecError
-    from sensor.probe import ProbeError
-    from sensor.statefiles import StateFileError
+    from sensor.probe.loader import ProbeError
 
     config = _load_config(config_file, flags)
     _setup_logging(config)
@@ -198,8 +198,8 @@ def record(file: Path, config_file: Path | None, **kwargs: Any) -> None:
 def replay(file: Path, config_file: Path | None, **kwargs: Any) -> None:
     """Run a recording through the whole pipeline, without BPF or root, to the same outputs."""
     from sensor.app import DetectionUnavailable, run_replay
+    from sensor.model.records import RecordingReader
     from sensor.outputs.factory import OutputSpecError
-    from sensor.records import RecordingReader
 
     flags = _flags(**kwargs)
     flags["metrics_address"] = flags["metrics_address"] or "off"
@@ -239,7 +239,7 @@ def config_show(config_file: Path | None, **kwargs: Any) -> None:
               help="How to make the container: podman, or new namespaces with unshare when no runtime is here.")
 def selftest(timeout: float, method: str) -> None:
     """Start ssh in a short-lived container and check that its alert comes out; exit 0 when it does."""
-    from sensor.logs import setup_logging
+    from sensor.ops.logs import setup_logging
     from sensor.selftest import run_selftest
 
     config = _load_config(None, {"metrics_address": "off"})
@@ -253,8 +253,8 @@ def selftest(timeout: float, method: str) -> None:
 @main.command()
 def check() -> None:
     """Name each missing prerequisite with its fix; exit non-zero when the sensor cannot run here."""
-    from sensor.deploy_checks import deployment_checks
-    from sensor.preflight import report, run_checks
+    from sensor.ops.deploy_checks import deployment_checks
+    from sensor.ops.preflight import report, run_checks
 
     text, can_run = report(run_checks(deployment_checks(_load_config(None, {"metrics_address": "off"}))))
     click.echo(text)

@@ -11,10 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sensor.ecs import ContainerLike, DocumentBuilder, Leaders
-from sensor.outputs.base import Output
-from sensor.processes import Process, ProcessTable
-from sensor.records import (
+from sensor.ecs.builder import ContainerLike, DocumentBuilder, Leaders
+from sensor.model.processes import Process, ProcessTable
+from sensor.model.records import (
     CgroupRecord,
     ExecRecord,
     ExitRecord,
@@ -24,7 +23,8 @@ from sensor.records import (
     ProcessSnapshotRecord,
     Record,
 )
-from sensor.sessions import stored_leaders
+from sensor.model.sessions import stored_leaders
+from sensor.outputs.base import Output
 
 
 class Resolver(Protocol):

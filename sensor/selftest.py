@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sensor.outputs.memory import MemoryOutput
 
 if TYPE_CHECKING:
-    from sensor.config import Config
-from sensor.preflight import CAP_SYS_ADMIN, has_capability
+    from sensor.config.settings import Config
+from sensor.ops.preflight import CAP_SYS_ADMIN, has_capability
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def run_selftest(config: Config, *, method: str = "auto", timeout: float = 15.0)
         build_pipeline,
         probe_options,
     )
-    from sensor.probe import Probe, ProbeError  # bcc only where it runs
+    from sensor.probe.loader import Probe, ProbeError  # bcc only where it runs
 
     result = SelftestResult(passed=False)
     try:

@@ -38,11 +38,11 @@ PLACEHOLDER = "<replay>"
 _PLACEHOLDER_JSON = json.dumps(PLACEHOLDER)
 
 # Each (path, what is done, why). Paths are dotted field names; "alert" applies to alert documents only.
-# - event.created: the wall clock when the replay built the document (sensor/ecs.py event_block).
+# - event.created: the wall clock when the replay built the document (sensor/ecs/builder.py event_block).
 # - @timestamp of alerts: an alert's time is when it was raised, the replay's wall clock (rules/alerts.py,
 #   and the fold summaries of rules/folding.py); an event's @timestamp comes from the recording and is kept.
 # - host.*: the facts of the machine that replays (/etc/os-release, /etc/machine-id, uname, its interfaces;
-#   sensor/host.py), except host.hostname and host.name, which come from the recording. Values always present
+#   sensor/model/host.py), except host.hostname and host.name, which come from the recording. Values always present
 #   are replaced; members present only on some machines (id, ip, mac, os.version) are removed.
 # - agent.id: the replaying machine's machine-id.
 # - container_sensor.identity.reason: offline the built-in rule's look at a container's executed file finds

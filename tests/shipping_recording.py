@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sensor.containers.namespaces import host_namespaces
-from sensor.records import ExecRecord, Namespaces, RecordingWriter
+from sensor.model.records import ExecRecord, Namespaces, RecordingWriter
 
 PID_BASE = 200_000
 PID_RANGE = 4096

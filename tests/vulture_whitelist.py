@@ -5,7 +5,11 @@ Read by tests/unit/test_dead_code.py, never run. Vulture matches by name: each `
 """
 
 import sensor.rules
-from sensor import btf, cli, config, credentials, pipeline, probe_layout
+from sensor import cli, pipeline
+from sensor.config import credentials
+from sensor.config import settings as config
+from sensor.probe import btf
+from sensor.probe import layout as probe_layout
 from sensor.rules import commands, eql_compile, patterns
 
 
@@ -21,7 +25,7 @@ def used_but_unseen() -> None:
     _ = config.Option.help
     # Without it `writelines` would reach the wrapped stream through __getattr__ and skip the redaction.
     _ = credentials.RedactingStream.writelines
-    # PipelineStats fields: read by name through as_dict() for /metrics (sensor/metrics.py PIPELINE_COUNTERS).
+    # PipelineStats fields: read by name through as_dict() for /metrics (sensor/ops/metrics.py PIPELINE_COUNTERS).
     _ = pipeline.PipelineStats.exits, pipeline.PipelineStats.forks, pipeline.PipelineStats.cgroup_events
     # Mirror of bpf/sensor.h's CWD_MAX, compared with the C value by name (tests/unit/test_probe_layout.py).
     _ = probe_layout.CWD_MAX

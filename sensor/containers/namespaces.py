@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sensor.records import Namespaces
+from sensor.model.records import Namespaces
 
 NAMESPACE_KINDS = ("cgroup", "ipc", "mnt", "net", "pid", "user", "uts")
 # A namespace-only container has its own pid and mount namespaces and at least one of these: an `unshare

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from sensor.records import CgroupRecord, Namespaces
+from sensor.model.records import CgroupRecord, Namespaces
 
 from .cgroupmap import V2_HIERARCHY, CgroupMap, CgroupMount, find_v2_mount
 from .info import (

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sensor.statefiles import StateFileError, make_private_dirs, open_private
+from sensor.config.statefiles import StateFileError, make_private_dirs, open_private
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ from sensor.outputs.elasticsearch_settings import (
     check_index_name,
     redact_url,
 )
-from sensor.outputs.encoding import DocumentEncoder
+from sensor.ecs.encoding import DocumentEncoder
 from sensor.outputs.spool import Position, Spool
 
 __all__ = [

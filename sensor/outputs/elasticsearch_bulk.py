@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from sensor.credentials import scrub_urls
+from sensor.config.credentials import scrub_urls
 from sensor.outputs.deadletter import DeadLetterFile
 from sensor.outputs.elasticsearch_naming import Item
 from sensor.outputs.elasticsearch_settings import ElasticsearchSettings, redact_url

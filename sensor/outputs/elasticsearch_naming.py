@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sensor.outputs.encoding import DocumentEncoder
+from sensor.ecs.encoding import DocumentEncoder
 
 DEFAULT_EVENTS_STREAM = "logs-endpoint.events.process-default"
 DEFAULT_ALERTS_STREAM = "logs-container_sensor.alerts-default"

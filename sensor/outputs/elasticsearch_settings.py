@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sensor.credentials import UrlError, mask_url, parse_url
+from sensor.config.credentials import UrlError, mask_url, parse_url
 from sensor.outputs.elasticsearch_naming import valid_index_name
 
 
@@ -53,7 +53,7 @@ class ElasticsearchSettings:
     backoff_max: float = 30.0
 
     def __post_init__(self) -> None:
-        # The last `@` ends the credentials, so a password may hold `/`, `#`, `?`, `:` or `@` (sensor.credentials).
+        # The last `@` ends the credentials, so a password may hold `/`, `#`, `?`, `:` or `@` (sensor.config.credentials).
         try:
             parts = parse_url(self.url)
         except UrlError as error:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sensor.credentials import mask_spec
+from sensor.config.credentials import mask_spec
 from sensor.outputs.base import Output
 from sensor.outputs.elasticsearch import ElasticsearchConfigError, ElasticsearchOutput, ElasticsearchSettings
 from sensor.outputs.files import FileOutputError, RotatingFileOutput
@@ -13,7 +13,7 @@ from sensor.outputs.spool import SpoolError
 from sensor.outputs.stdout import StdoutOutput
 
 if TYPE_CHECKING:
-    from sensor.config import ElasticsearchConfig, OutputsConfig
+    from sensor.config.settings import ElasticsearchConfig, OutputsConfig
 
 
 class OutputSpecError(ValueError):

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sensor.outputs.encoding import DocumentEncoder
-from sensor.statefiles import StateFileError, make_private_dirs, open_private
+from sensor.config.statefiles import StateFileError, make_private_dirs, open_private
+from sensor.ecs.encoding import DocumentEncoder
 
 log = logging.getLogger(__name__)
 

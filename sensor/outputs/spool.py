@@ -36,7 +36,7 @@ from sensor.outputs.spool_frames import (
     SEGMENT_MAGIC,
     encode_frames,
 )
-from sensor.statefiles import StateFileError
+from sensor.config.statefiles import StateFileError
 
 __all__ = ["FRAME_HEADER", "SEGMENT_MAGIC", "POLICIES", "Position", "Spool", "SpoolError"]
 

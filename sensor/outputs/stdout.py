@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
+from sensor.ecs.encoding import DocumentEncoder
 from sensor.outputs.compact import compact_line
-from sensor.outputs.encoding import DocumentEncoder
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sensor.containers import ContainerResolver, host_namespaces
-from sensor.records import CgroupRecord, read_recording
+from sensor.model.records import CgroupRecord, read_recording
 from tests.integration.sensor_process import REPO
 
 pytestmark = pytest.mark.kernel

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sensor.ops_server import probe
+from sensor.ops.server import probe
 from tests.integration.rootfs import RootfsUnavailable, podman_image
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]

@@ -1,5 +1,5 @@
-"""The record layout checks compiled into the BPF program itself (sensor/probe.py appends them to bpf/sensor.c):
-BCC's clang, for the BPF target, holds sensor.h to sensor/probe_layout.py at every load."""
+"""The record layout checks compiled into the BPF program itself (sensor/probe/loader.py appends them to bpf/sensor.c):
+BCC's clang, for the BPF target, holds sensor.h to sensor/probe/layout.py at every load."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.kernel
 
 REPO = Path(__file__).resolve().parents[2]
-LOAD = "from sensor.probe import Probe; p = Probe(lambda r: None); p.load(); p.close(); print('loaded')"
+LOAD = "from sensor.probe.loader import Probe; p = Probe(lambda r: None); p.load(); p.close(); print('loaded')"
 
 
 def _load(bpf_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -32,7 +32,7 @@ def test_a_member_moved_in_sensor_h_stops_the_load_and_is_named(tmp_path: Path) 
                                                                      "    u16 cwd_len;\n    u16 filename_len;\n"))
     result = _load(tmp_path / "bpf")
     assert result.returncode != 0 and "loaded" not in result.stdout
-    assert "exec_record.cwd_len: sensor/probe_layout.py reads it at offset 142" in result.stderr
+    assert "exec_record.cwd_len: sensor/probe/layout.py reads it at offset 142" in result.stderr
     assert "ProbeError: cannot compile or load the BPF program" in result.stderr
 
 

@@ -1,4 +1,4 @@
-"""Both ring-buffer readers against the real kernel: the mmap reader (sensor/ringbuf.py) and libbpf's."""
+"""Both ring-buffer readers against the real kernel: the mmap reader (sensor/probe/ringbuf.py) and libbpf's."""
 
 from __future__ import annotations
 

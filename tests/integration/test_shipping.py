@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sensor.records import RecordingWriter
+from sensor.model.records import RecordingWriter
 from tests.es_server import EsServer
 from tests.shipping_recording import write_recording
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from sensor.model.records import RecordingWriter
 from sensor.outputs.spool import FRAME_HEADER, SEGMENT_MAGIC, Spool
-from sensor.records import RecordingWriter
 from tests.es_server import EsServer
 
 REPO = Path(__file__).resolve().parents[2]

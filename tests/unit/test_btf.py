@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sensor.btf import BTFError, KernelBTF
-from sensor.kernel_offsets import MEMBER_OFFSETS, kernel_macros
+from sensor.probe.btf import BTFError, KernelBTF
+from sensor.probe.kernel_offsets import MEMBER_OFFSETS, kernel_macros
 
 VMLINUX = Path("/sys/kernel/btf/vmlinux")
 needs_btf = pytest.mark.skipif(not VMLINUX.exists(), reason="kernel without BTF")

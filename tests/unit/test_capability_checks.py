@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sensor import preflight
-from sensor.preflight import CAPABILITIES, check_capabilities, check_privileges, effective_caps, report
+from sensor.ops import preflight
+from sensor.ops.preflight import CAPABILITIES, check_capabilities, check_privileges, effective_caps, report
 
 ALL = sum(1 << cap.bit for cap in CAPABILITIES)
 

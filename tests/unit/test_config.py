@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sensor.config import (
+from sensor.config.settings import (
     OPTIONS,
     SECRET_MASK,
     Config,

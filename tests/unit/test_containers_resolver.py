@@ -12,7 +12,7 @@ import pytest
 from sensor.containers import ContainerResolver, StateRoots, host_namespaces
 from sensor.containers.cgroupmap import CgroupMap, CgroupMount, find_v2_mount
 from sensor.containers.info import BY_CGROUP, BY_NAMESPACE_OF_KNOWN, BY_NAMESPACES, ID_NAME, ID_PID_NAMESPACE
-from sensor.records import CgroupRecord, Namespaces
+from sensor.model.records import CgroupRecord, Namespaces
 
 PODMAN_ID = "fddcb0d306ca760e90ae85613be32b63bd36a162373da32b38ab4752fcbee111"
 HOST_NS = Namespaces(pid=4026531836, mnt=4026531841, net=4026531840, uts=4026531838, ipc=4026531839,

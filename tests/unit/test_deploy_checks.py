@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sensor.config import Config
-from sensor.deploy_checks import (
+from sensor.config.settings import Config
+from sensor.ops.deploy_checks import (
     check_cgroupfs,
     check_kernel,
     check_ready_file,

@@ -8,13 +8,13 @@ import sys
 
 import msgpack
 
-from sensor import probe_layout
-from sensor.ecs import DocumentBuilder, Leaders
-from sensor.host import HostFacts
-from sensor.processes import Process, ProcessTable, name_from_comm
-from sensor.records import ExecRecord, Namespaces, RecordingWriter, from_wire, read_recording, to_wire
+from sensor.ecs.builder import DocumentBuilder, Leaders
+from sensor.model.host import HostFacts
+from sensor.model.processes import Process, ProcessTable, name_from_comm
+from sensor.model.records import ExecRecord, Namespaces, RecordingWriter, from_wire, read_recording, to_wire
+from sensor.model.sessions import SSHD, find_leaders
+from sensor.probe import layout as probe_layout
 from sensor.rules.detector import Detector
-from sensor.sessions import SSHD, find_leaders
 from tests.unit.test_probe_layout import _exec_bytes
 
 HOST = HostFacts(hostname="node-1", host_id="abc123", architecture="x86_64", kernel="6.18.0", os_name="Debian",

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from sensor.logs import setup_logging
+from sensor.ops.logs import setup_logging
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +21,7 @@ def restore_root_logger():
 def test_json_lines_with_extra_fields_and_errors():
     stream = io.StringIO()
     setup_logging("json", "info", stream)
-    log = logging.getLogger("sensor.probe")
+    log = logging.getLogger("sensor.probe.loader")
     log.debug("not shown at info")
     log.info("attached %d tracepoints", 5, extra={"ringbuf_bytes": 8388608})
     try:
@@ -30,7 +30,7 @@ def test_json_lines_with_extra_fields_and_errors():
         log.exception("attach failed")
     first, second = (json.loads(line) for line in stream.getvalue().splitlines())
     assert first["message"] == "attached 5 tracepoints"
-    assert first["log.level"] == "info" and first["log.logger"] == "sensor.probe"
+    assert first["log.level"] == "info" and first["log.logger"] == "sensor.probe.loader"
     assert first["ringbuf_bytes"] == 8388608
     assert first["@timestamp"].endswith("Z") and len(first["@timestamp"]) == 27
     assert second["error.type"] == "OSError" and second["error.message"] == "EPERM"

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from sensor.app import build_pipeline
-from sensor.config import Config
+from sensor.config.settings import Config
 from sensor.containers.namespaces import host_namespaces
-from sensor.metrics import pipeline_metrics
-from sensor.ops_server import render_metrics
+from sensor.model.records import LossRecord
+from sensor.ops.metrics import pipeline_metrics
+from sensor.ops.server import render_metrics
 from sensor.outputs.memory import MemoryOutput
-from sensor.records import LossRecord
 from tests.shipping_recording import exec_record
 
 

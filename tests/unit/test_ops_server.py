@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from sensor import __version__
-from sensor.ops_server import OpsServer, main, probe, render_metrics
+from sensor.ops.server import OpsServer, main, probe, render_metrics
 
 
 def get(server: OpsServer, path: str) -> tuple[int, str, str]:

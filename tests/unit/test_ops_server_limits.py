@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sensor.ops_server import OpsServer
+from sensor.ops.server import OpsServer
 
 
 def get(server: OpsServer, path: str, timeout: float = 5.0) -> tuple[int, str]:

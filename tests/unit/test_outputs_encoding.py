@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from sensor.outputs.encoding import DocumentEncoder, SharedBlock, extend
+from sensor.ecs.encoding import DocumentEncoder, SharedBlock, extend
 from tests.unit.test_ecs import Container, build
 
 

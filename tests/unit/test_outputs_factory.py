@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sensor.config import Config
+from sensor.config.settings import Config
 from sensor.outputs.elasticsearch import ElasticsearchOutput
 from sensor.outputs.factory import OutputSpecError, build_outputs
 from sensor.outputs.files import RotatingFileOutput

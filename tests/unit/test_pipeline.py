@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from sensor.containers.resolver import ContainerResolver
-from sensor.ecs import DocumentBuilder
+from sensor.ecs.builder import DocumentBuilder
+from sensor.model.processes import ProcessTable
+from sensor.model.records import CgroupRecord, ExecRecord, ExitRecord, ForkRecord, Namespaces
+from sensor.model.sessions import find_leaders
 from sensor.outputs.memory import MemoryOutput
 from sensor.pipeline import Pipeline
-from sensor.processes import ProcessTable
-from sensor.records import CgroupRecord, ExecRecord, ExitRecord, ForkRecord, Namespaces
 from sensor.rules.detector import Detector
-from sensor.sessions import find_leaders
 from tests.unit.test_ecs import HOST
 
 HOST_NS = Namespaces(4026531836, 4026531832, 4026531833, 4026531838, 4026531839, 4026531835, 4026531837)

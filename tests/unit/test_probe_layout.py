@@ -1,6 +1,6 @@
-"""bpf/sensor.h and sensor/probe_layout.py must describe the same bytes (Tetragon keeps its mirrors the same way).
+"""bpf/sensor.h and sensor/probe/layout.py must describe the same bytes (Tetragon keeps its mirrors the same way).
 
-gcc compiles sensor/probe_layout.py's checks of every member's offset and size against sensor.h, and a program
+gcc compiles sensor/probe/layout.py's checks of every member's offset and size against sensor.h, and a program
 that prints where C puts each member, so a failure says which member moved and where to.
 """
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from sensor import probe_layout
-from sensor.probe_layout import LAYOUTS, decode, member_checks, split_args, static_asserts
-from sensor.records import CgroupRecord, ExecRecord, ExitRecord, ForkRecord
+from sensor.model.records import CgroupRecord, ExecRecord, ExitRecord, ForkRecord
+from sensor.probe import layout as probe_layout
+from sensor.probe.layout import LAYOUTS, decode, member_checks, split_args, static_asserts
 
 HEADER_FILE = Path(__file__).resolve().parents[2] / "bpf" / "sensor.h"
 # BCC's integer types. The BPF target aligns 64-bit integers to 8 bytes; x86-64 does too, i386 would not unasked.
@@ -108,7 +108,7 @@ def _gcc() -> str:
 
 
 def compile_static_asserts(header_dir: Path, work: Path) -> subprocess.CompletedProcess[str]:
-    """gcc on sensor.h followed by the checks sensor/probe.py also compiles into the BPF program."""
+    """gcc on sensor.h followed by the checks sensor/probe/loader.py also compiles into the BPF program."""
     source = work / "layout_asserts.c"
     source.write_text(C_PRELUDE + '#include "sensor.h"\n' + static_asserts())
     return subprocess.run([_gcc(), "-std=c11", "-Wall", "-Werror", "-fsyntax-only", f"-I{header_dir}", str(source)],
@@ -116,7 +116,7 @@ def compile_static_asserts(header_dir: Path, work: Path) -> subprocess.Completed
 
 
 def c_layout(header_dir: Path, work: Path) -> dict[str, tuple[int, int, int]]:
-    """Member label -> (offset, size, signed) as gcc lays out sensor.h, for every member sensor/probe_layout.py
+    """Member label -> (offset, size, signed) as gcc lays out sensor.h, for every member sensor/probe/layout.py
     reads (signed is 0 for arrays and structs)."""
     prints = [f'    printf("%s %zu %zu %d\\n", "{c.label}", (size_t){c.c_offset if c.member else 0}, '
               f'(size_t){c.c_size}, {c.c_signed if c.signed is not None else 0});' for c in member_checks()]
@@ -147,7 +147,7 @@ def layout_mismatches(c: dict[str, tuple[int, int, int]]) -> list[str]:
 
 def test_every_member_is_where_the_decoder_reads_it(tmp_path: Path) -> None:
     mismatches = layout_mismatches(c_layout(HEADER_FILE.parent, tmp_path))
-    assert not mismatches, "bpf/sensor.h and sensor/probe_layout.py differ:\n" + "\n".join(mismatches)
+    assert not mismatches, "bpf/sensor.h and sensor/probe/layout.py differ:\n" + "\n".join(mismatches)
 
 
 def test_the_static_asserts_hold_for_sensor_h(tmp_path: Path) -> None:
@@ -183,7 +183,7 @@ def test_a_member_moved_within_the_same_size_fails_and_is_named(tmp_path: Path) 
                                                            "exec_record.args_len_lo:", "exec_record.args_len_hi:"))]
     result = compile_static_asserts(tmp_path, tmp_path)
     assert result.returncode != 0
-    assert "exec_record.cwd_len: sensor/probe_layout.py reads it at offset 142" in result.stderr
+    assert "exec_record.cwd_len: sensor/probe/layout.py reads it at offset 142" in result.stderr
 
 
 def test_a_resized_member_fails_and_is_named(tmp_path: Path) -> None:
@@ -193,7 +193,7 @@ def test_a_resized_member_fails_and_is_named(tmp_path: Path) -> None:
     assert "exit_record.exit_code: C offset 24, Python 20" in mismatches
     assert "exit_record.exit_code: C size 8, Python 4" in mismatches
     assert all(m.startswith(("exit_record.", "struct exit_record:")) for m in mismatches), mismatches
-    assert "exit_record.exit_code: sensor/probe_layout.py reads 4 bytes" in compile_static_asserts(tmp_path,
+    assert "exit_record.exit_code: sensor/probe/layout.py reads 4 bytes" in compile_static_asserts(tmp_path,
                                                                                                    tmp_path).stderr
 
 
@@ -201,7 +201,7 @@ def test_a_member_whose_sign_changed_fails_and_is_named(tmp_path: Path) -> None:
     """exit_code made unsigned: same size, same offsets, and -1 would decode as 4294967295."""
     (tmp_path / "sensor.h").write_text(HEADER_FILE.read_text().replace("    s32 exit_code;", "    u32 exit_code;"))
     assert layout_mismatches(c_layout(tmp_path, tmp_path)) == ["exit_record.exit_code: C unsigned, Python signed"]
-    assert "exit_record.exit_code: sensor/probe_layout.py reads it signed" in compile_static_asserts(tmp_path,
+    assert "exit_record.exit_code: sensor/probe/layout.py reads it signed" in compile_static_asserts(tmp_path,
                                                                                                      tmp_path).stderr
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sensor import probe_layout
-from sensor.probe import Probe, ProbeOptions
+from sensor.probe import layout as probe_layout
+from sensor.probe.loader import Probe, ProbeOptions
 
 # Records are handed to `_handle` directly: nothing is loaded, so the options' values do not matter.
 UNLOADED = ProbeOptions(ringbuf_pages=1, args_max=512, ring_reader="auto")

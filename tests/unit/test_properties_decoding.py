@@ -1,7 +1,7 @@
 """Hostile bytes in ring-buffer records: decoding never escapes the reader loop, never reads past the record, and
 either yields a record whose fields are the bytes the kernel wrote or counts the record as damaged.
 
-The records are built with the layouts of sensor/probe_layout.py (kept equal to bpf/sensor.h by
+The records are built with the layouts of sensor/probe/layout.py (kept equal to bpf/sensor.h by
 test_probe_layout.py), with field contents a process controls (argv, working directory, executable path) or
 that a damaged record would carry (lengths that lie, truncation, huge counts)."""
 
@@ -14,10 +14,10 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sensor import probe_layout
-from sensor.outputs.encoding import DocumentEncoder
-from sensor.probe import Probe, ProbeOptions
-from sensor.probe_layout import (
+from sensor.ecs.encoding import DocumentEncoder
+from sensor.model.records import CgroupRecord, ExecRecord, ExitRecord, ForkRecord
+from sensor.probe import layout as probe_layout
+from sensor.probe.layout import (
     CGROUP_FIXED,
     EXEC_ARGS_READ_FAILED,
     EXEC_ARGS_TRUNCATED,
@@ -34,8 +34,8 @@ from sensor.probe_layout import (
     DecodeError,
     decode,
 )
-from sensor.records import CgroupRecord, ExecRecord, ExitRecord, ForkRecord
-from sensor.ringbuf import BUSY_BIT, DISCARD_BIT, HEADER_SIZE, RingBufferReader
+from sensor.probe.loader import Probe, ProbeOptions
+from sensor.probe.ringbuf import BUSY_BIT, DISCARD_BIT, HEADER_SIZE, RingBufferReader
 from tests.unit.test_pipeline import make_pipeline
 
 # Records are handed to `_handle` directly: nothing is loaded, so the options' values do not matter.

@@ -13,11 +13,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sensor.ecs.encoding import DocumentEncoder, SharedBlock, extend
+from sensor.model.processes import decode_arg
+from sensor.model.records import CgroupRecord, ExecRecord, ExitRecord
 from sensor.outputs.compact import compact_line, safe
-from sensor.outputs.encoding import DocumentEncoder, SharedBlock, extend
 from sensor.outputs.stdout import StdoutOutput
-from sensor.processes import decode_arg
-from sensor.records import CgroupRecord, ExecRecord, ExitRecord
 from tests.unit.test_pipeline import CONTAINER_NS, PODMAN_CGROUP, make_pipeline
 
 SPECIALS = ["\u2028", "\u2029", "\x1b[2J\x1b[H", "\x1b]0;pwned\x07", "\x1b]52;c;ZWNobyBoaQ==\x07", "\x9b31m",

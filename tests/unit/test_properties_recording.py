@@ -1,4 +1,4 @@
-"""The recording format (sensor/records.py) with arbitrary records, cut short and damaged: every record comes back
+"""The recording format (sensor/model/records.py) with arbitrary records, cut short and damaged: every record comes back
 bit for bit; a damaged file gives back what is intact before the damage, then one ValueError that says where."""
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sensor import app
-from sensor.config import load_config
-from sensor.outputs.memory import MemoryOutput
-from sensor.records import (
+from sensor.config.settings import load_config
+from sensor.model.records import (
     RECORD_TYPES,
     Namespaces,
     RecordingReader,
@@ -27,6 +26,7 @@ from sensor.records import (
     read_recording,
     to_wire,
 )
+from sensor.outputs.memory import MemoryOutput
 from tests.unit.test_pipeline import HOST_NS, exec_rec
 
 REPO = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from sensor.records import (
+from sensor.model.records import (
     CgroupRecord,
     ExecRecord,
     ExitRecord,

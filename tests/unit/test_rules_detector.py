@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from sensor import app
-from sensor.config import load_config
-from sensor.records import RecordingWriter
+from sensor.config.settings import load_config
+from sensor.model.records import RecordingWriter
 from sensor.rules.detector import Detector
 from sensor.rules.eql_compile import CompiledQuery
 from sensor.rules.loader import LoadedRule, load_rule_file, load_rules

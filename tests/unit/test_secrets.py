@@ -15,8 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sensor.config import ConfigError, command_line_secrets_warning, load_config, render_config
-from sensor.credentials import (
+from sensor.config.credentials import (
     MASK,
     RedactingStream,
     Redactor,
@@ -26,7 +25,8 @@ from sensor.credentials import (
     parse_url,
     secret_forms,
 )
-from sensor.logs import JsonFormatter, TextFormatter
+from sensor.config.settings import ConfigError, command_line_secrets_warning, load_config, render_config
+from sensor.ops.logs import JsonFormatter, TextFormatter
 from sensor.outputs.elasticsearch import ElasticsearchConfigError, ElasticsearchSettings, make_client, redact_url
 from sensor.outputs.factory import OutputSpecError, build_outputs
 
@@ -257,8 +257,8 @@ def test_warning_for_credentials_on_the_command_line():
 def test_uncaught_tracebacks_of_a_protected_process_are_scrubbed():
     script = f"""
 import threading
-from sensor.config import load_config
-from sensor.credentials import protect_stderr
+from sensor.config.settings import load_config
+from sensor.config.credentials import protect_stderr
 
 protect_stderr(load_config(None, {{"CONTAINER_SENSOR_ELASTICSEARCH_URL": {URL!r}}}, {{}}))
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from sensor.containers.info import BY_CGROUP, BY_NAMESPACES, ContainerInfo
-from sensor.processes import Process, ProcessTable
-from sensor.records import ExecRecord, ExitRecord, ForkRecord, Namespaces
-from sensor.sessions import (
+from sensor.model.processes import Process, ProcessTable
+from sensor.model.records import ExecRecord, ExitRecord, ForkRecord, Namespaces
+from sensor.model.sessions import (
     CONSOLE,
     CONTAINER,
     INIT,

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from sensor.config.statefiles import ReadyFile, StateFileError, make_private_dirs, open_private
+from sensor.model.records import RecordingWriter, create_recording, read_recording
 from sensor.outputs.deadletter import DeadLetterFile
 from sensor.outputs.files import FileOutputError, RotatingFileOutput
-from sensor.records import RecordingWriter, create_recording, read_recording
-from sensor.statefiles import ReadyFile, StateFileError, make_private_dirs, open_private
 
 NOBODY = 65534
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sensor.kernel_headers import MODULES, fallback_tree, has_headers, running_release
-from sensor.tracefs import TracefsError, tracefs_mounted
+from sensor.probe.kernel_headers import MODULES, fallback_tree, has_headers, running_release
+from sensor.probe.tracefs import TracefsError, tracefs_mounted
 
 CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_SYS_NICE, CAP_PERFMON, CAP_BPF = 2, 19, 21, 23, 38, 39
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")

@@ -15,7 +15,7 @@ two callables handed to it:
   probe must not restart the sensor because Elasticsearch is down, which the spool already covers. It is
   answered on the server's own loop and must never block.
 
-Run as `python -m sensor.ops_server [PATH]` it is the matching probe client: it asks the server named by
+Run as `python -m sensor.ops.server [PATH]` it is the matching probe client: it asks the server named by
 $CONTAINER_SENSOR_METRICS_ADDRESS (default 127.0.0.1:9464) for PATH (default /healthz), prints the answer and
 exits 0 on 200, 1 otherwise; the DaemonSet and the systemd unit use it.
 """
@@ -38,7 +38,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 
 from sensor import __version__
-from sensor.config import split_address
+from sensor.config.settings import split_address
 
 log = logging.getLogger(__name__)
 

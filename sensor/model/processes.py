@@ -3,7 +3,7 @@
 Entries are replaced, not edited, on exec and fork, so a document built from an entry keeps the values it saw.
 Process is not a frozen dataclass only because frozen construction costs half as much again, once per exec:
 nothing assigns to a Process's fields after it is made, and the builder's caches rely on that. The two session
-slots at the end are the exception, and no cache reads them: `leaders` is written once, by sensor.sessions, when
+slots at the end are the exception, and no cache reads them: `leaders` is written once, by sensor.model.sessions, when
 the process enters the table (or at first read for one seeded from /proc, whose parent may come after it), and
 `placed` holds the leaders last corrected for a container.
 """
@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from sensor.records import ExecRecord, ExitRecord, ForkRecord, Namespaces, ProcessSnapshotRecord
+from sensor.model.records import ExecRecord, ExitRecord, ForkRecord, Namespaces, ProcessSnapshotRecord
 
 if TYPE_CHECKING:
-    from sensor.ecs import Leaders
+    from sensor.ecs.builder import Leaders
 
 # /proc/PID/stat reports start time in clock ticks; entity ids use the same granularity so that a process
 # seeded from /proc and the same process seen later by the probe get the same id.
@@ -84,7 +84,7 @@ class Process:
     exec_seen: bool = False  # an exec of this process was observed (not only fork or /proc)
     kthread: bool = False
     path_truncated: bool = False  # `executable` is a cut prefix of a longer path; `name` then comes from comm
-    # Elastic's session model as it stood when the process entered the table (sensor.sessions.stored_leaders).
+    # Elastic's session model as it stood when the process entered the table (sensor.model.sessions.stored_leaders).
     # Out of comparison and repr: it refers to the process itself when the process leads its group or session.
     leaders: Leaders | None = field(default=None, compare=False, repr=False)
     # (container, leaders corrected for it): the resolver may place a process only after it entered the table, so

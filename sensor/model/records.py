@@ -16,7 +16,7 @@ from typing import IO, Any, ClassVar
 
 import msgpack
 
-from sensor.statefiles import open_private
+from sensor.config.statefiles import open_private
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,8 +41,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sensor.ecs import Leaders
-from sensor.processes import Process, ProcessTable
+from sensor.ecs.builder import Leaders
+from sensor.model.processes import Process, ProcessTable
 
 INIT = "init"
 KTHREAD = "kthread"

@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 if TYPE_CHECKING:
-    from sensor.config import Config  # sensor.config imports this module
+    from sensor.config.settings import Config  # sensor.config.settings imports this module
 
 MASK = "***"
 # Shorter secrets are not replaced in free text: a two-letter password would turn every such pair of letters

@@ -1,6 +1,6 @@
 """`container-sensor check`, continued: what a DaemonSet or a host install has to give the sensor.
 
-sensor.preflight checks what the probe needs to load (privileges, BTF, tracefs, BCC, headers). These check
+sensor.ops.preflight checks what the probe needs to load (privileges, BTF, tracefs, BCC, headers). These check
 what the rest of the sensor needs from its deployment, and name the mount or grant that is missing:
 the kernel features the probe relies on, the host's cgroup, pid and network namespaces, the container
 runtimes' state directories, and the places the sensor writes (spool, ready file).
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sensor.preflight import Check
+from sensor.ops.preflight import Check
 
 if TYPE_CHECKING:
-    from sensor.config import Config
+    from sensor.config.settings import Config
 
 PROC = Path("/proc")
 
@@ -212,7 +212,7 @@ def check_ready_file(config: Config) -> Check:
 
 
 def deployment_checks(config: Config) -> tuple[Callable[[], Check], ...]:
-    """The checks for `container-sensor check` beyond sensor.preflight's, bound to the configuration."""
+    """The checks for `container-sensor check` beyond sensor.ops.preflight's, bound to the configuration."""
     return (
         check_kernel,
         check_cgroupfs,

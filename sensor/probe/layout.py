@@ -1,8 +1,8 @@
-"""The byte layouts of bpf/sensor.h, and decoding of raw ring-buffer records into sensor.records types.
+"""The byte layouts of bpf/sensor.h, and decoding of raw ring-buffer records into sensor.model.records types.
 
 Every member of the C structs is named here with its place in the struct formats. `static_asserts()` turns those
 names into C checks of each member's offset, size and sign, compiled against sensor.h by gcc in
-tests/unit/test_probe_layout.py and into the BPF program by sensor/probe.py, so a member moved, resized or added
+tests/unit/test_probe_layout.py and into the BPF program by sensor/probe/loader.py, so a member moved, resized or added
 on either side fails the tests and the probe's load, naming the member (Tetragon's alignchecker holds its Go
 mirrors to its C structs the same way).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from sensor.records import (
+from sensor.model.records import (
     CgroupRecord,
     ExecRecord,
     ExitRecord,
@@ -156,21 +156,21 @@ def member_checks() -> list[MemberCheck]:
 def static_asserts() -> str:
     """C11 checks that bpf/sensor.h lays out every record member where and as this module reads it, to compile after
     sensor.h is included. A failure names the member and the Python value; the C value is the compiler's."""
-    lines = ["/* From sensor/probe_layout.py static_asserts(): where the decoder reads each record member. */"]
+    lines = ["/* From sensor/probe/layout.py static_asserts(): where the decoder reads each record member. */"]
     for check in member_checks():
         if check.member:
             lines.append(f'_Static_assert({check.c_offset} == {check.offset}, '
-                         f'"{check.label}: sensor/probe_layout.py reads it at offset {check.offset}");')
+                         f'"{check.label}: sensor/probe/layout.py reads it at offset {check.offset}");')
         if check.size is not None:
             lines.append(f'_Static_assert({check.c_size} == {check.size}, '
-                         f'"{check.label}: sensor/probe_layout.py reads {check.size} bytes");')
+                         f'"{check.label}: sensor/probe/layout.py reads {check.size} bytes");')
         if check.signed is not None:
             sign = "signed" if check.signed else "unsigned"
             lines.append(f'_Static_assert({check.c_signed} == {int(check.signed)}, '
-                         f'"{check.label}: sensor/probe_layout.py reads it {sign}");')
+                         f'"{check.label}: sensor/probe/layout.py reads it {sign}");')
     for name in SHARED_CONSTANTS:
         value = globals()[name]
-        lines.append(f'_Static_assert({name} == {value}, "{name}: sensor/probe_layout.py has {value}");')
+        lines.append(f'_Static_assert({name} == {value}, "{name}: sensor/probe/layout.py has {value}");')
     return "\n".join(lines) + "\n"
 
 

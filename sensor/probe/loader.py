@@ -1,4 +1,4 @@
-"""Loads bpf/sensor.c with BCC, attaches it, and turns ring-buffer records into sensor.records types.
+"""Loads bpf/sensor.c with BCC, attaches it, and turns ring-buffer records into sensor.model.records types.
 
 The only module that imports bcc.
 """
@@ -15,12 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sensor import ringbuf
-from sensor.btf import BTFError, KernelBTF
-from sensor.kernel_headers import HeaderError, ensure_kernel_headers
-from sensor.kernel_offsets import kernel_macros
-from sensor.preflight import check_privileges
-from sensor.probe_layout import (
+from sensor.model.records import LossRecord, Record
+from sensor.ops.preflight import check_privileges
+from sensor.probe import ringbuf
+from sensor.probe.btf import BTFError, KernelBTF
+from sensor.probe.kernel_headers import HeaderError, ensure_kernel_headers
+from sensor.probe.kernel_offsets import kernel_macros
+from sensor.probe.layout import (
     LOSS_ARGS_READ_FAILED,
     LOSS_ARGS_TRUNCATED,
     LOSS_COUNTERS,
@@ -30,9 +31,8 @@ from sensor.probe_layout import (
     decode,
     static_asserts,
 )
-from sensor.records import LossRecord, Record
-from sensor.ringbuf import RingBufferReader
-from sensor.tracefs import TracefsError, ensure_tracefs
+from sensor.probe.ringbuf import RingBufferReader
+from sensor.probe.tracefs import TracefsError, ensure_tracefs
 
 log = logging.getLogger("container_sensor")
 
@@ -47,7 +47,7 @@ def bpf_source_dir() -> Path:
     override = os.environ.get("SENSOR_BPF_DIR")
     if override:
         return Path(override)
-    beside = Path(__file__).resolve().parent.parent / "bpf"
+    beside = Path(__file__).resolve().parents[2] / "bpf"
     if (beside / "sensor.c").is_file():
         return beside
     return Path(sys.prefix) / "share" / "container-sensor" / "bpf"
@@ -56,11 +56,11 @@ def bpf_source_dir() -> Path:
 @dataclass(frozen=True, slots=True)
 class ProbeOptions:
     """The probe's section in the kernel's units; sensor.app.probe_options makes it from the configuration,
-    where the defaults are (sensor.config.Config.probe_*)."""
+    where the defaults are (sensor.config.settings.Config.probe_*)."""
 
     ringbuf_pages: int  # the ring buffer's size in pages; a power of two
     args_max: int  # argv bytes kept per exec; a power of two
-    ring_reader: str  # "mmap", "libbpf" or "auto" (sensor/ringbuf.py says why and where)
+    ring_reader: str  # "mmap", "libbpf" or "auto" (sensor/probe/ringbuf.py says why and where)
 
 
 class Probe:
@@ -101,7 +101,7 @@ class Probe:
             raise ProbeError(f"BPF source not found at {source} (set SENSOR_BPF_DIR)")
         cflags = [f"-I{source_dir}", f"-DRINGBUF_PAGES={opts.ringbuf_pages}", f"-DARGS_MAX={opts.args_max}"]
         cflags += [f"-D{name}={value}" for name, value in macros.items()]
-        # sensor/probe_layout.py's checks of every record member's offset and size, compiled for the BPF target
+        # sensor/probe/layout.py's checks of every record member's offset and size, compiled for the BPF target
         # itself: a sensor.h that does not match the decoder fails here, naming the member, and sends no records.
         # BCC reads src_file into text the same way, so the program is the same.
         text = source.read_bytes() + b"\n" + static_asserts().encode()

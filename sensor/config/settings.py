@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from sensor.credentials import Redactor, UrlError, mask_url, parse_url, secret_forms
+from sensor.config.credentials import Redactor, UrlError, mask_url, parse_url, secret_forms
 
 ENV_PREFIX = "CONTAINER_SENSOR_"
 # Names the configuration file; read by `resolve_config_file`, not an option itself.

@@ -17,10 +17,10 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from sensor import __version__
-from sensor.host import HostFacts
-from sensor.outputs.encoding import ExtendedBlock, SharedBlock, extend
-from sensor.processes import Process, boot_prefix
-from sensor.records import Namespaces
+from sensor.ecs.encoding import ExtendedBlock, SharedBlock, extend
+from sensor.model.host import HostFacts
+from sensor.model.processes import Process, boot_prefix
+from sensor.model.records import Namespaces
 
 ECS_VERSION = "9.4.0"
 CUSTOM_KEY = "container_sensor"

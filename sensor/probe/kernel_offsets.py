@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sensor.btf import BTFError, KernelBTF
+from sensor.probe.btf import BTFError, KernelBTF
 
 # macro -> (struct, member path); each is a byte offset inside that struct.
 MEMBER_OFFSETS: dict[str, tuple[str, str]] = {
