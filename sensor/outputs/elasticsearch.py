@@ -41,6 +41,7 @@ from typing import Any
 
 import msgpack
 
+from sensor.ecs.encoding import DocumentEncoder
 from sensor.outputs.deadletter import DeadLetterFile
 from sensor.outputs.elasticsearch_bulk import BulkClient, backoff_delay, make_client
 from sensor.outputs.elasticsearch_naming import Item, StreamRouter
@@ -50,7 +51,6 @@ from sensor.outputs.elasticsearch_settings import (
     check_index_name,
     redact_url,
 )
-from sensor.ecs.encoding import DocumentEncoder
 from sensor.outputs.spool import Position, Spool
 
 __all__ = [

@@ -53,7 +53,7 @@ class ElasticsearchSettings:
     backoff_max: float = 30.0
 
     def __post_init__(self) -> None:
-        # The last `@` ends the credentials, so a password may hold `/`, `#`, `?`, `:` or `@` (sensor.config.credentials).
+        # The last `@` ends the credentials, so a password may hold `/`, `#`, `?`, `:` or `@` (config/credentials.py).
         try:
             parts = parse_url(self.url)
         except UrlError as error:

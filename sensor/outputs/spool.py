@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from sensor.config.statefiles import StateFileError
 from sensor.outputs.spool_cursor import SpoolCursor
 from sensor.outputs.spool_files import (
     Position,
@@ -36,7 +37,6 @@ from sensor.outputs.spool_frames import (
     SEGMENT_MAGIC,
     encode_frames,
 )
-from sensor.config.statefiles import StateFileError
 
 __all__ = ["FRAME_HEADER", "SEGMENT_MAGIC", "POLICIES", "Position", "Spool", "SpoolError"]
 

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sensor.outputs.spool_frames import LEGACY_MAGIC, SEGMENT_MAGIC, Survey, scan_frames, survey_frames
 from sensor.config.statefiles import FILE_MODE, StateFileError, create_exclusive, make_private_dirs
+from sensor.outputs.spool_frames import LEGACY_MAGIC, SEGMENT_MAGIC, Survey, scan_frames, survey_frames
 
 QUARANTINE = "quarantine"
 OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
