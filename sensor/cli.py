@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,6 +21,9 @@ from sensor.config.settings import (
     render_config,
     resolve_config_file,
 )
+
+if TYPE_CHECKING:
+    from sensor.ops.health import PipelineHealth
 
 # The flags have no defaults of their own: a flag not given is None, and the configuration layer (file <
 # environment < flags, then Config's field defaults) decides. Help texts quote Config's defaults.
@@ -57,31 +60,13 @@ def _setup_logging(config: Config) -> None:
         log.warning(warning)
 
 
-def _ops_server(config: Config, pipeline_ref: dict[str, Any]) -> Any:
+def _ops_server(config: Config, health: PipelineHealth) -> Any:
     address = config.sections.ops.metrics_address
     if not address:
         return None
     from sensor.ops.server import OpsServer
 
-    def metrics() -> dict[str, float]:
-        from sensor.ops.metrics import pipeline_metrics
-
-        return pipeline_metrics(pipeline_ref.get("pipeline"))
-
-    def health() -> tuple[bool, str]:
-        pipeline = pipeline_ref.get("pipeline")
-        if pipeline is None:
-            return False, "probe not attached yet"
-        unhealthy = [o.name for o in pipeline.outputs if not o.healthy()]
-        if unhealthy:
-            return False, f"outputs unhealthy: {', '.join(unhealthy)}"
-        return True, "probes attached, outputs healthy"
-
-    def live() -> tuple[bool, str]:
-        pipeline = pipeline_ref.get("pipeline")
-        return (True, "starting") if pipeline is None else pipeline.heartbeat.check()
-
-    server = OpsServer(address, metrics, health, live)
+    server = OpsServer(address, health.metrics, health.health, health.live)
     try:
         server.start()
     except OSError as exc:
@@ -151,16 +136,16 @@ def main() -> None:
 def _run(config_file: Path | None, flags: dict[str, Any], record_to: Path | None) -> None:
     from sensor.app import DetectionUnavailable, run_live
     from sensor.config.statefiles import StateFileError
+    from sensor.ops.health import PipelineHealth
     from sensor.outputs.factory import OutputSpecError
     from sensor.probe.loader import ProbeError
 
     config = _load_config(config_file, flags)
     _setup_logging(config)
-    pipeline_ref: dict[str, Any] = {}
-    server = _ops_server(config, pipeline_ref)
+    health = PipelineHealth()
+    server = _ops_server(config, health)
     try:
-        summary = run_live(config, record_to=record_to,
-                           on_ready=lambda pipeline: pipeline_ref.__setitem__("pipeline", pipeline))
+        summary = run_live(config, record_to=record_to, on_ready=health.attach)
     except ProbeError as exc:
         _fail(f"{exc} (run 'container-sensor check' for every prerequisite)")
     except (OutputSpecError, DetectionUnavailable) as exc:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sensor.ecs.builder import ContainerLike, DocumentBuilder, Leaders
+from sensor.ecs.builder import ContainerLike, DocumentBuilder
 from sensor.model.processes import Process, ProcessTable
 from sensor.model.records import (
     CgroupRecord,
@@ -23,7 +23,7 @@ from sensor.model.records import (
     ProcessSnapshotRecord,
     Record,
 )
-from sensor.model.sessions import stored_leaders
+from sensor.model.sessions import Leaders, stored_leaders
 from sensor.outputs.base import Output
 
 

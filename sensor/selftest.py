@@ -31,7 +31,7 @@ from sensor.outputs.memory import MemoryOutput
 
 if TYPE_CHECKING:
     from sensor.config.settings import Config
-from sensor.ops.preflight import CAP_SYS_ADMIN, has_capability
+from sensor.probe.capabilities import CAP_SYS_ADMIN, has_capability
 
 log = logging.getLogger(__name__)
 

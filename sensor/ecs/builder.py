@@ -12,7 +12,6 @@ import grp
 import pwd
 import struct
 import time
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -21,6 +20,7 @@ from sensor.ecs.encoding import ExtendedBlock, SharedBlock, extend
 from sensor.model.host import HostFacts
 from sensor.model.processes import Process, boot_prefix
 from sensor.model.records import Namespaces
+from sensor.model.sessions import Leaders
 
 ECS_VERSION = "9.4.0"
 CUSTOM_KEY = "container_sensor"
@@ -43,15 +43,6 @@ class ContainerLike(Protocol):
     pod_name: str | None
     pod_namespace: str | None
     cgroup_path: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Leaders:
-    group: Process | None = None
-    session: Process | None = None
-    entry: Process | None = None
-    entry_type: str | None = None
-    entry_parent: Process | None = None
 
 
 def iso_time(wall_ns: int) -> str:

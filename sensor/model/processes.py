@@ -26,7 +26,7 @@ import psutil
 from sensor.model.records import ExecRecord, ExitRecord, ForkRecord, Namespaces, ProcessSnapshotRecord
 
 if TYPE_CHECKING:
-    from sensor.ecs.builder import Leaders
+    from sensor.model.sessions import Leaders  # sessions imports this module
 
 # /proc/PID/stat reports start time in clock ticks; entity ids use the same granularity so that a process
 # seeded from /proc and the same process seen later by the probe get the same id.

@@ -39,9 +39,9 @@ Elastic rules for ssh into containers expect.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sensor.ecs.builder import Leaders
 from sensor.model.processes import Process, ProcessTable
 
 INIT = "init"
@@ -52,6 +52,18 @@ CONTAINER = "container"
 TERMINAL = "terminal"
 CONSOLE = "console"
 UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Leaders:
+    """A process's group, session and entry leaders (ECS process.group_leader, session_leader, entry_leader): part
+    of the model, stored on the process entry, and read by the ECS builder."""
+
+    group: Process | None = None
+    session: Process | None = None
+    entry: Process | None = None
+    entry_type: str | None = None
+    entry_parent: Process | None = None
 
 CONTAINER_RUNTIME_PARENTS = ("containerd-shim", "runc", "conmon")
 # internal steps of entry mechanisms: as session leaders they do not start an entry of their own

@@ -7,10 +7,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sensor.probe.capabilities import (
+    CAP_SYS_ADMIN,
+    CAPABILITIES,
+    effective_caps,
+    grant_hint,
+    has_capability,
+    privileges_problem,
+)
 from sensor.probe.kernel_headers import MODULES, fallback_tree, has_headers, running_release
 from sensor.probe.tracefs import TracefsError, tracefs_mounted
 
-CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_SYS_NICE, CAP_PERFMON, CAP_BPF = 2, 19, 21, 23, 38, 39
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 
 
@@ -23,63 +30,13 @@ class Check:
     fatal: bool = True  # the sensor cannot run while this fails
 
 
-@dataclass(frozen=True, slots=True)
-class Capability:
-    """One capability of the least-privilege set: what breaks without it (proven on a real kernel by
-    tests/integration/test_least_privilege.py)."""
-
-    name: str
-    bit: int
-    needed_for: str
-    required: bool = True  # False: the sensor runs without it, with the loss `needed_for` names
-
-
-# The whole set the sensor needs when tracefs is already mounted. Not CAP_SYS_ADMIN: only mounting tracefs
-# needs it (check_tracefs). Not CAP_SYS_RESOURCE: since 5.11 BPF maps are charged to the memory cgroup, not
-# to RLIMIT_MEMLOCK.
-CAPABILITIES: tuple[Capability, ...] = (
-    Capability("CAP_BPF", CAP_BPF, "creating BPF maps (the ring buffer) and loading the program"),
-    Capability("CAP_PERFMON", CAP_PERFMON,
-               "loading tracing programs, attaching them to tracepoints and reading kernel memory"),
-    Capability("CAP_SYS_PTRACE", CAP_SYS_PTRACE,
-               "reading /proc/PID/{exe,root,ns} of other processes: copies of ssh under other names go "
-               "unrecognised and containers unnamed"),
-    Capability("CAP_DAC_READ_SEARCH", CAP_DAC_READ_SEARCH,
-               "reading executables and runtime state whatever their modes: an execute-only copy of ssh goes "
-               "unrecognised"),
-    Capability("CAP_SYS_NICE", CAP_SYS_NICE,
-               "priority_boost: without it the sensor runs at normal priority and events wait longer under load",
-               required=False),
-)
-
-
-def effective_caps(status: Path = Path("/proc/self/status")) -> int:
-    for line in status.read_text().splitlines():
-        if line.startswith("CapEff:"):
-            return int(line.split()[1], 16)
-    return 0
-
-
-def has_capability(bit: int, caps: int | None = None) -> bool:
-    return bool((effective_caps() if caps is None else caps) & (1 << bit))
-
-
-def grant_hint(name: str) -> str:
-    short = name.removeprefix("CAP_")
-    return (f"grant {name} (DaemonSet: securityContext.capabilities.add [{short}]; systemd: "
-            f"CapabilityBoundingSet= and AmbientCapabilities= {name}), or run as root")
-
-
 def check_privileges(caps: int | None = None) -> Check:
     """All required capabilities at once: what the probe checks before it loads."""
-    caps = effective_caps() if caps is None else caps
-    missing = [cap for cap in CAPABILITIES if cap.required and not caps & (1 << cap.bit)]
-    if not missing:
+    problem = privileges_problem(caps)
+    if problem is None:
         return Check("privileges", True, f"uid {os.geteuid()}, capabilities present")
-    return Check("privileges", False, "missing " + "; ".join(f"{cap.name} ({cap.needed_for})" for cap in missing),
-                 "grant " + ", ".join(cap.name for cap in missing) + " (DaemonSet: "
-                 "securityContext.capabilities.add, see packaging/kubernetes-least-privilege; systemd: "
-                 "CapabilityBoundingSet= and AmbientCapabilities=), or run as root")
+    detail, fix = problem
+    return Check("privileges", False, detail, fix)
 
 
 def check_capabilities(caps: int | None = None) -> list[Check]:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sensor.model.records import LossRecord, Record
-from sensor.ops.preflight import check_privileges
 from sensor.probe import ringbuf
 from sensor.probe.btf import BTFError, KernelBTF
+from sensor.probe.capabilities import privileges_problem
 from sensor.probe.kernel_headers import HeaderError, ensure_kernel_headers
 from sensor.probe.kernel_offsets import kernel_macros
 from sensor.probe.layout import (
@@ -79,9 +79,10 @@ class Probe:
         opts = self._options
         if opts.ringbuf_pages & (opts.ringbuf_pages - 1):
             raise ProbeError(f"ring buffer pages must be a power of two, not {opts.ringbuf_pages}")
-        privileges = check_privileges()
-        if not privileges.ok:
-            raise ProbeError(f"not enough privileges to load BPF programs: {privileges.detail}; {privileges.fix}")
+        problem = privileges_problem()
+        if problem is not None:
+            detail, fix = problem
+            raise ProbeError(f"not enough privileges to load BPF programs: {detail}; {fix}")
         try:
             ensure_tracefs()
             macros = kernel_macros(KernelBTF.from_file())

@@ -1,6 +1,6 @@
 """The sensor as root with exactly its least-privilege capability set, on the real kernel, with real containers.
 
-The set (sensor.ops.preflight.CAPABILITIES) is what the least-privilege DaemonSet and the systemd unit grant:
+The set (sensor.probe.capabilities.CAPABILITIES) is what the least-privilege DaemonSet and the systemd unit grant:
 CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH and CAP_SYS_NICE, nothing else (no CAP_SYS_ADMIN, and
 no CAP_SYS_RESOURCE, which root lacks here anyway), with no_new_privs as `allowPrivilegeEscalation: false` sets.
 Each test takes one capability away and shows what breaks: with the sensor's own privilege check skipped, so
@@ -21,7 +21,7 @@ from unittest import mock
 
 import pytest
 
-from sensor.ops.preflight import CAPABILITIES
+from sensor.probe.capabilities import CAPABILITIES
 from tests.integration import sensor_process
 from tests.integration.rootfs import RootfsUnavailable, copy_rootfs
 from tests.integration.sensor_process import REPO, SensorProcess, get
@@ -31,9 +31,8 @@ pytestmark = [pytest.mark.kernel, pytest.mark.containers]
 
 LEAST = tuple(cap.name.removeprefix("CAP_") for cap in CAPABILITIES)
 # The sensor with its own privilege check skipped, so that the kernel decides (the test's eyes only).
-KERNEL_DECIDES = ("import sensor.probe.loader, sensor.ops.preflight, sensor.cli;"
-                  " sensor.probe.loader.check_privileges ="
-                  " lambda: sensor.ops.preflight.Check('privileges', True, 'skipped');"
+KERNEL_DECIDES = ("import sensor.probe.loader, sensor.cli;"
+                  " sensor.probe.loader.privileges_problem = lambda: None;"
                   " sensor.cli.main()")
 # ssh by name; a copy under another name (recognised by content through /proc/PID/exe or /proc/PID/root);
 # an execute-only copy, which only a reader that bypasses file modes can recognise.

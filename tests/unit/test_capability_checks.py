@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from sensor.ops import preflight
-from sensor.ops.preflight import CAPABILITIES, check_capabilities, check_privileges, effective_caps, report
+from sensor.ops.preflight import check_capabilities, check_privileges, report
+from sensor.probe import capabilities
+from sensor.probe.capabilities import CAPABILITIES, effective_caps
 
 ALL = sum(1 << cap.bit for cap in CAPABILITIES)
 
@@ -29,11 +31,11 @@ def test_all_present_is_one_ok_line_and_needs_no_sys_admin() -> None:
     (check,) = check_capabilities(ALL)
     assert check.ok and "CAP_BPF CAP_PERFMON CAP_SYS_PTRACE CAP_DAC_READ_SEARCH CAP_SYS_NICE" in check.detail
     assert check_privileges(ALL).ok
-    assert not ALL & (1 << preflight.CAP_SYS_ADMIN)
+    assert not ALL & (1 << capabilities.CAP_SYS_ADMIN)
 
 
 @pytest.mark.parametrize("cap", CAPABILITIES, ids=lambda cap: cap.name)
-def test_each_missing_capability_is_one_line_with_its_fix(cap: preflight.Capability) -> None:
+def test_each_missing_capability_is_one_line_with_its_fix(cap: capabilities.Capability) -> None:
     checks = check_capabilities(ALL & ~(1 << cap.bit))
     assert [c.name for c in checks] == [cap.name]
     (check,) = checks
@@ -65,10 +67,10 @@ def test_effective_caps_reads_capeff(tmp_path: Path) -> None:
 
 def test_tracefs_unmounted_without_sys_admin_fails_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(preflight, "tracefs_mounted", lambda: None)
-    monkeypatch.setattr(preflight, "effective_caps", lambda: ALL)
+    monkeypatch.setattr(capabilities, "effective_caps", lambda: ALL)
     check = preflight.check_tracefs()
     assert not check.ok and check.fatal and "needs CAP_SYS_ADMIN" in check.detail
     assert "mount -t tracefs nodev /sys/kernel/tracing" in check.fix
-    monkeypatch.setattr(preflight, "effective_caps", lambda: ALL | 1 << preflight.CAP_SYS_ADMIN)
+    monkeypatch.setattr(capabilities, "effective_caps", lambda: ALL | 1 << capabilities.CAP_SYS_ADMIN)
     check = preflight.check_tracefs()
     assert check.ok and not check.fatal and "mounts it" in check.detail

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sensor.ecs.builder import DocumentBuilder, Leaders, exit_code_of, iso_time
+from sensor.ecs.builder import DocumentBuilder, exit_code_of, iso_time
 from sensor.model.host import HostFacts
 from sensor.model.processes import Process, ProcessTable, decode_arg, entity_id
 from sensor.model.records import ExecRecord, Namespaces
+from sensor.model.sessions import Leaders
 from tests.ecs_fields import ecs_problems
 
 HOST = HostFacts(hostname="node-1", host_id="abc123", architecture="x86_64", kernel="6.18.0", os_name="Debian",

@@ -8,11 +8,11 @@ import sys
 
 import msgpack
 
-from sensor.ecs.builder import DocumentBuilder, Leaders
+from sensor.ecs.builder import DocumentBuilder
 from sensor.model.host import HostFacts
 from sensor.model.processes import Process, ProcessTable, name_from_comm
 from sensor.model.records import ExecRecord, Namespaces, RecordingWriter, from_wire, read_recording, to_wire
-from sensor.model.sessions import SSHD, find_leaders
+from sensor.model.sessions import SSHD, Leaders, find_leaders
 from sensor.probe import layout as probe_layout
 from sensor.rules.detector import Detector
 from tests.unit.test_probe_layout import _exec_bytes

@@ -85,7 +85,7 @@ def test_least_privilege_variant_validates(least_privilege, version):
 
 
 def test_least_privilege_variant_grants_exactly_the_proven_set(least_privilege):
-    from sensor.ops.preflight import CAPABILITIES
+    from sensor.probe.capabilities import CAPABILITIES
 
     context = sensor_container(least_privilege)["securityContext"]
     assert context["privileged"] is False
@@ -228,7 +228,7 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path):
 
 
 def test_systemd_unit_bounds_the_sensor_to_the_proven_set_and_leaves_lib_modules_read_only():
-    from sensor.ops.preflight import CAPABILITIES
+    from sensor.probe.capabilities import CAPABILITIES
 
     lines = (PACKAGING / "systemd" / "container-sensor.service").read_text().splitlines()
     settings: dict[str, list[str]] = {}

@@ -1,0 +1,38 @@
+"""What /metrics, /healthz and /livez answer, read from the running pipeline.
+
+The ops server starts before the probe loads (so /healthz can say "not attached yet"); the app hands the pipeline
+over once it runs. Here, not in the command line, is where the pipeline's outputs and heartbeat are read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sensor.ops.metrics import pipeline_metrics
+
+
+class PipelineHealth:
+    """The ops server's view of one pipeline; answers "starting" until `attach` is called."""
+
+    def __init__(self) -> None:
+        # Written once by the pipeline's thread, read by the server's; one reference assignment needs no lock.
+        self._pipeline: Any = None
+
+    def attach(self, pipeline: Any) -> None:
+        self._pipeline = pipeline
+
+    def metrics(self) -> dict[str, float]:
+        return pipeline_metrics(self._pipeline)
+
+    def health(self) -> tuple[bool, str]:
+        pipeline = self._pipeline
+        if pipeline is None:
+            return False, "probe not attached yet"
+        unhealthy = [o.name for o in pipeline.outputs if not o.healthy()]
+        if unhealthy:
+            return False, f"outputs unhealthy: {', '.join(unhealthy)}"
+        return True, "probes attached, outputs healthy"
+
+    def live(self) -> tuple[bool, str]:
+        pipeline = self._pipeline
+        return (True, "starting") if pipeline is None else pipeline.heartbeat.check()
