@@ -14,7 +14,9 @@ import pytest
 pytestmark = pytest.mark.kernel
 
 REPO = Path(__file__).resolve().parents[2]
-LOAD = "from sensor.probe.loader import Probe; p = Probe(lambda r: None); p.load(); p.close(); print('loaded')"
+LOAD = ("from sensor.app import probe_options; from sensor.config.settings import Config;"
+        " from sensor.probe.loader import Probe;"
+        " p = Probe(lambda r: None, probe_options(Config().sections.probe)); p.load(); p.close(); print('loaded')")
 
 
 def _load(bpf_dir: Path) -> subprocess.CompletedProcess[str]:
