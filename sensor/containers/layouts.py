@@ -10,8 +10,8 @@ container. Each row names where that shape is seen.
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 
 HEX64 = r"[0-9a-f]{64}"
 _POD_UID = r"[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}"
@@ -177,21 +177,13 @@ class PathMatcher:
     """match_cgroup_path behind an LRU keyed by path that remembers misses (host cgroups) too."""
 
     def __init__(self, capacity: int = 4096) -> None:
-        self._capacity = capacity
-        self._cache: OrderedDict[str, CgroupMatch | None] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
+        # one cache per matcher (not one for the module), so each resolver's hit and miss counts are its own
+        self.match = lru_cache(maxsize=capacity)(match_cgroup_path)
 
-    def match(self, path: str) -> CgroupMatch | None:
-        try:
-            result = self._cache[path]
-        except KeyError:
-            self.misses += 1
-            result = match_cgroup_path(path)
-            self._cache[path] = result
-            if len(self._cache) > self._capacity:
-                self._cache.popitem(last=False)
-            return result
-        self.hits += 1
-        self._cache.move_to_end(path)
-        return result
+    @property
+    def hits(self) -> int:
+        return self.match.cache_info().hits
+
+    @property
+    def misses(self) -> int:
+        return self.match.cache_info().misses

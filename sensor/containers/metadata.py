@@ -112,7 +112,10 @@ def _bundle_metadata(bundle: Path) -> ContainerMetadata | None:
 
 
 class _PodmanIndex:
-    """containers.json parsed once per change of the file (it lists every container of the store)."""
+    """containers.json parsed once per change of the file (it lists every container of the store).
+
+    Written by hand: an entry is valid while the file's (mtime, size) stamp is unchanged, which neither
+    lru_cache nor cachetools checks; it holds one entry per podman store, so it needs no bound."""
 
     def __init__(self) -> None:
         self._stamp: dict[Path, tuple[int, int]] = {}

@@ -83,13 +83,22 @@ def group_name(gid: int) -> str | None:
         return None
 
 
-def _id_block(ident: int, host_names: bool, lookup: Any) -> dict[str, Any]:
+@lru_cache(maxsize=SUMMARY_CACHE_SIZE)
+def _id_block(ident: int, host_names: bool, is_user: bool) -> SharedBlock:
+    """A user or group block ({"id", "name"}): a few ids recur in every document."""
     block: dict[str, Any] = {"id": str(ident)}
     if host_names:
-        name = lookup(ident)
+        name = (user_name if is_user else group_name)(ident)
         if name is not None:
             block["name"] = name
-    return block
+    return SharedBlock(block)
+
+
+@lru_cache(maxsize=SUMMARY_CACHE_SIZE)
+def _namespaces_block(ns: Namespaces) -> SharedBlock:
+    """A host has a handful of namespace sets, each shared by all its processes' documents."""
+    return SharedBlock({"pid": ns.pid, "mnt": ns.mnt, "net": ns.net, "uts": ns.uts, "ipc": ns.ipc,
+                        "cgroup": ns.cgroup, "user": ns.user})
 
 
 def exit_code_of(status: int) -> tuple[int, int | None]:
@@ -123,14 +132,19 @@ class DocumentBuilder:
         })
         self._boot_id = host.boot_id
         self.hostname = host.hostname
+        # The caches below are written by hand, not lru_cache or cachetools, for what those cannot do:
+        # - they are keyed by the identity of a process or container (id(), with the object kept in the entry and
+        #   checked with `is`, so an id reused after the object died never hits). A Process is a mutable,
+        #   unhashable dataclass, and a ContainerInfo hashes by value (every field, on every look-up);
+        # - they clear when full instead of evicting one key per insert: in an exec storm they are read several
+        #   times per document, and a dict's get is the cheapest read there is (an LRU moves its key on every hit,
+        #   and cachetools' reads are Python calls), while relearning a few thousand blocks is cheap.
         self._summaries: dict[int, tuple[Process, SharedBlock]] = {}
         self._leaders: dict[tuple[int, bool], tuple[Process, SharedBlock]] = {}
         self._entries: dict[tuple[int, bool, str | None, int], tuple[Process, Process | None, SharedBlock]] = {}
-        self._namespace_blocks: dict[Namespaces, SharedBlock] = {}
-        self._event_bases: dict[tuple[str, str], SharedBlock] = {}
+        self._event_bases: dict[tuple[str, str], SharedBlock] = {}  # two keys at most: (start, exec), (end, end)
         self._containers: dict[int, tuple[ContainerLike, SharedBlock]] = {}
         self._placements: dict[tuple, tuple[ContainerLike | None, SharedBlock]] = {}
-        self._id_blocks: dict[tuple[int, bool, bool], SharedBlock] = {}
         # id(process) -> (process, container, leaders, process block, custom block, document base) of its
         # exec document, which its end document reuses when nothing it depends on has changed since
         self._bodies: dict[int, tuple[Process, Any, Leaders, SharedBlock, ExtendedBlock, SharedBlock]] = {}
@@ -201,26 +215,16 @@ class DocumentBuilder:
         block["interactive"] = proc.interactive
         return block
 
-    def _ids(self, ident: int, host_names: bool, is_user: bool) -> SharedBlock:
-        key = (ident, host_names, is_user)
-        block = self._id_blocks.get(key)
-        if block is None:
-            if len(self._id_blocks) >= SUMMARY_CACHE_SIZE:
-                self._id_blocks.clear()
-            block = self._id_blocks[key] = SharedBlock(
-                _id_block(ident, host_names, user_name if is_user else group_name))
-        return block
-
     def process_block(self, proc: Process, parent: Process | None, leaders: Leaders,
                       in_container: bool) -> SharedBlock:
         """The process of an exec (and then of its end) document; shared by the two."""
         host_names = not in_container
         block = SharedBlock(self.process_summary(proc))
         if proc.uid >= 0:
-            block["user"] = self._ids(proc.euid, host_names, True)
-            block["group"] = self._ids(proc.egid, host_names, False)
-            block["real_user"] = self._ids(proc.uid, host_names, True)
-            block["real_group"] = self._ids(proc.gid, host_names, False)
+            block["user"] = _id_block(proc.euid, host_names, True)
+            block["group"] = _id_block(proc.egid, host_names, False)
+            block["real_user"] = _id_block(proc.uid, host_names, True)
+            block["real_group"] = _id_block(proc.gid, host_names, False)
         if proc.cwd:
             block["working_directory"] = proc.cwd
         if proc.tty_major:
@@ -326,16 +330,6 @@ class DocumentBuilder:
             block["namespace"] = container.pod_namespace
         return block
 
-    def _namespaces_block(self, ns: Namespaces) -> SharedBlock:
-        block = self._namespace_blocks.get(ns)
-        if block is None:
-            if len(self._namespace_blocks) >= SUMMARY_CACHE_SIZE:
-                self._namespace_blocks.clear()
-            block = self._namespace_blocks[ns] = SharedBlock(
-                {"pid": ns.pid, "mnt": ns.mnt, "net": ns.net, "uts": ns.uts, "ipc": ns.ipc, "cgroup": ns.cgroup,
-                 "user": ns.user})
-        return block
-
     def custom_block(self, proc: Process, container: ContainerLike | None,
                      cgroup_path: str | None) -> ExtendedBlock:
         own: dict[str, Any] = {"args_truncated": proc.args_truncated}
@@ -361,7 +355,7 @@ class DocumentBuilder:
         cgroup: dict[str, Any] = {"id": cgroup_id}
         if cgroup_path:
             cgroup["path"] = cgroup_path
-        block = SharedBlock({"cgroup": cgroup, "namespaces": self._namespaces_block(ns)})
+        block = SharedBlock({"cgroup": cgroup, "namespaces": _namespaces_block(ns)})
         if container is not None:
             evidence = getattr(container, "evidence", None)
             if evidence:

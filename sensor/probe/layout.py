@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 
 from sensor.model.records import (
     CgroupRecord,
@@ -175,8 +176,8 @@ def static_asserts() -> str:
 
 
 # Namespace sets seen, shared: a host has a handful, and one object per set spares the allocation per exec
-_namespaces: dict[tuple[int, ...], Namespaces] = {}
 NAMESPACES_KEPT = 4096
+_namespaces = lru_cache(maxsize=NAMESPACES_KEPT)(Namespaces)
 
 
 class DecodeError(ValueError):
@@ -248,12 +249,7 @@ def decode_exec(raw: bytes) -> ExecRecord:
     filename = raw[base : base + filename_len]
     argv = split_args(raw[base + filename_len : base + filename_len + args_len])
     truncated = bool(flags & (EXEC_ARGS_TRUNCATED | EXEC_ARGS_READ_FAILED)) or len(argv) < argc
-    ns_values = (ns_pid, ns_mnt, ns_net, ns_uts, ns_ipc, ns_cgroup, ns_user)
-    ns = _namespaces.get(ns_values)
-    if ns is None:
-        if len(_namespaces) >= NAMESPACES_KEPT:
-            _namespaces.clear()
-        ns = _namespaces[ns_values] = Namespaces(*ns_values)
+    ns = _namespaces(ns_pid, ns_mnt, ns_net, ns_uts, ns_ipc, ns_cgroup, ns_user)
     # positional, in ExecRecord's field order: a third cheaper than keywords, once per exec
     return ExecRecord(
         ktime, pid, tid, old_tid, ppid, uid, gid, euid, egid, _cstr(comm), filename, argv, max(argc, len(argv)),

@@ -116,10 +116,15 @@ class BuiltinSshRule:
         self.identity = identity
         self.metadata = BUILTIN_SSH_RULE
         self.worker = worker if worker is not None else BoundedWorker("ssh identity")
-        # container -> 0.0 once its ssh binaries are recorded, else when to try again; oldest first
+        # Both written by hand, not cachetools: the look worker writes them while the pipeline thread reads them
+        # without a lock, which a dict's or a set's single operations allow (atomic under the GIL) and a cachetools
+        # cache's do not.
+        # container -> 0.0 once its ssh binaries are recorded, else when to try again (a per-entry expiry, kept
+        # only for the failed ones); oldest first
         self._scanned: dict[object, float] = {}
         self._max_containers = max_containers
-        # (container, device, inode, ctime, executable, name) of execs found not to be ssh
+        # (container, device, inode, ctime, executable, name) of execs found not to be ssh; emptied whenever
+        # something is learned that could make one of them ssh, so a set, not a map
         self._not_ssh: set[tuple] = set()
         self._pending: collections.deque[_Pending] = collections.deque()
         self._waiting: dict[int, int] = {}      # id(job) -> pending execs waiting for it

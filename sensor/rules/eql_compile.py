@@ -15,6 +15,7 @@ import ipaddress
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from eql import ast
@@ -182,14 +183,12 @@ _FLIPPED = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
 
 class _Compiler:
     def __init__(self) -> None:
-        self._getters: dict[tuple, Getter] = {}
+        # one getter per field path, shared by every condition on it
+        self._getters = cache(make_getter)
 
     # values -------------------------------------------------------------------------------------------------
     def getter(self, field: ast.Field) -> Getter:
-        parts = (field.base, *field.path)
-        if parts not in self._getters:
-            self._getters[parts] = make_getter(parts)
-        return self._getters[parts]
+        return self._getters((field.base, *field.path))
 
     def value(self, node: ast.Expression) -> Getter:
         """A getter-like closure for a field or a value-producing function."""

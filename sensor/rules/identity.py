@@ -327,6 +327,10 @@ class ExecutableIdentity:
         self._max_check_s = max_check_s
         self._opener = _InRootOpener()
         self._cache_size = max(16, cache_size)
+        # (device, inode) -> verdict. Written by hand, not cachetools: the look worker writes it while the pipeline
+        # thread reads it without a lock (settled_not_ssh), which a dict's single operations allow (atomic under
+        # the GIL) and a cachetools cache's do not; a verdict's validity is its own (the file's ctime, or a retry
+        # time for an unreadable one), checked on every read; and it clears when full, see _verdict.
         self._verdicts: dict[tuple[int, int], _Verdict] = {}
         self._known: dict[tuple[int, int], str] = {}
         self.counts = {"identity_cache_hits": 0, "identity_lookups": 0, "identity_content_reads": 0,

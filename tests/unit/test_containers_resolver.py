@@ -262,3 +262,18 @@ def test_host_namespaces_are_pid_1s_and_the_sensors_own_where_pid_1_cannot_be_re
     assert host_namespaces(tmp_path) == Namespaces(
         pid=inode["1", "pid"], mnt=inode["1", "mnt"], net=inode["self", "net"], uts=inode["self", "uts"],
         ipc=inode["self", "ipc"], cgroup=inode["self", "cgroup"], user=0)
+
+
+def test_decisions_are_bounded_and_the_oldest_is_forgotten_first(tree, state, tmp_path):
+    r = make(tree, state, tmp_path, cache_size=3)
+    host_cgroup = ino(tree, "system.slice/ssh.service")
+    # namespace-only containers: one decision per namespace set, the ancestry read only when deciding
+    first, second, third, fourth = (replace(NSPAWN_NS, pid=100 + n) for n in range(4))
+    decided = {ns: r.resolve(host_cgroup, ns, [(9, "systemd-nspawn")]) for ns in (first, second, third)}
+    assert r.stats()["resolved_cached_entries"] == 3
+    assert r.resolve(host_cgroup, first, [(9, "bwrap")]) is decided[first]  # a hit does not make it younger
+    r.resolve(host_cgroup, fourth, [(9, "systemd-nspawn")])
+    assert r.stats()["resolved_cached_entries"] == 3
+    assert r.resolve(host_cgroup, second, [(9, "other")]) is decided[second]
+    again = r.resolve(host_cgroup, first, [(9, "bwrap")])  # forgotten: decided anew, from this ancestry
+    assert again is not decided[first] and again.runtime == "bubblewrap"

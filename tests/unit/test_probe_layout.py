@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sensor.model.records import CgroupRecord, ExecRecord, ExitRecord, ForkRecord
+from sensor.model.records import CgroupRecord, ExecRecord, ExitRecord, ForkRecord, Namespaces
 from sensor.probe import layout as probe_layout
 from sensor.probe.layout import LAYOUTS, decode, member_checks, split_args, static_asserts
 
@@ -264,6 +264,13 @@ def test_decode_exec() -> None:
     assert (rec.filename, rec.comm, rec.argc, rec.args_truncated) == (b"/bin/bash", b"bash", 3, False)
     assert (rec.euid, rec.egid, rec.tty_major, rec.tty_minor, rec.ns.user) == (1000, 1000, 136, 2, 7)
     assert rec.exe_ctime_ns == 1_700_000_000_123_456_789
+
+
+def test_decode_exec_shares_one_namespaces_object_per_set() -> None:
+    first = decode(_exec_bytes(b"/bin/true", b"true\0", 1))
+    second = decode(_exec_bytes(b"/bin/false", b"false\0", 1))
+    assert first.ns == Namespaces(1, 2, 3, 4, 5, 6, 7)
+    assert second.ns is first.ns
 
 
 def test_decode_exec_working_directory_from_leaf_first_components() -> None:
