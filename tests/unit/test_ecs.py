@@ -70,6 +70,17 @@ def test_exec_document_fields() -> None:
     assert ecs_problems(doc) == []
 
 
+def test_user_group_and_namespace_blocks_are_made_once() -> None:
+    first, second = build(), build(container=Container())
+    # one block per (id, names looked up or not) and per namespace set, whichever document or builder uses it
+    assert first["process"]["user"] is build()["process"]["user"]
+    assert first["process"]["user"] is not first["process"]["group"]  # uid 0 and gid 0: a user and a group block
+    assert second["process"]["user"] == {"id": "0"}  # no host name for an id inside a container
+    namespaces = first["container_sensor"]["namespaces"]
+    assert namespaces is second["container_sensor"]["namespaces"]
+    assert namespaces == {"pid": 1, "mnt": 2, "net": 3, "uts": 4, "ipc": 5, "cgroup": 6, "user": 7}
+
+
 def test_container_and_pod_fields_are_ecs() -> None:
     doc = build(Container())
     assert doc["container"] == {"id": "a" * 64, "runtime": "podman", "name": "web",
