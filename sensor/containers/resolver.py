@@ -61,6 +61,7 @@ LAUNCHERS: tuple[tuple[str, str], ...] = (
     ("firejail", "firejail"),
 )
 
+_MISSING = object()
 _NO_METADATA_RUNTIMES = frozenset({"systemd-nspawn", "libvirt-lxc"})
 _HOST = object()  # cached "not a container"
 
@@ -274,8 +275,10 @@ class ContainerResolver:
         complete = True
         meta: ContainerMetadata | None = None
         if runtime not in _NO_METADATA_RUNTIMES:
-            if mkey in self._metadata:
-                meta = self._metadata[mkey]
+            # one read: the worker may evict the key between a membership test and a second read
+            found = self._metadata.get(mkey, _MISSING)
+            if found is not _MISSING:
+                meta = found
             else:
                 complete = False
                 self._request_metadata(match)
