@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sensor.rules.builtin_ssh import UNKNOWN_BUSY, UNKNOWN_DEFERRED, UNKNOWN_TIMEOUT, BuiltinSshRule
+from sensor.rules.container_files import scan_file
 from sensor.rules.detector import Detector
 from sensor.rules.identity import (
     UNKNOWN_REPLACED,
@@ -20,7 +21,6 @@ from sensor.rules.identity import (
     ExecutableIdentity,
     Outcome,
     Recognition,
-    scan_file,
 )
 from sensor.rules.offthread import BoundedWorker
 
