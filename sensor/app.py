@@ -26,7 +26,8 @@ from sensor.outputs.stdout import StdoutOutput
 from sensor.pipeline import Pipeline
 
 if TYPE_CHECKING:
-    from sensor.config.settings import Config, DetectionConfig, OutputsConfig, ProbeConfig, ResolverConfig
+    from sensor.config.sections import DetectionConfig, OutputsConfig, ProbeConfig, ResolverConfig
+    from sensor.config.settings import Config
     from sensor.probe.loader import ProbeOptions
 
 log = logging.getLogger("container_sensor")

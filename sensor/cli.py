@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from sensor import __version__
+from sensor.config.options import FORMATS, LOG_FORMATS
 from sensor.config.settings import (
-    FORMATS,
-    LOG_FORMATS,
     Config,
     ConfigError,
     command_line_secrets_warning,

@@ -8,6 +8,7 @@ import sensor.rules
 from sensor import cli, pipeline
 from sensor.config import credentials
 from sensor.config import settings as config
+from sensor.config.options import Option
 from sensor.probe import btf
 from sensor.probe import layout as probe_layout
 from sensor.rules import commands, eql_compile, patterns
@@ -22,7 +23,7 @@ def used_but_unseen() -> None:
     _ = config.Config.elasticsearch_index, config.Config.elasticsearch_alerts_index
     # Each option's description. Nothing reads it yet (docs/operations.md's table holds the same text); left for
     # the typed-config rework to use or drop.
-    _ = config.Option.help
+    _ = Option.help
     # Without it `writelines` would reach the wrapped stream through __getattr__ and skip the redaction.
     _ = credentials.RedactingStream.writelines
     # PipelineStats fields: read by name through as_dict() for /metrics (sensor/ops/metrics.py PIPELINE_COUNTERS).

@@ -5,14 +5,15 @@ file, e.g. `elasticsearch.url`), one environment variable (`CONTAINER_SENSOR_` +
 as underscores, e.g. `CONTAINER_SENSOR_ELASTICSEARCH_URL`) and one field of `Config` (the key with dots as
 underscores, e.g. `elasticsearch_url`). `load_config` checks everything and raises one `ConfigError` listing
 every problem it found, so an operator fixes them all in one go.
+
+The option table is in options.py, the value parsers in parsing.py and the stages' typed sections in sections.py;
+this module holds `Config` itself, its loading, its checks and its rendering.
 """
 
 from __future__ import annotations
 
 import difflib
-import ipaddress
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
@@ -20,20 +21,14 @@ from typing import Any
 
 import yaml
 
-from sensor.config.credentials import Redactor, UrlError, mask_url, parse_url, secret_forms
+from sensor.config.credentials import Redactor, UrlError, parse_url, secret_forms
+from sensor.config.options import ENV_PREFIX, OPTIONS, OPTIONS_BY_ENV, OPTIONS_BY_FIELD, OPTIONS_BY_KEY, shown_value
+from sensor.config.parsing import fold_output_specs, split_specs
+from sensor.config.sections import Sections, build_sections
 
-ENV_PREFIX = "CONTAINER_SENSOR_"
 # Names the configuration file; read by `resolve_config_file`, not an option itself.
 CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG"
 DEFAULT_CONFIG_FILE = Path("/etc/container-sensor/config.yaml")
-SECRET_MASK = "********"
-
-OUTPUT_KINDS = ("stdout", "file", "elasticsearch")
-FORMATS = ("ndjson", "compact")
-LOG_FORMATS = ("json", "text")
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-RING_READERS = ("auto", "mmap", "libbpf")
-SPOOL_POLICIES = ("drop-oldest", "drop-newest")
 PAGE_SIZE = 4096
 
 
@@ -90,13 +85,13 @@ class Config:
     def sections(self) -> Sections:
         """The stages' typed sections, built once on first use (a cached_property writes the instance's
         __dict__ directly, which a frozen dataclass allows)."""
-        return _sections(self)
+        return build_sections(self)
 
     def masked(self) -> dict[str, Any]:
         """The configuration as a nested dict in the file's layout, secrets replaced by a mask."""
         nested: dict[str, Any] = {}
         for option in OPTIONS:
-            value = _shown(option.field_name, getattr(self, option.field_name))
+            value = shown_value(option.field_name, getattr(self, option.field_name))
             section = nested
             *parents, leaf = option.key.split(".")
             for part in parents:
@@ -107,142 +102,8 @@ class Config:
     def __repr__(self) -> str:
         # Written out so that a repr in a log line or a traceback never holds a password, API key or URL
         # credentials (dataclass keeps a __repr__ the class defines).
-        shown = (f"{f.name}={_shown(f.name, getattr(self, f.name))!r}" for f in fields(self) if f.repr)
+        shown = (f"{f.name}={shown_value(f.name, getattr(self, f.name))!r}" for f in fields(self) if f.repr)
         return f"Config({', '.join(shown)})"
-
-
-# ---- the stages' sections: what each stage is built from, typed and frozen. Every default lives once, in
-# `Config`'s fields above; the sections have none, so a stage never falls back to a value of its own.
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProbeConfig:
-    ringbuf_size: int  # bytes, a power of two of at least one page
-    argv_max_bytes: int
-    ring_reader: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HostConfig:
-    node_name: str | None  # None: the kernel's hostname
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ResolverConfig:
-    runtime_state_root: Path
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DetectionConfig:
-    rules_paths: tuple[Path, ...]
-    builtin: bool
-    fold_window: float
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FileOutputConfig:
-    path: Path | None
-    max_bytes: int
-    backups: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SpoolConfig:
-    dir: Path
-    limit: int
-    policy: str  # one of SPOOL_POLICIES
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ElasticsearchConfig:
-    url: str | None
-    api_key: str | None
-    username: str | None
-    password: str | None
-    ca_cert: Path | None
-    verify_tls: bool
-    ca_fingerprint: str | None
-    index: str | None
-    alerts_index: str | None
-    timeout: float
-    spool: SpoolConfig
-
-    def __repr__(self) -> str:
-        # Masked as Config's repr is: the secrets and the URL's credentials never reach a log line.
-        shown = (f"{f.name}={_shown('elasticsearch_' + f.name, getattr(self, f.name))!r}" for f in fields(self))
-        return f"ElasticsearchConfig({', '.join(shown)})"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OutputsConfig:
-    kinds: tuple[str, ...]  # output kinds in order, without targets (load_config folds those into file/es)
-    format: str  # stdout's encoding
-    file: FileOutputConfig
-    elasticsearch: ElasticsearchConfig
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LogConfig:
-    format: str
-    level: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OpsConfig:
-    metrics_address: str | None  # None: no /metrics, /healthz and /livez server
-    stall_timeout: float  # 0: never stalled
-    drain_timeout: float
-    ready_file: Path | None
-    priority_boost: int
-    log: LogConfig
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Sections:
-    probe: ProbeConfig
-    host: HostConfig
-    resolver: ResolverConfig
-    detection: DetectionConfig
-    outputs: OutputsConfig
-    ops: OpsConfig
-
-
-def _sections(config: Config) -> Sections:
-    """Each option goes to exactly one section; tests/unit/test_config.py checks that none is left out."""
-    return Sections(
-        probe=ProbeConfig(ringbuf_size=config.probe_ringbuf_size, argv_max_bytes=config.probe_argv_max_bytes,
-                          ring_reader=config.probe_ring_reader),
-        host=HostConfig(node_name=config.node_name),
-        resolver=ResolverConfig(runtime_state_root=config.runtime_state_root),
-        detection=DetectionConfig(rules_paths=config.rules_paths, builtin=config.rules_builtin,
-                                  fold_window=config.fold_window),
-        outputs=OutputsConfig(
-            kinds=config.outputs,
-            format=config.format,
-            file=FileOutputConfig(path=config.file_path, max_bytes=config.file_max_bytes,
-                                  backups=config.file_backups),
-            elasticsearch=ElasticsearchConfig(
-                url=config.elasticsearch_url, api_key=config.elasticsearch_api_key,
-                username=config.elasticsearch_username, password=config.elasticsearch_password,
-                ca_cert=config.elasticsearch_ca_cert, verify_tls=config.elasticsearch_verify_tls,
-                ca_fingerprint=config.elasticsearch_ca_fingerprint, index=config.elasticsearch_index,
-                alerts_index=config.elasticsearch_alerts_index, timeout=config.elasticsearch_timeout,
-                spool=SpoolConfig(dir=config.spool_dir, limit=config.spool_limit, policy=config.spool_policy)),
-        ),
-        ops=OpsConfig(metrics_address=config.metrics_address, stall_timeout=config.stall_timeout,
-                      drain_timeout=config.drain_timeout, ready_file=config.ready_file,
-                      priority_boost=config.priority_boost,
-                      log=LogConfig(format=config.log_format, level=config.log_level)),
-    )
-
-
-def _shown(field_name: str, value: Any) -> Any:
-    """A field's value as it may be printed: secrets masked, credentials cut out of the URL."""
-    option = OPTIONS_BY_FIELD.get(field_name)
-    if value is not None and option is not None and option.secret:
-        return SECRET_MASK
-    if field_name == "elasticsearch_url" and value:
-        return mask_url(value)
-    return value
 
 
 def _plain(value: Any) -> Any:
@@ -253,269 +114,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-# ---- value parsers: each takes a raw value (YAML scalar/list, or an env/flag string) and returns the typed
-# value, or raises ValueError with a message that completes "KEY: ...".
-
-_SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-    "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3,
-}
-_DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "min": 60.0, "h": 3600.0}
-
-
-def parse_size(raw: Any) -> int:
-    if isinstance(raw, bool):
-        raise ValueError(f"expected a size such as 16MiB, got {raw!r}")
-    if isinstance(raw, int):
-        value = raw
-    else:
-        match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(raw))
-        unit = match.group(2).lower() if match else None
-        if not match or unit not in _SIZE_UNITS:
-            raise ValueError(f"expected a size such as 16MiB, 512k or 1048576, got {raw!r}")
-        value = int(match.group(1)) * _SIZE_UNITS[unit]
-    if value < 0:
-        raise ValueError(f"must not be negative, got {raw!r}")
-    return value
-
-
-def parse_duration(raw: Any) -> float:
-    if isinstance(raw, bool):
-        raise ValueError(f"expected a duration such as 2s or 500ms, got {raw!r}")
-    if isinstance(raw, int | float):
-        value = float(raw)
-    else:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", str(raw).lower())
-        if not match or match.group(2) not in _DURATION_UNITS:
-            raise ValueError(f"expected a duration such as 2s, 500ms or 1.5, got {raw!r}")
-        value = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    if value < 0:
-        raise ValueError(f"must not be negative, got {raw!r}")
-    return value
-
-
-def parse_bool(raw: Any) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {raw!r}")
-
-
-def parse_int(raw: Any) -> int:
-    if isinstance(raw, bool):
-        raise ValueError(f"expected a whole number, got {raw!r}")
-    try:
-        return int(str(raw).strip()) if not isinstance(raw, int) else raw
-    except ValueError:
-        raise ValueError(f"expected a whole number, got {raw!r}") from None
-
-
-def parse_str(raw: Any) -> str | None:
-    if isinstance(raw, list | dict):
-        raise ValueError(f"expected a single value, got {raw!r}")
-    text = str(raw).strip()
-    return text or None
-
-
-def parse_path(raw: Any) -> Path | None:
-    text = parse_str(raw)
-    return Path(text) if text else None
-
-
-def _items(raw: Any) -> list[str]:
-    if isinstance(raw, list | tuple):
-        items = [str(item).strip() for item in raw]
-    elif isinstance(raw, dict):
-        raise ValueError(f"expected a list, got {raw!r}")
-    else:
-        # Comma-separated in the environment and on the command line.
-        items = [item.strip() for item in str(raw).split(",")]
-    return [item for item in items if item]
-
-
-def parse_paths(raw: Any) -> tuple[Path, ...]:
-    return tuple(Path(item) for item in _items(raw))
-
-
-def choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
-    def parse(raw: Any) -> str:
-        # drop_oldest and drop-oldest are the same choice.
-        text = str(raw).strip().lower().replace("_", "-")
-        if text not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}, got {raw!r}")
-        return text
-
-    return parse
-
-
-def parse_fingerprint(raw: Any) -> str | None:
-    text = parse_str(raw)
-    if text is None:
-        return None
-    digits = text.replace(":", "").lower()
-    if not re.fullmatch(r"[0-9a-f]{64}", digits):
-        raise ValueError("expected a SHA-256 fingerprint: 64 hex digits, colons allowed")
-    return digits
-
-
-def parse_outputs(raw: Any) -> tuple[str, ...]:
-    """Output specs: a kind (stdout, file, elasticsearch), or `file:PATH` / `elasticsearch:URL`.
-
-    `load_config` folds the PATH/URL of a spec into file.path / elasticsearch.url, so `Config.outputs` only
-    ever holds kinds.
-    """
-    specs = _split_specs(raw) if isinstance(raw, str) else _items(raw)
-    kinds = [spec.partition(":")[0].lower() for spec in specs]
-    unknown = [kind for kind in kinds if kind not in OUTPUT_KINDS]
-    if unknown:
-        raise ValueError(f"unknown output {', '.join(unknown)} (known: {', '.join(OUTPUT_KINDS)})")
-    if not specs:
-        raise ValueError("at least one output is needed")
-    if any(spec.lower().startswith("stdout:") for spec in specs):
-        raise ValueError("stdout takes no argument")
-    return tuple(specs)
-
-
-def _split_specs(text: str) -> list[str]:
-    """Comma-separated specs, where a comma in an Elasticsearch URL's password does not start a new spec: a
-    piece that names no output kind joins the `elasticsearch:` spec before it while an `@` is still to come."""
-    pieces = text.split(",")
-    specs: list[str] = []
-    for number, piece in enumerate(pieces):
-        kind = piece.strip().partition(":")[0].lower()
-        in_credentials = any("@" in later for later in pieces[number:])
-        if specs and kind not in OUTPUT_KINDS and in_credentials and specs[-1].lower().startswith("elasticsearch:"):
-            specs[-1] += "," + piece
-        else:
-            specs.append(piece.strip())
-    return [spec.strip() for spec in specs if spec.strip()]
-
-
-def _fold_output_specs(values: dict[str, Any], origins: dict[str, str], problems: list[str]) -> None:
-    """`file:PATH` and `elasticsearch:URL` in outputs set file.path / elasticsearch.url; kinds stay."""
-    specs = values.get("outputs")
-    if specs is None:
-        return
-    kinds: list[str] = []
-    targets = {"file": ("file_path", Path), "elasticsearch": ("elasticsearch_url", str)}
-    given: dict[str, str] = {}
-    for spec in specs:
-        kind, _, argument = spec.partition(":")
-        kind = kind.lower()
-        kinds.append(kind)
-        if not argument:
-            continue
-        if kind in given and given[kind] != argument:
-            shown = (mask_url(given[kind]), mask_url(argument)) if kind == "elasticsearch" else (given[kind], argument)
-            problems.append(f"outputs: only one {kind} output is supported, got {shown[0]} and {shown[1]}")
-            continue
-        given[kind] = argument
-        field_name, convert = targets[kind]
-        values[field_name] = convert(argument)
-        origins[field_name] = origins["outputs"]
-    # Order kept, duplicates dropped: `stdout,stdout` means stdout once.
-    values["outputs"] = tuple(dict.fromkeys(kinds))
-
-
-def parse_address(raw: Any) -> str | None:
-    """`host:port` or `[v6]:port`; empty, `off` or `none` turns the server off."""
-    text = "" if raw is None else str(raw).strip()
-    if text.lower() in ("", "off", "none", "false", "no"):
-        return None
-    split_address(text)
-    return text
-
-
-def split_address(text: str, allow_any_port: bool = False) -> tuple[str, int]:
-    """(host, port) of `host:port` or `[v6]:port`; port 0 (any free port) only with allow_any_port."""
-    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", text)
-    if not match:
-        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9464 or [::1]:9464), or off, got {text!r}")
-    host = match.group(1) if match.group(1) is not None else match.group(3)
-    port = int(match.group(2) or match.group(4))
-    if not (0 if allow_any_port else 1) <= port < 65536:
-        raise ValueError(f"port must be 1-65535, got {port}")
-    if match.group(1) is not None:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{host!r} is not an IPv6 address") from None
-    return host, port
-
-
-@dataclass(frozen=True)
-class Option:
-    key: str
-    parse: Callable[[Any], Any]
-    help: str
-    secret: bool = False
-
-    @property
-    def may_be_empty(self) -> bool:
-        """Whether None is a meaningful value (unset, or off) rather than a mistake."""
-        return OPTIONAL_FIELDS.get(self.field_name, False)
-
-    @property
-    def field_name(self) -> str:
-        return self.key.replace(".", "_")
-
-    @property
-    def env_name(self) -> str:
-        return ENV_PREFIX + self.field_name.upper()
-
-
-OPTIONS: tuple[Option, ...] = (
-    Option("outputs", parse_outputs, "where documents go: stdout, file[:PATH], elasticsearch[:URL] (list)"),
-    Option("format", choice(FORMATS), "stdout encoding: ndjson (JSON per line) or compact (one short line)"),
-    Option("ready_file", parse_path, "file written once the probes are attached and outputs are up"),
-    Option("rules.paths", parse_paths, "Elastic detection-rule files or directories to load (list)"),
-    Option("rules.builtin", parse_bool, "load the built-in ssh/sshd/autossh-in-container rule"),
-    Option("fold_window", parse_duration, "window within which identical alerts fold into one with a count"),
-    Option("metrics.address", parse_address, "HOST:PORT of /metrics and /healthz; off disables"),
-    Option("log.format", choice(LOG_FORMATS), "json or text log lines on stderr"),
-    Option("log.level", choice(LOG_LEVELS), "debug, info, warning, error or critical"),
-    Option("node_name", parse_str, "name of this node (the DaemonSet passes spec.nodeName)"),
-    Option("file.path", parse_path, "file the file output writes (rotated)"),
-    Option("file.max_bytes", parse_size, "size at which the file output rotates"),
-    Option("file.backups", parse_int, "rotated files kept"),
-    Option("spool.dir", parse_path, "directory of the Elasticsearch outage spool"),
-    Option("spool.limit", parse_size, "most bytes the spool may hold"),
-    Option("spool.policy", choice(SPOOL_POLICIES), "when the spool is full: drop-oldest or drop-newest"),
-    Option("elasticsearch.url", parse_str, "Elasticsearch URL, e.g. https://es.example:9200"),
-    Option("elasticsearch.api_key", parse_str, "API key (base64 id:key) for Elasticsearch", secret=True),
-    Option("elasticsearch.username", parse_str, "basic-auth user for Elasticsearch"),
-    Option("elasticsearch.password", parse_str, "basic-auth password for Elasticsearch", secret=True),
-    Option("elasticsearch.ca_cert", parse_path, "PEM file of the CA that signed Elasticsearch's certificate"),
-    Option("elasticsearch.verify_tls", parse_bool, "verify Elasticsearch's TLS certificate"),
-    Option("elasticsearch.ca_fingerprint", parse_fingerprint,
-           "SHA-256 fingerprint of the CA (or server) certificate to pin, instead of ca_cert"),
-    Option("elasticsearch.index", parse_str, "data stream for events (default logs-endpoint.events.process-default)"),
-    Option("elasticsearch.alerts_index", parse_str,
-           "data stream for alerts (default logs-container_sensor.alerts-default)"),
-    Option("elasticsearch.timeout", parse_duration, "request timeout for Elasticsearch"),
-    Option("probe.ringbuf_size", parse_size, "BPF ring buffer size (power of two, at least 4096)"),
-    Option("probe.argv_max_bytes", parse_size, "argv bytes captured per exec (power of two, 512-16384)"),
-    Option("priority_boost", parse_int,
-           "how many nice levels above normal the sensor runs (as auditd's priority_boost; 0 keeps it normal)"),
-    Option("probe.ring_reader", choice(RING_READERS),
-           "how records are read: mmap (x86 only), libbpf (a callback per record), or auto"),
-    Option("stall_timeout", parse_duration,
-           "/livez fails and systemd watchdog pings stop once the pipeline has not advanced this long; 0 never"),
-    Option("drain_timeout", parse_duration,
-           "most time SIGTERM/SIGINT spends draining the ring buffer and outputs before exiting"),
-    Option("runtime_state_root", parse_path,
-           "where the host's / is seen for the runtimes' state (/run/containerd, ...); a DaemonSet mounts /host"),
-)
-# Fields whose type admits None.
-OPTIONAL_FIELDS = {f.name: "None" in str(f.type) for f in fields(Config)}
-OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
-OPTIONS_BY_FIELD = {option.field_name: option for option in OPTIONS}
-OPTIONS_BY_ENV = {option.env_name: option for option in OPTIONS}
+# Fields whose type admits None: for them None is a meaningful value (unset, or off) rather than a mistake.
+_MAY_BE_EMPTY = {f.name: "None" in str(f.type) for f in fields(Config)}
 
 
 def _suggest(name: str, known: list[str]) -> str:
@@ -679,12 +279,12 @@ def load_config(file: Path | None, env: Mapping[str, str], flags: Mapping[str, A
             message = str(error).split(", got ")[0] if option.secret else error
             problems.append(f"{key}: {message} (from {origin})")
             continue
-        if parsed is None and not option.may_be_empty:
+        if parsed is None and not _MAY_BE_EMPTY.get(option.field_name, False):
             problems.append(f"{key}: must not be empty (from {origin})")
             continue
         values[option.field_name] = parsed
         origins[option.field_name] = origin
-    _fold_output_specs(values, origins, problems)
+    fold_output_specs(values, origins, problems)
 
     config = Config(**values, origins=origins)
     _check(config, problems)
@@ -702,7 +302,7 @@ def _scrubbed(problems: list[str], raw: Mapping[str, tuple[str, Any]]) -> list[s
 
     redactor = Redactor()
     outputs = raw.get("outputs", (None, None))[1]
-    specs = _split_specs(outputs) if isinstance(outputs, str) else outputs if isinstance(outputs, list | tuple) else []
+    specs = split_specs(outputs) if isinstance(outputs, str) else outputs if isinstance(outputs, list | tuple) else []
     urls = [given("elasticsearch.url")] + [str(spec).partition(":")[2] for spec in specs]
     for url in urls:
         redactor.add(secret_forms(url=url))

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 
 from sensor import __version__
-from sensor.config.settings import split_address
+from sensor.config.parsing import split_address
 
 log = logging.getLogger(__name__)
 

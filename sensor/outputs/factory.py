@@ -13,7 +13,7 @@ from sensor.outputs.spool import SpoolError
 from sensor.outputs.stdout import StdoutOutput
 
 if TYPE_CHECKING:
-    from sensor.config.settings import ElasticsearchConfig, OutputsConfig
+    from sensor.config.sections import ElasticsearchConfig, OutputsConfig
 
 
 class OutputSpecError(ValueError):

@@ -6,11 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sensor.config.settings import (
-    OPTIONS,
-    SECRET_MASK,
-    Config,
-    ConfigError,
+from sensor.config.options import OPTIONS, SECRET_MASK
+from sensor.config.parsing import parse_duration, parse_size
+from sensor.config.sections import (
     DetectionConfig,
     ElasticsearchConfig,
     FileOutputConfig,
@@ -22,12 +20,8 @@ from sensor.config.settings import (
     ResolverConfig,
     Sections,
     SpoolConfig,
-    load_config,
-    parse_duration,
-    parse_size,
-    render_config,
-    resolve_config_file,
 )
+from sensor.config.settings import Config, ConfigError, load_config, render_config, resolve_config_file
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -13,7 +13,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from sensor.config.settings import load_config, split_address
+from sensor.config.parsing import split_address
+from sensor.config.settings import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGING = REPO / "packaging"

@@ -1,0 +1,137 @@
+"""The stages' sections: what each stage is built from, typed and frozen, cut from one `Config`.
+
+Every default lives once, in `Config`'s fields (settings.py); the sections have none, so a stage never falls back to
+a value of its own. A stage imports its section from here and never needs the flat `Config`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sensor.config.options import shown_value
+
+if TYPE_CHECKING:
+    from sensor.config.settings import Config  # settings.py imports this module: Config.sections builds them
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeConfig:
+    ringbuf_size: int  # bytes, a power of two of at least one page
+    argv_max_bytes: int
+    ring_reader: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostConfig:
+    node_name: str | None  # None: the kernel's hostname
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResolverConfig:
+    runtime_state_root: Path
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DetectionConfig:
+    rules_paths: tuple[Path, ...]
+    builtin: bool
+    fold_window: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileOutputConfig:
+    path: Path | None
+    max_bytes: int
+    backups: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpoolConfig:
+    dir: Path
+    limit: int
+    policy: str  # one of options.SPOOL_POLICIES
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ElasticsearchConfig:
+    url: str | None
+    api_key: str | None
+    username: str | None
+    password: str | None
+    ca_cert: Path | None
+    verify_tls: bool
+    ca_fingerprint: str | None
+    index: str | None
+    alerts_index: str | None
+    timeout: float
+    spool: SpoolConfig
+
+    def __repr__(self) -> str:
+        # Masked as Config's repr is: the secrets and the URL's credentials never reach a log line.
+        shown = (f"{f.name}={shown_value('elasticsearch_' + f.name, getattr(self, f.name))!r}" for f in fields(self))
+        return f"ElasticsearchConfig({', '.join(shown)})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutputsConfig:
+    kinds: tuple[str, ...]  # output kinds in order, without targets (load_config folds those into file/es)
+    format: str  # stdout's encoding
+    file: FileOutputConfig
+    elasticsearch: ElasticsearchConfig
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogConfig:
+    format: str
+    level: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpsConfig:
+    metrics_address: str | None  # None: no /metrics, /healthz and /livez server
+    stall_timeout: float  # 0: never stalled
+    drain_timeout: float
+    ready_file: Path | None
+    priority_boost: int
+    log: LogConfig
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sections:
+    probe: ProbeConfig
+    host: HostConfig
+    resolver: ResolverConfig
+    detection: DetectionConfig
+    outputs: OutputsConfig
+    ops: OpsConfig
+
+
+def build_sections(config: Config) -> Sections:
+    """Each option goes to exactly one section; tests/unit/test_config.py checks that none is left out."""
+    return Sections(
+        probe=ProbeConfig(ringbuf_size=config.probe_ringbuf_size, argv_max_bytes=config.probe_argv_max_bytes,
+                          ring_reader=config.probe_ring_reader),
+        host=HostConfig(node_name=config.node_name),
+        resolver=ResolverConfig(runtime_state_root=config.runtime_state_root),
+        detection=DetectionConfig(rules_paths=config.rules_paths, builtin=config.rules_builtin,
+                                  fold_window=config.fold_window),
+        outputs=OutputsConfig(
+            kinds=config.outputs,
+            format=config.format,
+            file=FileOutputConfig(path=config.file_path, max_bytes=config.file_max_bytes,
+                                  backups=config.file_backups),
+            elasticsearch=ElasticsearchConfig(
+                url=config.elasticsearch_url, api_key=config.elasticsearch_api_key,
+                username=config.elasticsearch_username, password=config.elasticsearch_password,
+                ca_cert=config.elasticsearch_ca_cert, verify_tls=config.elasticsearch_verify_tls,
+                ca_fingerprint=config.elasticsearch_ca_fingerprint, index=config.elasticsearch_index,
+                alerts_index=config.elasticsearch_alerts_index, timeout=config.elasticsearch_timeout,
+                spool=SpoolConfig(dir=config.spool_dir, limit=config.spool_limit, policy=config.spool_policy)),
+        ),
+        ops=OpsConfig(metrics_address=config.metrics_address, stall_timeout=config.stall_timeout,
+                      drain_timeout=config.drain_timeout, ready_file=config.ready_file,
+                      priority_boost=config.priority_boost,
+                      log=LogConfig(format=config.log_format, level=config.log_level)),
+    )
