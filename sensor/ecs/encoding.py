@@ -4,32 +4,33 @@ from __future__ import annotations
 
 import copy
 import json
-from json import encoder as _stdlib_encoder
+import re
 from typing import Any
 
+import orjson
+
+# orjson writes the plain members: the standard library's fast encoder is reachable only through a private
+# function (json.encoder.c_make_encoder), and its public JSONEncoder.encode builds a new encoder on every call.
+# Where orjson refuses a value (a lone surrogate, an integer beyond 64 bits, a key that is not a string) or would
+# write a float differently from the standard library, the document is encoded by the public JSONEncoder: the
+# bytes are the same either way.
+_dumps = orjson.dumps
+_OrjsonError = orjson.JSONEncodeError
+# dataclasses and datetimes: not JSON values to the standard library, so not to orjson either
+_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+_UTF8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 _ASCII = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), check_circular=False)
 
+# The floats orjson writes differently: NaN and the infinities as null (the standard library writes NaN and
+# Infinity, which are not JSON, but are what this sensor has always written), and 0 < |x| < 1e-4 without the
+# exponent's leading zero or without an exponent (1e-6, 0.00001; the standard library 1e-06, 1e-05). A
+# document's bytes are searched for their traces, cheaply: `in` first, the pattern only when it may match. A
+# string that merely looks like one costs the slower encoder, never a different byte.
+_NULL_TOKEN = re.compile(rb"[:,\[]null")
+_SHORT_EXPONENT = re.compile(rb"e-\d[,\]}]")
+_LS, _PS = "\u2028".encode(), "\u2029".encode()
 
-def _unserializable(obj: Any) -> Any:
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
-
-
-_C_ESCAPE = getattr(_stdlib_encoder, "c_encode_basestring", None)
-_escape = _C_ESCAPE or _stdlib_encoder.py_encode_basestring
-
-
-def _plain_encoder() -> Any:
-    """The standard library's C encoder, made once: JSONEncoder.encode builds a new one on every call, which
-    cost a fifth of the encoding time of small objects."""
-    make = getattr(_stdlib_encoder, "c_make_encoder", None)
-    if make is None or _C_ESCAPE is None:
-        return json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
-    chunks = make(None, _unserializable, _C_ESCAPE, None, ":", ",", False, False, True)
-    return lambda obj: "".join(chunks(obj, 0))
-
-
-_plain = _plain_encoder()
-_key_texts: dict[str, str] = {}
+_key_texts: dict[str, bytes] = {}
 
 
 class _CopiesArePlain:
@@ -77,34 +78,34 @@ def extend(base: SharedBlock | ExtendedBlock, own: dict[str, Any]) -> ExtendedBl
     return block
 
 
-def _key_text(key: str) -> str:
+def _key_text(key: str) -> bytes:
     text = _key_texts.get(key)
     if text is None:
-        text = _key_texts[key] = _escape(key) + ":"
+        text = _key_texts[key] = _dumps(key) + b":"
     return text
 
 
-# A document is written as a list of text fragments joined once: concatenating a block's kept text into its
+# A document is written as a list of byte fragments joined once: concatenating a block's kept text into its
 # parent's text, and that into the next, copied a whole document several times over.
 
 
-def _shared_members(block: SharedBlock) -> str:
+def _shared_members(block: SharedBlock) -> bytes:
     """The block's members as JSON text without the braces, made once and kept on the block."""
     text = getattr(block, "_text", None)  # the slot is unset until the first encoding
     if text is None:
-        parts: list[str] = []
+        parts: list[bytes] = []
         _members(block, parts)
-        text = block._text = "".join(parts)  # private: the cache this module keeps on its own type
+        text = block._text = b"".join(parts)  # private: the cache this module keeps on its own type
     return text
 
 
-def _extended_members(block: ExtendedBlock, out: list[str]) -> None:
+def _extended_members(block: ExtendedBlock, out: list[bytes]) -> None:
     """The own members first, so a document's `@timestamp` leads its line."""
     start = len(out)
     _members(block.own, out)
     if type(block.base) is ExtendedBlock:  # an extension of an extension: an end's exit signal
         comma = len(out)
-        out.append(",")
+        out.append(b",")
         _extended_members(block.base, out)
         if len(out) == comma + 1 or comma == start:
             del out[comma]
@@ -112,14 +113,14 @@ def _extended_members(block: ExtendedBlock, out: list[str]) -> None:
     base = _shared_members(block.base)
     if base:
         if len(out) > start:
-            out.append(",")
+            out.append(b",")
         out.append(base)
 
 
-def _members(obj: dict[str, Any], out: list[str]) -> None:
+def _members(obj: dict[str, Any], out: list[bytes]) -> None:
     """Appends OBJ's members as fragments, without the braces: shared and extended blocks from their kept
-    text, the rest in one C-encoder call (a lone string member escaped directly). JSON objects are
-    unordered: the plain members come first."""
+    text, the rest in one orjson call (a lone string member encoded directly). JSON objects are unordered: the
+    plain members come first."""
     start = len(out)
     plain: dict[str, Any] = {}
     blocks: list[tuple[str, Any, type]] = []
@@ -131,31 +132,31 @@ def _members(obj: dict[str, Any], out: list[str]) -> None:
             plain[key] = value
     if not blocks:
         if obj:
-            out.append(_plain(obj)[1:-1])
+            out.append(_dumps(obj, option=_OPTIONS)[1:-1])
         return
     keys = _key_texts
     if len(plain) == 1:
         ((key, value),) = plain.items()
         if type(value) is str:
-            out.append((keys.get(key) or _key_text(key)) + _escape(value))
+            out.append((keys.get(key) or _key_text(key)) + _dumps(value))
         else:
-            out.append(_plain(plain)[1:-1])
+            out.append(_dumps(plain, option=_OPTIONS)[1:-1])
     elif plain:
-        out.append(_plain(plain)[1:-1])
+        out.append(_dumps(plain, option=_OPTIONS)[1:-1])
     for key, value, kind in blocks:
         if len(out) > start:
-            out.append(",")
+            out.append(b",")
         out.append(keys.get(key) or _key_text(key))
-        out.append("{")
+        out.append(b"{")
         if kind is SharedBlock:
             out.append(getattr(value, "_text", None) or _shared_members(value))
         else:
             _extended_members(value, out)
-        out.append("}")
+        out.append(b"}")
 
 
-def _text(doc: dict[str, Any], end: str) -> str:
-    out = ["{"]
+def _text(doc: dict[str, Any], end: bytes) -> bytes:
+    out = [b"{"]
     kind = type(doc)
     if kind is ExtendedBlock:
         _extended_members(doc, out)
@@ -164,7 +165,40 @@ def _text(doc: dict[str, Any], end: str) -> str:
     else:
         _members(doc, out)
     out.append(end)
-    return "".join(out)
+    return b"".join(out)
+
+
+def _may_hold_special_float(data: bytes) -> bool:
+    return (b"null" in data and _NULL_TOKEN.search(data) is not None) or b"0.0000" in data or (
+        b"e-" in data and _SHORT_EXPONENT.search(data) is not None)
+
+
+def _in_output_order(obj: dict[str, Any]) -> dict[str, Any]:
+    """OBJ as a plain dict whose members come in the order the fragments above write them, for the slower
+    encoder: plain members before blocks, an extension's own members before its base's."""
+    plain: dict[str, Any] = {}
+    blocks: dict[str, Any] = {}
+    for key, value in obj.items():
+        kind = type(value)
+        if kind is ExtendedBlock:
+            blocks[key] = _extended_in_output_order(value)
+        elif kind is SharedBlock:
+            blocks[key] = _in_output_order(value)
+        else:
+            plain[key] = value
+    plain.update(blocks)
+    return plain
+
+
+def _extended_in_output_order(block: ExtendedBlock) -> dict[str, Any]:
+    ordered = _in_output_order(block.own)
+    base = block.base
+    ordered.update(_extended_in_output_order(base) if type(base) is ExtendedBlock else _in_output_order(base))
+    return ordered
+
+
+def _document_in_output_order(doc: dict[str, Any]) -> dict[str, Any]:
+    return _extended_in_output_order(doc) if type(doc) is ExtendedBlock else _in_output_order(doc)
 
 
 class DocumentEncoder:
@@ -175,20 +209,34 @@ class DocumentEncoder:
     which every JSON reader accepts."""
 
     def json(self, doc: dict[str, Any]) -> bytes:
-        return self._encode(doc, "}")
+        return self._encode(doc, b"}")
 
     def line(self, doc: dict[str, Any]) -> bytes:
-        return self._encode(doc, "}\n")
+        return self._encode(doc, b"}\n")
 
     @staticmethod
-    def _encode(doc: dict[str, Any], end: str) -> bytes:
-        text = _text(doc, end)
-        # U+2028/U+2029 are valid raw in JSON, but JavaScript and some NDJSON readers split lines at them. On a
-        # Latin-1 text (nearly every document) `in` answers without scanning; only the whole text is fixed, so
-        # the kept texts of shared blocks need no care.
-        if "\u2028" in text or "\u2029" in text:
-            text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    def _encode(doc: dict[str, Any], end: bytes) -> bytes:
         try:
-            return text.encode("utf-8")
-        except UnicodeEncodeError:
-            return (_ASCII.encode(doc) + end[1:]).encode("ascii")
+            data = _text(doc, end)
+        except _OrjsonError:
+            return _standard_library_encode(doc, end)
+        if _may_hold_special_float(data):
+            return _standard_library_encode(doc, end)
+        # U+2028/U+2029 are valid raw in JSON, but JavaScript and some NDJSON readers split lines at them. Only
+        # the whole text is fixed, so the kept texts of shared blocks need no care.
+        if _LS in data or _PS in data:
+            data = data.replace(_LS, b"\\u2028").replace(_PS, b"\\u2029")
+        return data
+
+
+def _standard_library_encode(doc: dict[str, Any], end: bytes) -> bytes:
+    """The same bytes as the fragments, through the public JSONEncoder, for what orjson refuses or writes
+    differently; the blocks' kept texts are neither read nor made."""
+    tail = end[1:].decode()
+    text = _UTF8.encode(_document_in_output_order(doc)) + tail
+    if "\u2028" in text or "\u2029" in text:
+        text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return (_ASCII.encode(doc) + tail).encode("ascii")

@@ -28,8 +28,8 @@ def test_shared_blocks_are_encoded_once() -> None:
     encoder = DocumentEncoder()
     host = SharedBlock({"name": "a"})
     encoder.json({"host": host, "n": 1})
-    assert host._text == '"name":"a"'  # private: the kept text (members, no braces) is what is tested
-    host._text = '"name":"kept"'  # private: proves the second encoding reads it
+    assert host._text == b'"name":"a"'  # private: the kept text (members, no braces) is what is tested
+    host._text = b'"name":"kept"'  # private: proves the second encoding reads it
     assert encoder.json({"host": host, "n": 2}) == b'{"n":2,"host":{"name":"kept"}}'
 
 

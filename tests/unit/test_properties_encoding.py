@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sensor.ecs.encoding import DocumentEncoder, SharedBlock, extend
+from sensor.ecs.encoding import DocumentEncoder, ExtendedBlock, SharedBlock, extend
 from sensor.model.processes import decode_arg
 from sensor.model.records import CgroupRecord, ExecRecord, ExitRecord
 from sensor.outputs.compact import compact_line, safe
@@ -204,3 +204,57 @@ def test_escape_sequences_in_argv_are_shown_not_obeyed() -> None:
     line = compact_line(doc)
     assert line.endswith(r"sh -c \e]52;c;cm0gLXJmIH4=\x07\e[2J\x9b1m \u202etxt.exe")
     assert safe("plain text, ünïcode, 中文") == "plain text, ünïcode, 中文"
+
+
+# -- the same bytes as the standard library's encoder ---------------------------------------------------------
+
+# every float, NaN and the infinities included, with the small ones orjson would write differently drawn often
+FLOATS = st.one_of(st.floats(), st.floats(min_value=-1e-4, max_value=1e-4), st.sampled_from([1e-5, 1e-6, -2.5e-7]))
+ANY_SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), FLOATS, HOSTILE_TEXT,
+                       st.sampled_from(["/dev/null", ":null", "1e-7,", "0.00001"]))
+ANY_VALUE = st.recursive(ANY_SCALAR, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                             st.dictionaries(HOSTILE_TEXT, inner, max_size=4)),
+                         max_leaves=20)
+
+
+def _in_line_order(value: Any) -> Any:
+    """The order the encoder writes members in (JSON objects are unordered): plain members before blocks, an
+    extension's own members before its base's."""
+    if type(value) not in (dict, SharedBlock, ExtendedBlock):
+        return value
+    if type(value) is ExtendedBlock:
+        return {**_in_line_order(value.own), **_in_line_order(value.base)}
+    plain = {k: v for k, v in value.items() if type(v) is dict or not isinstance(v, dict)}
+    blocks = {k: _in_line_order(v) for k, v in value.items() if k not in plain}
+    return {**plain, **blocks}
+
+
+def standard_library_line(doc: Any) -> bytes:
+    text = json.dumps(_in_line_order(doc), ensure_ascii=False, separators=(",", ":")) + "\n"
+    text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: the whole document ASCII, in its own order
+        return (json.dumps(doc, separators=(",", ":")) + "\n").encode("ascii")
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.data())
+def test_lines_are_the_bytes_the_standard_library_writes(data: st.DataObject) -> None:
+    """orjson writes the members; floats it writes differently (NaN, 1e-05), integers beyond 64 bits and lone
+    surrogates go through the standard library: the bytes are the same either way."""
+    plain = data.draw(st.dictionaries(HOSTILE_TEXT, ANY_VALUE, max_size=6))
+    doc = _blocks(plain, data.draw)
+    encoder = DocumentEncoder()
+    expected = standard_library_line(doc)
+    assert encoder.line(doc) == expected
+    assert encoder.line(doc) == expected, "from the kept texts"
+
+
+def test_special_floats_in_a_kept_block_give_the_standard_library_bytes() -> None:
+    rule = SharedBlock({"risk_score": 1e-05, "fold": {"window_s": float("nan"), "max": float("inf")}})
+    for doc in ({"rule": rule, "path": "/dev/null"}, {"a": [1e-6, -2.5e-7]}, {"x": None, "y": [None]}):
+        expected = standard_library_line(doc)
+        assert DocumentEncoder().line(doc) == expected
+        assert DocumentEncoder().line(doc) == expected
+    assert DocumentEncoder().json({"r": rule}) == b'{"r":{"risk_score":1e-05,"fold":{"window_s":NaN,"max":Infinity}}}'
