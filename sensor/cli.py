@@ -133,11 +133,12 @@ def main() -> None:
 
 
 def _run(config_file: Path | None, flags: dict[str, Any], record_to: Path | None) -> None:
-    from sensor.app import DetectionUnavailable, run_live
+    from sensor.app import DetectionUnavailable
     from sensor.config.statefiles import StateFileError
     from sensor.ops.health import PipelineHealth
     from sensor.outputs.factory import OutputSpecError
     from sensor.probe.loader import ProbeError
+    from sensor.run import run_live
 
     config = _load_config(config_file, flags)
     _setup_logging(config)
@@ -181,9 +182,10 @@ def record(file: Path, config_file: Path | None, **kwargs: Any) -> None:
 @_run_options
 def replay(file: Path, config_file: Path | None, **kwargs: Any) -> None:
     """Run a recording through the whole pipeline, without BPF or root, to the same outputs."""
-    from sensor.app import DetectionUnavailable, run_replay
+    from sensor.app import DetectionUnavailable
     from sensor.model.records import RecordingReader
     from sensor.outputs.factory import OutputSpecError
+    from sensor.run import run_replay
 
     flags = _flags(**kwargs)
     flags["metrics_address"] = flags["metrics_address"] or "off"

@@ -251,12 +251,9 @@ def _timestamp(doc: Doc) -> float | None:
 
 def run_selftest(config: Config, *, method: str = "auto", timeout: float = 15.0) -> SelftestResult:
     """Attaches the probe, starts ssh in a container, and waits up to `timeout` seconds for the alert."""
-    from sensor.app import (  # the live pipeline, only here
-        attach,
-        build_pipeline,
-        probe_options,
-    )
+    from sensor.app import build_pipeline, probe_options  # the live pipeline, only here
     from sensor.probe.loader import Probe, ProbeError  # bcc only where it runs
+    from sensor.run import attach
 
     result = SelftestResult(passed=False)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import time
 
-from sensor.app import GarbageCollection
+from sensor.run import GarbageCollection
 
 
 def test_objects_piling_up_are_frozen_and_a_full_collection_comes_on_schedule() -> None:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from sensor.app import DrainCut, RunSummary, StopFlag, left_behind
 from sensor.config.settings import load_config
 from sensor.ops.liveness import SystemdNotifier, notify, watchdog_interval
 from sensor.ops.metrics import pipeline_metrics
 from sensor.outputs.stdout import StdoutOutput
 from sensor.pipeline import Heartbeat
+from sensor.run import DrainCut, RunSummary, StopFlag, left_behind
 
 
 class Clock:

@@ -14,7 +14,7 @@ from tests.integration.sensor_process import REPO
 CHILD = """
 import os, sys
 from pathlib import Path
-from sensor.app import boost_priority
+from sensor.run import boost_priority
 boost_priority(int(sys.argv[1]), Path(sys.argv[2]))
 print(os.getpriority(os.PRIO_PROCESS, 0))
 """

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sensor import app
+from sensor import run
 from sensor.config.settings import load_config
 from sensor.model.records import (
     RECORD_TYPES,
@@ -146,13 +146,13 @@ def test_replay_of_any_records_never_raises_past_the_reader(records: list, data:
         raw = _damaged(raw, data)
     memory = MemoryOutput()
     config = load_config(None, {}, {})
-    with mock.patch.object(app, "build_outputs", return_value=[memory]):
+    with mock.patch.object(run, "build_outputs", return_value=[memory]):
         try:
             reader = RecordingReader(io.BytesIO(raw))
         except ValueError:
             return
         try:
-            summary = app.run_replay(config, reader, reader.meta)
+            summary = run.run_replay(config, reader, reader.meta)
         except ValueError:
             return  # the reader's one line about the damage; what was intact went out first
     if not damaged:
