@@ -202,16 +202,23 @@ def container_exec(executable: str, device: int, inode: int, pid: int) -> dict:
     }
 
 
-@needs_ssh
-def test_slow_identity_marks_the_document_unknown_and_alerts_late(tmp_path: Path) -> None:
+def gated_detector(tmp_path: Path, wait_s: float, *slow_inodes: int) -> tuple[Detector, threading.Event, Path,
+                                                                               os.stat_result]:
+    """A detector whose looks at a copy of ssh (and at SLOW_INODES) wait for the returned gate."""
     copy = tmp_path / "kworker"
     shutil.copy2(SSH, copy)
     st = os.stat(copy)
     gate = threading.Event()
-    detector = Detector([], proc_root="/proc", identity_wait_s=0.05)
+    detector = Detector([], proc_root="/proc", identity_wait_s=wait_s)
     rule = detector._builtin
     assert isinstance(rule, BuiltinSshRule)
-    rule.identity = GatedIdentity(gate, st.st_ino)
+    rule.identity = GatedIdentity(gate, st.st_ino, *slow_inodes)
+    return detector, gate, copy, st
+
+
+@needs_ssh
+def test_slow_identity_marks_the_document_unknown_and_alerts_late(tmp_path: Path) -> None:
+    detector, gate, copy, st = gated_detector(tmp_path, 0.05)
     started = time.monotonic()
     alerts, note = detector.inspect(container_exec(str(copy), st.st_dev, st.st_ino, os.getpid()))
     assert time.monotonic() - started < 1
@@ -260,14 +267,7 @@ def test_looks_stuck_everywhere_refuse_new_ones_at_once(tmp_path: Path) -> None:
 
 @needs_ssh
 def test_a_flood_of_one_file_does_not_push_out_the_late_alert_of_another(tmp_path: Path) -> None:
-    copy = tmp_path / "kworker"
-    shutil.copy2(SSH, copy)
-    st = os.stat(copy)
-    gate = threading.Event()
-    detector = Detector([], proc_root="/proc", identity_wait_s=0.01)
-    rule = detector._builtin
-    assert isinstance(rule, BuiltinSshRule)
-    rule.identity = GatedIdentity(gate, st.st_ino, 77)
+    detector, gate, copy, st = gated_detector(tmp_path, 0.01, 77)
     try:
         assert detector.inspect(container_exec(str(copy), st.st_dev, st.st_ino, os.getpid()))[1] is not None
         for pid in range(100000, 105000):            # one padded file, touched before each exec
@@ -285,14 +285,7 @@ def test_a_flood_of_one_file_does_not_push_out_the_late_alert_of_another(tmp_pat
 
 @needs_ssh
 def test_a_look_still_under_way_at_shutdown_still_alerts(tmp_path: Path) -> None:
-    copy = tmp_path / "kworker"
-    shutil.copy2(SSH, copy)
-    st = os.stat(copy)
-    gate = threading.Event()
-    detector = Detector([], proc_root="/proc", identity_wait_s=0.01)
-    rule = detector._builtin
-    assert isinstance(rule, BuiltinSshRule)
-    rule.identity = GatedIdentity(gate, st.st_ino)
+    detector, gate, copy, st = gated_detector(tmp_path, 0.01)
     assert detector.inspect(container_exec(str(copy), st.st_dev, st.st_ino, os.getpid()))[1] is not None
     threading.Timer(0.2, gate.set).start()      # the look returns while the sensor is shutting down
     alerts = detector.flush(wait_s=5)
