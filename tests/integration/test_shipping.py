@@ -12,12 +12,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from sensor.model.records import RecordingWriter
 from tests.es_server import EsServer
 from tests.shipping_recording import write_recording
 
@@ -84,20 +83,6 @@ def expected_ids(recording: Path, tmp_path_factory: pytest.TempPathFactory) -> l
     ids = [json.loads(line)["event"]["id"] for line in out.read_text().splitlines()]
     assert len(ids) == RECORDS == len(set(ids))
     return ids
-
-
-@pytest.fixture
-def empty_recording(tmp_path: Path) -> Path:
-    path = tmp_path / "empty.rec"
-    with open(path, "wb") as stream:
-        RecordingWriter(stream).flush()
-    return path
-
-
-@pytest.fixture
-def server() -> Iterator[EsServer]:
-    with EsServer() as running:
-        yield running
 
 
 def test_server_stopped_and_restarted_mid_stream(

@@ -11,20 +11,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
 import pytest
 
-from sensor.model.records import RecordingWriter
 from sensor.outputs.spool import FRAME_HEADER, SEGMENT_MAGIC, Spool
 from tests.es_server import EsServer
 
@@ -59,28 +55,6 @@ def spooled_doc(number: int, tag: str) -> bytes:
     doc = {"@timestamp": "2024-01-01T00:00:00Z", "event": {"id": f"{tag}-{number:05d}", "kind": "event"},
            "message": tag}
     return msgpack.packb([EVENTS, f"{tag}-{number:05d}", json.dumps(doc).encode()], use_bin_type=True)
-
-
-@pytest.fixture
-def world_tmp() -> Iterator[Path]:
-    directory = Path(tempfile.mkdtemp(prefix="state-files-", dir="/tmp"))
-    os.chmod(directory, 0o1777)
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def empty_recording(tmp_path: Path) -> Path:
-    path = tmp_path / "empty.rec"
-    with open(path, "wb") as stream:
-        RecordingWriter(stream).flush()
-    return path
-
-
-@pytest.fixture
-def server() -> Iterator[EsServer]:
-    with EsServer() as running:
-        yield running
 
 
 def replay_to(server: EsServer, recording: Path, spool: Path, workdir: Path) -> subprocess.CompletedProcess[str]:

@@ -7,10 +7,8 @@ unprivileged user on the host would; the sensor's side runs as root, as it does 
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,15 +31,6 @@ def mode(path: Path) -> int:
 
 def as_nobody(*command: str) -> None:
     subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command], check=True)
-
-
-@pytest.fixture
-def world_tmp() -> Iterator[Path]:
-    """A directory like /tmp: anyone may create files in it, only the owner of a file may remove it."""
-    directory = Path(tempfile.mkdtemp(prefix="state-files-", dir="/tmp"))
-    os.chmod(directory, 0o1777)
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
