@@ -19,7 +19,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-packages=(python3 python3-venv python3-pip python3-bpfcc linux-headers-amd64 ca-certificates)
+packages=(python3 python3-venv python3-pip python3-bpfcc libbpf1 linux-headers-amd64 ca-certificates)
 if [ "$want_test" = 1 ]; then
   packages+=(podman runc crun containerd uidmap lxc lxc-templates systemd-container busybox-static
              openssh-client openssh-server autossh debootstrap iproute2 util-linux procps

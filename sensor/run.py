@@ -282,8 +282,8 @@ def _run_live(config: Config, stop: StopFlag, record_to: Path | None,
                 recorder.write(CgroupRecord(now, "mkdir", V2_HIERARCHY, cgroup_id, path.count("/"), path.encode()))
         for proc in seeded:
             recorder.write(snapshot_of(proc, now))
-    log.info("probe attached in %.2fs (ring buffer read by %s), %d running processes seeded",
-             time.monotonic() - started, probe.reader_name, len(seeded))
+    log.info("probe attached in %.2fs to %s (ring buffer read by %s), %d running processes seeded",
+             time.monotonic() - started, ", ".join(probe.attach_points), probe.reader_name, len(seeded))
     settle_garbage_collector()
     if ready is not None:
         ready.create(f"{os.getpid()}\n")  # 0600, O_EXCL and O_NOFOLLOW: never through a planted link

@@ -1,14 +1,22 @@
-"""Loads bpf/sensor.c with BCC, attaches it, and turns ring-buffer records into sensor.model.records types.
+"""Loads bpf/sensor.c through a short-lived child process (sensor/probe/bcc_loader.py, the only module that
+imports bcc), keeps the file descriptors it sends back, and turns ring-buffer records into sensor.model.records
+types.
 
-The only module that imports bcc.
+The long-lived sensor never imports bcc: BCC's LLVM would stay mapped for the life of the process (about 115 MB
+resident) for a compile that takes a second. The child compiles, loads and attaches, sends the maps and the
+attach links over a Unix socket and exits; the links held here keep the probes attached, and closing them (at
+exit, or by the kernel when the sensor is killed) detaches them. Nothing is pinned, so nothing is left behind.
 """
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
+import json
 import logging
 import os
 import platform
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -17,10 +25,7 @@ from pathlib import Path
 
 from sensor.model.records import LossRecord, Record
 from sensor.probe import ringbuf
-from sensor.probe.btf import BTFError, KernelBTF
 from sensor.probe.capabilities import privileges_problem
-from sensor.probe.kernel_headers import HeaderError, ensure_kernel_headers
-from sensor.probe.kernel_offsets import kernel_macros
 from sensor.probe.layout import (
     LOSS_ARGS_READ_FAILED,
     LOSS_ARGS_TRUNCATED,
@@ -29,12 +34,16 @@ from sensor.probe.layout import (
     LOSS_RINGBUF_FULL,
     DecodeError,
     decode,
-    static_asserts,
 )
+from sensor.probe.libbpf import LibbpfError, LibbpfRingReader, percpu_u64_values
 from sensor.probe.ringbuf import RingBufferReader
-from sensor.probe.tracefs import TracefsError, ensure_tracefs
 
 log = logging.getLogger("container_sensor")
+
+# A compile takes about a second on an idle machine and several on a saturated one.
+LOAD_TIMEOUT_S = 120.0
+MAX_DESCRIPTORS = 64
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 class ProbeError(Exception):
@@ -64,13 +73,16 @@ class ProbeOptions:
 
 
 class Probe:
-    """The loaded BPF program. `poll` delivers each record to the callback given at construction."""
+    """The loaded BPF program, held as file descriptors. `poll` delivers each record to the callback given at
+    construction."""
 
     def __init__(self, on_record: Callable[[Record], None], options: ProbeOptions) -> None:
         self._on_record = on_record
         self._options = options
-        self._bpf = None
+        self._maps: dict[str, int] = {}
+        self._links: dict[str, int] = {}
         self._reader: RingBufferReader | None = None
+        self._libbpf_reader: LibbpfRingReader | None = None
         self.decode_errors = 0
         self.handler_errors = 0  # records the pipeline failed on: lost, counted, the loop goes on
         self.records = 0
@@ -83,51 +95,31 @@ class Probe:
         if problem is not None:
             detail, fix = problem
             raise ProbeError(f"not enough privileges to load BPF programs: {detail}; {fix}")
-        try:
-            ensure_tracefs()
-            macros = kernel_macros(KernelBTF.from_file())
-            ensure_kernel_headers()
-        except (TracefsError, BTFError, HeaderError) as exc:
-            raise ProbeError(str(exc)) from exc
-        try:
-            from bcc import BPF  # the one place bcc is imported
-        except ImportError as exc:
-            raise ProbeError(
-                "the bcc Python module is missing: install Debian's python3-bpfcc and use a venv made with "
-                "'/usr/bin/python3 -m venv --system-site-packages'"
-            ) from exc
-        source_dir = bpf_source_dir()
-        source = source_dir / "sensor.c"
-        if not source.is_file():
-            raise ProbeError(f"BPF source not found at {source} (set SENSOR_BPF_DIR)")
-        cflags = [f"-I{source_dir}", f"-DRINGBUF_PAGES={opts.ringbuf_pages}", f"-DARGS_MAX={opts.args_max}"]
-        cflags += [f"-D{name}={value}" for name, value in macros.items()]
-        # sensor/probe/layout.py's checks of every record member's offset and size, compiled for the BPF target
-        # itself: a sensor.h that does not match the decoder fails here, naming the member, and sends no records.
-        # BCC reads src_file into text the same way, so the program is the same.
-        text = source.read_bytes() + b"\n" + static_asserts().encode()
-        try:
-            self._bpf = BPF(text=text, cflags=cflags)
-        except Exception as exc:  # bcc raises bare Exception on compile or load failure
-            raise ProbeError(f"cannot compile or load the BPF program {source}: {exc}") from exc
         reader = opts.ring_reader
         if reader == "mmap" and not ringbuf.supported():
             raise ProbeError(f"probe.ring_reader mmap needs an x86 CPU, not {platform.machine()}: use libbpf or auto")
+        self._maps, self._links = receive_program({
+            "source_dir": str(bpf_source_dir()),
+            "ringbuf_pages": opts.ringbuf_pages,
+            "args_max": opts.args_max,
+        })
+        events = self._maps["events"]
         try:
             if reader == "mmap" or (reader == "auto" and ringbuf.supported()):
-                self._reader = RingBufferReader(self._bpf["events"].map_fd)
+                self._reader = RingBufferReader(events)
             else:
-                self._bpf["events"].open_ring_buffer(self._callback)
-        except Exception as exc:
+                self._libbpf_reader = LibbpfRingReader(events, self._handle)
+        except OSError as exc:
+            self.close()
             raise ProbeError(f"cannot open the BPF ring buffer: {exc}") from exc
 
     @property
     def reader_name(self) -> str:
         return "mmap" if self._reader is not None else "libbpf"
 
-    def _callback(self, _ctx: object, data: int, size: int) -> int:
-        self._handle(ctypes.string_at(data, size))
-        return 0
+    @property
+    def attach_points(self) -> list[str]:
+        return sorted(self._links)
 
     def _handle(self, raw: bytes) -> None:
         try:
@@ -150,22 +142,20 @@ class Probe:
     def poll(self, timeout_ms: int) -> None:
         """Waits up to timeout_ms for a wake-up, then delivers everything in the ring buffer.
 
-        The probe wakes the consumer only every few records (bpf/sensor.c WAKEUP_EVERY) and libbpf's poll only
-        reads rings that woke it, so the records written since the last wake-up are consumed explicitly."""
-        assert self._bpf is not None
+        The probe wakes the consumer only every few records (bpf/sensor.c WAKEUP_EVERY), so the records written
+        since the last wake-up are consumed whether or not a wake-up came."""
         if self._reader is not None:
             self._reader.wait(timeout_ms)
             self._reader.consume(self._handle)
-            return
-        self._bpf.ring_buffer_poll(timeout_ms)
-        self._bpf.ring_buffer_consume()
+        elif self._libbpf_reader is not None:
+            self._libbpf_reader.wait_and_consume(timeout_ms)
 
     def drain(self) -> None:
         """Delivers what is already in the ring buffer without waiting."""
         if self._reader is not None:
             self._reader.consume(self._handle)
-        elif self._bpf is not None:
-            self._bpf.ring_buffer_consume()
+        elif self._libbpf_reader is not None:
+            self._libbpf_reader.consume()
 
     def backlog_bytes(self) -> int | None:
         """Bytes of records waiting in the ring buffer, for liveness; None with libbpf's reader, which hides it."""
@@ -175,10 +165,14 @@ class Probe:
     def loss(self) -> LossRecord:
         """Kernel-side counters since load."""
         totals = [0] * LOSS_COUNTERS
-        if self._bpf is not None:
-            table = self._bpf["loss_counters"]
+        counters = self._maps.get("loss_counters")
+        if counters is not None:
             for index in range(LOSS_COUNTERS):
-                totals[index] = sum(table[ctypes.c_int(index)])
+                try:
+                    totals[index] = sum(percpu_u64_values(counters, index))
+                except LibbpfError as error:
+                    log.warning("the probe's loss counters cannot be read: %s", error)
+                    break
         return LossRecord(
             ktime_ns=time.clock_gettime_ns(time.CLOCK_BOOTTIME),
             ringbuf_full=totals[LOSS_RINGBUF_FULL],
@@ -188,9 +182,71 @@ class Probe:
         )
 
     def close(self) -> None:
+        """Detaches: the links go first, so no record is written into a ring nobody maps any more."""
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
+        if self._libbpf_reader is not None:
+            self._libbpf_reader.close()
+            self._libbpf_reader = None
+        _close_all([*self._links.values(), *self._maps.values()])
+        self._links = {}
+        self._maps = {}
+
+
+def receive_program(spec: dict[str, object]) -> tuple[dict[str, int], dict[str, int]]:
+    """Runs sensor/probe/bcc_loader.py and returns the descriptors it sends: (maps, links) by name.
+
+    Raises ProbeError with the child's own line when it cannot compile, load or attach."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    env = dict(os.environ)
+    # The child imports this package from where this process did, whatever its working directory.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(PACKAGE_ROOT), env.get("PYTHONPATH"))))
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "sensor.probe.bcc_loader", str(theirs.fileno()), json.dumps(spec)],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env,
+        )
+    except OSError as exc:
+        ours.close()
+        theirs.close()
+        raise ProbeError(f"cannot start the BPF loader process {sys.executable}: {exc.strerror}") from exc
+    theirs.close()  # the child's copy is its only one: its exit ends our receive
+    try:
+        ours.settimeout(LOAD_TIMEOUT_S)
+        try:
+            message, fds, _flags, _address = socket.recv_fds(ours, 1 << 16, MAX_DESCRIPTORS)
+        except TimeoutError as exc:
+            child.kill()
+            raise ProbeError(f"the BPF loader process did not finish within {LOAD_TIMEOUT_S:g}s") from exc
+    finally:
+        ours.close()
+        try:
+            status = child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            status = child.wait()
+    if not message:
+        raise ProbeError(f"the BPF loader process exited with status {status} without sending the program "
+                         "(its error is on stderr above)")
+    try:
+        reply = json.loads(message)
+        for level, line in reply.get("logs", []):
+            log.log(level, "%s", line)
+        if "error" in reply:
+            raise ProbeError(reply["error"])
+        maps = {name: fds[index] for name, index in reply["maps"].items()}
+        links = {name: fds[index] for name, index in reply["links"].items()}
+    except ProbeError:
+        _close_all(fds)
+        raise
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        _close_all(fds)
+        raise ProbeError(f"the BPF loader process sent a reply that cannot be read: {exc}") from exc
+    return maps, links
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)

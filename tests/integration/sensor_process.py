@@ -36,7 +36,7 @@ def get(doc: Doc, dotted: str, default: Any = None) -> Any:
 class SensorProcess:
     """`container-sensor run` writing NDJSON to a file; the test reads documents as they arrive."""
 
-    def __init__(self, *extra_args: str, startup_timeout: float = 30.0) -> None:
+    def __init__(self, *extra_args: str, startup_timeout: float = 60.0) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="sensor-test-"))
         self.out_path = self.workdir / "events.ndjson"
         self.err_path = self.workdir / "stderr.log"

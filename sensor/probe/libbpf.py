@@ -1,0 +1,136 @@
+"""The few bpf() calls the long-lived sensor makes on objects it holds as file descriptors, through Debian's
+libbpf (libbpf1: a small C library, no compiler): per-CPU map reads, object ids, and libbpf's ring-buffer
+consumer for CPUs where sensor/probe/ringbuf.py's plain loads are not enough.
+
+BCC is not used here on purpose: importing it maps LLVM (about 115 MB resident) for the life of the process,
+and BCC is needed only for the second it takes to compile (sensor/probe/bcc_loader.py, in a child process).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+LIBRARY_NAMES = ("libbpf.so.1", "libbpf.so")
+POSSIBLE_CPUS = Path("/sys/devices/system/cpu/possible")
+
+
+class LibbpfError(OSError):
+    """libbpf is missing or a call failed; the message says which."""
+
+
+@cache
+def library() -> ctypes.CDLL:
+    last: OSError | None = None
+    for name in (*LIBRARY_NAMES, ctypes.util.find_library("bpf")):
+        if not name:
+            continue
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+        except OSError as error:
+            last = error
+            continue
+        _declare(lib)
+        return lib
+    raise LibbpfError(errno.ENOENT, f"libbpf cannot be loaded ({last}): apt-get install libbpf1")
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    lib.bpf_map_lookup_elem.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+    lib.bpf_map_lookup_elem.restype = ctypes.c_int
+    lib.bpf_map_get_fd_by_id.argtypes = (ctypes.c_uint32,)
+    lib.bpf_map_get_fd_by_id.restype = ctypes.c_int
+    lib.bpf_prog_get_fd_by_id.argtypes = (ctypes.c_uint32,)
+    lib.bpf_prog_get_fd_by_id.restype = ctypes.c_int
+    lib.ring_buffer__new.argtypes = (ctypes.c_int, SAMPLE_CALLBACK, ctypes.c_void_p, ctypes.c_void_p)
+    lib.ring_buffer__new.restype = ctypes.c_void_p
+    lib.ring_buffer__poll.argtypes = (ctypes.c_void_p, ctypes.c_int)
+    lib.ring_buffer__poll.restype = ctypes.c_int
+    lib.ring_buffer__consume.argtypes = (ctypes.c_void_p,)
+    lib.ring_buffer__consume.restype = ctypes.c_int
+    lib.ring_buffer__free.argtypes = (ctypes.c_void_p,)
+    lib.ring_buffer__free.restype = None
+
+
+# int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size)
+SAMPLE_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+
+
+def _failed(call: str) -> LibbpfError:
+    # libbpf returns -errno (libbpf 1.x's strict mode) and sets errno as well
+    code = ctypes.get_errno() or errno.EIO
+    return LibbpfError(code, f"{call}: {os.strerror(code)}")
+
+
+@cache
+def possible_cpus() -> int:
+    """How many values a per-CPU map holds per key: one per possible CPU ("0-1", "0,2-5")."""
+    count = 0
+    for part in POSSIBLE_CPUS.read_text().strip().split(","):
+        low, _, high = part.partition("-")
+        count += int(high or low) - int(low) + 1
+    return count
+
+
+def percpu_u64_values(map_fd: int, key: int) -> list[int]:
+    """Each CPU's u64 at `key` of a BPF_MAP_TYPE_PERCPU_ARRAY (the kernel copies one 8-byte slot per CPU)."""
+    cpus = possible_cpus()
+    values = (ctypes.c_uint64 * cpus)()
+    index = ctypes.c_uint32(key)
+    if library().bpf_map_lookup_elem(map_fd, ctypes.byref(index), values) != 0:
+        raise _failed(f"reading key {key} of BPF map fd {map_fd}")
+    return list(values)
+
+
+def object_exists(kind: str, object_id: int) -> bool:
+    """Whether the kernel still holds the map or program with this id ("map" or "prog")."""
+    lib = library()
+    fd = lib.bpf_map_get_fd_by_id(object_id) if kind == "map" else lib.bpf_prog_get_fd_by_id(object_id)
+    if fd >= 0:
+        os.close(fd)
+        return True
+    if ctypes.get_errno() == errno.ENOENT:
+        return False
+    raise _failed(f"looking up BPF {kind} id {object_id}")
+
+
+class LibbpfRingReader:
+    """libbpf's ring-buffer consumer: one ctypes callback per record, with the acquire loads the kernel's
+    release stores need on CPUs without total store order."""
+
+    def __init__(self, map_fd: int, handle: Callable[[bytes], object]) -> None:
+        lib = library()
+        self._lib = lib
+        self._handle = handle
+
+        def sample(_ctx: int | None, data: int, size: int) -> int:
+            handle(ctypes.string_at(data, size))
+            return 0
+
+        self._callback = SAMPLE_CALLBACK(sample)  # referenced for as long as libbpf may call it
+        ring = lib.ring_buffer__new(map_fd, self._callback, None, None)
+        if not ring:
+            raise _failed(f"opening the ring buffer of BPF map fd {map_fd}")
+        self._ring: int | None = ring
+
+    def wait_and_consume(self, timeout_ms: int) -> None:
+        """Waits up to timeout_ms for a wake-up, then consumes every ring: the probe wakes the consumer only
+        every few records, and poll reads only the rings that woke it."""
+        if self._ring is None:
+            return
+        self._lib.ring_buffer__poll(self._ring, timeout_ms)
+        self._lib.ring_buffer__consume(self._ring)
+
+    def consume(self) -> None:
+        if self._ring is not None:
+            self._lib.ring_buffer__consume(self._ring)
+
+    def close(self) -> None:
+        if self._ring is not None:
+            self._lib.ring_buffer__free(self._ring)
+            self._ring = None
