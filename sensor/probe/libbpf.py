@@ -101,16 +101,31 @@ def object_exists(kind: str, object_id: int) -> bool:
 
 class LibbpfRingReader:
     """libbpf's ring-buffer consumer: one ctypes callback per record, with the acquire loads the kernel's
-    release stores need on CPUs without total store order."""
+    release stores need on CPUs without total store order.
+
+    libbpf consumes until the ring is empty, which under a storm faster than the consumer is never: a callback
+    that returns a negative number makes it stop after that record (libbpf 1.1 has no ring_buffer__consume_n).
+    That is how a call hands control back after BATCH records, so that the loop can flush its outputs and tick,
+    and how an exception raised in the callback (a drain deadline, which ctypes would print and swallow) ends
+    the call and is raised again here."""
+
+    BATCH = 4096
+    _STOP = -1
 
     def __init__(self, map_fd: int, handle: Callable[[bytes], object]) -> None:
         lib = library()
         self._lib = lib
-        self._handle = handle
+        self._taken = 0
+        self._raised: BaseException | None = None
 
         def sample(_ctx: int | None, data: int, size: int) -> int:
-            handle(ctypes.string_at(data, size))
-            return 0
+            try:
+                handle(ctypes.string_at(data, size))
+            except BaseException as error:  # carried out of the C call, raised again
+                self._raised = error
+                return self._STOP
+            self._taken += 1
+            return self._STOP if self._taken >= self.BATCH else 0
 
         self._callback = SAMPLE_CALLBACK(sample)  # referenced for as long as libbpf may call it
         ring = lib.ring_buffer__new(map_fd, self._callback, None, None)
@@ -118,17 +133,30 @@ class LibbpfRingReader:
             raise _failed(f"opening the ring buffer of BPF map fd {map_fd}")
         self._ring: int | None = ring
 
+    def _after(self) -> bool:
+        """Raises what the callback caught; says whether the call stopped at BATCH records (more may wait)."""
+        full = self._taken >= self.BATCH
+        self._taken = 0
+        raised, self._raised = self._raised, None
+        if raised is not None:
+            raise raised
+        return full
+
     def wait_and_consume(self, timeout_ms: int) -> None:
-        """Waits up to timeout_ms for a wake-up, then consumes every ring: the probe wakes the consumer only
-        every few records, and poll reads only the rings that woke it."""
+        """Waits up to timeout_ms for a wake-up, then consumes up to BATCH records: the probe wakes the consumer
+        only every few records, and poll reads only the rings that woke it."""
         if self._ring is None:
             return
         self._lib.ring_buffer__poll(self._ring, timeout_ms)
-        self._lib.ring_buffer__consume(self._ring)
+        if not self._after():
+            self.consume()
 
-    def consume(self) -> None:
-        if self._ring is not None:
-            self._lib.ring_buffer__consume(self._ring)
+    def consume(self) -> bool:
+        """Consumes up to BATCH records without waiting; True when it stopped there with more maybe waiting."""
+        if self._ring is None:
+            return False
+        self._lib.ring_buffer__consume(self._ring)
+        return self._after()
 
     def close(self) -> None:
         if self._ring is not None:

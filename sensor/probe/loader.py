@@ -150,12 +150,20 @@ class Probe:
         elif self._libbpf_reader is not None:
             self._libbpf_reader.wait_and_consume(timeout_ms)
 
+    def detach(self) -> None:
+        """Stops the probes from writing records; the ring and what it holds stay readable."""
+        _close_all(list(self._links.values()))
+        self._links = {}
+
     def drain(self) -> None:
-        """Delivers what is already in the ring buffer without waiting."""
+        """Detaches, then delivers what is left in the ring buffer: with nothing more written, the drain ends
+        even while a storm goes on (reading until the ring is empty would not)."""
+        self.detach()
         if self._reader is not None:
             self._reader.consume(self._handle)
         elif self._libbpf_reader is not None:
-            self._libbpf_reader.consume()
+            while self._libbpf_reader.consume():
+                pass
 
     def backlog_bytes(self) -> int | None:
         """Bytes of records waiting in the ring buffer, for liveness; None with libbpf's reader, which hides it."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -52,3 +53,24 @@ def test_mmap_reader_reads_records_that_wrap_around_the_ring(monkeypatch: pytest
     for doc in ours:
         index = int(get(doc, "process.args")[2])
         assert get(doc, "process.args") == ["/bin/true", marker, str(index), " " * index]
+
+
+@pytest.mark.parametrize("reader", ["mmap", "libbpf"])
+def test_an_endless_storm_does_not_hold_the_sensor_after_sigterm(reader: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each read hands control back after a batch, and the drain detaches first: a storm that never lets the
+    ring run empty neither keeps the loop from seeing SIGTERM nor makes the drain last until its deadline."""
+    monkeypatch.setenv("CONTAINER_SENSOR_PROBE_RING_READER", reader)
+    sensor = SensorProcess("--drain-timeout", "60")
+    storm = subprocess.Popen(["/bin/sh", "-c", "while :; do /bin/true; /bin/true; /bin/true; done"])
+    try:
+        time.sleep(3)
+        began = time.monotonic()
+        status = sensor.stop(timeout=50)
+        took = time.monotonic() - began
+    finally:
+        storm.kill()
+        storm.wait()
+    assert status == 0, sensor.stderr()
+    assert "drain cut" not in sensor.stderr()
+    assert took < 20, f"the sensor took {took:.1f}s to stop"
