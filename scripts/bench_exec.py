@@ -1,9 +1,17 @@
 #!/usr/bin/env python3
-"""Exec storm benchmark: fork+exec of /bin/true from K parallel workers, without and with the sensor.
+"""Exec storm benchmark: fork+exec from K parallel workers with no monitor, the bare BCC consumer, and the sensor.
 
-Prints execs/s both ways and their ratio, documents received against execs made, lost events, the sensor's CPU
-and peak RSS, and p50/p99 latency from exec (the document's @timestamp, taken in the kernel) to the document's
-arrival on the sensor's stdout. Run as root from the repository: sudo .venv/bin/python scripts/bench_exec.py
+The three arms run interleaved, --rounds times, the order rotated each round so that none always runs first on
+a cold or warm machine. The bare consumer (/work/shared/bench/bare_bcc.py, one JSON line per exec, nothing else)
+is the anchor: the least a BCC exec monitor can do on this kernel. For each arm, per round and as median
+[min-max]: execs/s and the ratio against no monitor, the sensor/bare ratio, records or documents received
+against execs made (and the sensor's own loss counters), the peak RSS summed over the monitor's whole process
+tree, CPU per exec of that tree, and for the sensor p50/p99 latency from exec (the document's @timestamp, taken
+in the kernel) to the document's arrival on its stdout.
+
+The storm execs a copy of /bin/true in a directory named after the run, so that the bare consumer, which only
+sees the executable's path, counts the storm's execs and nobody else's.
+Run as root from the repository: sudo .venv/bin/python scripts/bench_exec.py --rounds 3
 """
 
 from __future__ import annotations
@@ -13,15 +21,30 @@ import datetime as dt
 import multiprocessing
 import os
 import re
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proctree import PeakRssSampler, read_tree
+
 REPO = Path(__file__).resolve().parents[1]
-TARGET = "/bin/true"
+BARE_BCC = Path("/work/shared/bench/bare_bcc.py")
+BARE_PYTHON = "/usr/bin/python3"  # Debian's bcc module exists for this interpreter only
+ARMS = ("none", "bare", "sensor")
+RSS_TARGET_MB = 100
+# After the storm, a monitor that has delivered nothing new for this long is taken to have delivered all it will.
+STALL_SECONDS = 3.0
+DELIVERY_DEADLINE = 30.0
+
+StormRunner = Callable[[int, int, list[str]], float]
 
 
 def storm_worker(count: int, argv: list[str], start: multiprocessing.Event) -> None:
@@ -52,23 +75,49 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-class StdoutReader(threading.Thread):
-    """Counts exec documents of the storm's marker argv and the delay from @timestamp to arrival."""
+def document_time(line: bytes) -> float | None:
+    """The document's @timestamp as epoch seconds."""
+    at = line.find(b'"@timestamp":"')
+    if at < 0:
+        return None
+    stamp = line[at + 14:at + 40].decode()  # 2026-11-27T21:13:39.528284 (the Z follows)
+    try:
+        return dt.datetime.fromisoformat(stamp + "+00:00").timestamp()
+    except ValueError:
+        return None
 
-    def __init__(self, stream, marker: bytes, container_id: str | None = None) -> None:
+
+def carries_metadata(line: bytes, tag_at: int) -> bool:
+    """Whether the container block that starts at tag_at names the container and its image."""
+    end = line.find(b"}", tag_at + 12)
+    block = line[tag_at:end if end >= 0 else len(line)]
+    return b'"name":' in block and b'"image":' in block
+
+
+class StdoutReader(threading.Thread):
+    """Counts a monitor's lines for the storm's marker; for sensor documents also the delay from @timestamp to
+    arrival, and in a container whether the documents carry the container's id, name and image."""
+
+    def __init__(self, stream, marker: bytes, documents: bool, container_id: str | None = None,
+                 first_exec_marker: bytes | None = None) -> None:
         super().__init__(daemon=True)
         self.stream = stream
         self.marker = marker
+        self.documents = documents
         self.container_tag = f'"container":{{"id":"{container_id}"'.encode() if container_id else None
-        self.docs = 0
+        self.first_exec_marker = first_exec_marker
+        self.lines = 0
         self.matched = 0
         self.matched_in_container = 0
+        self.with_metadata = 0
         self.latencies_ms: list[float] = []
+        self.first_exec_ms: list[float] = []
+        self.first_exec_with_metadata = 0
         self.cpu_seconds = 0.0
 
     def run(self) -> None:
-        # Whole chunks, not lines: the reader shares the 2 cores with the storm and the sensor, and its own
-        # cost would otherwise be charged to the sensor's throughput ratio.
+        # Whole chunks, not lines: the reader shares the 2 cores with the storm and the monitor, and its own
+        # cost would otherwise be charged to the monitor's throughput ratio.
         pending = b""
         read = self.stream.read1
         while True:
@@ -78,45 +127,55 @@ class StdoutReader(threading.Thread):
             arrived = time.time()
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
-            self.docs += len(lines)
+            self.lines += len(lines)
             for line in lines:
-                if self.marker in line and b'"action":"exec"' in line:
+                if self.marker not in line:
+                    continue
+                if not self.documents:
                     self.matched += 1
-                    if self.container_tag is not None and self.container_tag in line:
-                        self.matched_in_container += 1
-                    stamp = line[15:41].decode()  # {"@timestamp":"2026-11-27T21:13:39.528284Z"
-                    when = dt.datetime.fromisoformat(stamp + "+00:00")
-                    self.latencies_ms.append((arrived - when.timestamp()) * 1000)
+                elif b'"action":"exec"' in line:
+                    self.count_document(line, arrived)
         self.cpu_seconds = time.thread_time()
 
-
-def proc_status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    def count_document(self, line: bytes, arrived: float) -> None:
+        when = document_time(line)
+        if self.first_exec_marker is not None and self.first_exec_marker in line:
+            if when is not None:
+                self.first_exec_ms.append((arrived - when) * 1000)
+            tag_at = line.find(b'"container":{"id":"')
+            if tag_at >= 0 and carries_metadata(line, tag_at):
+                self.first_exec_with_metadata += 1
+            return
+        self.matched += 1
+        if when is not None:
+            self.latencies_ms.append((arrived - when) * 1000)
+        if self.container_tag is not None:
+            tag_at = line.find(self.container_tag)
+            if tag_at >= 0:
+                self.matched_in_container += 1
+                if carries_metadata(line, tag_at):
+                    self.with_metadata += 1
 
 
 class ContainerStorm:
     """--in-container: the same storm from a busybox shell loop inside a podman (runc) container started
-    before the sensor, to measure container resolution under load (tests/integration/rootfs.py image)."""
+    before the monitors, to measure container resolution under load (tests/integration/rootfs.py image)."""
 
-    def __init__(self) -> None:
+    def __init__(self, target: str) -> None:
         sys.path.insert(0, str(REPO))
         from tests.integration.rootfs import podman_image  # only for this mode
 
+        self.image = podman_image()
         self.name = f"bench-exec-{os.getpid()}"
         subprocess.run(["podman", "--runtime", "runc", "run", "-d", "--name", self.name, "--network", "none",
-                        "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", podman_image(),
+                        "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", self.image,
                         "sleep", "3600"], check=True, capture_output=True)
         self.id = subprocess.run(["podman", "inspect", "-f", "{{.Id}}", self.name], check=True,
                                  capture_output=True, text=True).stdout.strip()
-        self(1, 200, ["/bin/true", "warm-up"])  # the first loop in a fresh container pays page-cache misses
+        # busybox picks its applet from argv[0]'s base name, so a copy named `true` is `true` under any path
+        subprocess.run(["podman", "exec", self.name, "/bin/sh", "-c",
+                        f"mkdir -p {Path(target).parent} && cp /bin/busybox {target}"], check=True)
+        self(1, 200, [target, "warm-up"])  # the first loop in a fresh container pays page-cache misses
 
     def __call__(self, workers: int, per_worker: int, argv: list[str]) -> float:
         loop = f"i=0; while [ $i -lt {per_worker} ]; do {' '.join(argv)}; i=$((i+1)); done"
@@ -126,116 +185,358 @@ class ContainerStorm:
                              capture_output=True, text=True).stdout.split()
         return float(out[1]) - float(out[0])
 
+    def run_fresh(self, argv: list[str]) -> None:
+        """A new container whose first exec is argv, removed when it exits."""
+        subprocess.run(["podman", "--runtime", "runc", "run", "--rm", "--network", "none",
+                        "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", self.image, *argv],
+                       check=True, capture_output=True)
+
     def close(self) -> None:
         subprocess.run(["podman", "rm", "-f", "-t", "0", self.name], capture_output=True)
 
 
-def scrape_resolver(address: str) -> dict[str, float]:
+def scrape_metrics(address: str, prefix: str = "container_sensor_") -> dict[str, float]:
     import urllib.request
 
     values = {}
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
         for line in response.read().decode().splitlines():
-            if line.startswith("container_sensor_resolver_"):
+            if line.startswith(prefix):
                 key, value = line.rsplit(" ", 1)
-                values[key.removeprefix("container_sensor_resolver_")] = float(value)
+                values[key.removeprefix(prefix)] = float(value)
     return values
 
 
-def run_with_sensor(args: argparse.Namespace, argv: list[str], extra: list[str], run_storm=None,
-                    container_id: str | None = None) -> dict:
-    workdir = Path(tempfile.mkdtemp(prefix="bench-exec-"))
-    ready = workdir / "ready"
-    err_path = workdir / "stderr.log"
-    cmd = [sys.executable, "-m", "sensor", "run", "--ready-file", str(ready), "--metrics-address", "off",
-           "--log-format", "text", *extra]
-    with open(err_path, "wb") as err:
-        # A session of its own, as the systemd unit or a DaemonSet pod gives it: with the kernel's autogroup
-        # scheduling (on by default) a sensor in the benchmark's session would share one CPU share with the
-        # storm's drivers, and in --in-container mode wait hundreds of milliseconds behind the container.
-        sensor = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=REPO, start_new_session=True)
+SENSOR_LOSSES = {
+    "kernel lost": re.compile(r"documents emitted, (\d+) lost"),
+    "dropped by outputs": re.compile(r"(\d+) dropped by outputs"),
+    "lost at exit": re.compile(r"(\d+) documents lost at exit"),
+    "lost in cut drain": re.compile(r"for the next start, (\d+) lost\)"),
+}
+
+
+def sensor_losses(summary: str | None) -> dict[str, int] | None:
+    """The sensor's own loss counters from its exit summary line; None without one."""
+    if summary is None:
+        return None
+    return {name: int(found.group(1)) if (found := pattern.search(summary)) else 0
+            for name, pattern in SENSOR_LOSSES.items()}
+
+
+@dataclass
+class ArmResult:
+    arm: str
+    round: int
+    execs: int
+    seconds: float
+    received: int = 0
+    cpu_seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    peak_processes: int = 0
+    reader_cpu: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    summary: str | None = None
+    losses: dict[str, int] | None = None
+    in_container: int = 0
+    with_metadata: int = 0
+    first_exec_ms: list[float] = field(default_factory=list)
+    first_exec_with_metadata: int = 0
+    fresh_containers: int = 0
+    resolver: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.execs / self.seconds
+
+    @property
+    def missing(self) -> int:
+        return self.execs - self.received
+
+    @property
+    def cpu_us_per_exec(self) -> float:
+        return 1e6 * self.cpu_seconds / self.execs
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    argv: list[str]
+    marker: str
+    run_storm: StormRunner
+    container: ContainerStorm | None
+
+    @property
+    def execs(self) -> int:
+        return (self.args.count // self.args.workers) * self.args.workers
+
+    def run_none(self, round_no: int) -> ArmResult:
+        # the sampler scans /proc in every arm, so no arm is spared its cost
+        sampler = PeakRssSampler(None)
+        sampler.start()
+        seconds = self.run_storm(self.args.workers, self.args.count // self.args.workers, self.argv)
+        sampler.stop()
+        return ArmResult("none", round_no, self.execs, seconds, received=self.execs)
+
+    def monitor_command(self, arm: str, ready: Path) -> list[str]:
+        if arm == "bare":
+            return [BARE_PYTHON, str(BARE_BCC), str(ready)]
+        extra = list(self.args.sensor_arg)
+        if self.container is not None:
+            extra += ["--metrics-address", self.args.metrics_address]
+        else:
+            extra = ["--metrics-address", "off", *extra]
+        return [sys.executable, "-m", "sensor", "run", "--ready-file", str(ready), "--log-format", "text", *extra]
+
+    def run_monitor(self, arm: str, round_no: int) -> ArmResult:
+        workdir = Path(tempfile.mkdtemp(prefix=f"bench-exec-{arm}-"))
+        ready = workdir / "ready"
+        err_path = workdir / "stderr.log"
+        documents = arm == "sensor"
+        container_id = self.container.id if self.container else None
         # in a container the storm's shell script also carries the marker: match the storm's own argv only
-        pattern = f'"args":["{argv[0]}","{argv[-1]}"]' if container_id else argv[-1]
-        reader = StdoutReader(sensor.stdout, pattern.encode(), container_id)
-        reader.start()
-        while not ready.exists():
-            if sensor.poll() is not None:
-                raise SystemExit(f"sensor failed to start: {err_path.read_text()}")
-            time.sleep(0.05)
-        cpu_before = cpu_seconds(sensor.pid)
-        seconds = (run_storm or storm)(args.workers, args.count // args.workers, argv)
-        expected = (args.count // args.workers) * args.workers
-        deadline = time.monotonic() + 30
+        pattern = f'"args":["{self.argv[0]}","{self.argv[-1]}"]' if documents and container_id else self.marker
+        first_exec_marker = f"{self.marker}-new-".encode() if documents and self.container else None
+        result = ArmResult(arm, round_no, self.execs, 0.0)
+        with open(err_path, "wb") as err:
+            # A session of its own, as the systemd unit or a DaemonSet pod gives it: with the kernel's autogroup
+            # scheduling (on by default) a monitor in the benchmark's session would share one CPU share with the
+            # storm's drivers, and in --in-container mode wait hundreds of milliseconds behind the container.
+            monitor = subprocess.Popen(self.monitor_command(arm, ready), stdout=subprocess.PIPE, stderr=err,
+                                       cwd=REPO, start_new_session=True)
+            reader = StdoutReader(monitor.stdout, pattern.encode(), documents, container_id, first_exec_marker)
+            reader.start()
+            try:
+                while not ready.exists():
+                    if monitor.poll() is not None:
+                        raise SystemExit(f"{arm} failed to start: {err_path.read_text()}")
+                    time.sleep(0.05)
+                sampler = PeakRssSampler(monitor.pid)
+                cpu_before = read_tree(monitor.pid).cpu_seconds
+                sampler.start()
+                result.seconds = self.run_storm(self.args.workers, self.args.count // self.args.workers,
+                                                self.argv)
+                self.await_delivery(reader, self.execs)
+                result.cpu_seconds = read_tree(monitor.pid).cpu_seconds - cpu_before
+                sampler.stop()
+                result.peak_rss_mb = sampler.peak_rss_kb / 1024
+                result.peak_processes = sampler.peak_processes
+                if first_exec_marker is not None:
+                    self.start_fresh_containers(reader, result)
+                if documents and self.container is not None:
+                    result.resolver = {key.removeprefix("resolver_"): value
+                                       for key, value in scrape_metrics(self.args.metrics_address).items()
+                                       if key.startswith("resolver_")}
+            finally:
+                stop_monitor(monitor, arm)
+                reader.join(10)
+        result.received = reader.matched
+        result.reader_cpu = reader.cpu_seconds
+        result.latencies_ms = reader.latencies_ms
+        result.in_container = reader.matched_in_container
+        result.with_metadata = reader.with_metadata
+        result.first_exec_ms = reader.first_exec_ms
+        result.first_exec_with_metadata = reader.first_exec_with_metadata
+        stderr_lines = err_path.read_text(errors="replace").splitlines()
+        marker_word = "events seen" if documents else "bare:"
+        summaries = [line for line in stderr_lines if marker_word in line]
+        result.summary = summaries[-1] if summaries else None
+        if documents:
+            result.losses = sensor_losses(result.summary)
+        shutil.rmtree(workdir, ignore_errors=True)
+        return result
+
+    @staticmethod
+    def await_delivery(reader: StdoutReader, expected: int) -> None:
+        deadline = time.monotonic() + DELIVERY_DEADLINE
+        last, last_change = reader.matched, time.monotonic()
         while reader.matched < expected and time.monotonic() < deadline:
             time.sleep(0.05)
-        cpu = cpu_seconds(sensor.pid) - cpu_before
-        peak_rss_kb = proc_status_kb(sensor.pid, "VmHWM")
-        resolver = scrape_resolver(args.metrics_address) if container_id else {}
-        print(f"storm done in {seconds:.2f}s; {reader.matched}/{expected} storm documents seen", file=sys.stderr)
-        sensor.terminate()
-        try:
-            sensor.wait(60)
-        except subprocess.TimeoutExpired:
-            sensor.kill()
-            sensor.wait()
-            print("sensor did not stop within 60 s of SIGTERM", file=sys.stderr)
-        reader.join(10)
-    summary = [line for line in err_path.read_text().splitlines() if "events seen" in line]
-    lost = re.search(r"(\d+) lost", summary[-1]).group(1) if summary else "?"
-    return {"seconds": seconds, "expected": expected, "received": reader.matched, "cpu": cpu,
-            "reader_cpu": reader.cpu_seconds,
-            "rss_mb": peak_rss_kb / 1024, "lat": reader.latencies_ms, "lost": lost,
-            "summary": summary[-1] if summary else "no summary line",
-            "in_container": reader.matched_in_container, "resolver": resolver}
+            if reader.matched != last:
+                last, last_change = reader.matched, time.monotonic()
+            elif time.monotonic() - last_change > STALL_SECONDS:
+                break
+
+    def start_fresh_containers(self, reader: StdoutReader, result: ArmResult) -> None:
+        """Each new container's first exec: how long its document takes and whether it names the container."""
+        assert self.container is not None
+        for index in range(self.args.new_containers):
+            self.container.run_fresh(["/bin/true", f"{self.marker}-new-{index}"])
+        result.fresh_containers = self.args.new_containers
+        deadline = time.monotonic() + 10
+        while len(reader.first_exec_ms) < self.args.new_containers and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def stop_monitor(monitor: subprocess.Popen, arm: str) -> None:
+    monitor.terminate()
+    try:
+        monitor.wait(60)
+    except subprocess.TimeoutExpired:
+        monitor.kill()
+        monitor.wait()
+        print(f"{arm} did not stop within 60 s of SIGTERM", file=sys.stderr)
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """median [min-max]"""
+    values = [v for v in values if v == v]  # NaN is a round that had nothing to measure
+    if not values:
+        return "n/a"
+    return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
+
+
+def round_line(result: ArmResult, by_arm: dict[str, ArmResult]) -> str:
+    base = by_arm["none"].rate
+    parts = [f"round {result.round} {result.arm:6}: {result.rate:8,.0f} execs/s  x{result.rate / base:.3f} of none"]
+    if result.arm == "none":
+        return parts[0]
+    if result.arm == "sensor" and "bare" in by_arm:
+        parts.append(f"sensor/bare {result.rate / by_arm['bare'].rate:.3f}")
+    parts.append(f"received {result.received}/{result.execs} ({result.missing} missing)")
+    if result.losses is not None:
+        parts.append("own loss " + "+".join(str(v) for v in result.losses.values()))
+    elif result.arm == "sensor":
+        parts.append("own loss ? (no summary line)")
+    parts.append(f"peak RSS {result.peak_rss_mb:.0f} MB over {result.peak_processes} processes")
+    parts.append(f"CPU {result.cpu_seconds:.2f} s = {result.cpu_us_per_exec:.1f} us/exec")
+    if result.arm == "sensor":
+        parts.append(f"latency p50 {percentile(result.latencies_ms, 0.5):.1f} ms "
+                     f"p99 {percentile(result.latencies_ms, 0.99):.1f} ms")
+    return "  ".join(parts)
+
+
+def sensor_lost(result: ArmResult) -> int | None:
+    if result.losses is None:
+        return None
+    return result.missing + sum(result.losses.values())
+
+
+def report(bench: Bench, rounds: list[dict[str, ArmResult]]) -> None:
+    args = bench.args
+    print()
+    print(f"workers={args.workers} execs={bench.execs} per arm and round, rounds={len(rounds)}, "
+          f"target={bench.argv[0]}{' (in a podman container)' if bench.container else ''}")
+    for by_arm in rounds:
+        for arm in ARMS:
+            print(round_line(by_arm[arm], by_arm))
+        sensor = by_arm["sensor"]
+        if sensor.summary:
+            print(f"           sensor summary: {sensor.summary}")
+        if by_arm["bare"].summary:
+            print(f"           bare summary:   {by_arm['bare'].summary}")
+
+    def column(arm: str, get: Callable[[ArmResult], float]) -> list[float]:
+        return [get(by_arm[arm]) for by_arm in rounds]
+
+    print("\nmedian [min-max] over rounds:")
+    for arm in ARMS:
+        line = f"  {arm:6} execs/s {spread(column(arm, lambda r: r.rate), ',.0f')}"
+        if arm != "none":
+            line += (f"  x none {spread([by_arm[arm].rate / by_arm['none'].rate for by_arm in rounds], '.3f')}"
+                     f"  missing {spread(column(arm, lambda r: r.missing), '.0f')}"
+                     f"  peak RSS MB {spread(column(arm, lambda r: r.peak_rss_mb), '.0f')}"
+                     f"  CPU us/exec {spread(column(arm, lambda r: r.cpu_us_per_exec), '.1f')}")
+        print(line)
+    ratios = [by_arm["sensor"].rate / by_arm["bare"].rate for by_arm in rounds]
+    print(f"  sensor/bare {spread(ratios, '.3f')}")
+    p50s = column("sensor", lambda r: percentile(r.latencies_ms, 0.5))
+    p99s = column("sensor", lambda r: percentile(r.latencies_ms, 0.99))
+    print(f"  sensor exec -> document latency: p50 {spread(p50s, '.1f')} ms, p99 {spread(p99s, '.1f')} ms")
+    reader_cpu = {arm: spread(column(arm, lambda r: r.reader_cpu), ".2f") for arm in ("bare", "sensor")}
+    print(f"  benchmark's stdout reader CPU (shares the cores): bare {reader_cpu['bare']} s, "
+          f"sensor {reader_cpu['sensor']} s")
+    if bench.container is not None:
+        report_container(bench, rounds)
+
+    losses = [sensor_lost(by_arm["sensor"]) for by_arm in rounds]
+    bare_cpu = statistics.median(column("bare", lambda r: r.cpu_us_per_exec))
+    sensor_cpu = statistics.median(column("sensor", lambda r: r.cpu_us_per_exec))
+    sensor_rss = max(column("sensor", lambda r: r.peak_rss_mb))
+    ratio = statistics.median(ratios)
+    known_losses = [lost for lost in losses if lost is not None]
+    lost_text = (f"{sum(known_losses)}" if len(known_losses) == len(losses)
+                 else f"{sum(known_losses)} + unknown ({len(losses) - len(known_losses)} rounds without a summary)")
+    targets = [
+        ("sensor/bare exec rate (median)", f"{ratio:.3f}", ">= 1.00", ratio >= 1.0),
+        ("sensor CPU per exec (median)", f"{sensor_cpu:.1f} us", f"<= bare's {bare_cpu:.1f} us",
+         sensor_cpu <= bare_cpu),
+        ("sensor peak RSS (largest round)", f"{sensor_rss:.0f} MB", f"<= {RSS_TARGET_MB} MB",
+         sensor_rss <= RSS_TARGET_MB),
+        ("sensor lost (missing + own counters, all rounds)", lost_text, "0",
+         len(known_losses) == len(losses) and sum(known_losses) == 0),
+    ]
+    print("\ntargets:")
+    for name, value, target, met in targets:
+        print(f"  {'PASS' if met else 'FAIL'}  {name}: {value}  (target {target})")
+    print(f"overall: {'PASS' if all(met for *_, met in targets) else 'FAIL'}")
+
+
+def report_container(bench: Bench, rounds: list[dict[str, ArmResult]]) -> None:
+    assert bench.container is not None
+    sensors = [by_arm["sensor"] for by_arm in rounds]
+    in_container = sum(r.in_container for r in sensors)
+    received = sum(r.received for r in sensors)
+    with_metadata = sum(r.with_metadata for r in sensors)
+    print(f"  in container {bench.container.id[:12]}: {in_container} of {received} storm documents carry its "
+          f"container.id, {with_metadata} of those ({100 * with_metadata / max(in_container, 1):.1f}%) "
+          "also container.name and container.image")
+    first = [ms for r in sensors for ms in r.first_exec_ms]
+    fresh = sum(r.fresh_containers for r in sensors)
+    named = sum(r.first_exec_with_metadata for r in sensors)
+    if fresh:
+        print(f"  first exec of {fresh} new containers: {len(first)} documents seen, {named} carry name and image; "
+              f"latency p50 {percentile(first, 0.5):.1f} ms, p99 {percentile(first, 0.99):.1f} ms "
+              f"(with {len(first)} samples p99 is the slowest)")
+    res = sensors[-1].resolver
+    print("  resolver (last round): " + ", ".join(f"{k}={int(res.get(k, 0))}" for k in (
+        "resolve_calls", "resolve_cached", "proc_reads", "metadata_file_reads", "unknown_cgroup_ids",
+        "rescans", "containers_by_cgroup")))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--count", type=int, default=20000, help="execs in all, split across the workers")
+    parser.add_argument("--count", type=int, default=20000, help="execs per arm and round, split across the workers")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the three arms, order rotated each round")
     parser.add_argument("--sensor-arg", action="append", default=[], help="extra argument for 'run'")
     parser.add_argument("--in-container", action="store_true",
                         help="run the storm inside a podman container and report container resolution")
+    parser.add_argument("--new-containers", type=int, default=5,
+                        help="in --in-container mode, fresh containers started after each sensor storm to time "
+                             "the document of each one's first exec")
     parser.add_argument("--metrics-address", default="127.0.0.1:19464",
                         help="where the sensor serves /metrics in --in-container mode")
     args = parser.parse_args()
     if os.geteuid() != 0:
-        raise SystemExit("bench_exec.py: run as root (the sensor loads BPF programs)")
+        raise SystemExit("bench_exec.py: run as root (the monitors load BPF programs)")
+    if not BARE_BCC.exists():
+        raise SystemExit(f"bench_exec.py: the bare consumer {BARE_BCC} is missing")
     marker = f"bench-{os.getpid()}"
-    argv = [TARGET, marker]
-
-    container = ContainerStorm() if args.in_container else None
+    target_dir = Path(tempfile.gettempdir()) / marker
+    target = target_dir / "true"
+    container = None
     try:
-        run_storm = container or storm
-        # the baseline is taken before and after the sensor run, so a drift in the machine's load shows
-        before = args.count / run_storm(args.workers, args.count // args.workers, argv)
-        extra = [*args.sensor_arg, "--metrics-address", args.metrics_address] if container else args.sensor_arg
-        result = run_with_sensor(args, argv, extra, run_storm, container.id if container else None)
-        after = args.count / run_storm(args.workers, args.count // args.workers, argv)
-        base_rate = (before + after) / 2
+        if args.in_container:
+            container = ContainerStorm(str(target))
+        else:
+            target_dir.mkdir()
+            shutil.copy2("/bin/true", target)
+        bench = Bench(args, [str(target), marker], marker, container or storm, container)
+        rounds: list[dict[str, ArmResult]] = []
+        for round_no in range(1, args.rounds + 1):
+            shift = (round_no - 1) % len(ARMS)
+            order = ARMS[shift:] + ARMS[:shift]
+            by_arm: dict[str, ArmResult] = {}
+            for arm in order:
+                by_arm[arm] = bench.run_none(round_no) if arm == "none" else bench.run_monitor(arm, round_no)
+                print(f"round {round_no} {arm}: {by_arm[arm].seconds:.2f} s, "
+                      f"{by_arm[arm].received}/{by_arm[arm].execs} received", file=sys.stderr)
+            rounds.append(by_arm)
     finally:
         if container is not None:
             container.close()
-    rate = result["expected"] / result["seconds"]
-    lat = result["lat"]
-    print(f"workers={args.workers} execs={result['expected']} target={TARGET}")
-    print(f"without sensor: {base_rate:,.0f} execs/s (before {before:,.0f}, after {after:,.0f})")
-    print(f"with sensor:    {rate:,.0f} execs/s   ratio {rate / base_rate:.3f}")
-    print(f"documents received for the storm: {result['received']} of {result['expected']} "
-          f"({result['expected'] - result['received']} missing); kernel-side lost: {result['lost']}")
-    print(f"sensor CPU: {result['cpu']:.2f} s over {result['seconds']:.2f} s of storm "
-          f"({100 * result['cpu'] / result['seconds']:.0f}% of one core); peak RSS {result['rss_mb']:.0f} MB")
-    print(f"benchmark's own stdout reader: {result['reader_cpu']:.2f} s CPU (shares the cores with the storm)")
-    print(f"latency exec -> stdout: p50 {percentile(lat, 0.5):.1f} ms, p99 {percentile(lat, 0.99):.1f} ms, "
-          f"max {max(lat) if lat else float('nan'):.1f} ms")
-    print(f"sensor summary: {result['summary']}")
-    if container is not None:
-        res = result["resolver"]
-        print(f"in container {container.id[:12]}: {result['in_container']} of {result['received']} storm documents "
-              f"carry its container.id")
-        print("resolver: " + ", ".join(f"{k}={int(res.get(k, 0))}" for k in (
-            "resolve_calls", "resolve_cached", "proc_reads", "metadata_file_reads", "unknown_cgroup_ids",
-            "rescans", "containers_by_cgroup")))
+        shutil.rmtree(target_dir, ignore_errors=True)
+    report(bench, rounds)
 
 
 if __name__ == "__main__":
