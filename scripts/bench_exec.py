@@ -17,10 +17,8 @@ Run as root from the repository: sudo .venv/bin/python scripts/bench_exec.py --r
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import multiprocessing
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -34,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proctree import PeakRssSampler, read_tree
+from sensor_readings import document_time, percentile, scrape_metrics, summary_line, summary_losses
 
 REPO = Path(__file__).resolve().parents[1]
 BARE_BCC = Path("/work/shared/bench/bare_bcc.py")
@@ -66,25 +65,6 @@ def storm(workers: int, per_worker: int, argv: list[str]) -> float:
     for proc in procs:
         proc.join()
     return time.perf_counter() - began
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def document_time(line: bytes) -> float | None:
-    """The document's @timestamp as epoch seconds."""
-    at = line.find(b'"@timestamp":"')
-    if at < 0:
-        return None
-    stamp = line[at + 14:at + 40].decode()  # 2026-11-27T21:13:39.528284 (the Z follows)
-    try:
-        return dt.datetime.fromisoformat(stamp + "+00:00").timestamp()
-    except ValueError:
-        return None
 
 
 def carries_metadata(line: bytes, tag_at: int) -> bool:
@@ -195,34 +175,6 @@ class ContainerStorm:
         subprocess.run(["podman", "rm", "-f", "-t", "0", self.name], capture_output=True)
 
 
-def scrape_metrics(address: str, prefix: str = "container_sensor_") -> dict[str, float]:
-    import urllib.request
-
-    values = {}
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(prefix):
-                key, value = line.rsplit(" ", 1)
-                values[key.removeprefix(prefix)] = float(value)
-    return values
-
-
-SENSOR_LOSSES = {
-    "kernel lost": re.compile(r"documents emitted, (\d+) lost"),
-    "dropped by outputs": re.compile(r"(\d+) dropped by outputs"),
-    "lost at exit": re.compile(r"(\d+) documents lost at exit"),
-    "lost in cut drain": re.compile(r"for the next start, (\d+) lost\)"),
-}
-
-
-def sensor_losses(summary: str | None) -> dict[str, int] | None:
-    """The sensor's own loss counters from its exit summary line; None without one."""
-    if summary is None:
-        return None
-    return {name: int(found.group(1)) if (found := pattern.search(summary)) else 0
-            for name, pattern in SENSOR_LOSSES.items()}
-
-
 @dataclass
 class ArmResult:
     arm: str
@@ -293,8 +245,8 @@ class Bench:
         err_path = workdir / "stderr.log"
         documents = arm == "sensor"
         container_id = self.container.id if self.container else None
-        # in a container the storm's shell script also carries the marker: match the storm's own argv only
-        pattern = f'"args":["{self.argv[0]}","{self.argv[-1]}"]' if documents and container_id else self.marker
+        # the storm's own argv only: in a container its shell script carries the marker too
+        pattern = f'"args":["{self.argv[0]}","{self.argv[-1]}"]' if documents else self.marker
         first_exec_marker = f"{self.marker}-new-".encode() if documents and self.container else None
         result = ArmResult(arm, round_no, self.execs, 0.0)
         with open(err_path, "wb") as err:
@@ -337,11 +289,11 @@ class Bench:
         result.first_exec_ms = reader.first_exec_ms
         result.first_exec_with_metadata = reader.first_exec_with_metadata
         stderr_lines = err_path.read_text(errors="replace").splitlines()
-        marker_word = "events seen" if documents else "bare:"
-        summaries = [line for line in stderr_lines if marker_word in line]
-        result.summary = summaries[-1] if summaries else None
         if documents:
-            result.losses = sensor_losses(result.summary)
+            result.summary = summary_line("\n".join(stderr_lines))
+            result.losses = summary_losses(result.summary)
+        else:
+            result.summary = next((line for line in reversed(stderr_lines) if line.startswith("bare:")), None)
         shutil.rmtree(workdir, ignore_errors=True)
         return result
 
@@ -522,6 +474,9 @@ def main() -> None:
             target_dir.mkdir()
             shutil.copy2("/bin/true", target)
         bench = Bench(args, [str(target), marker], marker, container or storm, container)
+        if container is None:
+            # the first storm after the copy pays its page-cache misses and the workers' first fork: not an arm's
+            storm(args.workers, 250, bench.argv)
         rounds: list[dict[str, ArmResult]] = []
         for round_no in range(1, args.rounds + 1):
             shift = (round_no - 1) % len(ARMS)
