@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proctree import PeakRssSampler, read_tree
-from sensor_readings import document_time, percentile, scrape_metrics, summary_line, summary_losses
+from sensor_readings import document_time, free_local_address, percentile, scrape_metrics, summary_line, summary_losses
 
 REPO = Path(__file__).resolve().parents[1]
 BARE_BCC = Path("/work/shared/bench/bare_bcc.py")
@@ -109,24 +109,26 @@ class StdoutReader(threading.Thread):
             pending = lines.pop()
             self.lines += len(lines)
             for line in lines:
-                if self.marker not in line:
-                    continue
                 if not self.documents:
-                    self.matched += 1
+                    if self.marker in line:
+                        self.matched += 1
                 elif b'"action":"exec"' in line:
                     self.count_document(line, arrived)
         self.cpu_seconds = time.thread_time()
 
     def count_document(self, line: bytes, arrived: float) -> None:
-        when = document_time(line)
         if self.first_exec_marker is not None and self.first_exec_marker in line:
+            when = document_time(line)
             if when is not None:
                 self.first_exec_ms.append((arrived - when) * 1000)
             tag_at = line.find(b'"container":{"id":"')
             if tag_at >= 0 and carries_metadata(line, tag_at):
                 self.first_exec_with_metadata += 1
             return
+        if self.marker not in line:
+            return
         self.matched += 1
+        when = document_time(line)
         if when is not None:
             self.latencies_ms.append((arrived - when) * 1000)
         if self.container_tag is not None:
@@ -247,7 +249,9 @@ class Bench:
         container_id = self.container.id if self.container else None
         # the storm's own argv only: in a container its shell script carries the marker too
         pattern = f'"args":["{self.argv[0]}","{self.argv[-1]}"]' if documents else self.marker
-        first_exec_marker = f"{self.marker}-new-".encode() if documents and self.container else None
+        # the container's own first exec, not podman's command line that names it
+        first_exec_marker = (f'"args":["/bin/true","{self.marker}-new-'.encode()
+                             if documents and self.container else None)
         result = ArmResult(arm, round_no, self.execs, 0.0)
         with open(err_path, "wb") as err:
             # A session of its own, as the systemd unit or a DaemonSet pod gives it: with the kernel's autogroup
@@ -456,9 +460,10 @@ def main() -> None:
     parser.add_argument("--new-containers", type=int, default=5,
                         help="in --in-container mode, fresh containers started after each sensor storm to time "
                              "the document of each one's first exec")
-    parser.add_argument("--metrics-address", default="127.0.0.1:19464",
-                        help="where the sensor serves /metrics in --in-container mode")
+    parser.add_argument("--metrics-address", default=None,
+                        help="where the sensor serves /metrics in --in-container mode (default: a free loopback port)")
     args = parser.parse_args()
+    args.metrics_address = args.metrics_address or free_local_address()
     if os.geteuid() != 0:
         raise SystemExit("bench_exec.py: run as root (the monitors load BPF programs)")
     if not BARE_BCC.exists():

@@ -27,7 +27,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proctree import read_tree
-from sensor_readings import document_time, metrics_losses, percentile, scrape_metrics, summary_line, summary_losses
+from sensor_readings import (
+    document_time,
+    free_local_address,
+    metrics_losses,
+    percentile,
+    scrape_metrics,
+    summary_line,
+    summary_losses,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_SECONDS = 10
@@ -210,9 +218,11 @@ def main() -> None:
     parser.add_argument("--warmup-minutes", type=float, default=2)
     parser.add_argument("--churn-seconds", type=float, default=5, help="a new container every this many seconds")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--metrics-address", default="127.0.0.1:19465")
+    parser.add_argument("--metrics-address", default=None,
+                        help="where the sensor serves /metrics (default: a free loopback port)")
     parser.add_argument("--sensor-arg", action="append", default=[], help="extra argument for 'run'")
     args = parser.parse_args()
+    args.metrics_address = args.metrics_address or free_local_address()
     if os.geteuid() != 0:
         raise SystemExit("bench_soak.py: run as root (the sensor loads BPF programs)")
     if args.contend and shutil.which("stress-ng") is None:

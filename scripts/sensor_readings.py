@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import socket
 import urllib.request
 
 METRIC_PREFIX = "container_sensor_"
@@ -34,6 +35,14 @@ def document_time(line: bytes) -> float | None:
         return dt.datetime.fromisoformat(stamp + "+00:00").timestamp()
     except ValueError:
         return None
+
+
+def free_local_address() -> str:
+    """A loopback HOST:PORT nobody listens on now, for the sensor's /metrics: a fixed port collides with other
+    benchmarks running on the same machine."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
 
 
 def scrape_metrics(address: str) -> dict[str, float]:
