@@ -23,7 +23,8 @@ packages=(python3 python3-venv python3-pip python3-bpfcc libbpf1 linux-headers-a
 if [ "$want_test" = 1 ]; then
   packages+=(podman runc crun containerd uidmap lxc lxc-templates systemd-container busybox-static
              openssh-client openssh-server autossh debootstrap iproute2 util-linux procps
-             gcc libc6-dev)  # test_exec_paths.py's static execveat helper; test_probe_layout.py
+             gcc libc6-dev  # test_exec_paths.py's static execveat helper; test_probe_layout.py
+             stress-ng)  # scripts/bench_soak.py --contend
 fi
 
 missing=()
