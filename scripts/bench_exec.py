@@ -196,6 +196,7 @@ class ArmResult:
     first_exec_ms: list[float] = field(default_factory=list)
     first_exec_with_metadata: int = 0
     fresh_containers: int = 0
+    records_seen: int = 0
     resolver: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -234,12 +235,8 @@ class Bench:
     def monitor_command(self, arm: str, ready: Path) -> list[str]:
         if arm == "bare":
             return [BARE_PYTHON, str(BARE_BCC), str(ready)]
-        extra = list(self.args.sensor_arg)
-        if self.container is not None:
-            extra += ["--metrics-address", self.args.metrics_address]
-        else:
-            extra = ["--metrics-address", "off", *extra]
-        return [sys.executable, "-m", "sensor", "run", "--ready-file", str(ready), "--log-format", "text", *extra]
+        return [sys.executable, "-m", "sensor", "run", "--ready-file", str(ready), "--log-format", "text",
+                "--metrics-address", self.args.metrics_address, *self.args.sensor_arg]
 
     def run_monitor(self, arm: str, round_no: int) -> ArmResult:
         workdir = Path(tempfile.mkdtemp(prefix=f"bench-exec-{arm}-"))
@@ -262,10 +259,12 @@ class Bench:
             reader = StdoutReader(monitor.stdout, pattern.encode(), documents, container_id, first_exec_marker)
             reader.start()
             try:
+                deadline = time.monotonic() + 120
                 while not ready.exists():
-                    if monitor.poll() is not None:
+                    if monitor.poll() is not None or time.monotonic() > deadline:
                         raise SystemExit(f"{arm} failed to start: {err_path.read_text()}")
                     time.sleep(0.05)
+                seen_before = self.records_seen() if documents else 0
                 sampler = PeakRssSampler(monitor.pid)
                 cpu_before = read_tree(monitor.pid).cpu_seconds
                 sampler.start()
@@ -273,6 +272,8 @@ class Bench:
                                                 self.argv)
                 self.await_delivery(reader, self.execs)
                 result.cpu_seconds = read_tree(monitor.pid).cpu_seconds - cpu_before
+                if documents:
+                    result.records_seen = self.records_seen() - seen_before
                 sampler.stop()
                 result.peak_rss_mb = sampler.peak_rss_kb / 1024
                 result.peak_processes = sampler.peak_processes
@@ -300,6 +301,10 @@ class Bench:
             result.summary = next((line for line in reversed(stderr_lines) if line.startswith("bare:")), None)
         shutil.rmtree(workdir, ignore_errors=True)
         return result
+
+    def records_seen(self) -> int:
+        """Every record the sensor has read, the machine's other work included: what its CPU was spent on."""
+        return int(scrape_metrics(self.args.metrics_address).get("events_seen_total", 0))
 
     @staticmethod
     def await_delivery(reader: StdoutReader, expected: int) -> None:
@@ -355,6 +360,9 @@ def round_line(result: ArmResult, by_arm: dict[str, ArmResult]) -> str:
         parts.append("own loss ? (no summary line)")
     parts.append(f"peak RSS {result.peak_rss_mb:.0f} MB over {result.peak_processes} processes")
     parts.append(f"CPU {result.cpu_seconds:.2f} s = {result.cpu_us_per_exec:.1f} us/exec")
+    if result.records_seen:
+        parts.append(f"{result.records_seen} records read ({result.records_seen / result.execs:.1f} per storm exec, "
+                     f"{1e6 * result.cpu_seconds / result.records_seen:.1f} us each)")
     if result.arm == "sensor":
         parts.append(f"latency p50 {percentile(result.latencies_ms, 0.5):.1f} ms "
                      f"p99 {percentile(result.latencies_ms, 0.99):.1f} ms")
@@ -395,6 +403,11 @@ def report(bench: Bench, rounds: list[dict[str, ArmResult]]) -> None:
         print(line)
     ratios = [by_arm["sensor"].rate / by_arm["bare"].rate for by_arm in rounds]
     print(f"  sensor/bare {spread(ratios, '.3f')}")
+    # the sensor reads every exec, fork and exit on the machine, not only the storm's: other people's work shows here
+    per_exec = column("sensor", lambda r: r.records_seen / r.execs)
+    per_record = column("sensor", lambda r: 1e6 * r.cpu_seconds / r.records_seen if r.records_seen else float("nan"))
+    print(f"  sensor records read per storm exec {spread(per_exec, '.2f')}, "
+          f"CPU per record {spread(per_record, '.1f')} us")
     p50s = column("sensor", lambda r: percentile(r.latencies_ms, 0.5))
     p99s = column("sensor", lambda r: percentile(r.latencies_ms, 0.99))
     print(f"  sensor exec -> document latency: p50 {spread(p50s, '.1f')} ms, p99 {spread(p99s, '.1f')} ms")
@@ -461,7 +474,7 @@ def main() -> None:
                         help="in --in-container mode, fresh containers started after each sensor storm to time "
                              "the document of each one's first exec")
     parser.add_argument("--metrics-address", default=None,
-                        help="where the sensor serves /metrics in --in-container mode (default: a free loopback port)")
+                        help="where the sensor serves /metrics (default: a free loopback port)")
     args = parser.parse_args()
     args.metrics_address = args.metrics_address or free_local_address()
     if os.geteuid() != 0:
