@@ -240,6 +240,12 @@ class Bench:
 
     def run_monitor(self, arm: str, round_no: int) -> ArmResult:
         workdir = Path(tempfile.mkdtemp(prefix=f"bench-exec-{arm}-"))
+        try:
+            return self.run_monitor_in(workdir, arm, round_no)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def run_monitor_in(self, workdir: Path, arm: str, round_no: int) -> ArmResult:
         ready = workdir / "ready"
         err_path = workdir / "stderr.log"
         documents = arm == "sensor"
@@ -299,7 +305,6 @@ class Bench:
             result.losses = summary_losses(result.summary)
         else:
             result.summary = next((line for line in reversed(stderr_lines) if line.startswith("bare:")), None)
-        shutil.rmtree(workdir, ignore_errors=True)
         return result
 
     def records_seen(self) -> int:

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -231,9 +232,16 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from tests.integration.rootfs import copy_rootfs  # the suite's busybox root filesystem
 
-    marker = f"soak-{os.getpid()}"
-    # the marker must appear in the storm's argv only: podman's and conmon's command lines name the rootfs here
+    # the storm's marker must appear in its argv only: podman's and conmon's command lines name the rootfs here
     workdir = Path(tempfile.mkdtemp(prefix="bench-soak-"))
+    try:
+        run_soak(args, workdir, copy_rootfs)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_soak(args: argparse.Namespace, workdir: Path, copy_rootfs: Callable[[Path], Path]) -> None:
+    marker = f"soak-{os.getpid()}"
     target = workdir / marker / "true"
     target.parent.mkdir()
     shutil.copy2("/bin/true", target)
@@ -306,7 +314,6 @@ def main() -> None:
     reader.join(10)
     summary = summary_line(err_path.read_text(errors="replace"))
     report(soak, args, execs, reader.received, cpu, final, summary, churn)
-    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def report(soak: Soak, args: argparse.Namespace, execs: int, received: int, cpu: float, final: Sample,
