@@ -23,9 +23,11 @@ _ASCII = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), check_circul
 
 # The floats orjson writes differently: NaN and the infinities as null (the standard library writes NaN and
 # Infinity, which are not JSON, but are what this sensor has always written), and 0 < |x| < 1e-4 without the
-# exponent's leading zero or without an exponent (1e-6, 0.00001; the standard library 1e-06, 1e-05). A
-# document's bytes are searched for their traces, cheaply: `in` first, the pattern only when it may match. A
-# string that merely looks like one costs the slower encoder, never a different byte.
+# exponent's leading zero or without an exponent (1e-6, 0.00001; the standard library 1e-06, 1e-05). Each text
+# orjson writes is searched for their traces as it is made, cheaply: `in` first, the pattern only when it may
+# match. A kept text was searched once, when it was made, so a document's line is never searched whole (three
+# scans of 3 KB per document were a tenth of the encoding). A string that merely looks like one costs the
+# slower encoder, never a different byte.
 _NULL_TOKEN = re.compile(rb"[:,\[]null")
 _SHORT_EXPONENT = re.compile(rb"e-\d[,\]}]")
 _LS, _PS = "\u2028".encode(), "\u2029".encode()
@@ -117,6 +119,21 @@ def _extended_members(block: ExtendedBlock, out: list[bytes]) -> None:
         out.append(base)
 
 
+class _DiffersFromStandardLibrary(Exception):
+    """A text orjson wrote may hold a float the standard library writes differently: the document is encoded by
+    the standard library instead."""
+
+
+def _plain(obj: dict[str, Any]) -> bytes:
+    """OBJ's members as orjson writes them, without the braces. Searched with the braces on, where a float's
+    exponent is followed by one."""
+    text = _dumps(obj, option=_OPTIONS)
+    if (b"null" in text and _NULL_TOKEN.search(text) is not None) or b"0.0000" in text or (
+            b"e-" in text and _SHORT_EXPONENT.search(text) is not None):
+        raise _DiffersFromStandardLibrary
+    return text[1:-1]
+
+
 def _members(obj: dict[str, Any], out: list[bytes]) -> None:
     """Appends OBJ's members as fragments, without the braces: shared and extended blocks from their kept
     text, the rest in one orjson call (a lone string member encoded directly). JSON objects are unordered: the
@@ -132,17 +149,17 @@ def _members(obj: dict[str, Any], out: list[bytes]) -> None:
             plain[key] = value
     if not blocks:
         if obj:
-            out.append(_dumps(obj, option=_OPTIONS)[1:-1])
+            out.append(_plain(obj))
         return
     keys = _key_texts
     if len(plain) == 1:
         ((key, value),) = plain.items()
-        if type(value) is str:
+        if type(value) is str:  # a string holds no float
             out.append((keys.get(key) or _key_text(key)) + _dumps(value))
         else:
-            out.append(_dumps(plain, option=_OPTIONS)[1:-1])
+            out.append(_plain(plain))
     elif plain:
-        out.append(_dumps(plain, option=_OPTIONS)[1:-1])
+        out.append(_plain(plain))
     for key, value, kind in blocks:
         if len(out) > start:
             out.append(b",")
@@ -166,11 +183,6 @@ def _text(doc: dict[str, Any], end: bytes) -> bytes:
         _members(doc, out)
     out.append(end)
     return b"".join(out)
-
-
-def _may_hold_special_float(data: bytes) -> bool:
-    return (b"null" in data and _NULL_TOKEN.search(data) is not None) or b"0.0000" in data or (
-        b"e-" in data and _SHORT_EXPONENT.search(data) is not None)
 
 
 def _in_output_order(obj: dict[str, Any]) -> dict[str, Any]:
@@ -218,9 +230,7 @@ class DocumentEncoder:
     def _encode(doc: dict[str, Any], end: bytes) -> bytes:
         try:
             data = _text(doc, end)
-        except _OrjsonError:
-            return _standard_library_encode(doc, end)
-        if _may_hold_special_float(data):
+        except (_OrjsonError, _DiffersFromStandardLibrary):
             return _standard_library_encode(doc, end)
         # U+2028/U+2029 are valid raw in JSON, but JavaScript and some NDJSON readers split lines at them. Only
         # the whole text is fixed, so the kept texts of shared blocks need no care.
