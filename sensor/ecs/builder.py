@@ -6,7 +6,6 @@ live under the one custom key CUSTOM_KEY, documented in README.md.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import grp
 import pwd
@@ -18,7 +17,7 @@ from typing import Any, Protocol
 from sensor import __version__
 from sensor.ecs.encoding import ExtendedBlock, SharedBlock, extend
 from sensor.model.host import HostFacts
-from sensor.model.processes import Process, boot_prefix
+from sensor.model.processes import Process, boot_prefix, urlsafe_text
 from sensor.model.records import Namespaces
 from sensor.model.sessions import Leaders
 
@@ -45,15 +44,23 @@ class ContainerLike(Protocol):
     cgroup_path: str | None
 
 
+# seconds -> "YYYY-MM-DDTHH:MM:SS.": formatting a date is the slow part, and thousands of events share each
+# second. A dict, cleared when full, for the cheapest read (an lru_cache is a call and a key tuple each time).
+_second_stamps: dict[int, str] = {}
+SECOND_STAMPS_KEPT = 1024
+
+
 def iso_time(wall_ns: int) -> str:
     seconds, ns = divmod(wall_ns, 1_000_000_000)
-    return f"{_second_stamp(seconds)}.{ns // 1000:06d}Z"
+    stamp = _second_stamps.get(seconds) or _second_stamp(seconds)
+    return f"{stamp}{ns // 1000:06d}Z"
 
 
-@lru_cache(maxsize=1024)
 def _second_stamp(seconds: int) -> str:
-    """Formatting a date is the slow part, and thousands of events share each second."""
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if len(_second_stamps) >= SECOND_STAMPS_KEPT:
+        _second_stamps.clear()
+    stamp = _second_stamps[seconds] = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+    return stamp
 
 
 _EVENT_ID = struct.Struct("<9sQIB")
@@ -63,8 +70,7 @@ _EVENT_KINDS = {"exec": 1, "exit": 2}
 def event_id(boot_id: str, kind: str, pid: int, ktime_ns: int) -> str:
     """Deterministic: the same kernel event always gets the same id, so re-delivery deduplicates. Unique: no two
     events of one kind have the same pid and kernel time in one boot, and the boot id is random per boot."""
-    packed = _EVENT_ID.pack(boot_prefix(boot_id), ktime_ns, pid & 0xFFFFFFFF, _EVENT_KINDS.get(kind, 0))
-    return base64.urlsafe_b64encode(packed).decode()
+    return urlsafe_text(_EVENT_ID.pack(boot_prefix(boot_id), ktime_ns, pid & 0xFFFFFFFF, _EVENT_KINDS.get(kind, 0)))
 
 
 @lru_cache(maxsize=4096)
@@ -144,7 +150,7 @@ class DocumentBuilder:
         self._entries: dict[tuple[int, bool, str | None, int], tuple[Process, Process | None, SharedBlock]] = {}
         self._event_bases: dict[tuple[str, str], SharedBlock] = {}  # two keys at most: (start, exec), (end, end)
         self._containers: dict[int, tuple[ContainerLike, SharedBlock]] = {}
-        self._placements: dict[tuple, tuple[ContainerLike | None, SharedBlock]] = {}
+        self._placements: dict[tuple, tuple[ContainerLike | None, Namespaces, SharedBlock]] = {}
         # id(process) -> (process, container, leaders, process block, custom block, document base) of its
         # exec document, which its end document reuses when nothing it depends on has changed since
         self._bodies: dict[int, tuple[Process, Any, Leaders, SharedBlock, ExtendedBlock, SharedBlock]] = {}
@@ -348,10 +354,12 @@ class DocumentBuilder:
                    container: ContainerLike | None) -> SharedBlock:
         """cgroup, namespaces and container evidence: the same for every process of a cgroup (a container's
         storm shares one block)."""
-        key = (cgroup_id, cgroup_path, ns, id(container))
+        # by identity: the decoder and the recording reader hand out one Namespaces object per set, and hashing one
+        # by value is a Python call per document; the entry keeps both objects, so neither id is reused
+        key = (cgroup_id, cgroup_path, id(ns), id(container))
         hit = self._placements.get(key)
-        if hit is not None and hit[0] is container:
-            return hit[1]
+        if hit is not None and hit[0] is container and hit[1] is ns:
+            return hit[2]
         cgroup: dict[str, Any] = {"id": cgroup_id}
         if cgroup_path:
             cgroup["path"] = cgroup_path
@@ -362,7 +370,7 @@ class DocumentBuilder:
                 block["container_evidence"] = list(evidence)
         if len(self._placements) >= SUMMARY_CACHE_SIZE:
             self._placements.clear()
-        self._placements[key] = (container, block)
+        self._placements[key] = (container, ns, block)
         return block
 
     # -- documents --------------------------------------------------------------------------------------

@@ -9,6 +9,10 @@ from typing import Any
 
 import orjson
 
+# U+2028/U+2029 are valid raw in JSON, but JavaScript and some NDJSON readers split lines at them: the standard
+# library's encoding escapes them. Like the floats, they are searched for in each text as it is made, and a
+# document holding one goes the standard library's way.
+#
 # orjson writes the plain members: the standard library's fast encoder is reachable only through a private
 # function (json.encoder.c_make_encoder), and its public JSONEncoder.encode builds a new encoder on every call.
 # Where orjson refuses a value (a lone surrogate, an integer beyond 64 bits, a key that is not a string) or would
@@ -83,7 +87,8 @@ def extend(base: SharedBlock | ExtendedBlock, own: dict[str, Any]) -> ExtendedBl
 def _key_text(key: str) -> bytes:
     text = _key_texts.get(key)
     if text is None:
-        text = _key_texts[key] = _dumps(key) + b":"
+        text = _string(key) + b":"
+        _key_texts[key] = text
     return text
 
 
@@ -129,9 +134,17 @@ def _plain(obj: dict[str, Any]) -> bytes:
     exponent is followed by one."""
     text = _dumps(obj, option=_OPTIONS)
     if (b"null" in text and _NULL_TOKEN.search(text) is not None) or b"0.0000" in text or (
-            b"e-" in text and _SHORT_EXPONENT.search(text) is not None):
+            b"e-" in text and _SHORT_EXPONENT.search(text) is not None) or (
+            not text.isascii() and (_LS in text or _PS in text)):
         raise _DiffersFromStandardLibrary
     return text[1:-1]
+
+
+def _string(value: str) -> bytes:
+    text = _dumps(value)
+    if not text.isascii() and (_LS in text or _PS in text):
+        raise _DiffersFromStandardLibrary
+    return text
 
 
 def _members(obj: dict[str, Any], out: list[bytes]) -> None:
@@ -155,7 +168,7 @@ def _members(obj: dict[str, Any], out: list[bytes]) -> None:
     if len(plain) == 1:
         ((key, value),) = plain.items()
         if type(value) is str:  # a string holds no float
-            out.append((keys.get(key) or _key_text(key)) + _dumps(value))
+            out.append((keys.get(key) or _key_text(key)) + _string(value))
         else:
             out.append(_plain(plain))
     elif plain:
@@ -232,10 +245,6 @@ class DocumentEncoder:
             data = _text(doc, end)
         except (_OrjsonError, _DiffersFromStandardLibrary):
             return _standard_library_encode(doc, end)
-        # U+2028/U+2029 are valid raw in JSON, but JavaScript and some NDJSON readers split lines at them. Only
-        # the whole text is fixed, so the kept texts of shared blocks need no care.
-        if _LS in data or _PS in data:
-            data = data.replace(_LS, b"\\u2028").replace(_PS, b"\\u2029")
         return data
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import astuple, dataclass, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
@@ -30,6 +31,12 @@ class Namespaces:
     ipc: int = 0
     cgroup: int = 0
     user: int = 0
+
+
+# Namespace sets seen, shared: a host has a handful, and one object per set spares an allocation per record and
+# lets the document builder know a set by its identity
+NAMESPACES_KEPT = 4096
+interned_namespaces = lru_cache(maxsize=NAMESPACES_KEPT)(Namespaces)
 
 
 @dataclass(slots=True)
@@ -193,7 +200,7 @@ def from_wire(item: list) -> Record:
     _check_wire(cls, values)
     kwargs = dict(zip([f.name for f in fields(cls)], values, strict=False))
     if "ns" in kwargs:
-        kwargs["ns"] = Namespaces(*kwargs["ns"])
+        kwargs["ns"] = interned_namespaces(*kwargs["ns"])
     if "argv" in kwargs:
         kwargs["argv"] = tuple(kwargs["argv"])
     return cls(**kwargs)

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from functools import lru_cache
 
 from sensor.model.records import (
     CgroupRecord,
     ExecRecord,
     ExitRecord,
     ForkRecord,
-    Namespaces,
     Record,
+    interned_namespaces,
 )
 
 RECORD_EXEC, RECORD_FORK, RECORD_EXIT, RECORD_CGROUP_MKDIR, RECORD_CGROUP_RMDIR = 1, 2, 3, 4, 5
@@ -175,9 +174,6 @@ def static_asserts() -> str:
     return "\n".join(lines) + "\n"
 
 
-# Namespace sets seen, shared: a host has a handful, and one object per set spares the allocation per exec
-NAMESPACES_KEPT = 4096
-_namespaces = lru_cache(maxsize=NAMESPACES_KEPT)(Namespaces)
 
 
 class DecodeError(ValueError):
@@ -249,7 +245,7 @@ def decode_exec(raw: bytes) -> ExecRecord:
     filename = raw[base : base + filename_len]
     argv = split_args(raw[base + filename_len : base + filename_len + args_len])
     truncated = bool(flags & (EXEC_ARGS_TRUNCATED | EXEC_ARGS_READ_FAILED)) or len(argv) < argc
-    ns = _namespaces(ns_pid, ns_mnt, ns_net, ns_uts, ns_ipc, ns_cgroup, ns_user)
+    ns = interned_namespaces(ns_pid, ns_mnt, ns_net, ns_uts, ns_ipc, ns_cgroup, ns_user)
     # positional, in ExecRecord's field order: a third cheaper than keywords, once per exec
     return ExecRecord(
         ktime, pid, tid, old_tid, ppid, uid, gid, euid, egid, _cstr(comm), filename, argv, max(argc, len(argv)),

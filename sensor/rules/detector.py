@@ -36,6 +36,7 @@ class Detector:
                         for rule in rules if not rule.compiled.is_sequence]
         self._sequences = [(rule, SequenceMatcher(rule.compiled, max_sequences))
                            for rule in rules if rule.compiled.is_sequence]
+        self._has_rules = bool(self._single or self._sequences)
         self._identity = ExecutableIdentity(proc_root)
         self._identity_worker = BoundedWorker("ssh identity", wait_s=identity_wait_s)
         self._builtin = BuiltinSshRule(self._identity, worker=self._identity_worker) if builtin_ssh else None
@@ -97,6 +98,8 @@ class Detector:
                     self._identity_note = {"status": "unknown", "reason": found.unknown}
                     if found.unknown == UNKNOWN_ERROR and self._builtin.last_error is not None:
                         self._rule_error(self._builtin.metadata.name, self._builtin.last_error)
+        if not self._has_rules:
+            return out  # the built-in rule alone: no budget clock to read, no loops to enter, per document
         process = doc.get("process")
         name = process.get("name") if isinstance(process, dict) else None
         now = self._budget_clock

@@ -77,3 +77,30 @@ def test_lone_surrogates_fall_back_to_ascii_escapes() -> None:
     out = DocumentEncoder().json(doc)
     out.decode("ascii")
     assert json.loads(out) == doc
+
+
+def _standard_library_line(doc) -> bytes:
+    text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").encode()
+
+
+@pytest.mark.parametrize("value", [1e-06, 0.00001, float("nan"), float("inf"), "a\u2028b", "a\u2029b"])
+def test_what_orjson_writes_differently_is_caught_inside_kept_texts(value) -> None:
+    """Only the texts orjson writes are searched, as they are made, never a document's whole line: a float or a
+    line separator inside a shared block's text, an extension's own members or a key must still give the
+    standard library's bytes, every time the block is encoded."""
+    encoder = DocumentEncoder()
+    cases = (  # (block, the same members in the order the encoder writes them)
+        (SharedBlock({"v": value, "n": 1}), {"v": value, "n": 1}),
+        (SharedBlock({"v": value, "inner": SharedBlock({"a": 1})}), {"v": value, "inner": {"a": 1}}),
+        (extend(SharedBlock({"a": "x"}), {"v": value}), {"v": value, "a": "x"}),
+        (SharedBlock({"inner": SharedBlock({"deep": [value]})}), {"inner": {"deep": [value]}}),
+    )
+    for block, ordered in cases:
+        doc = {"@timestamp": "t", "block": block, "host": SharedBlock({"name": "h"})}
+        expected = _standard_library_line({"@timestamp": "t", "block": ordered, "host": {"name": "h"}})
+        assert encoder.json(doc) == expected
+        assert encoder.json(doc) == expected, "the second time too, whatever was kept"
+        assert "\u2028".encode() not in expected and "\u2029".encode() not in expected
+    keyed = {"a\u2028": 1, "host": SharedBlock({"name": "h"})}
+    assert encoder.json(keyed) == b'{"a\\u2028":1,"host":{"name":"h"}}'
