@@ -225,7 +225,10 @@ class DocumentBuilder:
                       in_container: bool) -> SharedBlock:
         """The process of an exec (and then of its end) document; shared by the two."""
         host_names = not in_container
-        block = SharedBlock(self.process_summary(proc))
+        # The summary again, not a copy of the cached one: most exec'd processes (a storm's /bin/true) never
+        # become a parent or leader, whose blocks are the only readers of that cache.
+        cached = self._summaries.get(id(proc))
+        block = SharedBlock(cached[1] if cached is not None and cached[0] is proc else self._build_summary(proc))
         if proc.uid >= 0:
             block["user"] = _id_block(proc.euid, host_names, True)
             block["group"] = _id_block(proc.egid, host_names, False)

@@ -75,8 +75,7 @@ class ExtendedBlock(_CopiesArePlain, dict):
 def extend(base: SharedBlock | ExtendedBlock, own: dict[str, Any]) -> ExtendedBlock:
     """BASE's members and OWN's, which must be new ones (a function, not __init__: one is made per document
     part, and a Python __init__ on a dict subclass costs twice as much)."""
-    block = ExtendedBlock(base)
-    block.update(own)
+    block = ExtendedBlock(base, **own)  # one call: the base's members, then the own ones
     if len(block) != len(base) + len(own):
         raise ValueError(f"members {sorted(base.keys() & own.keys())} are in the base already")
     block.base = base
