@@ -5,6 +5,7 @@ Takes plain records (from the probe or a recording) and knows nothing of where t
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,8 @@ from sensor.model.records import (
 )
 from sensor.model.sessions import Leaders, stored_leaders
 from sensor.outputs.base import Output
+
+log = logging.getLogger(__name__)
 
 
 class Resolver(Protocol):
@@ -70,6 +73,41 @@ class LazyAncestry(Sequence[tuple[int, str]]):
 
 
 LeaderFinder = Callable[[Process, ProcessTable, Any], Leaders]
+
+
+class LossWarnings:
+    """One WARNING line per second at most about records the kernel dropped (ring buffer full), each saying how
+    many since the previous line. The probe reports its running total about once a second; a storm that drops
+    records in every report still gets one line a second, and nothing dropped goes unsaid: what a line could
+    not report yet is in the next, or in the one `flush` writes at shutdown. Seconds are the loss record's own
+    (kernel boot time), so a replay says what the live run said."""
+
+    INTERVAL_NS = 1_000_000_000
+
+    def __init__(self) -> None:
+        self.reported = 0  # dropped records already written in a line
+        self.lines = 0
+        self._total = 0
+        self._last_line_ns: int | None = None
+
+    def observe(self, total: int, ktime_ns: int) -> None:
+        self._total = max(self._total, total)  # a running total: never goes back
+        last = self._last_line_ns
+        if last is None or ktime_ns - last >= self.INTERVAL_NS:
+            self._write(ktime_ns)
+
+    def flush(self) -> None:
+        self._write(self._last_line_ns or 0)
+
+    def _write(self, ktime_ns: int) -> None:
+        fresh = self._total - self.reported
+        if fresh <= 0:
+            return
+        log.warning("the kernel dropped %d records since the last report (ring buffer full; %d in all): the "
+                    "sensor reads more slowly than the node execs", fresh, self._total)
+        self.reported = self._total
+        self.lines += 1
+        self._last_line_ns = ktime_ns
 
 
 @dataclass(slots=True)
@@ -178,6 +216,7 @@ class Pipeline:
         self._leaders = leaders
         self._emit_exit = emit_exit
         self.stats = PipelineStats()
+        self.loss_warnings = LossWarnings()
         self._sequence = 0
         self.heartbeat = Heartbeat(0.0)  # never stalled until the live loop sets the configured stall_timeout
 
@@ -201,6 +240,7 @@ class Pipeline:
             self.table.on_snapshot(record)
         elif isinstance(record, LossRecord):
             self.stats.kernel_lost = record.ringbuf_full
+            self.loss_warnings.observe(record.ringbuf_full, record.ktime_ns)
             self.stats.argv_truncated = record.argv_truncated
             self.stats.argv_read_failed = record.argv_read_failed
             self.stats.path_truncated = record.path_truncated
@@ -268,6 +308,7 @@ class Pipeline:
             for alert in self.detector.flush():
                 self.stats.alerts += 1
                 self.emit(alert)
+        self.loss_warnings.flush()
         self.flush()
 
     def flush(self) -> None:
