@@ -9,6 +9,9 @@ Sources, in the order tried for a container id (each a plain file read, done off
              containerd's runc roots; the bundle's config.json annotations then name runtime, pod and image
   LXC        /var/lib/lxc/<name>/config (the name is the id; LXC has no images)
 Every reader returns None when its files are not there (yet): the caller retries later.
+
+A reader made with `max_file_bytes` refuses (CostlyLookup) any file larger than that before reading it: the event
+loop reads a new container's state itself only when that is cheap, and leaves the rest to the worker thread.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from .info import ContainerMetadata
 
@@ -73,11 +78,27 @@ class StateRoots:
         })
 
 
-def _read_json(path: Path) -> Any:
+class CostlyLookup(Exception):
+    """A state file is larger than the reader was allowed to read."""
+
+
+def _read_json(path: Path, max_bytes: int | None = None) -> Any:
     try:
         with open(path, "rb") as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
+            if max_bytes is not None and os.fstat(fh.fileno()).st_size > max_bytes:
+                raise CostlyLookup(str(path))
+            data = fh.read()
+    except OSError:
+        return None
+    try:
+        # orjson parses these files several times faster than json, and holds the GIL for that much less while
+        # the event loop waits for it; it refuses what json still accepts (NaN, integers past 64 bits)
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(data)
+    except ValueError:
         return None
 
 
@@ -101,8 +122,8 @@ def _from_annotations(annotations: Mapping[str, str], source: str) -> ContainerM
     )
 
 
-def _bundle_metadata(bundle: Path) -> ContainerMetadata | None:
-    config = _read_json(bundle / "config.json")
+def _bundle_metadata(bundle: Path, max_bytes: int | None = None) -> ContainerMetadata | None:
+    config = _read_json(bundle / "config.json", max_bytes)
     if not isinstance(config, dict):
         return None
     annotations = config.get("annotations") or {}
@@ -117,9 +138,10 @@ class _PodmanIndex:
     Written by hand: an entry is valid while the file's (mtime, size) stamp is unchanged, which neither
     lru_cache nor cachetools checks; it holds one entry per podman store, so it needs no bound."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int | None = None) -> None:
         self._stamp: dict[Path, tuple[int, int]] = {}
         self._entries: dict[Path, dict[str, dict]] = {}
+        self._max_bytes = max_bytes
 
     def get(self, storage: Path, container_id: str) -> dict | None:
         path = storage / "overlay-containers/containers.json"
@@ -129,6 +151,8 @@ class _PodmanIndex:
             return None
         stamp = (st.st_mtime_ns, st.st_size)
         if self._stamp.get(path) != stamp:
+            if self._max_bytes is not None and st.st_size > self._max_bytes:
+                raise CostlyLookup(str(path))
             data = _read_json(path)
             self._entries[path] = {c.get("id"): c for c in data if isinstance(c, dict)} if isinstance(
                 data, list) else {}
@@ -137,12 +161,21 @@ class _PodmanIndex:
 
 
 class MetadataReader:
-    """Looks a container up in every runtime's on-disk state; one instance per worker thread."""
+    """Looks a container up in every runtime's on-disk state; one instance per thread.
 
-    def __init__(self, roots: StateRoots | None = None) -> None:
+    max_file_bytes: refuse (CostlyLookup) a file larger than this instead of reading it; None reads any."""
+
+    def __init__(self, roots: StateRoots | None = None, max_file_bytes: int | None = None) -> None:
         self.roots = roots or StateRoots()
-        self._podman = _PodmanIndex()
+        self._max_bytes = max_file_bytes
+        self._podman = _PodmanIndex(max_file_bytes)
         self.file_reads = 0
+
+    def _json(self, path: Path) -> Any:
+        return _read_json(path, self._max_bytes)
+
+    def _bundle(self, bundle: Path) -> ContainerMetadata | None:
+        return _bundle_metadata(bundle, self._max_bytes)
 
     def lookup(self, container_id: str, runtime_hint: str | None,
                by_name: bool = False) -> ContainerMetadata | None:
@@ -176,7 +209,7 @@ class MetadataReader:
             except ValueError:
                 meta = {}
             names = entry.get("names") or []
-            bundle = _bundle_metadata(storage / "overlay-containers" / container_id / "userdata")
+            bundle = self._bundle(storage / "overlay-containers" / container_id / "userdata")
             return ContainerMetadata(
                 runtime="podman",
                 name=meta.get("name") or (names[0] if names else None),
@@ -191,7 +224,7 @@ class MetadataReader:
     def _docker(self, container_id: str) -> ContainerMetadata | None:
         for root in self.roots.docker:
             path = root / "containers" / container_id / "config.v2.json"
-            data = _read_json(path)
+            data = self._json(path)
             self.file_reads += 1
             if not isinstance(data, dict):
                 continue
@@ -219,7 +252,7 @@ class MetadataReader:
                 continue
             for namespace in namespaces:
                 bundle = tasks / namespace / container_id
-                found = _bundle_metadata(bundle)
+                found = self._bundle(bundle)
                 self.file_reads += 1
                 if found is not None:
                     return replace(found, runtime="containerd")
@@ -227,7 +260,7 @@ class MetadataReader:
 
     def _crio(self, container_id: str) -> ContainerMetadata | None:
         for run in self.roots.crio_run:
-            found = _bundle_metadata(run / "overlay-containers" / container_id / "userdata")
+            found = self._bundle(run / "overlay-containers" / container_id / "userdata")
             self.file_reads += 1
             if found is not None:
                 return replace(found, runtime=found.runtime or "cri-o")
@@ -235,24 +268,24 @@ class MetadataReader:
 
     def _runc_state(self, container_id: str) -> ContainerMetadata | None:
         for root in self.roots.runc_roots:
-            state = _read_json(root / container_id / "state.json")
+            state = self._json(root / container_id / "state.json")
             self.file_reads += 1
             if not isinstance(state, dict):
                 continue
             labels = (state.get("config") or {}).get("labels") or []
             bundle = next((lb.split("=", 1)[1] for lb in labels if isinstance(lb, str) and
                            lb.startswith("bundle=")), None)
-            found = _bundle_metadata(Path(bundle)) if bundle else None
+            found = self._bundle(Path(bundle)) if bundle else None
             if found is None:
                 return ContainerMetadata(runtime="runc", source=str(root / container_id / "state.json"))
             return replace(found, runtime=found.runtime or "runc")
         for root in self.roots.crun_roots:
-            status = _read_json(root / container_id / "status")
+            status = self._json(root / container_id / "status")
             self.file_reads += 1
             if not isinstance(status, dict):
                 continue
             bundle = status.get("bundle")
-            found = _bundle_metadata(Path(bundle)) if bundle else None
+            found = self._bundle(Path(bundle)) if bundle else None
             if found is None:
                 return ContainerMetadata(runtime="crun", source=str(root / container_id / "status"))
             return replace(found, runtime=found.runtime or "crun")
