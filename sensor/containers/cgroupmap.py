@@ -8,6 +8,11 @@ inode number of its directory, which is what bpf_get_current_cgroup_id() returns
 
 A removed cgroup stays resolvable for a grace period: exec events already in the ring buffer when the
 container's cgroup is removed must still find their container.
+
+Bounds: an entry lives from its mkdir (or the walk that found it) to the end of the grace period after its rmdir;
+`_removed` holds the rmdirs of the last grace period. Should rmdir records be lost, at most `max_entries` are kept,
+the oldest added forgotten first: a live cgroup forgotten that way is found again by the resolver's re-walk at
+its next exec (an unknown id triggers one).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 V2_HIERARCHY = 0
+DEFAULT_MAX_ENTRIES = 65536  # cgroups of every hierarchy: a hybrid host has about a dozen per container
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +68,15 @@ def _join(fs_root: str, relative: str) -> str:
 class CgroupMap:
     """(hierarchy, cgroup id) -> path within that hierarchy, with a grace period for removed cgroups."""
 
-    def __init__(self, grace_seconds: float = 30.0, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, grace_seconds: float = 30.0, clock: Callable[[], float] | None = None,
+                 max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self._clock = clock or time.monotonic
-        self._grace = grace_seconds
+        self.grace_seconds = grace_seconds
+        self._max_entries = max_entries
         self._paths: dict[tuple[int, int], str] = {}
         self._removed: deque[tuple[float, tuple[int, int], str]] = deque()
         self.expired = 0
+        self.evicted = 0
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -77,10 +86,17 @@ class CgroupMap:
 
     def add(self, hierarchy: int, cgroup_id: int, path: str) -> None:
         self._paths[(hierarchy, cgroup_id)] = path
+        self._bound()
+
+    def _bound(self) -> None:
+        paths = self._paths
+        while len(paths) > self._max_entries:
+            del paths[next(iter(paths))]
+            self.evicted += 1
 
     def remove(self, hierarchy: int, cgroup_id: int, path: str) -> None:
         """Schedules removal after the grace period; ids are reused rarely, and a new mkdir overrides."""
-        self._removed.append((self._clock() + self._grace, (hierarchy, cgroup_id), path))
+        self._removed.append((self._clock() + self.grace_seconds, (hierarchy, cgroup_id), path))
         self.expire()
 
     def expire(self) -> None:
@@ -100,6 +116,7 @@ class CgroupMap:
             if key not in self._paths:
                 self._paths[key] = path
                 added += 1
+        self._bound()
         return added
 
     def items(self, hierarchy: int) -> list[tuple[int, str]]:
@@ -137,4 +154,5 @@ class CgroupMap:
                 self._paths[(hierarchy, ino)] = _join(mount.fs_root, child)
                 count += 1
                 stack.append((Path(entry.path), child))
+        self._bound()
         return count

@@ -11,14 +11,24 @@ Decision, from evidence captured at exec time (cgroup v2 id, namespace inodes) a
   4. otherwise the host: None. A host service in its own cgroup, or a process that only unshared its mount
      namespace, stays on the host.
 Each (cgroup path, namespaces) pair is decided once and cached; the runtimes' on-disk metadata is read by a
-worker thread, and an event is never held for it: it goes out with what is known at that moment.
+worker thread (from the container's cgroup mkdir on, ahead of its first exec). An event is held for it only at a
+container's first exec, and only briefly: the event loop reads the state itself when every file is small
+(FIRST_LOOK_MAX_FILE_BYTES), else it has the worker run the look at once and waits at most FIRST_LOOK_WAIT_S; all
+such looks together take at most FIRST_LOOK_SHARE of each second. Later events go out with what is known then.
+
+Tables, and what bounds them (docs/operations.md, "Tables and their bounds"): the decisions (`_resolved`), pid
+namespace -> container (`_by_pid_ns`), (pid, mnt) namespaces -> v1 path (`_v1_by_ns`) and the metadata found
+(`_metadata`) each hold at most `cache_size` entries, oldest forgotten first; a container's metadata and first-look
+mark are dropped when its cgroup is removed, after the grace period. The cgroup map is pruned by rmdir (see
+cgroupmap.py) and the worker's queue is capped (worker.py).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -40,7 +50,7 @@ from .info import (
     split_image,
 )
 from .layouts import CgroupMatch, PathMatcher
-from .metadata import MetadataReader, StateRoots
+from .metadata import CostlyLookup, MetadataReader, StateRoots
 from .namespaces import differing, looks_like_container, read_namespaces
 from .worker import DEFAULT_RETRY_DELAYS, RetryWorker
 
@@ -64,6 +74,13 @@ LAUNCHERS: tuple[tuple[str, str], ...] = (
 _MISSING = object()
 _NO_METADATA_RUNTIMES = frozenset({"systemd-nspawn", "libvirt-lxc"})
 _HOST = object()  # cached "not a container"
+
+# A container's first exec: read its runtime state in the event loop when no file is larger than this (a few
+# hundred microseconds here), else wait for the worker's look at most FIRST_LOOK_WAIT_S; all first looks together
+# take at most FIRST_LOOK_SHARE of each second, so a storm of new containers cannot hold the host's events up.
+FIRST_LOOK_MAX_FILE_BYTES = 256 * 1024
+FIRST_LOOK_WAIT_S = 0.005
+FIRST_LOOK_SHARE = 0.05
 
 
 def launcher_runtime(ancestry: Sequence[tuple[int, str]]) -> str | None:
@@ -93,6 +110,9 @@ class ContainerResolver:
         cache_size: int = 8192,
         retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS,
         start_worker: bool = True,
+        first_look_wait_s: float = FIRST_LOOK_WAIT_S,
+        first_look_share: float = FIRST_LOOK_SHARE,
+        first_look_max_file_bytes: int = FIRST_LOOK_MAX_FILE_BYTES,
     ) -> None:
         self._host_ns = host_ns
         self._proc_root = proc_root
@@ -102,7 +122,17 @@ class ContainerResolver:
             self._mount = find_v2_mount(proc_root)
         self._cgroups = CgroupMap(grace_seconds)
         self._matcher = PathMatcher()
-        self._reader = MetadataReader(state_roots)
+        self._reader = MetadataReader(state_roots)  # the worker thread's
+        # the event loop's own, for a container's first exec: refuses files too large to read there
+        self._first_reader = MetadataReader(state_roots, max_file_bytes=first_look_max_file_bytes)
+        self._first_wait_s = first_look_wait_s
+        self._first_share = first_look_share
+        self._first_window = (0.0, 0.0)  # (start of the current second, time spent on first looks in it)
+        # containers whose first exec had its look (so no later exec waits): dropped with their metadata
+        self._first_looked: set[tuple[str, bool]] = set()
+        # container id key -> its cgroup path, to drop its metadata when that cgroup goes
+        self._cgroup_of: dict[tuple[str, bool], str] = {}
+        self._metadata_lock = threading.Lock()  # between writers (worker and event loop); readers take none
         self._worker = RetryWorker(retry_delays, start=start_worker)
         # (cgroup path, namespaces) -> decision; oldest decided forgotten first. Written by hand, not a cachetools
         # FIFOCache: it is read once per exec, and a FIFOCache's get is three Python calls that hash the key twice
@@ -118,11 +148,14 @@ class ContainerResolver:
         # (pid, mnt) namespaces -> the v1 cgroup path read once for them
         self._v1_by_ns: FIFOCache[tuple[int, int], str | None] = FIFOCache(cache_size)
         self._last_rescan = 0.0
+        # (when, container key, its cgroup path) of removed container cgroups, oldest first: pruned after the grace
+        self._gone: deque[tuple[float, tuple[str, bool], str]] = deque()
         self._counts = {
             "resolve_calls": 0, "resolve_cached": 0, "containers_by_cgroup": 0, "containers_by_known_ns": 0,
             "containers_by_namespaces": 0, "host": 0, "unknown_cgroup_ids": 0, "rescans": 0, "proc_reads": 0,
             "metadata_requested": 0, "metadata_found": 0, "metadata_missing": 0, "cgroup_records": 0,
-            "cgroup_records_bad": 0,
+            "cgroup_records_bad": 0, "first_looks": 0, "first_looks_read": 0, "first_looks_waited": 0,
+            "first_looks_found": 0, "first_looks_over_budget": 0, "metadata_pruned": 0,
         }
 
     # -- set-up --------------------------------------------------------------------------------------------
@@ -166,6 +199,8 @@ class ContainerResolver:
 
     def on_cgroup(self, rec: CgroupRecord) -> None:
         self._counts["cgroup_records"] += 1
+        self._cgroups.expire()
+        self._prune_gone()
         try:
             raw = rec.path
             path = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else str(raw)
@@ -178,6 +213,8 @@ class ContainerResolver:
                 self._prefetch(path)
         elif rec.op == "rmdir":
             self._cgroups.remove(rec.root, rec.cgroup_id, path)
+            if rec.root == V2_HIERARCHY:
+                self._forget_container(path)
         else:
             self._counts["cgroup_records_bad"] += 1
 
@@ -189,6 +226,28 @@ class ContainerResolver:
             return
         if (match.id, match.id_is_name) not in self._metadata:
             self._request_metadata(match)
+
+    def _forget_container(self, path: str) -> None:
+        """The container's own cgroup is gone: its metadata and first-look mark are dropped once the grace period
+        for events still in the ring buffer has passed (checked at every later cgroup record)."""
+        match = self._matcher.match(path)
+        if match is None or match.container_cgroup not in (None, path):
+            return
+        self._gone.append((time.monotonic() + self._cgroups.grace_seconds, (match.id, match.id_is_name), path))
+        self._prune_gone()
+
+    def _prune_gone(self) -> None:
+        now = time.monotonic()
+        gone = self._gone
+        while gone and gone[0][0] <= now:
+            _, mkey, path = gone.popleft()
+            if self._cgroup_of.get(mkey, path) != path:
+                continue  # a container of the same name came back in another cgroup
+            self._cgroup_of.pop(mkey, None)
+            self._first_looked.discard(mkey)
+            with self._metadata_lock:
+                if self._metadata.pop(mkey, _MISSING) is not _MISSING:
+                    self._counts["metadata_pruned"] += 1
 
     def known_cgroups(self) -> list[tuple[int, str]]:
         """(id, path) of every cgroup v2 known now: what a recording needs to resolve as the live run did."""
@@ -277,8 +336,10 @@ class ContainerResolver:
         if runtime not in _NO_METADATA_RUNTIMES:
             # one read: the worker may evict the key between a membership test and a second read
             found = self._metadata.get(mkey, _MISSING)
+            if found is _MISSING and mkey not in self._first_looked:
+                found = self._first_look(match, path)
             if found is not _MISSING:
-                meta = found
+                meta = found  # type: ignore[assignment]
             else:
                 complete = False
                 self._request_metadata(match)
@@ -304,6 +365,49 @@ class ContainerResolver:
             metadata_complete=complete,
         )
 
+    def _first_look(self, match: CgroupMatch, path: str) -> object:
+        """A container's first exec: its metadata read here when cheap, else waited for briefly; _MISSING when
+        neither gave it (the worker goes on looking, and a later event of the container carries it)."""
+        mkey = (match.id, match.id_is_name)
+        if len(self._first_looked) >= self._cache_size:
+            self._first_looked.clear()  # only costs a second look at containers still running
+        self._first_looked.add(mkey)
+        if len(self._cgroup_of) >= self._cache_size:
+            self._cgroup_of.pop(next(iter(self._cgroup_of)))
+        self._cgroup_of[mkey] = match.container_cgroup or path
+        started = time.perf_counter()
+        window_start, spent = self._first_window
+        if started - window_start >= 1.0:
+            window_start, spent = started, 0.0
+        if spent >= self._first_share:
+            self._counts["first_looks_over_budget"] += 1
+            return _MISSING
+        self._counts["first_looks"] += 1
+        found: object = _MISSING
+        try:
+            self._counts["first_looks_read"] += 1
+            meta = self._first_reader.lookup(match.id, match.runtime, by_name=match.id_is_name)
+            if meta is not None:
+                self._store_metadata(mkey, meta)
+                found = meta
+        except CostlyLookup:
+            self._request_metadata(match)
+            wait = min(self._first_wait_s, self._first_share - spent)
+            self._counts["first_looks_waited"] += 1
+            if self._worker.hurry(("meta", mkey), wait):
+                found = self._metadata.get(mkey, _MISSING)
+        if found is not _MISSING:
+            self._counts["first_looks_found"] += 1
+        self._first_window = (window_start, spent + time.perf_counter() - started)
+        return found
+
+    def _store_metadata(self, mkey: tuple[str, bool], value: ContainerMetadata | None) -> None:
+        metadata = self._metadata
+        with self._metadata_lock:
+            while len(metadata) >= self._cache_size:
+                metadata.pop(next(iter(metadata)), None)
+            metadata[mkey] = value
+
     @staticmethod
     def _metadata_key(info: ContainerInfo) -> tuple[str, bool]:
         return (info.id, info.id_source == ID_NAME)
@@ -311,15 +415,11 @@ class ContainerResolver:
     def _request_metadata(self, match: CgroupMatch) -> None:
         mkey = (match.id, match.id_is_name)
         reader = self._reader
-        metadata = self._metadata
         counts = self._counts
-        capacity = self._cache_size
+        store_metadata = self._store_metadata
 
         def store(value: ContainerMetadata | None) -> None:
-            # only this worker thread writes the dict; the pipeline thread only reads it
-            while len(metadata) >= capacity:
-                metadata.pop(next(iter(metadata)), None)
-            metadata[mkey] = value
+            store_metadata(mkey, value)
 
         def job() -> bool:
             found = reader.lookup(match.id, match.runtime, by_name=match.id_is_name)
@@ -379,17 +479,23 @@ class ContainerResolver:
         return self._worker.run_pending()
 
     def stats(self) -> dict[str, int]:
-        self._cgroups.expire()
+        """Counters and table sizes; read from the ops server's thread, so it changes nothing (expiry and
+        pruning happen on the event loop, at cgroup records)."""
         out = dict(self._counts)
         out.update(
             cgroups_known=len(self._cgroups),
             cgroups_pending_removal=self._cgroups.pending_removal,
             cgroups_expired=self._cgroups.expired,
+            cgroups_evicted=self._cgroups.evicted,
             path_cache_hits=self._matcher.hits,
             path_cache_misses=self._matcher.misses,
             resolved_cached_entries=len(self._resolved),
             containers_known_by_pid_ns=len(self._by_pid_ns),
             metadata_queued=self._worker.queued,
+            metadata_entries=len(self._metadata),
+            metadata_refused=self._worker.refused,
+            containers_first_looked=len(self._first_looked),
+            containers_gone_pending=len(self._gone),
             metadata_retries=self._worker.retries,
             metadata_file_reads=self._reader.file_reads,
             worker_errors=self._worker.failed,

@@ -62,7 +62,8 @@ def ino(tree: Path, rel: str) -> int:
 
 
 def test_podman_container_then_metadata(tree, state, tmp_path):
-    r = make(tree, state, tmp_path)
+    # state files too large to read in the event loop: the first exec goes out without them, later ones carry them
+    r = make(tree, state, tmp_path, first_look_max_file_bytes=16)
     cid = ino(tree, f"libpod_parent/libpod-{PODMAN_ID}")
     first = r.resolve(cid, POD_NS)
     # the event is not held for the runtime's state: identity now, names later
@@ -70,6 +71,7 @@ def test_podman_container_then_metadata(tree, state, tmp_path):
     assert not first.metadata_complete
     assert first.decided_by == BY_CGROUP
     assert first.namespaces_differing == ("ipc", "mnt", "net", "pid", "uts")
+    assert r.stats()["first_looks_waited"] == 1
     assert r.run_pending() == 1
     second = r.resolve(cid, POD_NS)
     assert (second.name, second.image_name, second.image_tag) == ("cs-probe1", "localhost/container-sensor-test", "1")
@@ -79,6 +81,60 @@ def test_podman_container_then_metadata(tree, state, tmp_path):
         assert r.resolve(cid, POD_NS) is second
     stats = r.stats()
     assert stats["metadata_file_reads"] == reads and stats["proc_reads"] == 0
+    assert stats["first_looks"] == 1  # only the first exec of the container looked
+
+
+def test_first_exec_of_a_container_carries_its_metadata_when_cheap(tree, state, tmp_path):
+    r = make(tree, state, tmp_path)
+    first = r.resolve(ino(tree, f"libpod_parent/libpod-{PODMAN_ID}"), POD_NS)
+    assert (first.name, first.image_name, first.image_tag) == ("cs-probe1", "localhost/container-sensor-test", "1")
+    assert first.metadata_complete
+    stats = r.stats()
+    assert (stats["first_looks_read"], stats["first_looks_found"], stats["first_looks_waited"]) == (1, 1, 0)
+
+
+def test_first_exec_waits_for_a_costly_look_at_most_the_bound(tree, state, tmp_path):
+    import time
+
+    from sensor.containers import metadata as metadata_module
+
+    slow = metadata_module.MetadataReader.lookup
+
+    def slow_lookup(self, *args, **kwargs):
+        time.sleep(0.3)
+        return slow(self, *args, **kwargs)
+
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    r = ContainerResolver(host_ns=HOST_NS, cgroup_root=tree, proc_root=proc, state_roots=state,
+                          first_look_max_file_bytes=16, first_look_wait_s=0.02)
+    try:
+        r.seed()
+        r._reader.lookup = slow_lookup.__get__(r._reader)  # the worker's reader only: a slow disk
+        began = time.monotonic()
+        first = r.resolve(ino(tree, f"libpod_parent/libpod-{PODMAN_ID}"), POD_NS)
+        held = time.monotonic() - began
+        assert held < 0.2 and first.name is None
+        deadline = time.monotonic() + 5
+        while r.stats()["metadata_found"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert r.resolve(ino(tree, f"libpod_parent/libpod-{PODMAN_ID}"), POD_NS).name == "cs-probe1"
+    finally:
+        r.close()
+
+
+def test_a_costly_look_the_worker_answers_in_time_is_in_the_first_document(tree, state, tmp_path):
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    r = ContainerResolver(host_ns=HOST_NS, cgroup_root=tree, proc_root=proc, state_roots=state,
+                          first_look_max_file_bytes=16, first_look_wait_s=2.0, first_look_share=2.0)
+    try:
+        r.seed()
+        first = r.resolve(ino(tree, f"libpod_parent/libpod-{PODMAN_ID}"), POD_NS)
+        assert first.name == "cs-probe1" and first.metadata_complete
+        assert r.stats()["first_looks_waited"] == 1
+    finally:
+        r.close()
 
 
 def test_host_cgroups_and_conmon_are_host(tree, state, tmp_path):
