@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,9 @@ UNREADABLE_RETRY_S = 0.1
 # A look at one file reads for at most this long; a file that cannot be read in time stays unknown (and is
 # tried again later) instead of being settled as "not ssh".
 DEFAULT_MAX_CHECK_S = 2.0
+# ssh binaries learned from containers (their roots' usual paths, execs by name): one or two per container image
+# layer, so this many outlive a long churn of containers; the oldest learned is forgotten first.
+DEFAULT_KNOWN_SIZE = 4096
 UNKNOWN_UNREACHABLE = "unreachable"      # no live process shows the file any more, and it is not known
 UNKNOWN_REPLACED = "replaced"            # the path now leads to another file (or to no regular file)
 UNKNOWN_TIME_BUDGET = "time_budget"      # reading the file took longer than the budget of one look
@@ -89,7 +93,8 @@ def _device_forms(st_dev: int) -> tuple[int, int]:
 class ExecutableIdentity:
     def __init__(self, proc_root: str = "/proc", *, max_read_bytes: int = DEFAULT_MAX_READ_BYTES,
                  cache_size: int = 65536, host_paths: Iterable[str] = HOST_SSH_PATHS,
-                 max_check_s: float = DEFAULT_MAX_CHECK_S, read_rate: float = DEFAULT_READ_RATE) -> None:
+                 max_check_s: float = DEFAULT_MAX_CHECK_S, read_rate: float = DEFAULT_READ_RATE,
+                 known_size: int = DEFAULT_KNOWN_SIZE) -> None:
         self._proc = proc_root.rstrip("/")
         self._budget = ReadBudget(read_rate, burst=max(read_rate, max_read_bytes))
         self._max_read = max_read_bytes
@@ -101,7 +106,13 @@ class ExecutableIdentity:
         # the GIL) and a cachetools cache's do not; a verdict's validity is its own (the file's ctime, or a retry
         # time for an unreadable one), checked on every read; and it clears when full, see _verdict.
         self._verdicts: dict[tuple[int, int], _Verdict] = {}
+        # (device, inode) -> program: the host's own ssh binaries (`_inventory`, fixed at start) and those learned
+        # since (`_known`, at most `known_size`, oldest first out). Both threads add to `_known` (execs by name on
+        # the event loop, container roots on the look worker): the writers share a lock, readers take none.
+        self._inventory: dict[tuple[int, int], str] = {}
         self._known: dict[tuple[int, int], str] = {}
+        self._known_size = max(1, known_size)
+        self._known_lock = threading.Lock()
         self.counts = {"identity_cache_hits": 0, "identity_lookups": 0, "identity_content_reads": 0,
                        "identity_unreadable": 0, "identity_partial_scans": 0, "identity_stale": 0,
                        "identity_replaced": 0, "identity_time_budget": 0}
@@ -133,14 +144,31 @@ class ExecutableIdentity:
                 os.close(fd)
         if program:
             for dev in _device_forms(st.st_dev):
-                self._known[(dev, st.st_ino)] = program
+                self._inventory[(dev, st.st_ino)] = program
+
+    def _program_known(self, key: tuple[int, int]) -> str | None:
+        return self._inventory.get(key) or self._known.get(key)
+
+    def _learn(self, key: tuple[int, int], program: str) -> None:
+        if key in self._inventory or key in self._known:
+            return
+        with self._known_lock:
+            known = self._known
+            while len(known) >= self._known_size:
+                del known[next(iter(known))]
+            known.setdefault(key, program)
+
+    @property
+    def known_count(self) -> int:
+        """ssh binaries learned from containers (the host's own not counted)."""
+        return len(self._known)
 
     def settled_not_ssh(self, device: int, inode: int, ctime_ns: int) -> bool:
         """The file (device, inode) as it was at ctime_ns was read and is none of the programs: an exec of it
         under a name that is not one of them is not ssh until something new is learned."""
         cached = self._verdicts.get((device, inode))
         return (cached is not None and cached.source != "unreadable" and not cached.program
-                and cached.ctime_ns == ctime_ns and (device, inode) not in self._known)
+                and cached.ctime_ns == ctime_ns and self._program_known((device, inode)) is None)
 
     def learn_root(self, pids: Sequence[int]) -> bool:
         """Record the ssh binaries at the usual paths of a container's root (seen through the first of `pids`
@@ -160,7 +188,7 @@ class ExecutableIdentity:
                 except OSError:
                     continue
                 for dev in _device_forms(st.st_dev):
-                    self._known.setdefault((dev, st.st_ino), name)
+                    self._learn((dev, st.st_ino), name)
             return True
         return False
 
@@ -188,7 +216,7 @@ class ExecutableIdentity:
         name = self.by_name(executable, process_name)
         if name is not None:
             if device is not None and inode is not None:
-                self._known.setdefault((device, inode), name)
+                self._learn((device, inode), name)
             return Outcome(Recognition(name, "name"))
         if device is None or inode is None:
             return Outcome(None)
@@ -261,7 +289,7 @@ class ExecutableIdentity:
                 if st.st_ino != key[1] or key[0] not in _device_forms(st.st_dev):
                     replaced = True
                     continue
-                known = self._known.get(key)
+                known = self._program_known(key)
                 if known:
                     return _Verdict(known, "inventory", st.st_ctime_ns)
                 if not stat.S_ISREG(st.st_mode):
@@ -281,7 +309,7 @@ class ExecutableIdentity:
                 continue
             finally:
                 os.close(fd)
-        known = self._known.get(key)
+        known = self._program_known(key)
         if known:
             return _Verdict(known, "inventory", None)
         if replaced:
