@@ -34,7 +34,7 @@ log = logging.getLogger("container_sensor")
 TICK_SECONDS = 1.0
 
 
-POLL_MS = 20  # the probe wakes us only every few records (bpf/sensor.c WAKEUP_EVERY): this bounds latency
+POLL_MS = 5  # the probe wakes us only every 256 records per CPU (bpf/sensor.c WAKEUP_EVERY): this bounds latency
 
 
 @dataclass
