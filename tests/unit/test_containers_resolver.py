@@ -93,6 +93,16 @@ def test_first_exec_of_a_container_carries_its_metadata_when_cheap(tree, state, 
     assert (stats["first_looks_read"], stats["first_looks_found"], stats["first_looks_waited"]) == (1, 1, 0)
 
 
+def test_first_looks_beyond_their_share_of_the_second_are_not_made(tree, state, tmp_path):
+    r = make(tree, state, tmp_path, first_look_share=0.0)
+    first = r.resolve(ino(tree, f"libpod_parent/libpod-{PODMAN_ID}"), POD_NS)
+    assert first.name is None and not first.metadata_complete
+    stats = r.stats()
+    assert (stats["first_looks"], stats["first_looks_over_budget"], stats["metadata_file_reads"]) == (0, 1, 0)
+    r.run_pending()  # the worker still looks
+    assert r.resolve(ino(tree, f"libpod_parent/libpod-{PODMAN_ID}"), POD_NS).name == "cs-probe1"
+
+
 def test_first_exec_waits_for_a_costly_look_at_most_the_bound(tree, state, tmp_path):
     import time
 
