@@ -82,6 +82,19 @@ def test_podman_run_rm_command_that_exits_at_once(live, podman_image_ref, tmp_pa
         assert get(doc, "container.image.name") == get(end, "container.image.name")
 
 
+def test_first_exec_of_a_new_podman_container_carries_its_name_and_image(live, podman_image_ref):
+    # podman writes the container's state before starting it, and the files are small: the sensor reads them at
+    # the container's first exec instead of sending that document without them
+    mark = marker()
+    name = f"cs-first-{mark.rsplit('-', 1)[1]}"
+    subprocess.run([*PODMAN_RUN, "--rm", "--name", name, podman_image_ref, "/bin/echo", mark],
+                   check=True, capture_output=True, timeout=60)
+    doc = execs(live, "echo", marker=mark)[-1]
+    assert get(doc, "container.name") == name
+    assert get(doc, "container.image.name") == podman_image_ref.rsplit(":", 1)[0]
+    assert get(doc, "container.image.tag") == [podman_image_ref.rsplit(":", 1)[1]]
+
+
 def test_exec_into_container_started_before_sensor_with_nested_shells(live, podman_container):
     mark = marker()
     subprocess.run(["podman", "exec", podman_container.name, "/bin/sh", "-c", f"/bin/sh -c '/bin/echo {mark}; true'"],
