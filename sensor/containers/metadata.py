@@ -10,6 +10,10 @@ Sources, in the order tried for a container id (each a plain file read, done off
   LXC        /var/lib/lxc/<name>/config (the name is the id; LXC has no images)
 Every reader returns None when its files are not there (yet): the caller retries later.
 
+`MetadataReader.watch` (run by the worker thread every WATCH_EVERY_S) keeps what it finds about every container
+podman, runc and crun list, so a container whose state was removed before its events were handled (a `run --rm`
+of a short command, read behind a backlog) still has its name and image: the last REMEMBERED of them are kept.
+
 A reader made with `max_file_bytes` refuses (CostlyLookup) any file larger than that before reading it: the event
 loop reads a new container's state itself only when that is cheap, and leaves the rest to the worker thread.
 """
@@ -26,6 +30,9 @@ from typing import Any
 import orjson
 
 from .info import ContainerMetadata
+
+WATCH_EVERY_S = 0.1
+REMEMBERED = 1024  # containers remembered by watch(): minutes of churn, a few hundred kilobytes
 
 # Annotations written into the OCI config.json, per manager.
 CONTAINERD_CRI = {
@@ -159,6 +166,11 @@ class _PodmanIndex:
             self._stamp[path] = stamp
         return self._entries[path].get(container_id)
 
+    def ids(self, storage: Path) -> list[str]:
+        """The ids the store lists now (re-reading the file if it changed)."""
+        self.get(storage, "")
+        return [cid for cid in self._entries.get(storage / "overlay-containers/containers.json", {}) if cid]
+
 
 class MetadataReader:
     """Looks a container up in every runtime's on-disk state; one instance per thread.
@@ -170,6 +182,50 @@ class MetadataReader:
         self._max_bytes = max_file_bytes
         self._podman = _PodmanIndex(max_file_bytes)
         self.file_reads = 0
+        # container id -> what watch() found while it existed; written by the thread that runs watch() only,
+        # read by others without a lock (a dict's get and set are atomic under the GIL); oldest first out
+        self._remembered: dict[str, ContainerMetadata] = {}
+
+    def remembered(self, container_id: str) -> ContainerMetadata | None:
+        """What watch() found about a container, even if its state is gone since."""
+        return self._remembered.get(container_id)
+
+    @property
+    def remembered_count(self) -> int:
+        return len(self._remembered)
+
+    def watch(self) -> int:
+        """Reads the state of every container podman, runc and crun list now that is not remembered yet, and
+        remembers it. Returns how many were new."""
+        new = 0
+        for storage in self.roots.podman_storage:
+            try:
+                ids = self._podman.ids(storage)
+            except CostlyLookup:
+                continue
+            new += self._remember(ids, self._podman_store)
+        for root in (*self.roots.runc_roots, *self.roots.crun_roots):
+            try:
+                ids = [entry.name for entry in os.scandir(root) if entry.is_dir()]
+            except OSError:
+                continue
+            new += self._remember(ids, self._runc_state)
+        return new
+
+    def _remember(self, ids: list[str], reader: Callable[[str], ContainerMetadata | None]) -> int:
+        new = 0
+        remembered = self._remembered
+        for container_id in ids:
+            if container_id in remembered:
+                continue
+            found = reader(container_id)
+            if found is None:
+                continue
+            while len(remembered) >= REMEMBERED:
+                del remembered[next(iter(remembered))]
+            remembered[container_id] = found
+            new += 1
+        return new
 
     def _json(self, path: Path) -> Any:
         return _read_json(path, self._max_bytes)
@@ -196,7 +252,7 @@ class MetadataReader:
             found = reader(container_id)
             if found is not None:
                 return found
-        return None
+        return self._remembered.get(container_id)
 
     def _podman_store(self, container_id: str) -> ContainerMetadata | None:
         for storage in self.roots.podman_storage:

@@ -50,7 +50,7 @@ from .info import (
     split_image,
 )
 from .layouts import CgroupMatch, PathMatcher
-from .metadata import CostlyLookup, MetadataReader, StateRoots
+from .metadata import WATCH_EVERY_S, CostlyLookup, MetadataReader, StateRoots
 from .namespaces import differing, looks_like_container, read_namespaces
 from .worker import DEFAULT_RETRY_DELAYS, RetryWorker
 
@@ -133,7 +133,10 @@ class ContainerResolver:
         # container id key -> its cgroup path, to drop its metadata when that cgroup goes
         self._cgroup_of: dict[tuple[str, bool], str] = {}
         self._metadata_lock = threading.Lock()  # between writers (worker and event loop); readers take none
-        self._worker = RetryWorker(retry_delays, start=start_worker)
+        # between look-ups the worker remembers every container the runtimes list (metadata.py, watch): a
+        # container gone before its events were handled keeps its name and image
+        self._worker = RetryWorker(retry_delays, start=start_worker, idle_task=self._reader.watch,
+                                   idle_every=WATCH_EVERY_S)
         # (cgroup path, namespaces) -> decision; oldest decided forgotten first. Written by hand, not a cachetools
         # FIFOCache: it is read once per exec, and a FIFOCache's get is three Python calls that hash the key twice
         # (2% more instructions per record in a 20,000-exec storm, counted under callgrind).
@@ -389,6 +392,8 @@ class ContainerResolver:
         try:
             self._counts["first_looks_read"] += 1
             meta = self._first_reader.lookup(match.id, match.runtime, by_name=match.id_is_name)
+            if meta is None and not match.id_is_name:
+                meta = self._reader.remembered(match.id)  # gone already: what the worker's watch saw of it
             if meta is not None:
                 self._store_metadata(mkey, meta)
                 found = meta
@@ -497,6 +502,7 @@ class ContainerResolver:
             containers_known_by_pid_ns=len(self._by_pid_ns),
             metadata_queued=self._worker.queued,
             metadata_entries=len(self._metadata),
+            metadata_remembered=self._reader.remembered_count,
             metadata_refused=self._worker.refused,
             containers_first_looked=len(self._first_looked),
             containers_gone_pending=len(self._gone),

@@ -6,6 +6,9 @@ Submitting never blocks and a key already queued is not queued twice. At most `m
 (a storm of new containers whose state never appears would otherwise grow the queue for as long as their retry
 schedules last): a submit beyond that is refused and counted, and the caller asks again at a later event.
 
+`idle_task`, when given, runs every `idle_every` seconds between jobs (the resolver's watch of the runtimes'
+state).
+
 `hurry` lets a caller that needs one result now (a container's first exec) run that job at once and wait for it,
 for a bounded time.
 """
@@ -27,8 +30,12 @@ DEFAULT_MAX_JOBS = 4096
 
 class RetryWorker:
     def __init__(self, retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS, name: str = "container-lookup",
-                 start: bool = True, max_jobs: int = DEFAULT_MAX_JOBS) -> None:
+                 start: bool = True, max_jobs: int = DEFAULT_MAX_JOBS,
+                 idle_task: Callable[[], object] | None = None, idle_every: float = 0.1) -> None:
         self._delays = retry_delays
+        self._idle_task = idle_task
+        self._idle_every = idle_every
+        self._next_idle = time.monotonic()
         self._max_jobs = max_jobs
         self._heap: list[tuple[float, int, Hashable, int]] = []
         # key -> (job, on_give_up): one per key queued or running, never more than max_jobs
@@ -110,22 +117,38 @@ class RetryWorker:
 
     def _loop(self) -> None:
         while True:
+            idle = False
             with self._cond:
                 while not self._closed:
-                    if self._heap:
-                        wait = self._heap[0][0] - time.monotonic()
-                        if wait <= 0:
-                            break
-                        self._cond.wait(wait)
-                    else:
-                        self._cond.wait()
+                    now = time.monotonic()
+                    if self._heap and self._heap[0][0] <= now:
+                        break
+                    if self._idle_task is not None and now >= self._next_idle:
+                        idle = True
+                        self._next_idle = now + self._idle_every
+                        break
+                    due = [self._heap[0][0]] if self._heap else []
+                    if self._idle_task is not None:
+                        due.append(self._next_idle)
+                    self._cond.wait(min(due) - now if due else None)
                 if self._closed:
                     return
-                _, seq, key, attempt = heapq.heappop(self._heap)
-                if self._live_seq.get(key) != seq:
-                    continue  # replaced by hurry()
-                self._running = key
-            self._run(key, attempt)
+                if not idle:
+                    _, seq, key, attempt = heapq.heappop(self._heap)
+                    if self._live_seq.get(key) != seq:
+                        continue  # replaced by hurry()
+                    self._running = key
+            if idle:
+                self._idle()
+            else:
+                self._run(key, attempt)
+
+    def _idle(self) -> None:
+        try:
+            self._idle_task()  # type: ignore[misc]
+        except Exception:  # a malformed state file must not kill the worker
+            log.exception("periodic container state watch failed")
+            self.failed += 1
 
     def _run(self, key: Hashable, attempt: int) -> None:
         job, on_give_up = self._jobs[key]

@@ -168,3 +168,27 @@ def test_process_churn_leaves_the_process_table_where_it_started() -> None:
         assert len(table) <= start + 1000 + 1
     table.expire(now + 2_000_000_000)
     assert len(table) == start
+
+
+def test_a_container_gone_before_its_exec_is_handled_keeps_its_name(tmp_path: Path, monkeypatch) -> None:
+    from sensor.containers import metadata as metadata_module
+
+    monkeypatch.setattr(metadata_module, "REMEMBERED", 10)
+    host = PodmanHost(tmp_path)
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    resolver = ContainerResolver(host_ns=HOST_NS, cgroup_root=host.cgroups, proc_root=proc,
+                                 state_roots=host.state, start_worker=False, retry_delays=())
+    resolver.seed()
+    watch = resolver._reader.watch  # what the worker thread runs every 0.1 s
+    for number in range(30):
+        cgroup_id, path = host.start(number)
+        assert watch() == 1
+        # the records arrive late (a backlog): the container has run, and podman removed its state already
+        resolver.on_cgroup(CgroupRecord(number, "mkdir", 0, cgroup_id, 2, path.encode()))
+        host.stop(number)
+        info = resolver.resolve(cgroup_id, replace(HOST_NS, pid=10_000 + number, mnt=20_000 + number))
+        assert (info.name, info.image_name) == (f"c{number}", "localhost/img")
+        assert watch() == 0
+        assert resolver.stats()["metadata_remembered"] <= 10
+    resolver.close()
