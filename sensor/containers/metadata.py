@@ -181,7 +181,8 @@ class MetadataReader:
         self.roots = roots or StateRoots()
         self._max_bytes = max_file_bytes
         self._podman = _PodmanIndex(max_file_bytes)
-        self.file_reads = 0
+        self.file_reads = 0  # by look-ups
+        self.watch_reads = 0  # by watch(), counted apart: they follow the runtimes' churn, not the events
         # container id -> what watch() found while it existed; written by the thread that runs watch() only,
         # read by others without a lock (a dict's get and set are atomic under the GIL); oldest first out
         self._remembered: dict[str, ContainerMetadata] = {}
@@ -197,6 +198,14 @@ class MetadataReader:
     def watch(self) -> int:
         """Reads the state of every container podman, runc and crun list now that is not remembered yet, and
         remembers it. Returns how many were new."""
+        reads_before = self.file_reads
+        try:
+            return self._watch()
+        finally:
+            self.watch_reads += self.file_reads - reads_before
+            self.file_reads = reads_before
+
+    def _watch(self) -> int:
         new = 0
         for storage in self.roots.podman_storage:
             try:

@@ -503,6 +503,7 @@ class ContainerResolver:
             metadata_queued=self._worker.queued,
             metadata_entries=len(self._metadata),
             metadata_remembered=self._reader.remembered_count,
+            metadata_watch_reads=self._reader.watch_reads,
             metadata_refused=self._worker.refused,
             containers_first_looked=len(self._first_looked),
             containers_gone_pending=len(self._gone),

@@ -192,3 +192,17 @@ def test_a_container_gone_before_its_exec_is_handled_keeps_its_name(tmp_path: Pa
         assert watch() == 0
         assert resolver.stats()["metadata_remembered"] <= 10
     resolver.close()
+
+
+def test_the_watch_reads_are_counted_apart_from_look_ups(tmp_path: Path) -> None:
+    host = PodmanHost(tmp_path)
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    resolver = ContainerResolver(host_ns=HOST_NS, cgroup_root=host.cgroups, proc_root=proc,
+                                 state_roots=host.state, start_worker=False, retry_delays=())
+    host.start(1)
+    host.start(2)
+    assert resolver._reader.watch() == 2
+    stats = resolver.stats()
+    assert stats["metadata_file_reads"] == 0 and stats["metadata_watch_reads"] >= 2
+    resolver.close()
