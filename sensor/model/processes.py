@@ -139,9 +139,14 @@ def kernel_dev_to_st_dev(kdev: int) -> int:
 
 
 class ProcessTable:
-    """Live processes and recently exited ones (kept for `linger_ns` so late references still resolve)."""
+    """Live processes and recently exited ones (kept for `linger_ns` so late references still resolve).
 
-    def __init__(self, boot_id: str, *, linger_ns: int = 30_000_000_000, max_exited: int = 65536) -> None:
+    Bounds: one entry per pid (kernel.pid_max), and of those at most `max_exited` exited ones, the oldest
+    forgotten first: an exec storm's exits would otherwise keep 30 s of them (tens of thousands, most of the
+    sensor's memory), and raise its resident size to match whenever the storm ran faster. An entry whose exit
+    record was lost (counted in events_lost_total) stays until its pid is reused."""
+
+    def __init__(self, boot_id: str, *, linger_ns: int = 30_000_000_000, max_exited: int = 8192) -> None:
         self.boot_id = boot_id
         self._procs: dict[int, Process] = {}
         self._exited: deque[tuple[int, int, int]] = deque()  # (exit ktime, pid, start) in exit order
