@@ -104,15 +104,17 @@ def test_first_looks_beyond_their_share_of_the_second_are_not_made(tree, state, 
 
 
 def test_first_exec_waits_for_a_costly_look_at_most_the_bound(tree, state, tmp_path):
+    import threading
     import time
 
     from sensor.containers import metadata as metadata_module
 
-    slow = metadata_module.MetadataReader.lookup
+    disk_answers = threading.Event()
+    lookup = metadata_module.MetadataReader.lookup
 
     def slow_lookup(self, *args, **kwargs):
-        time.sleep(0.3)
-        return slow(self, *args, **kwargs)
+        disk_answers.wait(10)  # a disk that does not answer until the test lets it
+        return lookup(self, *args, **kwargs)
 
     proc = tmp_path / "proc"
     proc.mkdir()
@@ -120,16 +122,19 @@ def test_first_exec_waits_for_a_costly_look_at_most_the_bound(tree, state, tmp_p
                           first_look_max_file_bytes=16, first_look_wait_s=0.02)
     try:
         r.seed()
-        r._reader.lookup = slow_lookup.__get__(r._reader)  # the worker's reader only: a slow disk
+        r._reader.lookup = slow_lookup.__get__(r._reader)  # the worker's reader only
         began = time.monotonic()
         first = r.resolve(ino(tree, f"libpod_parent/libpod-{PODMAN_ID}"), POD_NS)
         held = time.monotonic() - began
-        assert held < 0.2 and first.name is None
-        deadline = time.monotonic() + 5
+        assert first.name is None and held < 5  # waiting for the look itself would have taken 10 s
+        assert r.stats()["first_looks_waited"] == 1
+        disk_answers.set()
+        deadline = time.monotonic() + 10
         while r.stats()["metadata_found"] == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert r.resolve(ino(tree, f"libpod_parent/libpod-{PODMAN_ID}"), POD_NS).name == "cs-probe1"
     finally:
+        disk_answers.set()
         r.close()
 
 
