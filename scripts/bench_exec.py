@@ -32,7 +32,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proctree import PeakRssSampler, read_tree
-from sensor_readings import document_time, free_local_address, percentile, scrape_metrics, summary_line, summary_losses
+from sensor_readings import (
+    document_time,
+    free_local_address,
+    line_batches,
+    percentile,
+    scrape_metrics,
+    summary_line,
+    summary_losses,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 BARE_BCC = Path("/work/shared/bench/bare_bcc.py")
@@ -96,17 +104,7 @@ class StdoutReader(threading.Thread):
         self.cpu_seconds = 0.0
 
     def run(self) -> None:
-        # Whole chunks, not lines: the reader shares the 2 cores with the storm and the monitor, and its own
-        # cost would otherwise be charged to the monitor's throughput ratio.
-        pending = b""
-        read = self.stream.read1
-        while True:
-            chunk = read(1 << 20)
-            if not chunk:
-                break
-            arrived = time.time()
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
+        for arrived, lines in line_batches(self.stream):
             self.lines += len(lines)
             for line in lines:
                 if not self.documents:

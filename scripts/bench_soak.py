@@ -31,6 +31,7 @@ from proctree import read_tree
 from sensor_readings import (
     document_time,
     free_local_address,
+    line_batches,
     metrics_losses,
     percentile,
     scrape_metrics,
@@ -74,16 +75,8 @@ class DocumentReader(threading.Thread):
         self.latencies_by_minute: dict[int, list[float]] = {}
 
     def run(self) -> None:
-        pending = b""
-        read = self.stream.read1
-        while True:
-            chunk = read(1 << 20)
-            if not chunk:
-                break
-            arrived = time.time()
+        for arrived, lines in line_batches(self.stream):
             minute = int((time.monotonic() - self.started) // 60)
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
             self.lines += len(lines)
             for line in lines:
                 if self.storm_args in line and b'"action":"exec"' in line:

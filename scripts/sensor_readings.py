@@ -6,7 +6,10 @@ from __future__ import annotations
 import datetime as dt
 import re
 import socket
+import time
 import urllib.request
+from collections.abc import Iterator
+from typing import BinaryIO
 
 METRIC_PREFIX = "container_sensor_"
 
@@ -76,3 +79,19 @@ def summary_losses(summary: str | None) -> dict[str, int] | None:
 def summary_line(stderr_text: str) -> str | None:
     lines = [line for line in stderr_text.splitlines() if "events seen" in line]
     return lines[-1] if lines else None
+
+
+def line_batches(stream: BinaryIO) -> Iterator[tuple[float, list[bytes]]]:
+    """(arrival time, the whole lines of one read) until the stream ends. Whole chunks, not lines: the reader
+    shares the 2 cores with the storm and the monitor, and its own cost would otherwise be charged to the
+    monitor's throughput."""
+    pending = b""
+    read = stream.read1
+    while True:
+        chunk = read(1 << 20)
+        if not chunk:
+            return
+        arrived = time.time()
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        yield arrived, lines
