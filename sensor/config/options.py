@@ -85,7 +85,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("priority_boost", parse_int,
            "how many nice levels above normal the sensor runs (as auditd's priority_boost; 0 keeps it normal)"),
     Option("probe.ring_reader", choice(RING_READERS),
-           "how records are read: mmap (x86 only), libbpf (a callback per record), or auto"),
+           "how records are read: libbpf (auto) or mmap (x86 only; lost records under contention)"),
     Option("stall_timeout", parse_duration,
            "/livez fails and systemd watchdog pings stop once the pipeline has not advanced this long; 0 never"),
     Option("drain_timeout", parse_duration,

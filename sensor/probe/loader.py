@@ -36,7 +36,7 @@ from sensor.probe.layout import (
     decode,
 )
 from sensor.probe.libbpf import LibbpfError, LibbpfRingReader, percpu_u64_values
-from sensor.probe.ringbuf import RingBufferReader
+from sensor.probe.ringbuf import RingBufferReader, RingPositions
 
 log = logging.getLogger("container_sensor")
 
@@ -69,7 +69,7 @@ class ProbeOptions:
 
     ringbuf_pages: int  # the ring buffer's size in pages; a power of two
     args_max: int  # argv bytes kept per exec; a power of two
-    ring_reader: str  # "mmap", "libbpf" or "auto" (sensor/probe/ringbuf.py says why and where)
+    ring_reader: str  # "mmap", "libbpf" or "auto" (= libbpf; sensor/probe/ringbuf.py says why)
 
 
 class Probe:
@@ -83,6 +83,7 @@ class Probe:
         self._links: dict[str, int] = {}
         self._reader: RingBufferReader | None = None
         self._libbpf_reader: LibbpfRingReader | None = None
+        self._positions: RingPositions | None = None
         self.decode_errors = 0
         self.handler_errors = 0  # records the pipeline failed on: lost, counted, the loop goes on
         self.records = 0
@@ -105,10 +106,13 @@ class Probe:
         })
         events = self._maps["events"]
         try:
-            if reader == "mmap" or (reader == "auto" and ringbuf.supported()):
+            if reader == "mmap":
+                log.warning("probe.ring_reader mmap: this reader has been seen to lose records under CPU "
+                            "contention (sensor/probe/ringbuf.py); auto and libbpf do not")
                 self._reader = RingBufferReader(events)
             else:
                 self._libbpf_reader = LibbpfRingReader(events, self._handle)
+            self._positions = RingPositions(events)
         except OSError as exc:
             self.close()
             raise ProbeError(f"cannot open the BPF ring buffer: {exc}") from exc
@@ -166,9 +170,9 @@ class Probe:
                 pass
 
     def backlog_bytes(self) -> int | None:
-        """Bytes of records waiting in the ring buffer, for liveness; None with libbpf's reader, which hides it."""
-        reader = self._reader
-        return reader.backlog() if reader is not None else None
+        """Bytes of records waiting in the ring buffer, for liveness and /metrics; None before load."""
+        positions = self._positions
+        return positions.backlog() if positions is not None else None
 
     def loss(self) -> LossRecord:
         """Kernel-side counters since load."""
@@ -197,6 +201,9 @@ class Probe:
         if self._libbpf_reader is not None:
             self._libbpf_reader.close()
             self._libbpf_reader = None
+        if self._positions is not None:
+            self._positions.close()
+            self._positions = None
         _close_all([*self._links.values(), *self._maps.values()])
         self._links = {}
         self._maps = {}

@@ -29,10 +29,11 @@ def test_each_reader_delivers_exact_documents(reader: str, monkeypatch: pytest.M
     assert f"ring buffer read by {reader}" in sensor.stderr()
 
 
-def test_mmap_reader_reads_records_that_wrap_around_the_ring(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("reader", ["mmap", "libbpf"])
+def test_reader_reads_records_that_wrap_around_the_ring(reader: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 128 KiB ring wraps every few hundred records: each record read across the end must come out whole (a
     record cut at the end would not decode, and count as lost)."""
-    monkeypatch.setenv("CONTAINER_SENSOR_PROBE_RING_READER", "mmap")
+    monkeypatch.setenv("CONTAINER_SENSOR_PROBE_RING_READER", reader)
     monkeypatch.setenv("CONTAINER_SENSOR_PROBE_RINGBUF_SIZE", "131072")
     sensor = SensorProcess()
     marker = f"wrap-{os.getpid()}"
