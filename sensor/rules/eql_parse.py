@@ -8,8 +8,11 @@ below renames those calls after the package has validated them: FunctionCall nam
 
 from __future__ import annotations
 
+import ipaddress
+
 from eql import ast
 from eql.errors import EqlError, EqlParseError
+from eql.functions import CidrMatch
 from eql.parser import LarkToEQL, lark_parser
 from eql.utils import ParserConfig, load_extensions
 from lark import Token
@@ -20,7 +23,44 @@ class QueryError(ValueError):
     """A query the `eql` package rejects, with a one-line reason."""
 
 
+class _FunctionsByAnyCase(dict):
+    """The package's function table, looked up as Elasticsearch does: whatever the case (`cidrmatch` is
+    Elasticsearch's `cidrMatch`; the package knows only the camel-case name)."""
+
+    def get(self, name, default=None):  # untyped: dict.get's signature
+        found = super().get(name)
+        if found is None and isinstance(name, str):
+            found = super().get(self.canonical(name))
+        return default if found is None else found
+
+    def canonical(self, name: str) -> str:
+        folded = name.lower()
+        return next((known for known in self if known.lower() == folded), name)
+
+
+class _CidrMatchAsElasticsearch(CidrMatch):
+    """cidrMatch as Elasticsearch takes it: a lone address ("::1") is a network of that one address. The package
+    requires a prefix length on every argument, so Elastic's own rules with "::1" did not load."""
+
+    @classmethod
+    def validate(cls, arguments):  # untyped: the package's signature
+        for argument in arguments[1:]:
+            node = argument.node
+            if isinstance(node, ast.String) and "/" not in node.value:
+                try:
+                    address = ipaddress.ip_address(node.value.strip())
+                except ValueError:
+                    continue  # the package names the bad argument
+                argument.node = ast.String(f"{address}/{address.max_prefixlen}")
+        return super().validate(arguments)
+
+
 class _ElasticsearchWalker(LarkToEQL):
+    def __init__(self, text):  # untyped: the signature of the package's walker
+        super().__init__(text)
+        self._function_lookup = _FunctionsByAnyCase(self._function_lookup)
+        self._function_lookup[CidrMatch.name] = _CidrMatchAsElasticsearch
+
     def string_predicate(self, node):  # untyped: the signature of the package's walker
         info = super().string_predicate(node)
         info.node.name = str(node["STRING_PREDICATE"])
@@ -37,8 +77,10 @@ class _ElasticsearchWalker(LarkToEQL):
         info = super().function_call(node, prev_node=prev_node, prev_arg=prev_arg)
         insensitive = any(isinstance(child, Token) and child.type == "INSENSITIVE_NAME"
                           for child in node.children)
-        if insensitive and isinstance(info.node, ast.FunctionCall):
-            info.node.name = info.node.name + "~"
+        if isinstance(info.node, ast.FunctionCall):
+            info.node.name = self._function_lookup.canonical(info.node.name)
+            if insensitive:
+                info.node.name = info.node.name + "~"
         return info
 
 
@@ -56,7 +98,8 @@ def parse_query(text: str) -> ast.PipedQuery:
         text += "\n"
     load_extensions(force=False)
     with ParserConfig(elasticsearch_syntax=True, reject_field_comparisons=True, implied_any=False,
-                      implied_base=False, allow_subqueries=True, allow_pipes=True, check_functions=True):
+                      implied_base=False, allow_subqueries=True, allow_pipes=True, check_functions=True,
+                      allow_runs=True):
         walker = _ElasticsearchWalker(text)
         try:
             tree = lark_parser.parse(text, start="piped_query")

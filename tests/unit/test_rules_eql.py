@@ -179,3 +179,22 @@ def test_unsupported_constructs_are_refused_with_a_reason(query: str, reason: st
 def test_invalid_queries_are_refused_by_the_parser(query: str) -> None:
     with pytest.raises(QueryError):
         parse_query(query)
+
+
+def test_function_names_are_case_insensitive_as_in_elasticsearch() -> None:
+    """Elastic ships `cidrmatch`; the `eql` package knows only `cidrMatch`."""
+    doc = proc(name="curl")
+    doc["destination"] = {"ip": "10.1.2.3"}
+    assert matches('process where cidrmatch(destination.ip, "10.0.0.0/8")', doc)
+    assert matches('process where STARTSWITH(process.name, "cu")', doc)
+    assert not matches('process where cidrmatch(destination.ip, "192.168.0.0/16")', doc)
+
+
+def test_cidrmatch_takes_a_lone_address_as_elasticsearch_does() -> None:
+    doc = proc(name="curl")
+    doc["destination"] = {"ip": "::1"}
+    assert matches('process where cidrMatch(destination.ip, "10.0.0.0/8", "::1")', doc)
+    doc["destination"] = {"ip": "::2"}
+    assert not matches('process where cidrMatch(destination.ip, "10.0.0.0/8", "::1")', doc)
+    with pytest.raises(QueryError):
+        parse_query('process where cidrMatch(destination.ip, "not-an-address")')

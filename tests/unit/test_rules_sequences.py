@@ -125,3 +125,14 @@ def test_elastic_xz_backdoor_sequence_rule() -> None:
     assert m.feed(first) == []
     assert m.feed(benign) == []
     assert len(m.feed(second)) == 1
+
+
+def test_a_stage_with_runs_must_match_that_many_times() -> None:
+    m = matcher('sequence by host.id with maxspan=30s [process where process.name == "a"] with runs=2 '
+                '[process where process.name == "b"]')
+    assert m.feed(ev(0, "exec", name="a")) == []
+    assert m.feed(ev(1, "exec", name="b")) == []  # one "a" is not enough
+    assert m.feed(ev(2, "exec", name="a")) == []
+    found = m.feed(ev(3, "exec", name="b"))
+    assert len(found) == 1
+    assert [s.event_id for s in found[0].steps] == ["exec-0-h1", "exec-2-h1", "exec-3-h1"]
