@@ -132,3 +132,31 @@ def rules_test(rules_paths: tuple[Path, ...], no_builtin_rules: bool, fold_windo
                err=True)
     if bad:
         sys.exit(1)
+
+
+@rules_group.command("coverage")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "output_format", type=click.Choice(["markdown", "json"]), default="markdown",
+              show_default=True, help="A Markdown table, or one JSON object per rule.")
+@click.option("--fields", "show_fields", is_flag=True,
+              help="Print the field inventory (every field and event value the sensor writes) as JSON instead.")
+def rules_coverage(paths: tuple[Path, ...], output_format: str, show_fields: bool) -> None:
+    """Say which rules (EQL or KQL, files or folders) can fire on the sensor's documents, which are weakened
+    and which cannot, naming each missing field, event kind and value."""
+    from sensor.ecs.inventory import inventory
+    from sensor.rules.coverage import classify_rules, markdown, summary
+
+    fields = inventory()
+    if show_fields:
+        click.echo(json.dumps(fields.as_dict(), indent=1))
+        return
+    results = classify_rules(paths, fields)
+    if output_format == "json":
+        for result in results:
+            click.echo(json.dumps({"file": result.path.name, "name": result.name, "rule_id": result.rule_id,
+                                   "language": result.language, "status": result.status,
+                                   "reasons": result.reasons}))
+        click.echo(json.dumps({"summary": summary(results)}))
+        return
+    label = " ".join("/".join(path.resolve().parts[-2:]) for path in paths)
+    click.echo(markdown(results, fields, label), nl=False)
