@@ -205,7 +205,13 @@ def container_id(live: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=golden_replay.FIXTURE_DIR)
+    parser.add_argument("--from-recording", action="store_true",
+                        help="keep the committed workload.rec and only re-make the expected output from it (for a "
+                             "deliberate change of the documents; needs neither root nor podman)")
     args = parser.parse_args()
+    if args.from_recording:
+        write_expected(args.out, args.out / golden_replay.RECORDING.name)
+        return
     if os.geteuid() != 0:
         raise SystemExit("make_golden: run as root (the probe and podman need it)")
     subprocess.run(["podman", "rm", "-f", "-t", "0", CONTAINER], capture_output=True, check=False)
@@ -229,27 +235,33 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     recording = args.out / golden_replay.RECORDING.name
     count = keep_workload(raw, recording, int((WORK / "root.pid").read_text()), cid)
+    first = write_expected(args.out, recording)
+    print(f"container {cid[:12]}; kept {count} records ({recording.stat().st_size} bytes); "
+          f"{len(first.lines)} documents; {first.summary}")
+
+
+def write_expected(out: Path, recording: Path) -> golden_replay.Replay:
+    """Replays the recording twice (they must agree) and writes the expected outputs beside it."""
     first = golden_replay.replay(recording, "ndjson")
     second = golden_replay.replay(recording, "ndjson")
     difference = golden_replay.describe_difference(first.lines, second.lines)
     if difference or first.summary != second.summary:
         raise SystemExit(f"make_golden: two replays differ: {difference or (first.summary, second.summary)}")
     compact = golden_replay.replay(recording, "compact")
-    (args.out / golden_replay.EXPECTED_NDJSON.name).write_text("".join(f"{x}\n" for x in first.lines), "utf-8")
-    (args.out / golden_replay.EXPECTED_COMPACT.name).write_text("".join(f"{x}\n" for x in compact.lines), "utf-8")
-    (args.out / golden_replay.EXPECTED_SUMMARY.name).write_text(first.summary + "\n", "utf-8")
+    (out / golden_replay.EXPECTED_NDJSON.name).write_text("".join(f"{x}\n" for x in first.lines), "utf-8")
+    (out / golden_replay.EXPECTED_COMPACT.name).write_text("".join(f"{x}\n" for x in compact.lines), "utf-8")
+    (out / golden_replay.EXPECTED_SUMMARY.name).write_text(first.summary + "\n", "utf-8")
     if golden_replay.SHARED_RULES.is_dir():
         ruled = [golden_replay.replay(recording, "ndjson", golden_replay.SHARED_RULES) for _ in range(2)]
         difference = golden_replay.describe_difference(ruled[0].lines, ruled[1].lines)
         if difference:
             raise SystemExit(f"make_golden: two replays with {golden_replay.SHARED_RULES} differ: {difference}")
         alerts = [x for x in ruled[0].lines if golden_replay.is_loaded_rule_alert(x)]
-        (args.out / golden_replay.EXPECTED_RULE_ALERTS.name).write_text("".join(f"{x}\n" for x in alerts), "utf-8")
+        (out / golden_replay.EXPECTED_RULE_ALERTS.name).write_text("".join(f"{x}\n" for x in alerts), "utf-8")
         print(f"{len(alerts)} alerts of {golden_replay.SHARED_RULES}")
     else:
         print(f"{golden_replay.SHARED_RULES} not found: {golden_replay.EXPECTED_RULE_ALERTS.name} left as it was")
-    print(f"container {cid[:12]}; kept {count} records ({recording.stat().st_size} bytes); "
-          f"{len(first.lines)} documents; {first.summary}")
+    return first
 
 
 if __name__ == "__main__":

@@ -55,9 +55,15 @@ def _type_ok(ecs_type: str, value: Any) -> bool:
     return True
 
 
+# Fields outside ECS that Elastic Defend writes on its process events (its endpoint package maps them as
+# keyword), which the sensor writes the same way so that rules reading them work: name -> (type, array).
+DEFEND_FIELDS = {f"{who}.Ext.real.{what}": ("keyword", False) for who in ("user", "group") for what in ("id", "name")}
+
+
 def ecs_problems(doc: dict[str, Any]) -> list[str]:
-    """Every field outside ECS (other than under the custom key) and every value of the wrong type or shape."""
-    fields = ecs_fields()
+    """Every field outside ECS and Defend's (other than under the custom key) and every value of the wrong type or
+    shape."""
+    fields = {**ecs_fields(), **DEFEND_FIELDS}
     problems = []
     for name, value in leaves(doc):
         if name == CUSTOM_KEY or name.startswith(CUSTOM_KEY + "."):

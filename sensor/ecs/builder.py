@@ -101,6 +101,15 @@ def _id_block(ident: int, host_names: bool, is_user: bool) -> SharedBlock:
 
 
 @lru_cache(maxsize=SUMMARY_CACHE_SIZE)
+def _actor_block(effective: int, real: int, host_names: bool, is_user: bool) -> SharedBlock:
+    """The document's top-level user or group, as Elastic Defend writes them on process events: the effective
+    id (and name), the real one under Ext.real."""
+    block = dict(_id_block(effective, host_names, is_user))
+    block["Ext"] = {"real": _id_block(real, host_names, is_user)}
+    return SharedBlock(block)
+
+
+@lru_cache(maxsize=SUMMARY_CACHE_SIZE)
 def _namespaces_block(ns: Namespaces) -> SharedBlock:
     """A host has a handful of namespace sets, each shared by all its processes' documents."""
     return SharedBlock({"pid": ns.pid, "mnt": ns.mnt, "net": ns.net, "uts": ns.uts, "ipc": ns.ipc,
@@ -429,7 +438,13 @@ class DocumentBuilder:
             if signal is not None:
                 custom = extend(custom, {"exit_signal": signal})
             self._bodies.pop(id(proc), None)
-        return extend(base, {"@timestamp": timestamp, "event": event, "process": process, CUSTOM_KEY: custom})
+        own: dict[str, Any] = {"@timestamp": timestamp, "event": event, "process": process}
+        if proc.uid >= 0:
+            host_names = container is None
+            own["user"] = _actor_block(proc.euid, proc.uid, host_names, True)
+            own["group"] = _actor_block(proc.egid, proc.gid, host_names, False)
+        own[CUSTOM_KEY] = custom
+        return extend(base, own)
 
     @staticmethod
     def with_custom(doc: dict[str, Any], members: dict[str, Any]) -> dict[str, Any]:

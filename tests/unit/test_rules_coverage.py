@@ -10,8 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from sensor.cli import main
-from sensor.ecs.inventory import FieldInventory, inventory
+from sensor.ecs.inventory import FieldInventory, inventory, sample_documents
 from sensor.rules.coverage import CAN_FIRE, CANNOT, OUT_OF_SCOPE, WEAKENED, classify_eql, classify_kql
+from sensor.rules.eql_compile import compile_query
+from sensor.rules.eql_parse import parse_query
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO.parent / "shared" / "elastic-rules" / "linux"
@@ -86,3 +88,15 @@ def test_the_committed_coverage_table_is_current_and_no_rule_stopped_firing() ->
     assert share >= FIRE_SHARE_FLOOR
     assert result.output == TABLE.read_text(), ("docs/elastic-rules-coverage.md is stale: regenerate it with "
                                                 "container-sensor rules coverage ../shared/elastic-rules/linux")
+
+
+@pytest.mark.parametrize("query", ['process where user.id != "0"', 'process where not user.name == "root"',
+                                   'process where group.id != "0"', 'process where user.Ext.real.id != "0"'])
+def test_a_negative_test_of_the_user_does_not_match_roots_processes(query: str) -> None:
+    """With user.* absent, Elasticsearch answers `user.id != "0"` true for every process, root's included (seen
+    with Elastic's grep discovery rule); the builder's documents of root's processes must not match. (Host
+    processes: names inside containers are not resolved from the container's own passwd yet.)"""
+    compiled = compile_query(parse_query(query))
+    assert compiled.predicate is not None
+    documents = [doc for doc in sample_documents() if doc["process"]["pid"] == 40 and "container" not in doc]
+    assert documents and not any(compiled.predicate(doc) for doc in documents)
