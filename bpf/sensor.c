@@ -428,6 +428,41 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     return 0;
 }
 
+#ifdef CRED_EVENTS
+/* Credential and session changes: the syscalls' exit tracepoints, on success only. Compiled in only when the
+ * kernel has syscall tracepoints (sensor/probe/bcc_loader.py) and the configuration asks for them. */
+static __always_inline int emit_cred(u32 change)
+{
+    void *task = (void *)bpf_get_current_task();
+    void *cred = read_ptr(task, OFF_TASK_CRED);
+    void *signal = read_ptr(task, OFF_TASK_SIGNAL);
+    u64 uid_gid = bpf_get_current_uid_gid();
+    struct cred_record r = {};
+    r.hdr.type = RECORD_CRED;
+    r.hdr.size = sizeof(r);
+    r.hdr.ktime_ns = bpf_ktime_get_boot_ns();
+    r.pid = bpf_get_current_pid_tgid() >> 32;
+    r.change = change;
+    r.uid = (u32)uid_gid;
+    r.gid = uid_gid >> 32;
+    r.euid = read_u32(cred, OFF_CRED_EUID);
+    r.egid = read_u32(cred, OFF_CRED_EGID);
+    r.sid = global_pid_nr(read_ptr(signal, OFF_SIGNAL_PIDS + 8 * PIDTYPE_SID_INDEX));
+    r.start_boottime_ns = read_u64(task, OFF_TASK_START_BOOTTIME);
+    if (events.ringbuf_output(&r, sizeof(r), wakeup_flags()) < 0)
+        count_loss(LOSS_RINGBUF_FULL);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_setuid) { return args->ret == 0 ? emit_cred(CRED_UID) : 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_setreuid) { return args->ret == 0 ? emit_cred(CRED_UID) : 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_setresuid) { return args->ret == 0 ? emit_cred(CRED_UID) : 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_setgid) { return args->ret == 0 ? emit_cred(CRED_GID) : 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_setregid) { return args->ret == 0 ? emit_cred(CRED_GID) : 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_setresgid) { return args->ret == 0 ? emit_cred(CRED_GID) : 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_setsid) { return args->ret > 0 ? emit_cred(CRED_SID) : 0; }
+#endif
+
 static __always_inline int emit_cgroup(u32 type, s32 root, s32 level, u64 id, const void *path)
 {
     u32 zero = 0;

@@ -29,6 +29,14 @@ enum record_type {
     RECORD_EXIT = 3,
     RECORD_CGROUP_MKDIR = 4,
     RECORD_CGROUP_RMDIR = 5,
+    RECORD_CRED = 6,
+};
+
+/* What a cred_record reports: which set*id(2)/setsid(2) call succeeded */
+enum cred_change {
+    CRED_UID = 1, /* setuid, setreuid, setresuid */
+    CRED_GID = 2, /* setgid, setregid, setresgid */
+    CRED_SID = 3, /* setsid */
 };
 
 /* Bits of exec_record.flags */
@@ -102,6 +110,21 @@ struct exit_record {
     struct record_header hdr;
     u32 pid;
     s32 exit_code;
+    u64 start_boottime_ns;
+};
+
+/* The caller's credentials and session just after a successful set*id or setsid call (user space compares them
+ * with what it held, and reports only a real change) */
+struct cred_record {
+    struct record_header hdr;
+    u32 pid;
+    u32 change;
+    u32 uid;
+    u32 gid;
+    u32 euid;
+    u32 egid;
+    u32 sid;
+    u32 pad;
     u64 start_boottime_ns;
 };
 

@@ -16,6 +16,7 @@ from sensor.ecs.builder import ContainerLike, DocumentBuilder
 from sensor.model.processes import Process, ProcessTable
 from sensor.model.records import (
     CgroupRecord,
+    CredRecord,
     ExecRecord,
     ExitRecord,
     ForkRecord,
@@ -116,6 +117,9 @@ class PipelineStats:
     execs: int = 0
     exits: int = 0
     forks: int = 0
+    uid_changes: int = 0  # uid_change documents
+    gid_changes: int = 0
+    session_id_changes: int = 0
     cgroup_events: int = 0
     documents: int = 0
     alerts: int = 0
@@ -127,6 +131,10 @@ class PipelineStats:
 
     def as_dict(self) -> dict[str, int]:
         return {k: v for k, v in ((n, getattr(self, n)) for n in self.__slots__) if isinstance(v, int)}
+
+
+_CHANGE_COUNTERS = {"uid_change": "uid_changes", "gid_change": "gid_changes",
+                    "session_id_change": "session_id_changes"}
 
 
 class Heartbeat:
@@ -232,6 +240,12 @@ class Pipeline:
             self.table.on_fork(record)
         elif isinstance(record, ExitRecord):
             self._on_exit(record)
+        elif isinstance(record, CredRecord):
+            changed = self.table.on_cred(record)
+            if changed is not None:
+                counter = _CHANGE_COUNTERS[record.change]
+                setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+                self._emit_process_event(record.change, record.ktime_ns, changed, None)
         elif isinstance(record, CgroupRecord):
             self.stats.cgroup_events += 1
             if self.resolver is not None:

@@ -28,6 +28,8 @@ def used_but_unseen() -> None:
     _ = credentials.RedactingStream.writelines
     # PipelineStats fields: read by name through as_dict() for /metrics (sensor/ops/metrics.py PIPELINE_COUNTERS).
     _ = pipeline.PipelineStats.exits, pipeline.PipelineStats.forks, pipeline.PipelineStats.cgroup_events
+    _ = pipeline.PipelineStats.uid_changes, pipeline.PipelineStats.gid_changes
+    _ = pipeline.PipelineStats.session_id_changes
     # Mirror of bpf/sensor.h's CWD_MAX, compared with the C value by name (tests/unit/test_probe_layout.py).
     _ = probe_layout.CWD_MAX
     # EQL node handlers, dispatched by node class name: getattr(self, "_" + type(node).__name__).

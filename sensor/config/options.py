@@ -86,6 +86,8 @@ OPTIONS: tuple[Option, ...] = (
            "how many nice levels above normal the sensor runs (as auditd's priority_boost; 0 keeps it normal)"),
     Option("probe.ring_reader", choice(RING_READERS),
            "how records are read: libbpf (auto) or mmap (x86 only; lost records under contention)"),
+    Option("events.cred_changes", parse_bool,
+           "uid_change, gid_change and session_id_change documents from set*id and setsid calls"),
     Option("stall_timeout", parse_duration,
            "/livez fails and systemd watchdog pings stop once the pipeline has not advanced this long; 0 never"),
     Option("drain_timeout", parse_duration,

@@ -21,6 +21,7 @@ class ProbeConfig:
     ringbuf_size: int  # bytes, a power of two of at least one page
     argv_max_bytes: int
     ring_reader: str
+    cred_changes: bool  # compile in the set*id/setsid probes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,7 +113,7 @@ def build_sections(config: Config) -> Sections:
     """Each option goes to exactly one section; tests/unit/test_config.py checks that none is left out."""
     return Sections(
         probe=ProbeConfig(ringbuf_size=config.probe_ringbuf_size, argv_max_bytes=config.probe_argv_max_bytes,
-                          ring_reader=config.probe_ring_reader),
+                          ring_reader=config.probe_ring_reader, cred_changes=config.events_cred_changes),
         host=HostConfig(node_name=config.node_name),
         resolver=ResolverConfig(runtime_state_root=config.runtime_state_root),
         detection=DetectionConfig(rules_paths=config.rules_paths, builtin=config.rules_builtin,

@@ -74,6 +74,8 @@ class Config:
     probe_ringbuf_size: int = 8 * 1024 * 1024
     probe_argv_max_bytes: int = 16384
     probe_ring_reader: str = "auto"
+    # uid_change, gid_change and session_id_change documents (set*id and setsid calls): few, and rules read them
+    events_cred_changes: bool = True
     priority_boost: int = 4
     stall_timeout: float = 30.0
     drain_timeout: float = 20.0

@@ -64,7 +64,7 @@ def _second_stamp(seconds: int) -> str:
 
 
 _EVENT_ID = struct.Struct("<9sQIB")
-_EVENT_KINDS = {"exec": 1, "exit": 2}
+_EVENT_KINDS = {"exec": 1, "exit": 2, "uid_change": 3, "gid_change": 4, "session_id_change": 5}
 
 
 def event_id(boot_id: str, kind: str, pid: int, ktime_ns: int) -> str:
@@ -410,7 +410,8 @@ class DocumentBuilder:
         cgroup_path: str | None,
         exit_status: int | None = None,
     ) -> dict[str, Any]:
-        """An exec (kind "exec") or end (kind "exit") document.
+        """An exec (kind "exec"), end (kind "exit") or change document (kind "uid_change", "gid_change" or
+        "session_id_change": Elastic Defend's event.action, with event.type change).
 
         An ExtendedBlock: the members every document of the host (and of the container) shares are its base,
         encoded once."""
@@ -418,9 +419,12 @@ class DocumentBuilder:
         if kind == "exec":
             event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
                                      event_type="start", action="exec")
-        else:
+        elif kind == "exit":
             event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
                                      event_type="end", action="end")
+        else:
+            event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
+                                     event_type="change", action=kind)
         body = self._bodies.get(id(proc))
         if body is not None and body[0] is proc and body[1] is container and body[2] is leaders:
             _p, _c, _l, process, custom, base = body

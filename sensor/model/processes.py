@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from sensor.model.records import ExecRecord, ExitRecord, ForkRecord, Namespaces, ProcessSnapshotRecord
+from sensor.model.records import CredRecord, ExecRecord, ExitRecord, ForkRecord, Namespaces, ProcessSnapshotRecord
 
 if TYPE_CHECKING:
     from sensor.model.sessions import Leaders  # sessions imports this module
@@ -232,6 +232,28 @@ class ProcessTable:
         if not target.startswith("/") or target.startswith("/memfd:"):
             return executable
         return target.removesuffix(" (deleted)")
+
+    def on_cred(self, rec: CredRecord) -> Process | None:
+        """The process with the credentials or session the record reports, when they changed: a new entry (a
+        Process never changes once documents were built from it), which its later documents read. None when the
+        process is unknown, or the call changed nothing (setuid to the uid it had)."""
+        proc = self._procs.get(rec.pid)
+        if proc is None or (rec.start_boottime_ns and proc.start_boottime_ns != rec.start_boottime_ns):
+            return None
+        if rec.change == "session_id_change":
+            if proc.sid == rec.sid:
+                return None
+            changed = replace(proc, sid=rec.sid, pgid=rec.pid)
+        elif rec.change == "gid_change":
+            if (proc.gid, proc.egid) == (rec.gid, rec.egid):
+                return None
+            changed = replace(proc, gid=rec.gid, egid=rec.egid)
+        else:
+            if (proc.uid, proc.euid) == (rec.uid, rec.euid):
+                return None
+            changed = replace(proc, uid=rec.uid, euid=rec.euid)
+        self._procs[rec.pid] = changed
+        return changed
 
     def on_exit(self, rec: ExitRecord) -> Process | None:
         proc = self._procs.get(rec.pid)

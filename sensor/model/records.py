@@ -100,6 +100,22 @@ class ExitRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class CredRecord:
+    """A process's credentials or session just after a successful set*id(2) or setsid(2) call."""
+
+    kind: ClassVar[str] = "cred"
+    ktime_ns: int
+    pid: int
+    change: str  # "uid_change", "gid_change" or "session_id_change" (Elastic Defend's event.action)
+    uid: int
+    gid: int
+    euid: int
+    egid: int
+    sid: int
+    start_boottime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
 class CgroupRecord:
     """A cgroup created or removed, keyed by hierarchy (root) and id, with its path in that hierarchy."""
 
@@ -154,11 +170,11 @@ class ProcessSnapshotRecord:
     kthread: bool
 
 
-Record = ExecRecord | ForkRecord | ExitRecord | CgroupRecord | LossRecord | ProcessSnapshotRecord
+Record = ExecRecord | ForkRecord | ExitRecord | CgroupRecord | LossRecord | ProcessSnapshotRecord | CredRecord
 
 RECORD_TYPES: dict[str, type] = {
     cls.kind: cls
-    for cls in (ExecRecord, ForkRecord, ExitRecord, CgroupRecord, LossRecord, ProcessSnapshotRecord)
+    for cls in (ExecRecord, ForkRecord, ExitRecord, CgroupRecord, LossRecord, ProcessSnapshotRecord, CredRecord)
 }
 
 

@@ -33,6 +33,8 @@ from sensor.probe.kernel_offsets import kernel_macros
 from sensor.probe.layout import static_asserts
 from sensor.probe.tracefs import TracefsError, ensure_tracefs
 
+log = logging.getLogger("container_sensor")
+
 # The maps the sensor reads after this process has gone; BCC's own tables are not needed there.
 SHARED_MAPS = ("events", "loss_counters")
 PR_SET_PDEATHSIG = 1
@@ -58,7 +60,7 @@ def compile_and_attach(spec: dict[str, Any]) -> tuple[Any, list[tuple[str, int]]
     """Returns BCC's BPF object (kept alive until the descriptors are sent), the shared maps' and the links'
     (name, fd)."""
     try:
-        ensure_tracefs()
+        tracefs = ensure_tracefs()
         macros = kernel_macros(KernelBTF.from_file())
         ensure_kernel_headers()
     except (TracefsError, BTFError, HeaderError) as exc:
@@ -76,6 +78,12 @@ def compile_and_attach(spec: dict[str, Any]) -> tuple[Any, list[tuple[str, int]]
         raise LoadFailure(f"BPF source not found at {source} (set SENSOR_BPF_DIR)")
     cflags = [f"-I{source_dir}", f"-DRINGBUF_PAGES={spec['ringbuf_pages']}", f"-DARGS_MAX={spec['args_max']}"]
     cflags += [f"-D{name}={value}" for name, value in macros.items()]
+    if spec.get("cred_events"):
+        if (tracefs / "events" / "syscalls" / "sys_exit_setuid").is_dir():
+            cflags.append("-DCRED_EVENTS")
+        else:
+            log.warning("no syscall tracepoints in this kernel (CONFIG_FTRACE_SYSCALLS): no uid_change, "
+                        "gid_change or session_id_change documents")
     # sensor/probe/layout.py's checks of every record member's offset and size, compiled for the BPF target
     # itself: a sensor.h that does not match the decoder fails here, naming the member, and sends no records.
     # BCC reads src_file into text the same way, so the program is the same.

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from sensor.model.records import (
     CgroupRecord,
+    CredRecord,
     ExecRecord,
     ExitRecord,
     ForkRecord,
@@ -21,7 +22,9 @@ from sensor.model.records import (
     interned_namespaces,
 )
 
-RECORD_EXEC, RECORD_FORK, RECORD_EXIT, RECORD_CGROUP_MKDIR, RECORD_CGROUP_RMDIR = 1, 2, 3, 4, 5
+RECORD_EXEC, RECORD_FORK, RECORD_EXIT, RECORD_CGROUP_MKDIR, RECORD_CGROUP_RMDIR, RECORD_CRED = 1, 2, 3, 4, 5, 6
+CRED_UID, CRED_GID, CRED_SID = 1, 2, 3
+CRED_CHANGES = {CRED_UID: "uid_change", CRED_GID: "gid_change", CRED_SID: "session_id_change"}
 EXEC_ARGS_TRUNCATED, EXEC_ARGS_READ_FAILED, EXEC_FILENAME_TRUNCATED, EXEC_CWD_TRUNCATED = 1, 2, 4, 8
 LOSS_RINGBUF_FULL, LOSS_ARGS_TRUNCATED, LOSS_ARGS_READ_FAILED, LOSS_PATH_TRUNCATED, LOSS_COUNTERS = 0, 1, 2, 3, 4
 
@@ -57,6 +60,10 @@ FORK_FIELDS: Fields = (
     ("parent_pid", "I"), ("pid", "I"), ("start_boottime_ns", "Q"), ("uid", "I"), ("gid", "I"), ("cgroup_id", "Q"),
 )
 EXIT_FIELDS: Fields = (*_in("hdr", HEADER_FIELDS), ("pid", "I"), ("exit_code", "i"), ("start_boottime_ns", "Q"))
+CRED_FIELDS: Fields = (
+    *_in("hdr", HEADER_FIELDS), ("pid", "I"), ("change", "I"), ("uid", "I"), ("gid", "I"), ("euid", "I"),
+    ("egid", "I"), ("sid", "I"), ("pad", "I"), ("start_boottime_ns", "Q"),
+)
 CGROUP_FIELDS: Fields = (
     *_in("hdr", HEADER_FIELDS), ("root", "i"), ("level", "i"), ("id", "Q"), ("path_len", "I"), ("pad", "I"),
 )
@@ -83,16 +90,18 @@ LAYOUTS = (
     RecordLayout("fork_record", FORK_FIELDS),
     RecordLayout("exit_record", EXIT_FIELDS),
     RecordLayout("cgroup_record", CGROUP_FIELDS, "path", CGROUP_PATH_MAX),
+    RecordLayout("cred_record", CRED_FIELDS),
 )
-HEADER, EXEC_FIXED, FORK, EXIT, CGROUP_FIXED = (layout.fixed for layout in LAYOUTS)
+HEADER, EXEC_FIXED, FORK, EXIT, CGROUP_FIXED, CRED = (layout.fixed for layout in LAYOUTS)
 # the fixed-size layouts, by record type: a record shorter than its layout is damaged
 _FIXED_LAYOUTS = {RECORD_FORK: FORK, RECORD_EXIT: EXIT, RECORD_CGROUP_MKDIR: CGROUP_FIXED,
-                  RECORD_CGROUP_RMDIR: CGROUP_FIXED}
+                  RECORD_CGROUP_RMDIR: CGROUP_FIXED, RECORD_CRED: CRED}
 
 # The constants both sides share. ARGS_MAX and FILENAME_MAX_LEN are left out: the probe sets ARGS_MAX by cflag,
 # and the decoder reads neither (the record's lengths say how much was sent).
 SHARED_CONSTANTS = (
-    "RECORD_EXEC", "RECORD_FORK", "RECORD_EXIT", "RECORD_CGROUP_MKDIR", "RECORD_CGROUP_RMDIR",
+    "RECORD_EXEC", "RECORD_FORK", "RECORD_EXIT", "RECORD_CGROUP_MKDIR", "RECORD_CGROUP_RMDIR", "RECORD_CRED",
+    "CRED_UID", "CRED_GID", "CRED_SID",
     "EXEC_ARGS_TRUNCATED", "EXEC_ARGS_READ_FAILED", "EXEC_FILENAME_TRUNCATED", "EXEC_CWD_TRUNCATED",
     "LOSS_RINGBUF_FULL", "LOSS_ARGS_TRUNCATED", "LOSS_ARGS_READ_FAILED", "LOSS_PATH_TRUNCATED", "LOSS_COUNTERS",
     "CGROUP_PATH_MAX", "CWD_MAX",
@@ -217,6 +226,12 @@ def decode(raw: bytes) -> Record:
     if record_type == RECORD_EXIT:
         (_t, _s, ktime, pid, exit_code, start) = EXIT.unpack_from(raw)
         return ExitRecord(ktime, pid, exit_code, start)
+    if record_type == RECORD_CRED:
+        (_t, _s, ktime, pid, change, uid, gid, euid, egid, sid, _pad, start) = CRED.unpack_from(raw)
+        kind = CRED_CHANGES.get(change)
+        if kind is None:
+            raise DecodeError(f"credential record with unknown change {change}")
+        return CredRecord(ktime, pid, kind, uid, gid, euid, egid, sid, start)
     if record_type in (RECORD_CGROUP_MKDIR, RECORD_CGROUP_RMDIR):
         (_t, _s, ktime, root, level, cgroup_id, path_len, _pad) = CGROUP_FIXED.unpack_from(raw)
         start = CGROUP_FIXED.size

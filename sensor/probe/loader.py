@@ -70,6 +70,7 @@ class ProbeOptions:
     ringbuf_pages: int  # the ring buffer's size in pages; a power of two
     args_max: int  # argv bytes kept per exec; a power of two
     ring_reader: str  # "mmap", "libbpf" or "auto" (= libbpf; sensor/probe/ringbuf.py says why)
+    cred_events: bool = False  # probe set*id and setsid calls where the kernel has syscall tracepoints
 
 
 class Probe:
@@ -103,6 +104,7 @@ class Probe:
             "source_dir": str(bpf_source_dir()),
             "ringbuf_pages": opts.ringbuf_pages,
             "args_max": opts.args_max,
+            "cred_events": opts.cred_events,
         })
         events = self._maps["events"]
         try:
