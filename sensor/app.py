@@ -119,7 +119,8 @@ def build_pipeline(config: Config, outputs: list[Output], *, live: bool,
     else:
         resolver = None
     return Pipeline(table=table, builder=builder, outputs=outputs, resolver=resolver,
-                    detector=build_detector(sections.detection, live=live), leaders=build_leaders())
+                    detector=build_detector(sections.detection, live=live), leaders=build_leaders(),
+                    emit_already_running=sections.events.already_running)
 
 
 def probe_options(config: ProbeConfig) -> ProbeOptions:

@@ -117,6 +117,7 @@ class PipelineStats:
     execs: int = 0
     exits: int = 0
     forks: int = 0
+    already_running: int = 0  # processes found at start-up, each with a document
     uid_changes: int = 0  # uid_change documents
     gid_changes: int = 0
     session_id_changes: int = 0
@@ -215,6 +216,7 @@ class Pipeline:
         detector: Detector | None = None,
         leaders: LeaderFinder,
         emit_exit: bool = True,
+        emit_already_running: bool = True,
     ) -> None:
         self.table = table
         self.builder = builder
@@ -223,6 +225,7 @@ class Pipeline:
         self.detector = detector
         self._leaders = leaders
         self._emit_exit = emit_exit
+        self._emit_already_running = emit_already_running
         self.stats = PipelineStats()
         self.loss_warnings = LossWarnings()
         self._sequence = 0
@@ -251,13 +254,24 @@ class Pipeline:
             if self.resolver is not None:
                 self.resolver.on_cgroup(record)
         elif isinstance(record, ProcessSnapshotRecord):
-            self.table.on_snapshot(record)
+            self.announce_running([self.table.on_snapshot(record)], record.ktime_ns)
         elif isinstance(record, LossRecord):
             self.stats.kernel_lost = record.ringbuf_full
             self.loss_warnings.observe(record.ringbuf_full, record.ktime_ns)
             self.stats.argv_truncated = record.argv_truncated
             self.stats.argv_read_failed = record.argv_read_failed
             self.stats.path_truncated = record.path_truncated
+
+    def announce_running(self, procs: Sequence[Process], ktime_ns: int) -> None:
+        """One already_running document per process found running at start-up (Elastic Defend's start-up
+        inventory); kernel threads, which run no program, are left out. A replay makes them from the recording's
+        snapshots, at the same moments."""
+        if not self._emit_already_running:
+            return
+        for proc in procs:
+            if not proc.kthread:
+                self.stats.already_running += 1
+                self._emit_process_event("already_running", ktime_ns, proc, None)
 
     def _container(self, proc: Process) -> tuple[ContainerLike | None, str | None]:
         if self.resolver is None:

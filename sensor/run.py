@@ -282,6 +282,7 @@ def _run_live(config: Config, stop: StopFlag, record_to: Path | None,
                 recorder.write(CgroupRecord(now, "mkdir", V2_HIERARCHY, cgroup_id, path.count("/"), path.encode()))
         for proc in seeded:
             recorder.write(snapshot_of(proc, now))
+    pipeline.announce_running(seeded, time.clock_gettime_ns(time.CLOCK_BOOTTIME) if recorder is None else now)
     log.info("probe attached in %.2fs to %s (ring buffer read by %s), %d running processes seeded",
              time.monotonic() - started, ", ".join(probe.attach_points), probe.reader_name, len(seeded))
     settle_garbage_collector()

@@ -88,6 +88,7 @@ OPTIONS: tuple[Option, ...] = (
            "how records are read: libbpf (auto) or mmap (x86 only; lost records under contention)"),
     Option("events.cred_changes", parse_bool,
            "uid_change, gid_change and session_id_change documents from set*id and setsid calls"),
+    Option("events.already_running", parse_bool, "an already_running document per process running at start-up"),
     Option("stall_timeout", parse_duration,
            "/livez fails and systemd watchdog pings stop once the pipeline has not advanced this long; 0 never"),
     Option("drain_timeout", parse_duration,

@@ -35,6 +35,11 @@ class ResolverConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class EventsConfig:
+    already_running: bool  # a document per process running at start-up
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DetectionConfig:
     rules_paths: tuple[Path, ...]
     builtin: bool
@@ -104,6 +109,7 @@ class Sections:
     probe: ProbeConfig
     host: HostConfig
     resolver: ResolverConfig
+    events: EventsConfig
     detection: DetectionConfig
     outputs: OutputsConfig
     ops: OpsConfig
@@ -116,6 +122,7 @@ def build_sections(config: Config) -> Sections:
                           ring_reader=config.probe_ring_reader, cred_changes=config.events_cred_changes),
         host=HostConfig(node_name=config.node_name),
         resolver=ResolverConfig(runtime_state_root=config.runtime_state_root),
+        events=EventsConfig(already_running=config.events_already_running),
         detection=DetectionConfig(rules_paths=config.rules_paths, builtin=config.rules_builtin,
                                   fold_window=config.fold_window),
         outputs=OutputsConfig(

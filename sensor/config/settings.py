@@ -76,6 +76,8 @@ class Config:
     probe_ring_reader: str = "auto"
     # uid_change, gid_change and session_id_change documents (set*id and setsid calls): few, and rules read them
     events_cred_changes: bool = True
+    # one already_running document per process found running at start-up, as Elastic Defend writes them
+    events_already_running: bool = True
     priority_boost: int = 4
     stall_timeout: float = 30.0
     drain_timeout: float = 20.0

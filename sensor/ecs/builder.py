@@ -64,7 +64,7 @@ def _second_stamp(seconds: int) -> str:
 
 
 _EVENT_ID = struct.Struct("<9sQIB")
-_EVENT_KINDS = {"exec": 1, "exit": 2, "uid_change": 3, "gid_change": 4, "session_id_change": 5}
+_EVENT_KINDS = {"exec": 1, "exit": 2, "uid_change": 3, "gid_change": 4, "session_id_change": 5, "already_running": 6}
 
 
 def event_id(boot_id: str, kind: str, pid: int, ktime_ns: int) -> str:
@@ -410,8 +410,9 @@ class DocumentBuilder:
         cgroup_path: str | None,
         exit_status: int | None = None,
     ) -> dict[str, Any]:
-        """An exec (kind "exec"), end (kind "exit") or change document (kind "uid_change", "gid_change" or
-        "session_id_change": Elastic Defend's event.action, with event.type change).
+        """An exec (kind "exec"), end (kind "exit"), start-up inventory (kind "already_running", event.type
+        info) or change document (kind "uid_change", "gid_change" or "session_id_change", event.type change), with
+        Elastic Defend's event.action.
 
         An ExtendedBlock: the members every document of the host (and of the container) shares are its base,
         encoded once."""
@@ -422,6 +423,9 @@ class DocumentBuilder:
         elif kind == "exit":
             event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
                                      event_type="end", action="end")
+        elif kind == "already_running":
+            event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
+                                     event_type="info", action=kind)
         else:
             event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
                                      event_type="change", action=kind)

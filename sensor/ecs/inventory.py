@@ -3,8 +3,8 @@ read off documents that the real DocumentBuilder makes (not a hand-kept list, wh
 
 The documents are built from made-up processes chosen so that every optional member appears at least once: a
 container with a pod, a tty, a working directory, arguments, every leader with an entry parent, a parent, an
-end by a signal, and each change document (events.cred_changes, on by default). `rules coverage` classifies
-Elastic's rules against this inventory.
+end by a signal, each change document (events.cred_changes) and the start-up inventory
+(events.already_running), both on by default. `rules coverage` classifies Elastic's rules against this inventory.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def sample_documents() -> Iterator[dict[str, Any]]:
     for container in (None, _Container()):
         for who, its_leaders in ((proc, leaders), (proc, own)):
             for kind, status in (("exec", None), ("exit", 9), ("exit", 256), ("uid_change", None),
-                                 ("gid_change", None), ("session_id_change", None)):
+                                 ("gid_change", None), ("session_id_change", None), ("already_running", None)):
                 yield builder.process_event(kind=kind, ktime_ns=10**9, sequence=1, proc=who, parent=group,
                                             leaders=its_leaders, container=container,
                                             cgroup_path="/system.slice/x.service", exit_status=status)

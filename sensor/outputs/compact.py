@@ -16,6 +16,10 @@ _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x1b": "\\e"}
 
 
+# a fixed width, like "exec " and "end  "
+_LABELS = {"already_running": "run  ", "uid_change": "uid  ", "gid_change": "gid  ", "session_id_change": "sid  "}
+
+
 def _escape(match: re.Match[str]) -> str:
     char = match.group()
     named = _NAMED.get(char)
@@ -57,4 +61,10 @@ def compact_line(doc: dict[str, Any], *, color: bool = False) -> str:
         line = safe(f"{stamp} end   [{where}] pid={pid} exit={process.get('exit_code', '?')} {process.get('name', '')}")
         return f"{DIM}{line}{RESET}" if color else line
     cmd = _shorten(process.get("command_line", "") or process.get("executable", ""), 160)
-    return safe(f"{stamp} exec  [{where}] pid={pid} ppid={ppid} user={who} ") + cmd
+    label = _LABELS.get(action, "exec ")
+    if action in ("uid_change", "gid_change", "session_id_change"):
+        now = {"uid_change": f"uid={doc.get('user', {}).get('id', '?')}",
+               "gid_change": f"gid={doc.get('group', {}).get('id', '?')}",
+               "session_id_change": f"sid={pid}"}[action]
+        return safe(f"{stamp} {label} [{where}] pid={pid} {now} ") + cmd
+    return safe(f"{stamp} {label} [{where}] pid={pid} ppid={ppid} user={who} ") + cmd
