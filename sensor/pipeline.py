@@ -230,6 +230,7 @@ class Pipeline:
         self.loss_warnings = LossWarnings()
         self._sequence = 0
         self.heartbeat = Heartbeat(0.0)  # never stalled until the live loop sets the configured stall_timeout
+        table.on_forget = builder.forget_process
 
     def handle(self, record: Record) -> None:
         self.stats.records += 1
@@ -253,6 +254,8 @@ class Pipeline:
             self.stats.cgroup_events += 1
             if self.resolver is not None:
                 self.resolver.on_cgroup(record)
+            if record.op == "rmdir":
+                self.builder.forget_cgroup(record.cgroup_id, record.path.decode("utf-8", "surrogateescape"))
         elif isinstance(record, ProcessSnapshotRecord):
             self.announce_running([self.table.on_snapshot(record)], record.ktime_ns)
         elif isinstance(record, LossRecord):

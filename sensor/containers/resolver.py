@@ -248,6 +248,10 @@ class ContainerResolver:
                 continue  # a container of the same name came back in another cgroup
             self._cgroup_of.pop(mkey, None)
             self._first_looked.discard(mkey)
+            # the decisions made for the container's cgroups: a churn of containers filled this table otherwise
+            below = path.rstrip("/") + "/"
+            for key in [key for key in self._resolved if key[0] == path or (key[0] or "").startswith(below)]:
+                del self._resolved[key]
             with self._metadata_lock:
                 if self._metadata.pop(mkey, _MISSING) is not _MISSING:
                     self._counts["metadata_pruned"] += 1

@@ -163,6 +163,8 @@ class DocumentBuilder:
         # id(process) -> (process, container, leaders, process block, custom block, document base) of its
         # exec document, which its end document reuses when nothing it depends on has changed since
         self._bodies: dict[int, tuple[Process, Any, Leaders, SharedBlock, ExtendedBlock, SharedBlock]] = {}
+        # id(entry leader) -> its keys in _entries, so that forgetting a process is not a scan of them
+        self._entry_keys: dict[int, list[tuple[int, bool, str | None, int]]] = {}
 
     def wall(self, boot_ns: int) -> int:
         return self.boot_wall_offset_ns + boot_ns
@@ -275,7 +277,9 @@ class DocumentBuilder:
         self._add_entry_fields(block, leaders)
         if len(self._entries) >= SUMMARY_CACHE_SIZE:
             self._entries.clear()
+            self._entry_keys.clear()
         self._entries[key] = (entry, parent, block)
+        self._entry_keys.setdefault(id(entry), []).append(key)
         return block
 
     def _add_entry_fields(self, block: dict[str, Any], leaders: Leaders) -> None:
@@ -384,6 +388,37 @@ class DocumentBuilder:
             self._placements.clear()
         self._placements[key] = (container, ns, block)
         return block
+
+    # -- forgetting -------------------------------------------------------------------------------------
+    # The caches above are bounded, but at their bounds they hold tens of megabytes; what they keep about a
+    # process or a cgroup goes when the process table forgets the process or the cgroup is removed, so that
+    # container churn does not fill them (a dropped block is rebuilt if it is needed again).
+
+    def forget_process(self, proc: Process) -> None:
+        key = id(proc)
+        hit = self._summaries.get(key)
+        if hit is not None and hit[0] is proc:
+            del self._summaries[key]
+        for same in (True, False):
+            led = self._leaders.get((key, same))
+            if led is not None and led[0] is proc:
+                del self._leaders[(key, same)]
+        body = self._bodies.get(key)
+        if body is not None and body[0] is proc:
+            del self._bodies[key]
+        for entry_key in self._entry_keys.pop(key, ()):
+            hit_entry = self._entries.get(entry_key)
+            if hit_entry is not None and hit_entry[0] is proc:
+                del self._entries[entry_key]
+
+    def forget_cgroup(self, cgroup_id: int, path: str) -> None:
+        """A removed cgroup: its placement blocks and the bases of containers that ran in it (or below it)."""
+        for key in [key for key in self._placements if key[0] == cgroup_id]:
+            del self._placements[key]
+        below = path.rstrip("/") + "/"
+        for key in [key for key, (container, _base) in self._containers.items()
+                    if container.cgroup_path == path or (container.cgroup_path or "").startswith(below)]:
+            del self._containers[key]
 
     # -- documents --------------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import os
 import posixpath
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -152,6 +153,9 @@ class ProcessTable:
         self._exited: deque[tuple[int, int, int]] = deque()  # (exit ktime, pid, start) in exit order
         self._linger_ns = linger_ns
         self._max_exited = max_exited
+        # told of each process as it is forgotten, so that what was kept about it elsewhere (the document
+        # builder's blocks) goes with it
+        self.on_forget: Callable[[Process], None] | None = None
 
     def __len__(self) -> int:
         return len(self._procs)
@@ -160,7 +164,16 @@ class ProcessTable:
         return self._procs.get(pid)
 
     def put(self, proc: Process) -> None:
+        self._replace(proc)
+
+    def _replace(self, proc: Process) -> None:
+        """PROC becomes the entry of its pid. The entry it replaces (an exec's image before, a fork's stale pid,
+        the ids before a set*id call) is forgotten, as it would be at expiry: nothing builds a document from it
+        again, and what was kept about it elsewhere goes (seen kept by the thousand under container churn)."""
+        old = self._procs.get(proc.pid)
         self._procs[proc.pid] = proc
+        if old is not None and old is not proc and self.on_forget is not None:
+            self.on_forget(old)
 
     def ancestors(self, proc: Process, limit: int = 64) -> list[Process]:
         """Parent first; stops at pid 0/1 loops, unknown parents, or `limit`."""
@@ -185,7 +198,7 @@ class ProcessTable:
         else:
             child = replace(parent, pid=rec.pid, ppid=rec.parent_pid, start_boottime_ns=rec.start_boottime_ns,
                             entity_id=eid, exec_seen=False, cgroup_id=rec.cgroup_id, leaders=None, placed=None)
-        self._procs[rec.pid] = child
+        self._replace(child)
         return child
 
     def on_exec(self, rec: ExecRecord, cwd: str = "") -> Process:
@@ -214,7 +227,7 @@ class ProcessTable:
             rec.cgroup_id, rec.ns, rec.exe_ino, kernel_dev_to_st_dev(rec.exe_dev), rec.exe_ctime_ns, cwd, True,
             False, truncated,
         )
-        self._procs[rec.pid] = proc
+        self._replace(proc)
         return proc
 
     @staticmethod
@@ -252,7 +265,7 @@ class ProcessTable:
             if (proc.uid, proc.euid) == (rec.uid, rec.euid):
                 return None
             changed = replace(proc, uid=rec.uid, euid=rec.euid)
-        self._procs[rec.pid] = changed
+        self._replace(changed)
         return changed
 
     def on_exit(self, rec: ExitRecord) -> Process | None:
@@ -278,6 +291,8 @@ class ProcessTable:
             # a process that leads its own group or session refers to itself there: let it go without the cycle
             # collector (no event is built for a forgotten process, so its leaders are not read again)
             current.leaders = current.placed = None
+            if self.on_forget is not None:
+                self.on_forget(current)
             return 1
         return 0
 

@@ -8,7 +8,7 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sensor.containers import ContainerResolver, StateRoots
@@ -94,8 +94,8 @@ def test_container_churn_leaves_the_resolver_tables_where_they_started(tmp_path:
     assert after["containers_gone_pending"] == 0
     assert after["metadata_queued"] == 0
     assert after["metadata_pruned"] == CHURN
+    assert after["resolved_cached_entries"] == 0  # the decisions for the removed containers' cgroups
     # the caches that are not pruned by rmdir stay at their bound
-    assert after["resolved_cached_entries"] == 64
     assert after["containers_known_by_pid_ns"] == 64
     resolver.close()
 
@@ -206,3 +206,49 @@ def test_the_watch_reads_are_counted_apart_from_look_ups(tmp_path: Path) -> None
     stats = resolver.stats()
     assert stats["metadata_file_reads"] == 0 and stats["metadata_watch_reads"] >= 2
     resolver.close()
+
+
+def test_the_document_builder_forgets_what_it_kept_for_gone_processes_and_cgroups() -> None:
+    """The builder's blocks (parents, leaders, containers, placements) go with the process or cgroup they were
+    built for: a container churn grew the sensor by about 90 KB per container while they waited for their bound."""
+    from sensor.ecs.builder import DocumentBuilder
+    from sensor.ecs.inventory import sample_documents  # noqa: F401 - the made-up processes below mirror it
+    from sensor.model.host import HostFacts
+    from sensor.model.processes import Process
+    from sensor.model.sessions import Leaders
+
+    @dataclass(frozen=True)
+    class Container:
+        id: str
+        cgroup_path: str
+        runtime: str = "podman"
+        name: str | None = "c"
+        image_name: str | None = None
+        image_tag: str | None = None
+        pod_uid: str | None = None
+        pod_name: str | None = None
+        pod_namespace: str | None = None
+
+    host = HostFacts("h", "id", "x86_64", "6.1", "Debian", "12", "debian", "debian", (), (), "0" * 32)
+    builder = DocumentBuilder(host, boot_wall_offset_ns=0)
+    kept = (builder._summaries, builder._leaders, builder._entries, builder._bodies, builder._containers,  # private
+            builder._placements)  # private: the caches this test is about
+    for number in range(200):
+        init = Process(pid=1000 + number, ppid=1, start_boottime_ns=number, entity_id=f"i{number}", name="sh",
+                       uid=0, gid=0, euid=0, egid=0)
+        child = Process(pid=5000 + number, ppid=init.pid, start_boottime_ns=number, entity_id=f"c{number}",
+                        name="ls", uid=0, gid=0, euid=0, egid=0, cgroup_id=number)
+        leaders = Leaders(group=init, session=init, entry=init, entry_type="container")
+        path = f"/machine.slice/libpod-{number}.scope"
+        container = Container(id=f"{number:064x}", cgroup_path=path)
+        for kind, status in (("exec", None), ("exit", 0)):
+            builder.process_event(kind=kind, ktime_ns=number, sequence=number, proc=child, parent=init,
+                                  leaders=leaders, container=container, cgroup_path=path, exit_status=status)
+        assert all(cache for cache in kept if cache is not builder._bodies)  # private; bodies go at the exit
+        builder.process_event(kind="exec", ktime_ns=number, sequence=number, proc=child, parent=init,
+                              leaders=leaders, container=container, cgroup_path=path)
+        assert all(kept), [len(cache) for cache in kept]  # an exec whose end never came
+        builder.forget_process(child)
+        builder.forget_process(init)
+        builder.forget_cgroup(number, path)
+        assert [len(cache) for cache in kept] == [0] * len(kept)
