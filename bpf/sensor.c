@@ -95,6 +95,8 @@ static __always_inline void fill_namespaces(struct exec_record *e, const void *t
     e->ns[NS_USER] = read_u32(read_ptr(cred, OFF_CRED_USER_NS), OFF_USER_NS_INUM);
     e->euid = read_u32(cred, OFF_CRED_EUID);
     e->egid = read_u32(cred, OFF_CRED_EGID);
+    e->cap_effective = read_u64(cred, OFF_CRED_CAP_EFFECTIVE);
+    e->cap_permitted = read_u64(cred, OFF_CRED_CAP_PERMITTED);
 }
 
 static __always_inline void fill_session(struct exec_record *e, const void *task)

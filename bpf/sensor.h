@@ -84,6 +84,8 @@ struct exec_record {
     u32 exe_dev;
     u32 flags;
     u64 exe_ctime_ns; /* the executed file's inode change time: with dev and ino, its identity over time */
+    u64 cap_effective; /* capability sets after the exec (bit N: capability N) */
+    u64 cap_permitted;
     u32 ns[NS_COUNT];
     u32 argc;
     u16 filename_len;

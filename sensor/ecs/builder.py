@@ -109,6 +109,29 @@ def _actor_block(effective: int, real: int, host_names: bool, is_user: bool) -> 
     return SharedBlock(block)
 
 
+# Capability names by bit number (include/uapi/linux/capability.h); a bit beyond the list reads CAP_<N>.
+CAPABILITY_NAMES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)
+
+
+def capability_names(bits: int) -> list[str]:
+    return [CAPABILITY_NAMES[n] if n < len(CAPABILITY_NAMES) else f"CAP_{n}" for n in range(64) if bits >> n & 1]
+
+
+@lru_cache(maxsize=256)
+def _thread_block(effective: int, permitted: int) -> SharedBlock:
+    """process.thread.capabilities as Elastic Defend writes them: a handful of sets recur in every document."""
+    return SharedBlock({"capabilities": {"effective": capability_names(effective),
+                                         "permitted": capability_names(permitted)}})
+
+
 @lru_cache(maxsize=SUMMARY_CACHE_SIZE)
 def _namespaces_block(ns: Namespaces) -> SharedBlock:
     """A host has a handful of namespace sets, each shared by all its processes' documents."""
@@ -247,6 +270,8 @@ class DocumentBuilder:
             block["real_group"] = _id_block(proc.gid, host_names, False)
         if proc.cwd:
             block["working_directory"] = proc.cwd
+        if proc.cap_effective >= 0 and proc.cap_permitted >= 0:
+            block["thread"] = _thread_block(proc.cap_effective, proc.cap_permitted)
         if proc.tty_major:
             block["tty"] = {"char_device": {"major": proc.tty_major, "minor": proc.tty_minor}}
         if parent is not None:

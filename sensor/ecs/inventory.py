@@ -59,7 +59,8 @@ def _process(pid: int, ppid: int, name: str, **members: Any) -> Process:
                    executable=f"/usr/bin/{name}", name=name, args=(f"/usr/bin/{name}", "-x"), args_count=2,
                    uid=0, gid=0, euid=0, egid=0, sid=pid, pgid=pid, cgroup_id=7,
                    ns=Namespaces(4026531836, 4026531840, 4026531992, 4026531838, 4026531839, 4026531835, 4026531837),
-                   exe_ino=11, exe_dev=2049, exe_ctime_ns=5, cwd="/root", exec_seen=True, **members)
+                   exe_ino=11, exe_dev=2049, exe_ctime_ns=5, cwd="/root", exec_seen=True, cap_effective=1 << 21,
+                   cap_permitted=(1 << 41) - 1, **members)
 
 
 def sample_documents() -> Iterator[dict[str, Any]]:

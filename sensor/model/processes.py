@@ -98,6 +98,9 @@ class Process:
     # (container, leaders corrected for it): the resolver may place a process only after it entered the table, so
     # the correction is made at the first document that has that container, and kept for the next one (its end)
     placed: tuple[Any, Leaders] | None = field(default=None, compare=False, repr=False)
+    # capability sets (bit N: capability N) after the exec, or read from /proc at start-up; -1 where unknown
+    cap_effective: int = -1
+    cap_permitted: int = -1
 
     @property
     def command_line(self) -> str:
@@ -116,7 +119,8 @@ def snapshot_of(proc: Process, ktime_ns: int) -> ProcessSnapshotRecord:
         executable=encode(proc.executable), argv=tuple(encode(a) for a in proc.args), uid=proc.uid, gid=proc.gid,
         euid=proc.euid, egid=proc.egid, sid=proc.sid, pgid=proc.pgid, tty_major=proc.tty_major,
         tty_minor=proc.tty_minor, cgroup_id=proc.cgroup_id, ns=proc.ns, exe_ino=proc.exe_ino, exe_dev=proc.exe_dev,
-        cwd=encode(proc.cwd), kthread=proc.kthread,
+        cwd=encode(proc.cwd), kthread=proc.kthread, cap_effective=proc.cap_effective,
+        cap_permitted=proc.cap_permitted,
     )
 
 
@@ -225,7 +229,7 @@ class ProcessTable:
             executable, name, args, rec.argc, rec.args_truncated,
             rec.uid, rec.gid, rec.euid, rec.egid, rec.sid, rec.pgid, rec.tty_major, rec.tty_minor,
             rec.cgroup_id, rec.ns, rec.exe_ino, kernel_dev_to_st_dev(rec.exe_dev), rec.exe_ctime_ns, cwd, True,
-            False, truncated,
+            False, truncated, None, None, rec.cap_effective, rec.cap_permitted,
         )
         self._replace(proc)
         return proc
@@ -317,6 +321,7 @@ class ProcessTable:
             uid=rec.uid, gid=rec.gid, euid=rec.euid, egid=rec.egid, sid=rec.sid, pgid=rec.pgid,
             tty_major=rec.tty_major, tty_minor=rec.tty_minor, cgroup_id=rec.cgroup_id, ns=rec.ns,
             exe_ino=rec.exe_ino, exe_dev=rec.exe_dev, cwd=decode_arg(rec.cwd), kthread=rec.kthread,
+            cap_effective=rec.cap_effective, cap_permitted=rec.cap_permitted,
         )
         self._procs.setdefault(proc.pid, proc)
         return proc
@@ -348,6 +353,7 @@ class ProcessTable:
             cwd = os.readlink(base / "cwd")
         except OSError:
             cwd = ""
+        cap_effective, cap_permitted = _capabilities(base)
         return Process(
             pid=pid, ppid=ppid, start_boottime_ns=start_ns, entity_id=entity_id(self.boot_id, pid, start_ns),
             executable=exe, name=exe.rsplit("/", 1)[-1] if exe else name, args=tuple(cmdline),
@@ -355,7 +361,21 @@ class ProcessTable:
             sid=sid, pgid=pgid, tty_major=(tty_nr >> 8) & 0xFFF, tty_minor=(tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00),
             cgroup_id=cgroup_id, ns=ns, exe_ino=exe_ino, exe_dev=exe_dev, cwd=cwd,
             kthread=bool(flags & 0x00200000),  # PF_KTHREAD
+            cap_effective=cap_effective, cap_permitted=cap_permitted,
         )
+
+
+def _capabilities(base: Path) -> tuple[int, int]:
+    """(effective, permitted) capability sets from /proc/PID/status; -1 each where unreadable."""
+    found = {"CapEff": -1, "CapPrm": -1}
+    try:
+        for line in (base / "status").read_text().splitlines():
+            key, _sep, value = line.partition(":")
+            if key in found:
+                found[key] = int(value.strip(), 16)
+    except (OSError, ValueError):
+        pass
+    return found["CapEff"], found["CapPrm"]
 
 
 def _ns_inode(base: Path, name: str) -> int:

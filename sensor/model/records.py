@@ -72,6 +72,9 @@ class ExecRecord:
     # `filename` is a cut prefix of a path longer than the probe keeps (PATH_MAX): its last component is not the
     # file's name. Last, with a default, so recordings made before it replay unchanged (from_wire fills defaults).
     path_truncated: bool = False
+    # capability sets after the exec (bit N: capability N); -1 in recordings made before they were captured
+    cap_effective: int = -1
+    cap_permitted: int = -1
 
 
 @dataclass(slots=True)
@@ -168,6 +171,8 @@ class ProcessSnapshotRecord:
     exe_dev: int
     cwd: bytes
     kthread: bool
+    cap_effective: int = -1  # -1: not known (recordings made before capabilities were captured)
+    cap_permitted: int = -1
 
 
 Record = ExecRecord | ForkRecord | ExitRecord | CgroupRecord | LossRecord | ProcessSnapshotRecord | CredRecord

@@ -57,6 +57,9 @@ MEMBER_OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_UPID_NS": ("upid", "ns"),
     "OFF_CRED_EUID": ("cred", "euid"),
     "OFF_CRED_EGID": ("cred", "egid"),
+    # kernel_cap_t: a u64 since 6.3, two u32 words before, which read as the same u64 on little-endian machines
+    "OFF_CRED_CAP_EFFECTIVE": ("cred", "cap_effective"),
+    "OFF_CRED_CAP_PERMITTED": ("cred", "cap_permitted"),
     "OFF_CRED_USER_NS": ("cred", "user_ns"),
     "OFF_SIGNAL_PIDS": ("signal_struct", "pids"),
     "OFF_SIGNAL_TTY": ("signal_struct", "tty"),

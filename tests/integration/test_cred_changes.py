@@ -57,6 +57,13 @@ def test_set_id_and_setsid_calls_make_change_documents_once_each() -> None:
     exec_doc = next(d for d in sensor.docs if get(d, "process.pid") == pid and get(d, "event.action") == "exec"
                     and get(d, "process.args") == ["/bin/true", "dropped"])
     assert get(exec_doc, "user.id") == "65534"
+    # the capability sets after the exec, from the task's creds: nobody keeps none, root (the sensor's test
+    # runner) has them all
+    assert get(exec_doc, "process.thread.capabilities.effective") == []
+    assert get(exec_doc, "process.thread.capabilities.permitted") == []
+    root_exec = next(d for d in sensor.docs if get(d, "process.pid") == pid and get(d, "event.action") == "exec"
+                     and get(d, "user.id") == "0")
+    assert "CAP_SYS_ADMIN" in get(root_exec, "process.thread.capabilities.effective")
 
 
 RULE = """
