@@ -433,6 +433,13 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 #ifdef CRED_EVENTS
 /* Credential and session changes: the syscalls' exit tracepoints, on success only. Compiled in only when the
  * kernel has syscall tracepoints (sensor/probe/bcc_loader.py) and the configuration asks for them. */
+struct cred_state {
+    u32 uid, gid, euid, egid, sid;
+};
+/* What was last sent for each process: a set*id or setsid call that changes nothing (setuid(getuid()) in a loop,
+ * from inside a container) sends nothing, so such a loop cannot fill the ring and blind the sensor to execs. */
+BPF_TABLE("lru_hash", u32, struct cred_state, cred_sent, 8192);
+
 static __always_inline int emit_cred(u32 change)
 {
     void *task = (void *)bpf_get_current_task();
@@ -451,6 +458,12 @@ static __always_inline int emit_cred(u32 change)
     r.egid = read_u32(cred, OFF_CRED_EGID);
     r.sid = global_pid_nr(read_ptr(signal, OFF_SIGNAL_PIDS + 8 * PIDTYPE_SID_INDEX));
     r.start_boottime_ns = read_u64(task, OFF_TASK_START_BOOTTIME);
+    struct cred_state now = {r.uid, r.gid, r.euid, r.egid, r.sid};
+    struct cred_state *sent = cred_sent.lookup(&r.pid);
+    if (sent && sent->uid == now.uid && sent->gid == now.gid && sent->euid == now.euid && sent->egid == now.egid &&
+        sent->sid == now.sid)
+        return 0;
+    cred_sent.update(&r.pid, &now);
     if (events.ringbuf_output(&r, sizeof(r), wakeup_flags()) < 0)
         count_loss(LOSS_RINGBUF_FULL);
     return 0;

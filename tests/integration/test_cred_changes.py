@@ -95,3 +95,18 @@ def test_a_rule_sequence_over_change_documents_fires(tmp_path: Path) -> None:
         alerts = sensor.wait_for(lambda d: get(d, "event.kind") == "alert", timeout=15)
     assert get(alerts[0], "rule.name") == "Daemon dropped to nobody"
     assert get(alerts[0], "process.pid") == pid
+
+
+def test_a_loop_of_set_id_calls_that_change_nothing_cannot_fill_the_ring() -> None:
+    """An attacker's loop of setuid(getuid()) sends nothing after the first call: execs keep their documents and
+    nothing is lost."""
+    loop = "import os\nfor _ in range(300000):\n    os.setuid(0); os.setgid(0)\nprint(os.getpid(), flush=True)"
+    with SensorProcess() as sensor:
+        done = subprocess.run([sys.executable, "-c", loop], capture_output=True, text=True, check=True, timeout=120)
+        pid = int(done.stdout)
+        marker = subprocess.run(["/bin/true", "after-the-loop"], check=True)
+        sensor.wait_for(lambda d: get(d, "process.args") == ["/bin/true", "after-the-loop"])
+        assert marker.returncode == 0
+        changes = _changes(sensor, pid)
+    assert changes == []  # root setting root: no change
+    assert " 0 lost" in sensor.stderr()
