@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sensor.containers.cgroupmap import V2_HIERARCHY
 from sensor.ecs.builder import ContainerLike, DocumentBuilder
 from sensor.model.processes import Process, ProcessTable
 from sensor.model.records import (
@@ -254,7 +255,7 @@ class Pipeline:
             self.stats.cgroup_events += 1
             if self.resolver is not None:
                 self.resolver.on_cgroup(record)
-            if record.op == "rmdir":
+            if record.op == "rmdir" and record.root == V2_HIERARCHY:  # the builder keeps v2 cgroups only
                 self.builder.forget_cgroup(record.cgroup_id, record.path.decode("utf-8", "surrogateescape"))
         elif isinstance(record, ProcessSnapshotRecord):
             self.announce_running([self.table.on_snapshot(record)], record.ktime_ns)
