@@ -60,9 +60,24 @@ static __always_inline u32 read_u32(const void *base, u32 offset)
     return value;
 }
 
+static __always_inline u16 read_u16(const void *base, u32 offset)
+{
+    u16 value = 0;
+    if (base)
+        bpf_probe_read_kernel(&value, sizeof(value), (const char *)base + offset);
+    return value;
+}
+
 static __always_inline void *read_ptr(const void *base, u32 offset)
 {
     return (void *)read_u64(base, offset);
+}
+
+/* The start time of the current task's process: its thread group leader's, which the process's entity id is
+ * made from (a call from another thread of the process must name the same process). */
+static __always_inline u64 process_start(const void *task)
+{
+    return read_u64(read_ptr(task, OFF_TASK_GROUP_LEADER), OFF_TASK_START_BOOTTIME);
 }
 
 /* The number of a struct pid as seen from the initial pid namespace. */
@@ -457,7 +472,7 @@ static __always_inline int emit_cred(u32 change)
     r.euid = read_u32(cred, OFF_CRED_EUID);
     r.egid = read_u32(cred, OFF_CRED_EGID);
     r.sid = global_pid_nr(read_ptr(signal, OFF_SIGNAL_PIDS + 8 * PIDTYPE_SID_INDEX));
-    r.start_boottime_ns = read_u64(task, OFF_TASK_START_BOOTTIME);
+    r.start_boottime_ns = process_start(task);
     struct cred_state now = {r.uid, r.gid, r.euid, r.egid, r.sid};
     struct cred_state *sent = cred_sent.lookup(&r.pid);
     if (sent && sent->uid == now.uid && sent->gid == now.gid && sent->euid == now.euid && sent->egid == now.egid &&
@@ -476,6 +491,135 @@ TRACEPOINT_PROBE(syscalls, sys_exit_setgid) { return args->ret == 0 ? emit_cred(
 TRACEPOINT_PROBE(syscalls, sys_exit_setregid) { return args->ret == 0 ? emit_cred(CRED_GID) : 0; }
 TRACEPOINT_PROBE(syscalls, sys_exit_setresgid) { return args->ret == 0 ? emit_cred(CRED_GID) : 0; }
 TRACEPOINT_PROBE(syscalls, sys_exit_setsid) { return args->ret > 0 ? emit_cred(CRED_SID) : 0; }
+#endif
+
+#ifdef NET_EVENTS
+/* TCP connections, as Elastic Defend reports them: connection_attempted when a process's connect(2) sends a
+ * SYN, connection_accepted when accept(2) hands a process an established connection. Compiled in when the
+ * configuration asks for them (events.network) and the kernel has the sock:inet_sock_set_state tracepoint. */
+#define NET_AF_INET 2
+#define NET_AF_INET6 10
+#define NET_IPPROTO_TCP 6
+#define NET_TCP_SYN_SENT 2
+#define NET_TCP_CLOSE 7
+
+/* A forked process that never exec'd (a server's worker, a subshell) is known to user space only from its fork
+ * record, which waits in pending_forks: it goes out now, its fork-only ancestors first, ahead of the network
+ * record that names the process. */
+static __always_inline void release_process(const void *task, u32 tgid)
+{
+    if (pending_forks.lookup(&tgid)) {
+        release_ancestors(task);
+        release_fork(tgid);
+    }
+}
+
+static __always_inline void emit_net(struct net_record *r)
+{
+    r->hdr.type = RECORD_NET;
+    r->hdr.size = sizeof(*r);
+    r->hdr.ktime_ns = bpf_ktime_get_boot_ns();
+    if (events.ringbuf_output(r, sizeof(*r), wakeup_flags()) < 0)
+        count_loss(LOSS_RINGBUF_FULL);
+}
+
+/* The process that moved a socket to SYN_SENT, until the socket leaves it. connect(2) moves it in the caller's
+ * context, before the kernel picks the source port; the socket leaves SYN_SENT (established, refused, timed out
+ * or closed) with the port set, mostly in softirq context where the current task is not the caller. So the
+ * record goes out on leaving, from what was kept on entering. An LRU: sockets that never leave (a flood of
+ * connects to a black hole) push out the oldest; a socket whose entry was pushed out is still reported, without
+ * its process (pid 0), which user space counts (connections_unattributed_total). */
+#ifndef NET_PENDING
+#define NET_PENDING 16384
+#endif
+struct net_owner {
+    u32 pid;
+    u32 pad;
+    u64 start_boottime_ns;
+};
+BPF_TABLE("lru_hash", u64, struct net_owner, connecting, NET_PENDING);
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+    if (args->protocol != NET_IPPROTO_TCP)
+        return 0;
+    u64 sk = (u64)args->skaddr;
+    if (args->newstate == NET_TCP_SYN_SENT) {
+        if (args->oldstate != NET_TCP_CLOSE)
+            return 0;
+        void *task = (void *)bpf_get_current_task();
+        struct net_owner owner = {};
+        owner.pid = bpf_get_current_pid_tgid() >> 32;
+        owner.start_boottime_ns = process_start(task);
+        release_process(task, owner.pid);
+        connecting.update(&sk, &owner);
+        return 0;
+    }
+    if (args->oldstate != NET_TCP_SYN_SENT)
+        return 0;
+    struct net_record r = {};
+    struct net_owner *owner = connecting.lookup(&sk);
+    if (owner) {
+        r.pid = owner->pid;
+        r.start_boottime_ns = owner->start_boottime_ns;
+        connecting.delete(&sk);
+    }
+    r.action = NET_ATTEMPTED;
+    r.family = args->family;
+    r.local_port = args->sport;
+    r.remote_port = args->dport;
+    if (args->family == NET_AF_INET6) {
+        bpf_probe_read_kernel(r.local_addr, 16, args->saddr_v6);
+        bpf_probe_read_kernel(r.remote_addr, 16, args->daddr_v6);
+    } else {
+        bpf_probe_read_kernel(r.local_addr, 4, args->saddr);
+        bpf_probe_read_kernel(r.remote_addr, 4, args->daddr);
+    }
+    emit_net(&r);
+    return 0;
+}
+
+#ifdef NET_ACCEPT_EVENTS
+/* accept(2) and accept4(2) on success return the connection's descriptor: its socket is found through the
+ * caller's descriptor table (task->files->fdt->fd[fd]->private_data->sk) and its addresses read from the socket.
+ * Nothing is kept between calls, so no table can be filled to hide a connection. */
+static __always_inline int emit_accepted(long fd)
+{
+    if (fd < 0)
+        return 0;
+    void *task = (void *)bpf_get_current_task();
+    void *fdt = read_ptr(read_ptr(task, OFF_TASK_FILES), OFF_FILES_FDT);
+    if (!fdt || (u64)fd >= read_u32(fdt, OFF_FDTABLE_MAX_FDS))
+        return 0;
+    void *file = read_ptr(read_ptr(fdt, OFF_FDTABLE_FD), (u32)fd * 8);
+    void *sk = read_ptr(read_ptr(file, OFF_FILE_PRIVATE_DATA), OFF_SOCKET_SK);
+    if (!sk || read_u16(sk, OFF_SOCK_PROTOCOL) != NET_IPPROTO_TCP)
+        return 0;
+    u16 family = read_u16(sk, OFF_SOCK_FAMILY);
+    if (family != NET_AF_INET && family != NET_AF_INET6)
+        return 0;
+    struct net_record r = {};
+    r.pid = bpf_get_current_pid_tgid() >> 32;
+    r.start_boottime_ns = process_start(task);
+    release_process(task, r.pid);
+    r.action = NET_ACCEPTED;
+    r.family = family;
+    r.local_port = read_u16(sk, OFF_SOCK_NUM);                    /* host order */
+    r.remote_port = __builtin_bswap16(read_u16(sk, OFF_SOCK_DPORT)); /* network order; the hosts are little-endian */
+    if (family == NET_AF_INET6) {
+        bpf_probe_read_kernel(r.local_addr, 16, (char *)sk + OFF_SOCK_V6_RCV_SADDR);
+        bpf_probe_read_kernel(r.remote_addr, 16, (char *)sk + OFF_SOCK_V6_DADDR);
+    } else {
+        bpf_probe_read_kernel(r.local_addr, 4, (char *)sk + OFF_SOCK_RCV_SADDR);
+        bpf_probe_read_kernel(r.remote_addr, 4, (char *)sk + OFF_SOCK_DADDR);
+    }
+    emit_net(&r);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return emit_accepted(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return emit_accepted(args->ret); }
+#endif
 #endif
 
 static __always_inline int emit_cgroup(u32 type, s32 root, s32 level, u64 id, const void *path)

@@ -30,6 +30,13 @@ enum record_type {
     RECORD_CGROUP_MKDIR = 4,
     RECORD_CGROUP_RMDIR = 5,
     RECORD_CRED = 6,
+    RECORD_NET = 7,
+};
+
+/* What a net_record reports (Elastic Defend's event.action) */
+enum net_action {
+    NET_ATTEMPTED = 1, /* connection_attempted: a SYN sent by connect(2) */
+    NET_ACCEPTED = 2,  /* connection_accepted: accept(2) returned the connection */
 };
 
 /* What a cred_record reports: which set*id(2)/setsid(2) call succeeded */
@@ -128,6 +135,20 @@ struct cred_record {
     u32 sid;
     u32 pad;
     u64 start_boottime_ns;
+};
+
+/* A TCP connection of a process, IPv4 addresses in the first 4 bytes of their arrays. Ports in host order. */
+struct net_record {
+    struct record_header hdr;
+    u32 pid; /* 0 when the connecting process is not known */
+    u32 action;
+    u64 start_boottime_ns; /* of the process (its thread group leader) */
+    u16 family; /* AF_INET or AF_INET6 */
+    u16 local_port;
+    u16 remote_port;
+    u16 pad;
+    u8 local_addr[16];
+    u8 remote_addr[16];
 };
 
 struct cgroup_record {

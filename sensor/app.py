@@ -127,4 +127,5 @@ def probe_options(config: ProbeConfig) -> ProbeOptions:
     from sensor.probe.loader import ProbeOptions
 
     return ProbeOptions(ringbuf_pages=max(1, config.ringbuf_size // 4096), args_max=config.argv_max_bytes,
-                        ring_reader=config.ring_reader, cred_events=config.cred_changes)
+                        ring_reader=config.ring_reader, cred_events=config.cred_changes,
+                        net_events=config.network)

@@ -23,6 +23,7 @@ from sensor.model.records import (
     ForkRecord,
     LossRecord,
     Namespaces,
+    NetRecord,
     ProcessSnapshotRecord,
     Record,
 )
@@ -122,6 +123,9 @@ class PipelineStats:
     uid_changes: int = 0  # uid_change documents
     gid_changes: int = 0
     session_id_changes: int = 0
+    connections_attempted: int = 0  # network documents, by event.action
+    connections_accepted: int = 0
+    connections_unattributed: int = 0  # network documents without their process (unknown to the probe or table)
     cgroup_events: int = 0
     documents: int = 0
     alerts: int = 0
@@ -251,6 +255,8 @@ class Pipeline:
                 counter = _CHANGE_COUNTERS[record.change]
                 setattr(self.stats, counter, getattr(self.stats, counter) + 1)
                 self._emit_process_event(record.change, record.ktime_ns, changed, None)
+        elif isinstance(record, NetRecord):
+            self._on_net(record)
         elif isinstance(record, CgroupRecord):
             self.stats.cgroup_events += 1
             if self.resolver is not None:
@@ -296,6 +302,31 @@ class Pipeline:
             return
         self._emit_process_event("exit", rec.ktime_ns, proc, rec.exit_code)
 
+    def _on_net(self, rec: NetRecord) -> None:
+        if rec.action == "connection_attempted":
+            self.stats.connections_attempted += 1
+        else:
+            self.stats.connections_accepted += 1
+        proc = self.table.get(rec.pid) if rec.pid else None
+        if proc is not None and rec.start_boottime_ns and proc.start_boottime_ns != rec.start_boottime_ns:
+            proc = None  # the pid names another process now
+        self._sequence += 1
+        if proc is None:
+            self.stats.connections_unattributed += 1
+            if self.stats.connections_unattributed == 1:
+                log.warning("a %s to %s:%d was written without its process (pid %d unknown; "
+                            "connections_unattributed_total counts them)", rec.action, rec.remote_ip,
+                            rec.remote_port, rec.pid)
+            doc = self.builder.network_event(rec=rec, sequence=self._sequence, proc=None, parent=None,
+                                             leaders=None, container=None, cgroup_path=None)
+        else:
+            container, cgroup_path = self._container(proc)
+            doc = self.builder.network_event(rec=rec, sequence=self._sequence, proc=proc,
+                                             parent=self.table.get(proc.ppid),
+                                             leaders=self._leaders(proc, self.table, container),
+                                             container=container, cgroup_path=cgroup_path)
+        self._emit_inspected(doc)
+
     def _emit_process_event(self, kind: str, ktime_ns: int, proc: Process, exit_status: int | None) -> None:
         container, cgroup_path = self._container(proc)
         self._sequence += 1
@@ -304,6 +335,9 @@ class Pipeline:
             parent=self.table.get(proc.ppid), leaders=self._leaders(proc, self.table, container),
             container=container, cgroup_path=cgroup_path, exit_status=exit_status,
         )
+        self._emit_inspected(doc)
+
+    def _emit_inspected(self, doc: dict[str, Any]) -> None:
         if self.detector is None:
             self.emit(doc)
             return

@@ -89,6 +89,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("events.cred_changes", parse_bool,
            "uid_change, gid_change and session_id_change documents from set*id and setsid calls"),
     Option("events.already_running", parse_bool, "an already_running document per process running at start-up"),
+    Option("events.network", parse_bool,
+           "connection_attempted and connection_accepted documents for TCP connects and accepts"),
     Option("stall_timeout", parse_duration,
            "/livez fails and systemd watchdog pings stop once the pipeline has not advanced this long; 0 never"),
     Option("drain_timeout", parse_duration,

@@ -22,6 +22,7 @@ class ProbeConfig:
     argv_max_bytes: int
     ring_reader: str
     cred_changes: bool  # compile in the set*id/setsid probes
+    network: bool  # compile in the TCP connect/accept probes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -119,7 +120,8 @@ def build_sections(config: Config) -> Sections:
     """Each option goes to exactly one section; tests/unit/test_config.py checks that none is left out."""
     return Sections(
         probe=ProbeConfig(ringbuf_size=config.probe_ringbuf_size, argv_max_bytes=config.probe_argv_max_bytes,
-                          ring_reader=config.probe_ring_reader, cred_changes=config.events_cred_changes),
+                          ring_reader=config.probe_ring_reader, cred_changes=config.events_cred_changes,
+                          network=config.events_network),
         host=HostConfig(node_name=config.node_name),
         resolver=ResolverConfig(runtime_state_root=config.runtime_state_root),
         events=EventsConfig(already_running=config.events_already_running),

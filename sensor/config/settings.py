@@ -78,6 +78,8 @@ class Config:
     events_cred_changes: bool = True
     # one already_running document per process found running at start-up, as Elastic Defend writes them
     events_already_running: bool = True
+    # connection_attempted/connection_accepted documents (TCP connects and accepts), as Elastic Defend writes them
+    events_network: bool = True
     priority_boost: int = 4
     stall_timeout: float = 30.0
     drain_timeout: float = 20.0

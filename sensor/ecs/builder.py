@@ -18,7 +18,7 @@ from sensor import __version__
 from sensor.ecs.encoding import ExtendedBlock, SharedBlock, extend
 from sensor.model.host import HostFacts
 from sensor.model.processes import Process, boot_prefix, urlsafe_text
-from sensor.model.records import Namespaces
+from sensor.model.records import Namespaces, NetRecord
 from sensor.model.sessions import Leaders
 
 ECS_VERSION = "9.4.0"
@@ -154,6 +154,7 @@ class DocumentBuilder:
         *,
         boot_wall_offset_ns: int,
         data_stream_dataset: str = "endpoint.events.process",
+        network_dataset: str = "endpoint.events.network",
         data_stream_namespace: str = "default",
         agent_id: str = "",
     ) -> None:
@@ -168,6 +169,9 @@ class DocumentBuilder:
             "agent": SharedBlock({"type": "container-sensor", "version": __version__, "name": host.hostname,
                                   "id": agent_id or host.host_id}),
         })
+        self._network_dataset = network_dataset
+        self._network_stream = SharedBlock({"type": "logs", "dataset": network_dataset,
+                                            "namespace": data_stream_namespace})
         self._boot_id = host.boot_id
         self.hostname = host.hostname
         # The caches below are written by hand, not lru_cache or cachetools, for what those cannot do:
@@ -180,7 +184,10 @@ class DocumentBuilder:
         self._summaries: dict[int, tuple[Process, SharedBlock]] = {}
         self._leaders: dict[tuple[int, bool], tuple[Process, SharedBlock]] = {}
         self._entries: dict[tuple[int, bool, str | None, int], tuple[Process, Process | None, SharedBlock]] = {}
-        self._event_bases: dict[tuple[str, str], SharedBlock] = {}  # two keys at most: (start, exec), (end, end)
+        # (event.type, event.action) -> event block: one per kind of document, a handful
+        self._event_bases: dict[tuple[str, str], SharedBlock] = {}
+        # id(container) (0: the host) -> its base with the network data stream, for network documents
+        self._network_bases: dict[int, tuple[ContainerLike | None, SharedBlock]] = {}
         self._containers: dict[int, tuple[ContainerLike, SharedBlock]] = {}
         self._placements: dict[tuple, tuple[ContainerLike | None, Namespaces, SharedBlock]] = {}
         # id(process) -> (process, container, leaders, process block, custom block, document base) of its
@@ -444,6 +451,7 @@ class DocumentBuilder:
         for key in [key for key, (container, _base) in self._containers.items()
                     if container.cgroup_path == path or (container.cgroup_path or "").startswith(below)]:
             del self._containers[key]
+            self._network_bases.pop(key, None)
 
     # -- documents --------------------------------------------------------------------------------------
 
@@ -513,6 +521,61 @@ class DocumentBuilder:
             own["group"] = _actor_block(proc.egid, proc.gid, host_names, False)
         own[CUSTOM_KEY] = custom
         return extend(base, own)
+
+    def _network_base(self, container: ContainerLike | None) -> SharedBlock:
+        """The host's (or the container's) shared members with the network data stream: network documents go
+        to logs-endpoint.events.network-*, where Elastic's rules over network events look for them."""
+        key = id(container) if container is not None else 0
+        hit = self._network_bases.get(key)
+        if hit is not None and hit[0] is container:
+            return hit[1]
+        base = SharedBlock(self._container_base(container) if container is not None else self._host_base)
+        base["data_stream"] = self._network_stream
+        if len(self._network_bases) >= SUMMARY_CACHE_SIZE:
+            self._network_bases.clear()
+        self._network_bases[key] = (container, base)
+        return base
+
+    def network_event(self, *, rec: NetRecord, sequence: int, proc: Process | None, parent: Process | None,
+                      leaders: Leaders | None, container: ContainerLike | None,
+                      cgroup_path: str | None) -> dict[str, Any]:
+        """A connection_attempted or connection_accepted document (event.category network, event.type start),
+        as Elastic Defend writes them. `source` is this host's end and `destination` the peer, for both
+        actions (Elastic's rules test destination.ip as the remote address of either); network.direction says
+        who opened it. PROC None: the process is not known (only its pid, if the probe had it)."""
+        attempted = rec.action == "connection_attempted"
+        base_event = self._event_bases.get(("network", rec.action))
+        if base_event is None:
+            base_event = self._event_bases[("network", rec.action)] = SharedBlock({
+                "kind": "event", "category": ["network"], "type": ["start"], "action": rec.action,
+                "dataset": self._network_dataset, "module": CUSTOM_KEY})
+        event = extend(base_event, {"created": iso_time(time.time_ns()),
+                                    "id": event_id(self._boot_id, "net", rec.pid, rec.ktime_ns),
+                                    "sequence": sequence})
+        own: dict[str, Any] = {
+            "@timestamp": iso_time(self.wall(rec.ktime_ns)),
+            "event": event,
+            "source": {"ip": rec.local_ip, "port": rec.local_port, "address": rec.local_ip},
+            "destination": {"ip": rec.remote_ip, "port": rec.remote_port, "address": rec.remote_ip},
+            "network": {"transport": "tcp", "type": "ipv6" if ":" in rec.local_ip else "ipv4",
+                        "direction": "egress" if attempted else "ingress"},
+        }
+        if proc is None:
+            if rec.pid:
+                own["process"] = {"pid": rec.pid}
+            return extend(self._network_base(container), own)
+        body = self._bodies.get(id(proc))
+        if body is not None and body[0] is proc and body[1] is container and body[2] is leaders:
+            own["process"] = body[3]
+            own[CUSTOM_KEY] = body[4]
+        else:
+            own["process"] = self.process_block(proc, parent, leaders or Leaders(), container is not None)
+            own[CUSTOM_KEY] = self.custom_block(proc, container, cgroup_path)
+        if proc.uid >= 0:
+            host_names = container is None
+            own["user"] = _actor_block(proc.euid, proc.uid, host_names, True)
+            own["group"] = _actor_block(proc.egid, proc.gid, host_names, False)
+        return extend(self._network_base(container), own)
 
     @staticmethod
     def with_custom(doc: dict[str, Any], members: dict[str, Any]) -> dict[str, Any]:

@@ -3,8 +3,9 @@ read off documents that the real DocumentBuilder makes (not a hand-kept list, wh
 
 The documents are built from made-up processes chosen so that every optional member appears at least once: a
 container with a pod, a tty, a working directory, arguments, every leader with an entry parent, a parent, an
-end by a signal, each change document (events.cred_changes) and the start-up inventory
-(events.already_running), both on by default. `rules coverage` classifies Elastic's rules against this inventory.
+end by a signal, each change document (events.cred_changes), the start-up inventory (events.already_running) and
+both network documents (events.network), all on by default. `rules coverage` classifies Elastic's rules against
+this inventory.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from sensor.ecs.builder import DocumentBuilder
 from sensor.model.host import HostFacts
 from sensor.model.processes import Process
-from sensor.model.records import Namespaces
+from sensor.model.records import Namespaces, NetRecord
 from sensor.model.sessions import Leaders
 
 
@@ -82,6 +83,11 @@ def sample_documents() -> Iterator[dict[str, Any]]:
                 yield builder.process_event(kind=kind, ktime_ns=10**9, sequence=1, proc=who, parent=group,
                                             leaders=its_leaders, container=container,
                                             cgroup_path="/system.slice/x.service", exit_status=status)
+            for action in ("connection_attempted", "connection_accepted"):
+                record = NetRecord(10**9, who.pid, action, who.start_boottime_ns, "192.0.2.1", 40000,
+                                   "198.51.100.7", 443)
+                yield builder.network_event(rec=record, sequence=1, proc=who, parent=group, leaders=its_leaders,
+                                            container=container, cgroup_path="/system.slice/x.service")
 
 
 def _leaves(value: Any, prefix: str) -> Iterator[str]:

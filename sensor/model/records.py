@@ -119,6 +119,21 @@ class CredRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class NetRecord:
+    """A TCP connection a process opened (connect) or took (accept), with both ends' addresses."""
+
+    kind: ClassVar[str] = "net"
+    ktime_ns: int
+    pid: int  # 0: the connecting process is not known (its probe entry was pushed out)
+    action: str  # "connection_attempted" or "connection_accepted" (Elastic Defend's event.action)
+    start_boottime_ns: int
+    local_ip: str  # IPv4-mapped IPv6 addresses as the IPv4 address
+    local_port: int
+    remote_ip: str
+    remote_port: int
+
+
+@dataclass(frozen=True, slots=True)
 class CgroupRecord:
     """A cgroup created or removed, keyed by hierarchy (root) and id, with its path in that hierarchy."""
 
@@ -175,11 +190,13 @@ class ProcessSnapshotRecord:
     cap_permitted: int = -1
 
 
-Record = ExecRecord | ForkRecord | ExitRecord | CgroupRecord | LossRecord | ProcessSnapshotRecord | CredRecord
+Record = (ExecRecord | ForkRecord | ExitRecord | CgroupRecord | LossRecord | ProcessSnapshotRecord | CredRecord
+          | NetRecord)
 
 RECORD_TYPES: dict[str, type] = {
     cls.kind: cls
-    for cls in (ExecRecord, ForkRecord, ExitRecord, CgroupRecord, LossRecord, ProcessSnapshotRecord, CredRecord)
+    for cls in (ExecRecord, ForkRecord, ExitRecord, CgroupRecord, LossRecord, ProcessSnapshotRecord, CredRecord,
+                NetRecord)
 }
 
 

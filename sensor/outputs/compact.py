@@ -60,6 +60,13 @@ def compact_line(doc: dict[str, Any], *, color: bool = False) -> str:
     if action == "end":
         line = safe(f"{stamp} end   [{where}] pid={pid} exit={process.get('exit_code', '?')} {process.get('name', '')}")
         return f"{DIM}{line}{RESET}" if color else line
+    if action in ("connection_attempted", "connection_accepted"):
+        source, destination = doc.get("source", {}), doc.get("destination", {})
+        arrow = "->" if action == "connection_attempted" else "<-"
+        line = (f"{stamp} {'conn ' if action == 'connection_attempted' else 'accpt'} [{where}] pid={pid} "
+                f"{source.get('ip', '?')}:{source.get('port', '?')} {arrow} "
+                f"{destination.get('ip', '?')}:{destination.get('port', '?')} {process.get('name', '')}")
+        return safe(line)
     cmd = _shorten(process.get("command_line", "") or process.get("executable", ""), 160)
     label = _LABELS.get(action, "exec ")
     if action in ("uid_change", "gid_change", "session_id_change"):

@@ -29,7 +29,7 @@ from typing import Any
 
 from sensor.probe.btf import BTFError, KernelBTF
 from sensor.probe.kernel_headers import HeaderError, ensure_kernel_headers
-from sensor.probe.kernel_offsets import kernel_macros
+from sensor.probe.kernel_offsets import ACCEPT_OFFSETS, kernel_macros
 from sensor.probe.layout import static_asserts
 from sensor.probe.tracefs import TracefsError, ensure_tracefs
 
@@ -84,6 +84,8 @@ def compile_and_attach(spec: dict[str, Any]) -> tuple[Any, list[tuple[str, int]]
         else:
             log.warning("no syscall tracepoints in this kernel (CONFIG_FTRACE_SYSCALLS): no uid_change, "
                         "gid_change or session_id_change documents")
+    if spec.get("net_events"):
+        cflags += _net_cflags(tracefs, macros)
     # sensor/probe/layout.py's checks of every record member's offset and size, compiled for the BPF target
     # itself: a sensor.h that does not match the decoder fails here, naming the member, and sends no records.
     # BCC reads src_file into text the same way, so the program is the same.
@@ -98,6 +100,25 @@ def compile_and_attach(spec: dict[str, Any]) -> tuple[Any, list[tuple[str, int]]
     if not links:
         raise LoadFailure(f"the BPF program {source} attached to no tracepoint")
     return bpf, maps, links
+
+
+def _net_cflags(tracefs: Path, macros: dict[str, int]) -> list[str]:
+    """The connection probes this kernel allows: connects need sock:inet_sock_set_state, accepts the syscall
+    tracepoints and the socket members in BTF. What is missing is said once."""
+    if not (tracefs / "events" / "sock" / "inet_sock_set_state").is_dir():
+        log.warning("no sock:inet_sock_set_state tracepoint in this kernel: no connection_attempted or "
+                    "connection_accepted documents")
+        return []
+    flags = ["-DNET_EVENTS"]
+    if not (tracefs / "events" / "syscalls" / "sys_exit_accept4").is_dir():
+        log.warning("no syscall tracepoints in this kernel (CONFIG_FTRACE_SYSCALLS): no connection_accepted "
+                    "documents")
+    elif not all(name in macros for name in ACCEPT_OFFSETS):
+        log.warning("this kernel's BTF lacks socket members the accept probe reads (no IPv6?): no "
+                    "connection_accepted documents")
+    else:
+        flags.append("-DNET_ACCEPT_EVENTS")
+    return flags
 
 
 def _text(name: bytes | str) -> str:

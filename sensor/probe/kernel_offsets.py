@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from sensor.probe.btf import BTFError, KernelBTF
 
 # macro -> (struct, member path); each is a byte offset inside that struct.
@@ -19,6 +21,7 @@ MEMBER_OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_TASK_MM": ("task_struct", "mm"),
     "OFF_TASK_EXIT_CODE": ("task_struct", "exit_code"),
     "OFF_TASK_FS": ("task_struct", "fs"),
+    "OFF_TASK_GROUP_LEADER": ("task_struct", "group_leader"),
     "OFF_FS_PWD": ("fs_struct", "pwd"),
     "OFF_FS_ROOT": ("fs_struct", "root"),
     "OFF_PATH_MNT": ("path", "mnt"),
@@ -71,6 +74,25 @@ MEMBER_OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_TTY_DRIVER_MINOR_START": ("tty_driver", "minor_start"),
 }
 
+# What connection_accepted records need (a socket found from a descriptor, its addresses): optional, since a
+# kernel built without IPv6 has no skc_v6_* members; without them the probe reports no accepted connections.
+ACCEPT_OFFSETS: dict[str, tuple[str, str]] = {
+    "OFF_TASK_FILES": ("task_struct", "files"),
+    "OFF_FILES_FDT": ("files_struct", "fdt"),
+    "OFF_FDTABLE_MAX_FDS": ("fdtable", "max_fds"),
+    "OFF_FDTABLE_FD": ("fdtable", "fd"),
+    "OFF_FILE_PRIVATE_DATA": ("file", "private_data"),
+    "OFF_SOCKET_SK": ("socket", "sk"),
+    "OFF_SOCK_FAMILY": ("sock", "__sk_common.skc_family"),
+    "OFF_SOCK_NUM": ("sock", "__sk_common.skc_num"),
+    "OFF_SOCK_DPORT": ("sock", "__sk_common.skc_dport"),
+    "OFF_SOCK_DADDR": ("sock", "__sk_common.skc_daddr"),
+    "OFF_SOCK_RCV_SADDR": ("sock", "__sk_common.skc_rcv_saddr"),
+    "OFF_SOCK_V6_DADDR": ("sock", "__sk_common.skc_v6_daddr"),
+    "OFF_SOCK_V6_RCV_SADDR": ("sock", "__sk_common.skc_v6_rcv_saddr"),
+    "OFF_SOCK_PROTOCOL": ("sock", "sk_protocol"),
+}
+
 
 def inode_ctime_offsets(btf: KernelBTF) -> tuple[int, int]:
     """(seconds, nanoseconds) of struct inode's change time, which has moved between kernel versions:
@@ -95,6 +117,8 @@ def kernel_macros(btf: KernelBTF) -> dict[str, int]:
     macros["SIZEOF_UPID"] = btf.size(btf.struct_id("upid"))
     macros["PIDTYPE_SID_INDEX"] = btf.enum_value("pid_type", "PIDTYPE_SID")
     macros["PIDTYPE_PGID_INDEX"] = btf.enum_value("pid_type", "PIDTYPE_PGID")
+    with contextlib.suppress(BTFError):  # the loader sees they are missing and says so
+        macros.update({name: btf.offset(struct, path) for name, (struct, path) in ACCEPT_OFFSETS.items()})
     return macros
 
 

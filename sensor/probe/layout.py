@@ -9,6 +9,7 @@ mirrors to its C structs the same way).
 
 from __future__ import annotations
 
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -18,11 +19,16 @@ from sensor.model.records import (
     ExecRecord,
     ExitRecord,
     ForkRecord,
+    NetRecord,
     Record,
     interned_namespaces,
 )
 
 RECORD_EXEC, RECORD_FORK, RECORD_EXIT, RECORD_CGROUP_MKDIR, RECORD_CGROUP_RMDIR, RECORD_CRED = 1, 2, 3, 4, 5, 6
+RECORD_NET = 7
+NET_ATTEMPTED, NET_ACCEPTED = 1, 2
+NET_ACTIONS = {NET_ATTEMPTED: "connection_attempted", NET_ACCEPTED: "connection_accepted"}
+AF_INET, AF_INET6 = 2, 10
 CRED_UID, CRED_GID, CRED_SID = 1, 2, 3
 CRED_CHANGES = {CRED_UID: "uid_change", CRED_GID: "gid_change", CRED_SID: "session_id_change"}
 EXEC_ARGS_TRUNCATED, EXEC_ARGS_READ_FAILED, EXEC_FILENAME_TRUNCATED, EXEC_CWD_TRUNCATED = 1, 2, 4, 8
@@ -64,6 +70,10 @@ CRED_FIELDS: Fields = (
     *_in("hdr", HEADER_FIELDS), ("pid", "I"), ("change", "I"), ("uid", "I"), ("gid", "I"), ("euid", "I"),
     ("egid", "I"), ("sid", "I"), ("pad", "I"), ("start_boottime_ns", "Q"),
 )
+NET_FIELDS: Fields = (
+    *_in("hdr", HEADER_FIELDS), ("pid", "I"), ("action", "I"), ("start_boottime_ns", "Q"), ("family", "H"),
+    ("local_port", "H"), ("remote_port", "H"), ("pad", "H"), ("local_addr", "16s"), ("remote_addr", "16s"),
+)
 CGROUP_FIELDS: Fields = (
     *_in("hdr", HEADER_FIELDS), ("root", "i"), ("level", "i"), ("id", "Q"), ("path_len", "I"), ("pad", "I"),
 )
@@ -91,17 +101,18 @@ LAYOUTS = (
     RecordLayout("exit_record", EXIT_FIELDS),
     RecordLayout("cgroup_record", CGROUP_FIELDS, "path", CGROUP_PATH_MAX),
     RecordLayout("cred_record", CRED_FIELDS),
+    RecordLayout("net_record", NET_FIELDS),
 )
-HEADER, EXEC_FIXED, FORK, EXIT, CGROUP_FIXED, CRED = (layout.fixed for layout in LAYOUTS)
+HEADER, EXEC_FIXED, FORK, EXIT, CGROUP_FIXED, CRED, NET = (layout.fixed for layout in LAYOUTS)
 # the fixed-size layouts, by record type: a record shorter than its layout is damaged
 _FIXED_LAYOUTS = {RECORD_FORK: FORK, RECORD_EXIT: EXIT, RECORD_CGROUP_MKDIR: CGROUP_FIXED,
-                  RECORD_CGROUP_RMDIR: CGROUP_FIXED, RECORD_CRED: CRED}
+                  RECORD_CGROUP_RMDIR: CGROUP_FIXED, RECORD_CRED: CRED, RECORD_NET: NET}
 
 # The constants both sides share. ARGS_MAX and FILENAME_MAX_LEN are left out: the probe sets ARGS_MAX by cflag,
 # and the decoder reads neither (the record's lengths say how much was sent).
 SHARED_CONSTANTS = (
     "RECORD_EXEC", "RECORD_FORK", "RECORD_EXIT", "RECORD_CGROUP_MKDIR", "RECORD_CGROUP_RMDIR", "RECORD_CRED",
-    "CRED_UID", "CRED_GID", "CRED_SID",
+    "RECORD_NET", "CRED_UID", "CRED_GID", "CRED_SID", "NET_ATTEMPTED", "NET_ACCEPTED",
     "EXEC_ARGS_TRUNCATED", "EXEC_ARGS_READ_FAILED", "EXEC_FILENAME_TRUNCATED", "EXEC_CWD_TRUNCATED",
     "LOSS_RINGBUF_FULL", "LOSS_ARGS_TRUNCATED", "LOSS_ARGS_READ_FAILED", "LOSS_PATH_TRUNCATED", "LOSS_COUNTERS",
     "CGROUP_PATH_MAX", "CWD_MAX",
@@ -232,6 +243,8 @@ def decode(raw: bytes) -> Record:
         if kind is None:
             raise DecodeError(f"credential record with unknown change {change}")
         return CredRecord(ktime, pid, kind, uid, gid, euid, egid, sid, start)
+    if record_type == RECORD_NET:
+        return decode_net(raw)
     if record_type in (RECORD_CGROUP_MKDIR, RECORD_CGROUP_RMDIR):
         (_t, _s, ktime, root, level, cgroup_id, path_len, _pad) = CGROUP_FIXED.unpack_from(raw)
         start = CGROUP_FIXED.size
@@ -239,6 +252,28 @@ def decode(raw: bytes) -> Record:
         op = "mkdir" if record_type == RECORD_CGROUP_MKDIR else "rmdir"
         return CgroupRecord(ktime, op, root, cgroup_id, level, path)
     raise DecodeError(f"unknown record type {record_type}")
+
+
+def ip_text(family: int, raw: bytes) -> str:
+    """An address as text; an IPv4 address carried in IPv6 (::ffff:a.b.c.d, a dual-stack socket's peer) as the
+    IPv4 address it is, so that rules matching IPv4 ranges see it."""
+    if family == AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    if raw[:12] == b"\0" * 10 + b"\xff\xff":
+        return socket.inet_ntop(socket.AF_INET, raw[12:16])
+    return socket.inet_ntop(socket.AF_INET6, raw[:16])
+
+
+def decode_net(raw: bytes) -> NetRecord:
+    (_t, _s, ktime, pid, action, start, family, local_port, remote_port, _pad, local_addr,
+     remote_addr) = NET.unpack_from(raw)
+    kind = NET_ACTIONS.get(action)
+    if kind is None:
+        raise DecodeError(f"network record with unknown action {action}")
+    if family not in (AF_INET, AF_INET6):
+        raise DecodeError(f"network record with unknown address family {family}")
+    return NetRecord(ktime, pid, kind, start, ip_text(family, local_addr), local_port,
+                     ip_text(family, remote_addr), remote_port)
 
 
 def decode_exec(raw: bytes) -> ExecRecord:

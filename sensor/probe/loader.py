@@ -71,6 +71,7 @@ class ProbeOptions:
     args_max: int  # argv bytes kept per exec; a power of two
     ring_reader: str  # "mmap", "libbpf" or "auto" (= libbpf; sensor/probe/ringbuf.py says why)
     cred_events: bool = False  # probe set*id and setsid calls where the kernel has syscall tracepoints
+    net_events: bool = False  # probe TCP connects and accepts where the kernel has the tracepoints
 
 
 class Probe:
@@ -105,6 +106,7 @@ class Probe:
             "ringbuf_pages": opts.ringbuf_pages,
             "args_max": opts.args_max,
             "cred_events": opts.cred_events,
+            "net_events": opts.net_events,
         })
         events = self._maps["events"]
         try:

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO.parent / "shared" / "elastic-rules" / "linux"
 TABLE = REPO / "docs" / "elastic-rules-coverage.md"
 # The share of the corpus' in-scope EQL rules that can fire may only go up; the goal is 0.95.
-FIRE_SHARE_FLOOR = 0.88
+FIRE_SHARE_FLOOR = 0.95
 
 SMALL = FieldInventory(
     fields=frozenset({"event.category", "event.type", "event.action", "process.name", "process.args",
