@@ -281,6 +281,9 @@ class DocumentBuilder:
             block["thread"] = _thread_block(proc.cap_effective, proc.cap_permitted)
         if proc.tty_major:
             block["tty"] = {"char_device": {"major": proc.tty_major, "minor": proc.tty_minor}}
+        if proc.previous:
+            block["previous"] = [{"executable": image.executable, "args": list(image.args),
+                                  "args_count": image.args_count} for image in proc.previous]
         if parent is not None:
             block["parent"] = self.process_summary(parent)
         elif proc.ppid:

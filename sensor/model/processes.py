@@ -64,6 +64,16 @@ def entity_id(boot_id: str, pid: int, start_boottime_ns: int) -> str:
     return urlsafe_text(_ENTITY.pack(boot_prefix(boot_id), pid & 0xFFFFFFFF, start_boottime_ns // TICK_NS))
 
 
+@dataclass(frozen=True, slots=True)
+class PreviousImage:
+    executable: str
+    args: tuple[str, ...]
+    args_count: int
+
+
+PREVIOUS_KEPT = 4  # images kept per process: a loop of re-execs must not grow an entry (and its documents) forever
+
+
 @dataclass(slots=True)
 class Process:
     pid: int
@@ -101,6 +111,9 @@ class Process:
     # capability sets (bit N: capability N) after the exec, or read from /proc at start-up; -1 where unknown
     cap_effective: int = -1
     cap_permitted: int = -1
+    # what the process ran before it exec'd again (ECS process.previous: Elastic Defend's re-exec context), the
+    # latest first; None for a first exec (a forked child's copy of its parent is not an image it ran)
+    previous: tuple[PreviousImage, ...] | None = None
 
     @property
     def command_line(self) -> str:
@@ -201,7 +214,8 @@ class ProcessTable:
                             entity_id=eid, uid=rec.uid, gid=rec.gid, cgroup_id=rec.cgroup_id)
         else:
             child = replace(parent, pid=rec.pid, ppid=rec.parent_pid, start_boottime_ns=rec.start_boottime_ns,
-                            entity_id=eid, exec_seen=False, cgroup_id=rec.cgroup_id, leaders=None, placed=None)
+                            entity_id=eid, exec_seen=False, cgroup_id=rec.cgroup_id, leaders=None, placed=None,
+                            previous=None)
         self._replace(child)
         return child
 
@@ -231,6 +245,10 @@ class ProcessTable:
             rec.cgroup_id, rec.ns, rec.exe_ino, kernel_dev_to_st_dev(rec.exe_dev), rec.exe_ctime_ns, cwd, True,
             False, truncated, None, None, rec.cap_effective, rec.cap_permitted,
         )
+        before = self._procs.get(rec.pid)
+        if before is not None and before.exec_seen and before.start_boottime_ns == rec.start_boottime_ns:
+            image = PreviousImage(before.executable, before.args, before.args_count)
+            proc.previous = (image, *(before.previous or ()))[:PREVIOUS_KEPT]
         self._replace(proc)
         return proc
 
