@@ -378,7 +378,25 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     e->args_len_lo = args_len & 0xffff;
     e->args_len_hi = args_len >> 16;
 
-    u32 size = sizeof(*e) - sizeof(e->data) + cwd_len + filename_len + (u32)args_len;
+    u64 env_len = 0;
+#if ENV_MAX > 0
+    /* the environment follows argv in the new image's memory; user space keeps only the configured variables */
+    u64 env_start = read_u64(mm, OFF_MM_ENV_START);
+    u64 env_end = read_u64(mm, OFF_MM_ENV_END);
+    env_len = env_end > env_start ? env_end - env_start : 0;
+    if (env_len >= ENV_MAX) {
+        env_len = ENV_MAX - 1;
+        e->flags |= EXEC_ENV_TRUNCATED;
+    }
+    env_len &= ENV_MAX - 1;
+    if (env_len && bpf_probe_read_user(&rest[filename_len + args_len], env_len, (void *)env_start) < 0) {
+        env_len = 0;
+        e->flags |= EXEC_ENV_TRUNCATED;
+    }
+#endif
+    e->env_len = env_len;
+
+    u32 size = sizeof(*e) - sizeof(e->data) + cwd_len + filename_len + (u32)args_len + (u32)env_len;
     e->hdr.size = size;
     if (events.ringbuf_output(e, size, wakeup_flags()) < 0)
         count_loss(LOSS_RINGBUF_FULL);

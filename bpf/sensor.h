@@ -17,6 +17,11 @@
  * that one is cut and flagged. The record is variable-length, so a short path costs no more than before. */
 #define FILENAME_MAX_LEN 4096
 #endif
+#ifndef ENV_MAX
+/* bytes of the environment kept per exec, for the variables process.env_vars names (user space keeps only those):
+ * a power of two, or 0 for none (the configuration names no variable) */
+#define ENV_MAX 0
+#endif
 #define CGROUP_PATH_MAX 512 /* must be a power of two */
 #define CWD_MAX 1024 /* bytes of working-directory components kept; must be a power of two */
 #define CWD_NAME_MAX 256 /* one path component, NUL included */
@@ -52,6 +57,7 @@ enum exec_flags {
     EXEC_ARGS_READ_FAILED = 2,   /* argv could not be read at all */
     EXEC_FILENAME_TRUNCATED = 4, /* path did not fit in FILENAME_MAX_LEN: what was kept is a cut prefix */
     EXEC_CWD_TRUNCATED = 8,      /* the working directory was deeper or longer than CWD_DEPTH/CWD_MAX */
+    EXEC_ENV_TRUNCATED = 16,     /* the environment did not fit in ENV_MAX, or could not be read */
 };
 
 /* Indexes into the loss counters map */
@@ -99,10 +105,13 @@ struct exec_record {
     u16 args_len_lo; /* args_len = args_len_lo | args_len_hi << 16 */
     u16 args_len_hi;
     u16 cwd_len;
+    u16 env_len;
+    u16 pad;
     char comm[COMM_LEN];
     /* working-directory components leaf first, each NUL-terminated; then the filename; then argv
-     * (NUL-separated). CWD_NAME_MAX of slack lets the last component read go unchecked by length. */
-    char data[CWD_MAX + CWD_NAME_MAX + FILENAME_MAX_LEN + ARGS_MAX];
+     * (NUL-separated); then the environment (NUL-separated). CWD_NAME_MAX of slack lets the last component read
+     * go unchecked by length. */
+    char data[CWD_MAX + CWD_NAME_MAX + FILENAME_MAX_LEN + ARGS_MAX + ENV_MAX];
 };
 
 struct fork_record {

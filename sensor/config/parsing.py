@@ -97,6 +97,20 @@ def _items(raw: Any) -> list[str]:
     return [item for item in items if item]
 
 
+ENV_NAMES_MAX = 64  # each name costs every exec a little more matching
+
+
+def parse_env_names(raw: Any) -> tuple[str, ...]:
+    """Environment variable names, case kept (http_proxy and HTTP_PROXY are two variables)."""
+    names = tuple(dict.fromkeys(_items(raw)))
+    bad = [name for name in names if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)]
+    if bad:
+        raise ValueError(f"not environment variable names: {', '.join(bad)}")
+    if len(names) > ENV_NAMES_MAX:
+        raise ValueError(f"{len(names)} names, more than the {ENV_NAMES_MAX} allowed")
+    return names
+
+
 def parse_paths(raw: Any) -> tuple[Path, ...]:
     return tuple(Path(item) for item in _items(raw))
 

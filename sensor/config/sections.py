@@ -23,6 +23,7 @@ class ProbeConfig:
     ring_reader: str
     cred_changes: bool  # compile in the set*id/setsid probes
     network: bool  # compile in the TCP connect/accept probes
+    env_vars: tuple[str, ...]  # environment variables kept per exec; () reads no environment
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,7 +122,7 @@ def build_sections(config: Config) -> Sections:
     return Sections(
         probe=ProbeConfig(ringbuf_size=config.probe_ringbuf_size, argv_max_bytes=config.probe_argv_max_bytes,
                           ring_reader=config.probe_ring_reader, cred_changes=config.events_cred_changes,
-                          network=config.events_network),
+                          network=config.events_network, env_vars=config.events_env_vars),
         host=HostConfig(node_name=config.node_name),
         resolver=ResolverConfig(runtime_state_root=config.runtime_state_root),
         events=EventsConfig(already_running=config.events_already_running),

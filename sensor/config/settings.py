@@ -40,6 +40,15 @@ class ConfigError(Exception):
         self.problems = list(problems)
 
 
+# The variables Elastic's Linux rules read from process.env_vars (capture_env_vars in Defend's policy)
+DEFAULT_ENV_VARS = (
+    "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "GLIBC_TUNABLES",
+    "HISTFILE", "HISTSIZE", "HISTFILESIZE", "HISTCONTROL",
+    "http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+    "RUNNER_TRACKING_ID",
+)
+
+
 @dataclass(frozen=True)
 class Config:
     """The effective configuration. Field names are the dotted keys with dots as underscores."""
@@ -78,6 +87,9 @@ class Config:
     events_cred_changes: bool = True
     # one already_running document per process found running at start-up, as Elastic Defend writes them
     events_already_running: bool = True
+    # process.env_vars: these variables of each exec's environment, and nothing else of it (Elastic Defend's
+    # capture_env_vars): the loader, proxy, history and runner variables Elastic's rules read
+    events_env_vars: tuple[str, ...] = DEFAULT_ENV_VARS
     # connection_attempted/connection_accepted documents (TCP connects and accepts), as Elastic Defend writes them
     events_network: bool = True
     priority_boost: int = 4

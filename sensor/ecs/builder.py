@@ -281,6 +281,8 @@ class DocumentBuilder:
             block["thread"] = _thread_block(proc.cap_effective, proc.cap_permitted)
         if proc.tty_major:
             block["tty"] = {"char_device": {"major": proc.tty_major, "minor": proc.tty_minor}}
+        if proc.env_vars:
+            block["env_vars"] = list(proc.env_vars)
         if proc.previous:
             block["previous"] = [{"executable": image.executable, "args": list(image.args),
                                   "args_count": image.args_count} for image in proc.previous]
@@ -399,6 +401,8 @@ class DocumentBuilder:
         # always a boolean, like args_truncated: true when process.executable is a cut prefix of a longer path
         executable["path_truncated"] = proc.path_truncated
         own["executable"] = executable
+        if proc.env_truncated:
+            own["env_vars_truncated"] = True
         return extend(self._placement(proc.cgroup_id, cgroup_path, proc.ns, container), own)
 
     def _placement(self, cgroup_id: int, cgroup_path: str | None, ns: Namespaces,

@@ -2,10 +2,10 @@
 read off documents that the real DocumentBuilder makes (not a hand-kept list, which would drift from it).
 
 The documents are built from made-up processes chosen so that every optional member appears at least once: a
-container with a pod, a tty, a working directory, arguments, a previous image, every leader with an entry parent, a
-parent, an end by a signal, each change document (events.cred_changes), the start-up inventory
-(events.already_running) and both network documents (events.network), all on by default. `rules coverage` classifies
-Elastic's rules against this inventory.
+container with a pod, a tty, a working directory, arguments, a previous image, environment variables, every leader
+with an entry parent, a parent, an end by a signal, each change document (events.cred_changes), the start-up
+inventory (events.already_running) and both network documents (events.network), all on by default. `rules coverage`
+classifies Elastic's rules against this inventory.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def sample_documents() -> Iterator[dict[str, Any]]:
     session = _process(20, 10, "bash", tty_major=136, tty_minor=1)
     group = _process(30, 20, "sh", tty_major=136, tty_minor=1)
     proc = _process(40, 30, "curl", tty_major=136, tty_minor=1,  # a re-exec: process.previous
-                    previous=(PreviousImage("/usr/bin/sh", ("sh", "-c", "curl"), 3),))
+                    previous=(PreviousImage("/usr/bin/sh", ("sh", "-c", "curl"), 3),),
+                    env_vars=("LD_PRELOAD=/tmp/x.so",), env_truncated=True)
     leaders = Leaders(group=group, session=session, entry=entry, entry_type="sshd", entry_parent=entry_parent)
     own = Leaders(group=proc, session=proc, entry=proc, entry_type="container", entry_parent=entry_parent)
     for container in (None, _Container()):

@@ -114,6 +114,8 @@ class Process:
     # what the process ran before it exec'd again (ECS process.previous: Elastic Defend's re-exec context), the
     # latest first; None for a first exec (a forked child's copy of its parent is not an image it ran)
     previous: tuple[PreviousImage, ...] | None = None
+    env_vars: tuple[str, ...] = ()  # the configured variables of its environment at exec, "NAME=value"
+    env_truncated: bool = False  # its environment was longer than the probe reads: a variable may be missing
 
     @property
     def command_line(self) -> str:
@@ -215,7 +217,7 @@ class ProcessTable:
         else:
             child = replace(parent, pid=rec.pid, ppid=rec.parent_pid, start_boottime_ns=rec.start_boottime_ns,
                             entity_id=eid, exec_seen=False, cgroup_id=rec.cgroup_id, leaders=None, placed=None,
-                            previous=None)
+                            previous=None, env_vars=(), env_truncated=False)
         self._replace(child)
         return child
 
@@ -245,6 +247,9 @@ class ProcessTable:
             rec.cgroup_id, rec.ns, rec.exe_ino, kernel_dev_to_st_dev(rec.exe_dev), rec.exe_ctime_ns, cwd, True,
             False, truncated, None, None, rec.cap_effective, rec.cap_permitted,
         )
+        if rec.env_vars:
+            proc.env_vars = tuple(v.decode("utf-8", "backslashreplace") for v in rec.env_vars)
+        proc.env_truncated = rec.env_truncated
         before = self._procs.get(rec.pid)
         if before is not None and before.exec_seen and before.start_boottime_ns == rec.start_boottime_ns:
             image = PreviousImage(before.executable, before.args, before.args_count)

@@ -75,6 +75,9 @@ class ExecRecord:
     # capability sets after the exec (bit N: capability N); -1 in recordings made before they were captured
     cap_effective: int = -1
     cap_permitted: int = -1
+    # the configured variables of the new image's environment ("NAME=value"), in its order; nothing else of it
+    env_vars: tuple[bytes, ...] = ()
+    env_truncated: bool = False  # the environment was longer than the probe keeps: a variable may be missing
 
 
 @dataclass(slots=True)
@@ -241,6 +244,8 @@ def from_wire(item: list) -> Record:
         kwargs["ns"] = interned_namespaces(*kwargs["ns"])
     if "argv" in kwargs:
         kwargs["argv"] = tuple(kwargs["argv"])
+    if "env_vars" in kwargs:
+        kwargs["env_vars"] = tuple(kwargs["env_vars"])
     return cls(**kwargs)
 
 

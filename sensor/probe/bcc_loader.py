@@ -76,7 +76,8 @@ def compile_and_attach(spec: dict[str, Any]) -> tuple[Any, list[tuple[str, int]]
     source = source_dir / "sensor.c"
     if not source.is_file():
         raise LoadFailure(f"BPF source not found at {source} (set SENSOR_BPF_DIR)")
-    cflags = [f"-I{source_dir}", f"-DRINGBUF_PAGES={spec['ringbuf_pages']}", f"-DARGS_MAX={spec['args_max']}"]
+    cflags = [f"-I{source_dir}", f"-DRINGBUF_PAGES={spec['ringbuf_pages']}", f"-DARGS_MAX={spec['args_max']}",
+              f"-DENV_MAX={int(spec.get('env_max') or 0)}"]
     cflags += [f"-D{name}={value}" for name, value in macros.items()]
     if spec.get("cred_events"):
         if (tracefs / "events" / "syscalls" / "sys_exit_setuid").is_dir():

@@ -35,6 +35,8 @@ MEMBER_OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_MOUNT_MNT_MOUNTPOINT": ("mount", "mnt_mountpoint"),
     "OFF_MM_ARG_START": ("mm_struct", "arg_start"),
     "OFF_MM_ARG_END": ("mm_struct", "arg_end"),
+    "OFF_MM_ENV_START": ("mm_struct", "env_start"),
+    "OFF_MM_ENV_END": ("mm_struct", "env_end"),
     "OFF_BPRM_FILE": ("linux_binprm", "file"),
     "OFF_BPRM_FILENAME": ("linux_binprm", "filename"),
     "OFF_BPRM_ARGC": ("linux_binprm", "argc"),

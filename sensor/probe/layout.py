@@ -9,8 +9,10 @@ mirrors to its C structs the same way).
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sensor.model.records import (
@@ -32,6 +34,7 @@ AF_INET, AF_INET6 = 2, 10
 CRED_UID, CRED_GID, CRED_SID = 1, 2, 3
 CRED_CHANGES = {CRED_UID: "uid_change", CRED_GID: "gid_change", CRED_SID: "session_id_change"}
 EXEC_ARGS_TRUNCATED, EXEC_ARGS_READ_FAILED, EXEC_FILENAME_TRUNCATED, EXEC_CWD_TRUNCATED = 1, 2, 4, 8
+EXEC_ENV_TRUNCATED = 16
 LOSS_RINGBUF_FULL, LOSS_ARGS_TRUNCATED, LOSS_ARGS_READ_FAILED, LOSS_PATH_TRUNCATED, LOSS_COUNTERS = 0, 1, 2, 3, 4
 
 ARGS_MAX = 16384
@@ -59,7 +62,7 @@ EXEC_FIELDS: Fields = (
     ("ns[NS_PID]", "I"), ("ns[NS_MNT]", "I"), ("ns[NS_NET]", "I"), ("ns[NS_UTS]", "I"), ("ns[NS_IPC]", "I"),
     ("ns[NS_CGROUP]", "I"), ("ns[NS_USER]", "I"),
     ("argc", "I"), ("filename_len", "H"), ("args_len_lo", "H"), ("args_len_hi", "H"), ("cwd_len", "H"),
-    ("comm", "16s"),
+    ("env_len", "H"), ("pad", "H"), ("comm", "16s"),
 )
 FORK_FIELDS: Fields = (
     *_in("hdr", HEADER_FIELDS),
@@ -114,6 +117,7 @@ SHARED_CONSTANTS = (
     "RECORD_EXEC", "RECORD_FORK", "RECORD_EXIT", "RECORD_CGROUP_MKDIR", "RECORD_CGROUP_RMDIR", "RECORD_CRED",
     "RECORD_NET", "CRED_UID", "CRED_GID", "CRED_SID", "NET_ATTEMPTED", "NET_ACCEPTED",
     "EXEC_ARGS_TRUNCATED", "EXEC_ARGS_READ_FAILED", "EXEC_FILENAME_TRUNCATED", "EXEC_CWD_TRUNCATED",
+    "EXEC_ENV_TRUNCATED",
     "LOSS_RINGBUF_FULL", "LOSS_ARGS_TRUNCATED", "LOSS_ARGS_READ_FAILED", "LOSS_PATH_TRUNCATED", "LOSS_COUNTERS",
     "CGROUP_PATH_MAX", "CWD_MAX",
 )
@@ -221,12 +225,12 @@ def join_cwd(blob: bytes, truncated: bool) -> bytes:
     return b"..." + path if truncated else path
 
 
-def decode(raw: bytes) -> Record:
+def decode(raw: bytes, env_vars: re.Pattern[bytes] | None = None) -> Record:
     if len(raw) < HEADER.size:
         raise DecodeError(f"record of {len(raw)} bytes is shorter than its header")
     record_type = HEADER.unpack_from(raw)[0]
     if record_type == RECORD_EXEC:
-        return decode_exec(raw)
+        return decode_exec(raw, env_vars)
     fixed = _FIXED_LAYOUTS.get(record_type)
     if fixed is not None and len(raw) < fixed.size:
         # struct.error otherwise, which no caller expects from a decoder
@@ -276,7 +280,22 @@ def decode_net(raw: bytes) -> NetRecord:
                      ip_text(family, remote_addr), remote_port)
 
 
-def decode_exec(raw: bytes) -> ExecRecord:
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def env_filter(names: Iterable[str]) -> re.Pattern[bytes] | None:
+    """What keeps the named variables of an environment block (NUL-separated NAME=value entries) and nothing
+    else: the rest of an environment (tokens, keys) never leaves the decoder. None for no names."""
+    names = list(dict.fromkeys(names))
+    if not names:
+        return None
+    bad = [name for name in names if not _ENV_NAME.fullmatch(name)]
+    if bad:
+        raise ValueError(f"not environment variable names: {', '.join(bad)}")
+    return re.compile(rb"(?:^|(?<=\0))(?:" + b"|".join(re.escape(n.encode()) for n in names) + rb")=[^\0]*")
+
+
+def decode_exec(raw: bytes, env_vars: re.Pattern[bytes] | None = None) -> ExecRecord:
     if len(raw) < EXEC_FIXED.size:
         raise DecodeError(f"exec record of {len(raw)} bytes is shorter than its fixed part")
     (
@@ -284,13 +303,17 @@ def decode_exec(raw: bytes) -> ExecRecord:
         pid, tid, old_tid, ppid, uid, gid, euid, egid, sid, pgid, tty_major, tty_minor,
         cgroup_id, start, exe_ino, exe_dev, flags, exe_ctime_ns, cap_effective, cap_permitted,
         ns_pid, ns_mnt, ns_net, ns_uts, ns_ipc, ns_cgroup, ns_user,
-        argc, filename_len, args_lo, args_hi, cwd_len, comm,
+        argc, filename_len, args_lo, args_hi, cwd_len, env_len, _pad, comm,
     ) = EXEC_FIXED.unpack_from(raw)
     args_len = args_lo | (args_hi << 16)
     cwd_base = EXEC_FIXED.size
     base = cwd_base + cwd_len
-    if base + filename_len + args_len > len(raw):
+    env_base = base + filename_len + args_len
+    if env_base + env_len > len(raw):
         raise DecodeError("exec record lengths exceed the record")
+    env: tuple[bytes, ...] = ()
+    if env_len and env_vars is not None:
+        env = tuple(env_vars.findall(raw, env_base, env_base + env_len))
     cwd = join_cwd(raw[cwd_base:base], bool(flags & EXEC_CWD_TRUNCATED))
     filename = raw[base : base + filename_len]
     argv = split_args(raw[base + filename_len : base + filename_len + args_len])
@@ -300,5 +323,6 @@ def decode_exec(raw: bytes) -> ExecRecord:
     return ExecRecord(
         ktime, pid, tid, old_tid, ppid, uid, gid, euid, egid, _cstr(comm), filename, argv, max(argc, len(argv)),
         truncated, cgroup_id, ns, sid, pgid, tty_major, tty_minor, start, exe_ino, exe_dev, cwd, exe_ctime_ns,
-        bool(flags & EXEC_FILENAME_TRUNCATED), cap_effective, cap_permitted,
+        bool(flags & EXEC_FILENAME_TRUNCATED), cap_effective, cap_permitted, env,
+        bool(flags & EXEC_ENV_TRUNCATED),
     )

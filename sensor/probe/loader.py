@@ -15,15 +15,16 @@ import json
 import logging
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sensor.model.records import LossRecord, Record
+from sensor.model.records import ExecRecord, LossRecord, Record
 from sensor.probe import ringbuf
 from sensor.probe.capabilities import privileges_problem
 from sensor.probe.layout import (
@@ -34,6 +35,7 @@ from sensor.probe.layout import (
     LOSS_RINGBUF_FULL,
     DecodeError,
     decode,
+    env_filter,
 )
 from sensor.probe.libbpf import LibbpfError, LibbpfRingReader, percpu_u64_values
 from sensor.probe.ringbuf import RingBufferReader, RingPositions
@@ -62,6 +64,28 @@ def bpf_source_dir() -> Path:
     return Path(sys.prefix) / "share" / "container-sensor" / "bpf"
 
 
+def env_from_proc(rec: ExecRecord, keep: re.Pattern[bytes], proc_root: str = "/proc") -> ExecRecord:
+    """An exec whose environment was longer than the probe reads (padding can push a variable out of its window):
+    the whole environment from /proc, while the process still runs that image (same start, same file), else the
+    record as it came, still flagged."""
+    base = f"{proc_root}/{rec.pid}"
+    try:
+        if rec.exe_ino and os.stat(f"{base}/exe").st_ino != rec.exe_ino:
+            return rec
+        with open(f"{base}/environ", "rb") as environ:
+            blob = environ.read(1 << 20)
+        if rec.exe_ino and os.stat(f"{base}/exe").st_ino != rec.exe_ino:
+            return rec  # it exec'd again while being read
+    except OSError:
+        return rec
+    return replace(rec, env_vars=tuple(keep.findall(blob)), env_truncated=False)
+
+
+# Bytes of each exec's environment the probe reads when variables are configured: most environments fit (a login
+# shell's is 2-3 KB, a container's less); a longer one is cut, and its documents say so (env_vars_truncated).
+ENV_MAX_BYTES = 8192
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeOptions:
     """The probe's section in the kernel's units; sensor.app.probe_options makes it from the configuration,
@@ -72,6 +96,7 @@ class ProbeOptions:
     ring_reader: str  # "mmap", "libbpf" or "auto" (= libbpf; sensor/probe/ringbuf.py says why)
     cred_events: bool = False  # probe set*id and setsid calls where the kernel has syscall tracepoints
     net_events: bool = False  # probe TCP connects and accepts where the kernel has the tracepoints
+    env_vars: tuple[str, ...] = ()  # environment variables kept per exec (process.env_vars); () reads none
 
 
 class Probe:
@@ -86,6 +111,7 @@ class Probe:
         self._reader: RingBufferReader | None = None
         self._libbpf_reader: LibbpfRingReader | None = None
         self._positions: RingPositions | None = None
+        self._env_filter = env_filter(options.env_vars)
         self.decode_errors = 0
         self.handler_errors = 0  # records the pipeline failed on: lost, counted, the loop goes on
         self.records = 0
@@ -107,6 +133,7 @@ class Probe:
             "args_max": opts.args_max,
             "cred_events": opts.cred_events,
             "net_events": opts.net_events,
+            "env_max": ENV_MAX_BYTES if opts.env_vars else 0,
         })
         events = self._maps["events"]
         try:
@@ -131,7 +158,7 @@ class Probe:
 
     def _handle(self, raw: bytes) -> None:
         try:
-            record = decode(raw)
+            record = decode(raw, self._env_filter)
         except Exception as error:  # DecodeError, or a decoder bug a hostile record found: lost, never fatal
             self.decode_errors += 1
             if self.decode_errors == 1:
@@ -139,6 +166,8 @@ class Probe:
                           len(raw), "" if isinstance(error, DecodeError) else f"{type(error).__name__}: ", error)
             return
         self.records += 1
+        if self._env_filter is not None and isinstance(record, ExecRecord) and record.env_truncated:
+            record = env_from_proc(record, self._env_filter)
         try:
             self._on_record(record)
         except Exception as error:  # one record the pipeline cannot take must not stop the sensor

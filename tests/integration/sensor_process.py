@@ -36,14 +36,14 @@ def get(doc: Doc, dotted: str, default: Any = None) -> Any:
 class SensorProcess:
     """`container-sensor run` writing NDJSON to a file; the test reads documents as they arrive."""
 
-    def __init__(self, *extra_args: str, startup_timeout: float = 60.0) -> None:
+    def __init__(self, *extra_args: str, startup_timeout: float = 60.0, env: dict[str, str] | None = None) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="sensor-test-"))
         self.out_path = self.workdir / "events.ndjson"
         self.err_path = self.workdir / "stderr.log"
         self.ready = self.workdir / "ready"
         self._out = open(self.out_path, "wb")  # noqa: SIM115 - closed in stop()
         self._err = open(self.err_path, "wb")  # noqa: SIM115
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(
             [*sensor_command(), "run", "--ready-file", str(self.ready), "--metrics-address", "off",
              "--log-format", "text", *extra_args],

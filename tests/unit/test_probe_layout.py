@@ -223,7 +223,7 @@ def test_the_decoders_read_each_member_by_its_name() -> None:
     common = {"hdr.ktime_ns": "ktime_ns", "pid": "pid", "start_boottime_ns": "start_boottime_ns"}
     values = _distinct(probe_layout.EXEC_FIELDS) | {
         "hdr.type": probe_layout.RECORD_EXEC, "flags": 0, "argc": 1, "filename_len": 6, "args_len_lo": 2,
-        "args_len_hi": 0, "cwd_len": 0, "comm": b"sh",
+        "args_len_hi": 0, "cwd_len": 0, "env_len": 0, "comm": b"sh",
     }
     rec = decode(_pack(probe_layout.EXEC_FIELDS, values) + b"/bin/x" + b"x\0")
     assert isinstance(rec, ExecRecord) and (rec.comm, rec.filename, rec.argv) == (b"sh", b"/bin/x", (b"x",))
@@ -247,15 +247,15 @@ def test_the_decoders_read_each_member_by_its_name() -> None:
                                           "id": "cgroup_id"})
 
 
-def _exec_bytes(filename: bytes, args: bytes, argc: int, flags: int = 0, cwd: bytes = b"") -> bytes:
+def _exec_bytes(filename: bytes, args: bytes, argc: int, flags: int = 0, cwd: bytes = b"", env: bytes = b"") -> bytes:
     fixed = probe_layout.EXEC_FIXED.pack(
         probe_layout.RECORD_EXEC, 0, 123, 10, 10, 10, 1, 0, 0, 1000, 1000, 5, 10, 136, 2,
         77, 99, 4242, (8 << 20) | 1, flags, 1_700_000_000_123_456_789, (1 << 21) | 1, (1 << 41) - 1,
         1, 2, 3, 4, 5, 6, 7, argc, len(filename),
         len(args) & 0xFFFF,
-        len(args) >> 16, len(cwd), b"bash\0" + b"\0" * 11,
+        len(args) >> 16, len(cwd), len(env), 0, b"bash\0" + b"\0" * 11,
     )
-    return fixed + cwd + filename + args
+    return fixed + cwd + filename + args + env
 
 
 def test_decode_exec() -> None:
@@ -310,3 +310,20 @@ def test_decode_fork_exit_cgroup() -> None:
 def test_split_args_keeps_empty_arguments() -> None:
     assert split_args(b"a\0\0b\0") == (b"a", b"", b"b")
     assert split_args(b"") == ()
+
+
+def test_only_the_configured_environment_variables_leave_the_decoder() -> None:
+    env = b"HOME=/root\0AWS_SECRET_ACCESS_KEY=hunter2\0LD_PRELOAD=/tmp/x.so\0XLD_PRELOAD=no\0http_proxy=socks5h://h\0"
+    raw = _exec_bytes(b"/bin/sh", b"sh\0", 1, env=env)
+    keep = probe_layout.env_filter(["LD_PRELOAD", "http_proxy", "HTTP_PROXY"])
+    rec = decode(raw, keep)
+    assert rec.env_vars == (b"LD_PRELOAD=/tmp/x.so", b"http_proxy=socks5h://h")
+    assert rec.argv == (b"sh",) and not rec.env_truncated
+    assert decode(raw).env_vars == ()  # no names configured: none kept
+    cut = decode(_exec_bytes(b"/bin/sh", b"sh\0", 1, flags=probe_layout.EXEC_ENV_TRUNCATED, env=b"LD_PRELOAD=/a"),
+                 keep)
+    assert cut.env_truncated and cut.env_vars == (b"LD_PRELOAD=/a",)
+    with pytest.raises(ValueError):
+        probe_layout.env_filter(["LD_PRELOAD|.*"])
+    with pytest.raises(probe_layout.DecodeError):
+        decode(_exec_bytes(b"/bin/sh", b"sh\0", 1, env=env)[:-1], keep)  # env_len beyond the record
