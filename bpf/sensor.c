@@ -424,6 +424,11 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
     r.uid = (u32)uid_gid;
     r.gid = uid_gid >> 32;
     r.cgroup_id = bpf_get_current_cgroup_id();
+#ifdef FORK_EVENTS
+    /* every fork is a document (events.fork, for Session View): nothing is deferred, so nothing is pending */
+    emit_fork(&r);
+    return 0;
+#endif
     if (pending_forks.insert(&child_tgid, &r) == 0)
         return 0;
     /* no room to defer (or a stale entry for a reused pid): send it now, after its fork-only ancestors */

@@ -120,7 +120,7 @@ def build_pipeline(config: Config, outputs: list[Output], *, live: bool,
         resolver = None
     return Pipeline(table=table, builder=builder, outputs=outputs, resolver=resolver,
                     detector=build_detector(sections.detection, live=live), leaders=build_leaders(),
-                    emit_already_running=sections.events.already_running)
+                    emit_already_running=sections.events.already_running, emit_fork=sections.events.fork)
 
 
 def probe_options(config: ProbeConfig) -> ProbeOptions:
@@ -128,4 +128,4 @@ def probe_options(config: ProbeConfig) -> ProbeOptions:
 
     return ProbeOptions(ringbuf_pages=max(1, config.ringbuf_size // 4096), args_max=config.argv_max_bytes,
                         ring_reader=config.ring_reader, cred_events=config.cred_changes,
-                        net_events=config.network, env_vars=config.env_vars)
+                        net_events=config.network, env_vars=config.env_vars, fork_events=config.fork)

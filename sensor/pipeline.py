@@ -120,6 +120,7 @@ class PipelineStats:
     exits: int = 0
     forks: int = 0
     already_running: int = 0  # processes found at start-up, each with a document
+    fork_documents: int = 0  # fork documents (events.fork)
     uid_changes: int = 0  # uid_change documents
     gid_changes: int = 0
     session_id_changes: int = 0
@@ -222,6 +223,7 @@ class Pipeline:
         leaders: LeaderFinder,
         emit_exit: bool = True,
         emit_already_running: bool = True,
+        emit_fork: bool = False,
     ) -> None:
         self.table = table
         self.builder = builder
@@ -231,6 +233,7 @@ class Pipeline:
         self._leaders = leaders
         self._emit_exit = emit_exit
         self._emit_already_running = emit_already_running
+        self._emit_fork = emit_fork
         self.stats = PipelineStats()
         self.loss_warnings = LossWarnings()
         self._sequence = 0
@@ -246,7 +249,10 @@ class Pipeline:
             # A forked child's leaders are stored at its first document (or its first child's), from its parent as
             # it is then, as they always were here: stored at the fork, an end document would name the parent's
             # image from before an exec it made after forking (quark and Auditbeat keep that one).
-            self.table.on_fork(record)
+            child = self.table.on_fork(record)
+            if self._emit_fork:
+                self.stats.fork_documents += 1
+                self._emit_process_event("fork", record.ktime_ns, child, None)
         elif isinstance(record, ExitRecord):
             self._on_exit(record)
         elif isinstance(record, CredRecord):

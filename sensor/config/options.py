@@ -92,6 +92,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("events.already_running", parse_bool, "an already_running document per process running at start-up"),
     Option("events.env_vars", parse_env_names,
            "environment variables kept in process.env_vars at each exec (list; empty: none read)"),
+    Option("events.fork", parse_bool, "a fork document per new process, for Kibana's Session View (volume: off)"),
     Option("events.network", parse_bool,
            "connection_attempted and connection_accepted documents for TCP connects and accepts"),
     Option("stall_timeout", parse_duration,

@@ -24,6 +24,7 @@ class ProbeConfig:
     cred_changes: bool  # compile in the set*id/setsid probes
     network: bool  # compile in the TCP connect/accept probes
     env_vars: tuple[str, ...]  # environment variables kept per exec; () reads no environment
+    fork: bool  # send every fork record at once (fork documents)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,6 +40,7 @@ class ResolverConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EventsConfig:
     already_running: bool  # a document per process running at start-up
+    fork: bool  # a document per fork
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,10 +124,11 @@ def build_sections(config: Config) -> Sections:
     return Sections(
         probe=ProbeConfig(ringbuf_size=config.probe_ringbuf_size, argv_max_bytes=config.probe_argv_max_bytes,
                           ring_reader=config.probe_ring_reader, cred_changes=config.events_cred_changes,
-                          network=config.events_network, env_vars=config.events_env_vars),
+                          network=config.events_network, env_vars=config.events_env_vars,
+                          fork=config.events_fork),
         host=HostConfig(node_name=config.node_name),
         resolver=ResolverConfig(runtime_state_root=config.runtime_state_root),
-        events=EventsConfig(already_running=config.events_already_running),
+        events=EventsConfig(already_running=config.events_already_running, fork=config.events_fork),
         detection=DetectionConfig(rules_paths=config.rules_paths, builtin=config.rules_builtin,
                                   fold_window=config.fold_window),
         outputs=OutputsConfig(

@@ -485,9 +485,9 @@ class DocumentBuilder:
         cgroup_path: str | None,
         exit_status: int | None = None,
     ) -> dict[str, Any]:
-        """An exec (kind "exec"), end (kind "exit"), start-up inventory (kind "already_running", event.type
-        info) or change document (kind "uid_change", "gid_change" or "session_id_change", event.type change), with
-        Elastic Defend's event.action.
+        """An exec (kind "exec"), fork (kind "fork", event.action fork), end (kind "exit"), start-up inventory
+        (kind "already_running", event.type info) or change document (kind "uid_change", "gid_change" or
+        "session_id_change", event.type change), with Elastic Defend's event.action.
 
         An ExtendedBlock: the members every document of the host (and of the container) shares are its base,
         encoded once."""
@@ -498,6 +498,9 @@ class DocumentBuilder:
         elif kind == "exit":
             event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
                                      event_type="end", action="end")
+        elif kind == "fork":
+            event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
+                                     event_type="start", action="fork")
         elif kind == "already_running":
             event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
                                      event_type="info", action=kind)

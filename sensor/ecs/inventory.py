@@ -80,7 +80,7 @@ def sample_documents() -> Iterator[dict[str, Any]]:
     own = Leaders(group=proc, session=proc, entry=proc, entry_type="container", entry_parent=entry_parent)
     for container in (None, _Container()):
         for who, its_leaders in ((proc, leaders), (proc, own)):
-            for kind, status in (("exec", None), ("exit", 9), ("exit", 256), ("uid_change", None),
+            for kind, status in (("exec", None), ("fork", None), ("exit", 9), ("exit", 256), ("uid_change", None),
                                  ("gid_change", None), ("session_id_change", None), ("already_running", None)):
                 yield builder.process_event(kind=kind, ktime_ns=10**9, sequence=1, proc=who, parent=group,
                                             leaders=its_leaders, container=container,

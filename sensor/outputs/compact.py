@@ -17,7 +17,8 @@ _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x1b": "\\e"}
 
 
 # a fixed width, like "exec " and "end  "
-_LABELS = {"already_running": "run  ", "uid_change": "uid  ", "gid_change": "gid  ", "session_id_change": "sid  "}
+_LABELS = {"fork": "fork ", "already_running": "run  ", "uid_change": "uid  ", "gid_change": "gid  ",
+           "session_id_change": "sid  "}
 
 
 def _escape(match: re.Match[str]) -> str:

@@ -85,6 +85,8 @@ def compile_and_attach(spec: dict[str, Any]) -> tuple[Any, list[tuple[str, int]]
         else:
             log.warning("no syscall tracepoints in this kernel (CONFIG_FTRACE_SYSCALLS): no uid_change, "
                         "gid_change or session_id_change documents")
+    if spec.get("fork_events"):
+        cflags.append("-DFORK_EVENTS")
     if spec.get("net_events"):
         cflags += _net_cflags(tracefs, macros)
     # sensor/probe/layout.py's checks of every record member's offset and size, compiled for the BPF target

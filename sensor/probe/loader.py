@@ -97,6 +97,7 @@ class ProbeOptions:
     cred_events: bool = False  # probe set*id and setsid calls where the kernel has syscall tracepoints
     net_events: bool = False  # probe TCP connects and accepts where the kernel has the tracepoints
     env_vars: tuple[str, ...] = ()  # environment variables kept per exec (process.env_vars); () reads none
+    fork_events: bool = False  # send every fork at once (fork documents) instead of only the forks needed
 
 
 class Probe:
@@ -133,6 +134,7 @@ class Probe:
             "args_max": opts.args_max,
             "cred_events": opts.cred_events,
             "net_events": opts.net_events,
+            "fork_events": opts.fork_events,
             "env_max": ENV_MAX_BYTES if opts.env_vars else 0,
         })
         events = self._maps["events"]
