@@ -112,15 +112,20 @@ def build_pipeline(config: Config, outputs: list[Output], *, live: bool,
         facts = replace(facts, boot_id=meta["boot_id"])
     table = ProcessTable(facts.boot_id or "unknown-boot")
     builder = DocumentBuilder(facts, boot_wall_offset_ns=meta.get("boot_wall_offset_ns") or boot_wall_offset_ns())
+    accounts = None
     if live:
+        from sensor.containers.accounts import ContainerAccounts
+
         resolver = build_resolver(host_namespaces(), sections.resolver)
+        accounts = ContainerAccounts()
     elif meta.get("host_ns"):
         resolver = build_resolver(Namespaces(*meta["host_ns"]), None)
     else:
         resolver = None
     return Pipeline(table=table, builder=builder, outputs=outputs, resolver=resolver,
                     detector=build_detector(sections.detection, live=live), leaders=build_leaders(),
-                    emit_already_running=sections.events.already_running, emit_fork=sections.events.fork)
+                    emit_already_running=sections.events.already_running, emit_fork=sections.probe.fork,
+                    accounts=accounts)
 
 
 def probe_options(config: ProbeConfig) -> ProbeOptions:

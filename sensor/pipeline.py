@@ -44,6 +44,14 @@ class Resolver(Protocol):
     def stats(self) -> dict[str, int]: ...
 
 
+class Accounts(Protocol):
+    def names(self, container_id: str, pid: int) -> Any: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
+
+
 class Detector(Protocol):
     def inspect(self, doc: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]: ...
 
@@ -224,6 +232,7 @@ class Pipeline:
         emit_exit: bool = True,
         emit_already_running: bool = True,
         emit_fork: bool = False,
+        accounts: Accounts | None = None,
     ) -> None:
         self.table = table
         self.builder = builder
@@ -234,6 +243,7 @@ class Pipeline:
         self._emit_exit = emit_exit
         self._emit_already_running = emit_already_running
         self._emit_fork = emit_fork
+        self.accounts = accounts
         self.stats = PipelineStats()
         self.loss_warnings = LossWarnings()
         self._sequence = 0
@@ -295,6 +305,12 @@ class Pipeline:
         container = self.resolver.resolve(proc.cgroup_id, proc.ns, LazyAncestry(self.table, proc), proc.pid)
         return container, self.resolver.cgroup_path(proc.cgroup_id)
 
+    def _names(self, container: ContainerLike | None, proc: Process) -> Any:
+        """The container's own user and group names (None: a host process, or not read yet)."""
+        if container is None or self.accounts is None:
+            return None
+        return self.accounts.names(container.id, proc.pid)
+
     def _on_exec(self, rec: ExecRecord) -> None:
         self.stats.execs += 1
         proc = self.table.on_exec(rec, rec.cwd.decode("utf-8", "backslashreplace"))
@@ -330,7 +346,8 @@ class Pipeline:
             doc = self.builder.network_event(rec=rec, sequence=self._sequence, proc=proc,
                                              parent=self.table.get(proc.ppid),
                                              leaders=self._leaders(proc, self.table, container),
-                                             container=container, cgroup_path=cgroup_path)
+                                             container=container, cgroup_path=cgroup_path,
+                                             names=self._names(container, proc))
         self._emit_inspected(doc)
 
     def _emit_process_event(self, kind: str, ktime_ns: int, proc: Process, exit_status: int | None) -> None:
@@ -340,6 +357,7 @@ class Pipeline:
             kind=kind, ktime_ns=ktime_ns, sequence=self._sequence, proc=proc,
             parent=self.table.get(proc.ppid), leaders=self._leaders(proc, self.table, container),
             container=container, cgroup_path=cgroup_path, exit_status=exit_status,
+            names=self._names(container, proc),
         )
         self._emit_inspected(doc)
 

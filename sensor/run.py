@@ -334,6 +334,8 @@ def _run_live(config: Config, stop: StopFlag, record_to: Path | None,
         probe.close()
         if pipeline.resolver is not None:
             pipeline.resolver.close()
+        if pipeline.accounts is not None:
+            pipeline.accounts.close()
         if record_stream is not None:
             record_stream.close()
         if ready is not None:
@@ -412,6 +414,8 @@ def run_replay(config: Config, records: Iterable[Record], meta: dict[str, Any] |
         pipeline.flush()
         if pipeline.resolver is not None:
             pipeline.resolver.close()
+        if pipeline.accounts is not None:
+            pipeline.accounts.close()
         for output in outputs:
             output.close()
     return summarize(pipeline, outputs, seen, undecodable=failed)

@@ -24,7 +24,7 @@ class ProbeConfig:
     cred_changes: bool  # compile in the set*id/setsid probes
     network: bool  # compile in the TCP connect/accept probes
     env_vars: tuple[str, ...]  # environment variables kept per exec; () reads no environment
-    fork: bool  # send every fork record at once (fork documents)
+    fork: bool  # send every fork record at once, and write each as a fork document
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,7 +40,6 @@ class ResolverConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EventsConfig:
     already_running: bool  # a document per process running at start-up
-    fork: bool  # a document per fork
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,7 +127,7 @@ def build_sections(config: Config) -> Sections:
                           fork=config.events_fork),
         host=HostConfig(node_name=config.node_name),
         resolver=ResolverConfig(runtime_state_root=config.runtime_state_root),
-        events=EventsConfig(already_running=config.events_already_running, fork=config.events_fork),
+        events=EventsConfig(already_running=config.events_already_running),
         detection=DetectionConfig(rules_paths=config.rules_paths, builtin=config.rules_builtin,
                                   fold_window=config.fold_window),
         outputs=OutputsConfig(

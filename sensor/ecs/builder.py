@@ -101,6 +101,36 @@ def _id_block(ident: int, host_names: bool, is_user: bool) -> SharedBlock:
 
 
 @lru_cache(maxsize=SUMMARY_CACHE_SIZE)
+def _named_block(ident: int, name: str | None) -> SharedBlock:
+    """A user or group block with the name a container's own passwd or group file gives the id."""
+    return SharedBlock({"id": str(ident), "name": name} if name else {"id": str(ident)})
+
+
+@lru_cache(maxsize=SUMMARY_CACHE_SIZE)
+def _named_actor_block(effective: int, effective_name: str | None, real: int, real_name: str | None) -> SharedBlock:
+    block = dict(_named_block(effective, effective_name))
+    block["Ext"] = {"real": _named_block(real, real_name)}
+    return SharedBlock(block)
+
+
+class AccountNamesLike(Protocol):
+    """A container's names by id (sensor.containers.accounts.AccountNames)."""
+
+    def user(self, uid: int) -> str | None: ...
+
+    def group(self, gid: int) -> str | None: ...
+
+
+def _actors(proc: Process, host_names: bool, names: AccountNamesLike | None) -> tuple[SharedBlock, SharedBlock]:
+    """The document's top-level user and group."""
+    if names is None:
+        return (_actor_block(proc.euid, proc.uid, host_names, True),
+                _actor_block(proc.egid, proc.gid, host_names, False))
+    return (_named_actor_block(proc.euid, names.user(proc.euid), proc.uid, names.user(proc.uid)),
+            _named_actor_block(proc.egid, names.group(proc.egid), proc.gid, names.group(proc.gid)))
+
+
+@lru_cache(maxsize=SUMMARY_CACHE_SIZE)
 def _actor_block(effective: int, real: int, host_names: bool, is_user: bool) -> SharedBlock:
     """The document's top-level user or group, as Elastic Defend writes them on process events: the effective
     id (and name), the real one under Ext.real."""
@@ -192,7 +222,7 @@ class DocumentBuilder:
         self._placements: dict[tuple, tuple[ContainerLike | None, Namespaces, SharedBlock]] = {}
         # id(process) -> (process, container, leaders, process block, custom block, document base) of its
         # exec document, which its end document reuses when nothing it depends on has changed since
-        self._bodies: dict[int, tuple[Process, Any, Leaders, SharedBlock, ExtendedBlock, SharedBlock]] = {}
+        self._bodies: dict[int, tuple[Process, Any, Leaders, SharedBlock, ExtendedBlock, SharedBlock, Any]] = {}
         # id(entry leader) -> its keys in _entries, so that forgetting a process is not a scan of them
         self._entry_keys: dict[int, list[tuple[int, bool, str | None, int]]] = {}
 
@@ -263,14 +293,20 @@ class DocumentBuilder:
         return block
 
     def process_block(self, proc: Process, parent: Process | None, leaders: Leaders,
-                      in_container: bool) -> SharedBlock:
-        """The process of an exec (and then of its end) document; shared by the two."""
+                      in_container: bool, names: AccountNamesLike | None = None) -> SharedBlock:
+        """The process of an exec (and then of its end) document; shared by the two. NAMES: the container's
+        own user and group names (a container's ids have no names without them)."""
         host_names = not in_container
         # The summary again, not a copy of the cached one: most exec'd processes (a storm's /bin/true) never
         # become a parent or leader, whose blocks are the only readers of that cache.
         cached = self._summaries.get(id(proc))
         block = SharedBlock(cached[1] if cached is not None and cached[0] is proc else self._build_summary(proc))
-        if proc.uid >= 0:
+        if proc.uid >= 0 and names is not None:
+            block["user"] = _named_block(proc.euid, names.user(proc.euid))
+            block["group"] = _named_block(proc.egid, names.group(proc.egid))
+            block["real_user"] = _named_block(proc.uid, names.user(proc.uid))
+            block["real_group"] = _named_block(proc.gid, names.group(proc.gid))
+        elif proc.uid >= 0:
             block["user"] = _id_block(proc.euid, host_names, True)
             block["group"] = _id_block(proc.egid, host_names, False)
             block["real_user"] = _id_block(proc.uid, host_names, True)
@@ -484,6 +520,7 @@ class DocumentBuilder:
         container: ContainerLike | None,
         cgroup_path: str | None,
         exit_status: int | None = None,
+        names: AccountNamesLike | None = None,
     ) -> dict[str, Any]:
         """An exec (kind "exec"), fork (kind "fork", event.action fork), end (kind "exit"), start-up inventory
         (kind "already_running", event.type info) or change document (kind "uid_change", "gid_change" or
@@ -508,16 +545,17 @@ class DocumentBuilder:
             event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
                                      event_type="change", action=kind)
         body = self._bodies.get(id(proc))
-        if body is not None and body[0] is proc and body[1] is container and body[2] is leaders:
-            _p, _c, _l, process, custom, base = body
+        if (body is not None and body[0] is proc and body[1] is container and body[2] is leaders
+                and body[6] is names):
+            process, custom, base = body[3], body[4], body[5]
         else:
-            process = self.process_block(proc, parent, leaders, container is not None)
+            process = self.process_block(proc, parent, leaders, container is not None, names)
             custom = self.custom_block(proc, container, cgroup_path)
             base = self._container_base(container) if container is not None else self._host_base
             if kind == "exec":
                 if len(self._bodies) >= BODIES_CACHE_SIZE:
                     self._bodies.clear()
-                self._bodies[id(proc)] = (proc, container, leaders, process, custom, base)
+                self._bodies[id(proc)] = (proc, container, leaders, process, custom, base, names)
         if exit_status is not None:
             code, signal = exit_code_of(exit_status)
             process = extend(process, {"exit_code": code, "end": timestamp})
@@ -526,9 +564,7 @@ class DocumentBuilder:
             self._bodies.pop(id(proc), None)
         own: dict[str, Any] = {"@timestamp": timestamp, "event": event, "process": process}
         if proc.uid >= 0:
-            host_names = container is None
-            own["user"] = _actor_block(proc.euid, proc.uid, host_names, True)
-            own["group"] = _actor_block(proc.egid, proc.gid, host_names, False)
+            own["user"], own["group"] = _actors(proc, container is None, names)
         own[CUSTOM_KEY] = custom
         return extend(base, own)
 
@@ -548,7 +584,7 @@ class DocumentBuilder:
 
     def network_event(self, *, rec: NetRecord, sequence: int, proc: Process | None, parent: Process | None,
                       leaders: Leaders | None, container: ContainerLike | None,
-                      cgroup_path: str | None) -> dict[str, Any]:
+                      cgroup_path: str | None, names: AccountNamesLike | None = None) -> dict[str, Any]:
         """A connection_attempted or connection_accepted document (event.category network, event.type start),
         as Elastic Defend writes them. `source` is this host's end and `destination` the peer, for both
         actions (Elastic's rules test destination.ip as the remote address of either); network.direction says
@@ -575,16 +611,15 @@ class DocumentBuilder:
                 own["process"] = {"pid": rec.pid}
             return extend(self._network_base(container), own)
         body = self._bodies.get(id(proc))
-        if body is not None and body[0] is proc and body[1] is container and body[2] is leaders:
+        if (body is not None and body[0] is proc and body[1] is container and body[2] is leaders
+                and body[6] is names):
             own["process"] = body[3]
             own[CUSTOM_KEY] = body[4]
         else:
-            own["process"] = self.process_block(proc, parent, leaders or Leaders(), container is not None)
+            own["process"] = self.process_block(proc, parent, leaders or Leaders(), container is not None, names)
             own[CUSTOM_KEY] = self.custom_block(proc, container, cgroup_path)
         if proc.uid >= 0:
-            host_names = container is None
-            own["user"] = _actor_block(proc.euid, proc.uid, host_names, True)
-            own["group"] = _actor_block(proc.egid, proc.gid, host_names, False)
+            own["user"], own["group"] = _actors(proc, container is None, names)
         return extend(self._network_base(container), own)
 
     @staticmethod

@@ -87,8 +87,9 @@ def pipeline_metrics(pipeline: Any) -> dict[str, float]:
     if resolver:
         values["container_cache_size"] = resolver.get("resolved_cached_entries", 0)
         values["cgroups_known"] = resolver.get("cgroups_known", 0)
+    accounts = _stats(getattr(pipeline, "accounts", None))
     # Everything else the stages count, under their own names, for debugging.
-    for part, detail in (("resolver", resolver), ("detector", detector)):
+    for part, detail in (("resolver", resolver), ("detector", detector), ("containers", accounts)):
         for key, value in detail.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 values[f"{part}_{key}"] = value

@@ -29,15 +29,8 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sensor.rules.container_files import (
-    DEFAULT_READ_RATE,
-    OPEN_FLAGS,
-    InRootOpener,
-    ReadBudget,
-    follow_link_in_root,
-    resolve_in_root,
-    scan_file,
-)
+from sensor.containers.rootfs import OPEN_FLAGS, InRootOpener, follow_link_in_root, resolve_in_root
+from sensor.rules.container_files import DEFAULT_READ_RATE, ReadBudget, scan_file
 
 SSH_PROGRAMS = ("ssh", "sshd", "autossh")
 HOST_SSH_PATHS = (

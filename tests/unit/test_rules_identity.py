@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from sensor.containers.rootfs import resolve_in_root
 from sensor.rules import identity as identity_module
-from sensor.rules.container_files import program_from_content, resolve_in_root
+from sensor.rules.container_files import program_from_content
 from sensor.rules.identity import UNREADABLE_RETRY_S, ExecutableIdentity, Recognition
 
 SSH = Path("/usr/bin/ssh")
