@@ -645,6 +645,26 @@ TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return emit_accepted(args->ret); 
 #endif
 #endif
 
+#ifdef MODULE_EVENTS
+/* Module loads (Elastic Defend's load_module): compiled in where the kernel has module:module_load, which a
+ * kernel without loadable modules lacks (sensor/probe/bcc_loader.py then leaves this out). */
+TRACEPOINT_PROBE(module, module_load)
+{
+    void *task = (void *)bpf_get_current_task();
+    struct module_record r = {};
+    r.hdr.type = RECORD_MODULE;
+    r.hdr.size = sizeof(r);
+    r.hdr.ktime_ns = bpf_ktime_get_boot_ns();
+    r.pid = bpf_get_current_pid_tgid() >> 32;
+    r.taints = args->taints;
+    r.start_boottime_ns = process_start(task);
+    bpf_probe_read_kernel_str(r.name, sizeof(r.name), (const char *)args + (args->data_loc_name & 0xffff));
+    if (events.ringbuf_output(&r, sizeof(r), wakeup_flags()) < 0)
+        count_loss(LOSS_RINGBUF_FULL);
+    return 0;
+}
+#endif
+
 static __always_inline int emit_cgroup(u32 type, s32 root, s32 level, u64 id, const void *path)
 {
     u32 zero = 0;

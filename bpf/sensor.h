@@ -36,6 +36,7 @@ enum record_type {
     RECORD_CGROUP_RMDIR = 5,
     RECORD_CRED = 6,
     RECORD_NET = 7,
+    RECORD_MODULE = 8,
 };
 
 /* What a net_record reports (Elastic Defend's event.action) */
@@ -158,6 +159,17 @@ struct net_record {
     u16 pad;
     u8 local_addr[16];
     u8 remote_addr[16];
+};
+
+#define MODULE_NAME_MAX 64 /* the kernel's MODULE_NAME_LEN is 56 */
+
+/* A kernel module loaded (its init done), by the process that asked for it */
+struct module_record {
+    struct record_header hdr;
+    u32 pid;
+    u32 taints; /* the module's taint bits (TAINT_* numbers) */
+    u64 start_boottime_ns;
+    char name[MODULE_NAME_MAX];
 };
 
 struct cgroup_record {

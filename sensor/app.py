@@ -133,4 +133,5 @@ def probe_options(config: ProbeConfig) -> ProbeOptions:
 
     return ProbeOptions(ringbuf_pages=max(1, config.ringbuf_size // 4096), args_max=config.argv_max_bytes,
                         ring_reader=config.ring_reader, cred_events=config.cred_changes,
-                        net_events=config.network, env_vars=config.env_vars, fork_events=config.fork)
+                        net_events=config.network, env_vars=config.env_vars, fork_events=config.fork,
+                        module_events=config.modules)

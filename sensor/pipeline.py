@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from sensor.containers.cgroupmap import V2_HIERARCHY
 from sensor.ecs.builder import ContainerLike, DocumentBuilder
-from sensor.model.processes import Process, ProcessTable
+from sensor.model.processes import Process, ProcessTable, entity_id
 from sensor.model.records import (
     CgroupRecord,
     CredRecord,
@@ -22,6 +22,7 @@ from sensor.model.records import (
     ExitRecord,
     ForkRecord,
     LossRecord,
+    ModuleRecord,
     Namespaces,
     NetRecord,
     ProcessSnapshotRecord,
@@ -129,6 +130,7 @@ class PipelineStats:
     forks: int = 0
     already_running: int = 0  # processes found at start-up, each with a document
     fork_documents: int = 0  # fork documents (events.fork)
+    module_loads: int = 0  # load_module documents
     uid_changes: int = 0  # uid_change documents
     gid_changes: int = 0
     session_id_changes: int = 0
@@ -273,6 +275,8 @@ class Pipeline:
                 self._emit_process_event(record.change, record.ktime_ns, changed, None)
         elif isinstance(record, NetRecord):
             self._on_net(record)
+        elif isinstance(record, ModuleRecord):
+            self._on_module(record)
         elif isinstance(record, CgroupRecord):
             self.stats.cgroup_events += 1
             if self.resolver is not None:
@@ -350,7 +354,17 @@ class Pipeline:
                                              names=self._names(container, proc))
         self._emit_inspected(doc)
 
-    def _emit_process_event(self, kind: str, ktime_ns: int, proc: Process, exit_status: int | None) -> None:
+    def _on_module(self, rec: ModuleRecord) -> None:
+        self.stats.module_loads += 1
+        proc = self.table.get(rec.pid)
+        if proc is None or (rec.start_boottime_ns and proc.start_boottime_ns != rec.start_boottime_ns):
+            # the loader is unknown (gone and forgotten): the document still says which module, by which pid
+            proc = Process(pid=rec.pid, ppid=0, start_boottime_ns=rec.start_boottime_ns,
+                           entity_id=entity_id(self.table.boot_id, rec.pid, rec.start_boottime_ns))
+        self._emit_process_event("load_module", rec.ktime_ns, proc, None, module=rec)
+
+    def _emit_process_event(self, kind: str, ktime_ns: int, proc: Process, exit_status: int | None,
+                            module: ModuleRecord | None = None) -> None:
         container, cgroup_path = self._container(proc)
         self._sequence += 1
         doc = self.builder.process_event(
@@ -358,6 +372,7 @@ class Pipeline:
             parent=self.table.get(proc.ppid), leaders=self._leaders(proc, self.table, container),
             container=container, cgroup_path=cgroup_path, exit_status=exit_status,
             names=self._names(container, proc),
+            module=(module.name.decode("utf-8", "backslashreplace"), module.taints) if module else None,
         )
         self._emit_inspected(doc)
 

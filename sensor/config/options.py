@@ -93,6 +93,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("events.env_vars", parse_env_names,
            "environment variables kept in process.env_vars at each exec (list; empty: none read)"),
     Option("events.fork", parse_bool, "a fork document per new process, for Kibana's Session View (volume: off)"),
+    Option("events.modules", parse_bool, "load_module documents for kernel module loads, where the kernel has modules"),
     Option("events.network", parse_bool,
            "connection_attempted and connection_accepted documents for TCP connects and accepts"),
     Option("stall_timeout", parse_duration,

@@ -25,6 +25,7 @@ class ProbeConfig:
     network: bool  # compile in the TCP connect/accept probes
     env_vars: tuple[str, ...]  # environment variables kept per exec; () reads no environment
     fork: bool  # send every fork record at once, and write each as a fork document
+    modules: bool  # compile in the module load probe where the kernel has it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,7 +125,7 @@ def build_sections(config: Config) -> Sections:
         probe=ProbeConfig(ringbuf_size=config.probe_ringbuf_size, argv_max_bytes=config.probe_argv_max_bytes,
                           ring_reader=config.probe_ring_reader, cred_changes=config.events_cred_changes,
                           network=config.events_network, env_vars=config.events_env_vars,
-                          fork=config.events_fork),
+                          fork=config.events_fork, modules=config.events_modules),
         host=HostConfig(node_name=config.node_name),
         resolver=ResolverConfig(runtime_state_root=config.runtime_state_root),
         events=EventsConfig(already_running=config.events_already_running),

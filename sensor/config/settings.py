@@ -90,6 +90,8 @@ class Config:
     # process.env_vars: these variables of each exec's environment, and nothing else of it (Elastic Defend's
     # capture_env_vars): the loader, proxy, history and runner variables Elastic's rules read
     events_env_vars: tuple[str, ...] = DEFAULT_ENV_VARS
+    # load_module documents (Elastic Defend's): rare, and the kernel's most privileged change
+    events_modules: bool = True
     # one fork document per new process (Session View draws forks); off: a node forks far more than it execs
     events_fork: bool = False
     # connection_attempted/connection_accepted documents (TCP connects and accepts), as Elastic Defend writes them

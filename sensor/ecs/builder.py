@@ -151,6 +151,14 @@ CAPABILITY_NAMES = (
 )
 
 
+# The kernel's taint letters by TAINT_* bit (kernel/panic.c taint_flags), as /proc/modules shows them
+TAINT_LETTERS = "PFSRMBUDAWCIOELKXTN"
+
+
+def taint_letters(bits: int) -> str:
+    return "".join(TAINT_LETTERS[n] if n < len(TAINT_LETTERS) else "?" for n in range(32) if bits >> n & 1)
+
+
 def capability_names(bits: int) -> list[str]:
     return [CAPABILITY_NAMES[n] if n < len(CAPABILITY_NAMES) else f"CAP_{n}" for n in range(64) if bits >> n & 1]
 
@@ -521,8 +529,10 @@ class DocumentBuilder:
         cgroup_path: str | None,
         exit_status: int | None = None,
         names: AccountNamesLike | None = None,
+        module: tuple[str, int] | None = None,
     ) -> dict[str, Any]:
-        """An exec (kind "exec"), fork (kind "fork", event.action fork), end (kind "exit"), start-up inventory
+        """An exec (kind "exec"), fork (kind "fork"), module load (kind "load_module", MODULE: its name and taint
+        bits, under process.Ext.load_module), end (kind "exit"), start-up inventory
         (kind "already_running", event.type info) or change document (kind "uid_change", "gid_change" or
         "session_id_change", event.type change), with Elastic Defend's event.action.
 
@@ -535,6 +545,9 @@ class DocumentBuilder:
         elif kind == "exit":
             event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
                                      event_type="end", action="end")
+        elif kind == "load_module":
+            event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
+                                     event_type="start", action="load_module")
         elif kind == "fork":
             event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
                                      event_type="start", action="fork")
@@ -556,6 +569,11 @@ class DocumentBuilder:
                 if len(self._bodies) >= BODIES_CACHE_SIZE:
                     self._bodies.clear()
                 self._bodies[id(proc)] = (proc, container, leaders, process, custom, base, names)
+        if module is not None:
+            load: dict[str, Any] = {"name": module[0]}
+            if module[1]:
+                load["taint_flags"] = taint_letters(module[1])
+            process = extend(process, {"Ext": {"load_module": load}})
         if exit_status is not None:
             code, signal = exit_code_of(exit_status)
             process = extend(process, {"exit_code": code, "end": timestamp})

@@ -85,6 +85,9 @@ def sample_documents() -> Iterator[dict[str, Any]]:
                 yield builder.process_event(kind=kind, ktime_ns=10**9, sequence=1, proc=who, parent=group,
                                             leaders=its_leaders, container=container,
                                             cgroup_path="/system.slice/x.service", exit_status=status)
+            yield builder.process_event(kind="load_module", ktime_ns=10**9, sequence=1, proc=who, parent=group,
+                                        leaders=its_leaders, container=container, cgroup_path=None,
+                                        module=("evil", (1 << 12) | (1 << 13)))
             for action in ("connection_attempted", "connection_accepted"):
                 record = NetRecord(10**9, who.pid, action, who.start_boottime_ns, "192.0.2.1", 40000,
                                    "198.51.100.7", 443)

@@ -137,6 +137,18 @@ class NetRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ModuleRecord:
+    """A kernel module loaded, by the process whose init_module/finit_module call loaded it."""
+
+    kind: ClassVar[str] = "module"
+    ktime_ns: int
+    pid: int
+    start_boottime_ns: int
+    name: bytes
+    taints: int  # the module's taint bits (the kernel's TAINT_* numbers)
+
+
+@dataclass(frozen=True, slots=True)
 class CgroupRecord:
     """A cgroup created or removed, keyed by hierarchy (root) and id, with its path in that hierarchy."""
 
@@ -194,12 +206,12 @@ class ProcessSnapshotRecord:
 
 
 Record = (ExecRecord | ForkRecord | ExitRecord | CgroupRecord | LossRecord | ProcessSnapshotRecord | CredRecord
-          | NetRecord)
+          | NetRecord | ModuleRecord)
 
 RECORD_TYPES: dict[str, type] = {
     cls.kind: cls
     for cls in (ExecRecord, ForkRecord, ExitRecord, CgroupRecord, LossRecord, ProcessSnapshotRecord, CredRecord,
-                NetRecord)
+                NetRecord, ModuleRecord)
 }
 
 

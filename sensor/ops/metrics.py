@@ -20,6 +20,7 @@ PIPELINE_COUNTERS = {
     "cgroup_events": "cgroup_events_total",
     "already_running": "already_running_total",
     "fork_documents": "fork_documents_total",
+    "module_loads": "module_loads_total",
     "uid_changes": "uid_changes_total",
     "gid_changes": "gid_changes_total",
     "session_id_changes": "session_id_changes_total",

@@ -85,6 +85,12 @@ def compile_and_attach(spec: dict[str, Any]) -> tuple[Any, list[tuple[str, int]]
         else:
             log.warning("no syscall tracepoints in this kernel (CONFIG_FTRACE_SYSCALLS): no uid_change, "
                         "gid_change or session_id_change documents")
+    if spec.get("module_events"):
+        if (tracefs / "events" / "module" / "module_load").is_dir():
+            cflags.append("-DMODULE_EVENTS")
+        else:
+            log.info("no module:module_load tracepoint in this kernel (built without loadable modules): no "
+                     "load_module documents, and no module to load")
     if spec.get("fork_events"):
         cflags.append("-DFORK_EVENTS")
     if spec.get("net_events"):

@@ -21,13 +21,15 @@ from sensor.model.records import (
     ExecRecord,
     ExitRecord,
     ForkRecord,
+    ModuleRecord,
     NetRecord,
     Record,
     interned_namespaces,
 )
 
 RECORD_EXEC, RECORD_FORK, RECORD_EXIT, RECORD_CGROUP_MKDIR, RECORD_CGROUP_RMDIR, RECORD_CRED = 1, 2, 3, 4, 5, 6
-RECORD_NET = 7
+RECORD_NET, RECORD_MODULE = 7, 8
+MODULE_NAME_MAX = 64
 NET_ATTEMPTED, NET_ACCEPTED = 1, 2
 NET_ACTIONS = {NET_ATTEMPTED: "connection_attempted", NET_ACCEPTED: "connection_accepted"}
 AF_INET, AF_INET6 = 2, 10
@@ -77,6 +79,9 @@ NET_FIELDS: Fields = (
     *_in("hdr", HEADER_FIELDS), ("pid", "I"), ("action", "I"), ("start_boottime_ns", "Q"), ("family", "H"),
     ("local_port", "H"), ("remote_port", "H"), ("pad", "H"), ("local_addr", "16s"), ("remote_addr", "16s"),
 )
+MODULE_FIELDS: Fields = (
+    *_in("hdr", HEADER_FIELDS), ("pid", "I"), ("taints", "I"), ("start_boottime_ns", "Q"),
+)
 CGROUP_FIELDS: Fields = (
     *_in("hdr", HEADER_FIELDS), ("root", "i"), ("level", "i"), ("id", "Q"), ("path_len", "I"), ("pad", "I"),
 )
@@ -105,17 +110,20 @@ LAYOUTS = (
     RecordLayout("cgroup_record", CGROUP_FIELDS, "path", CGROUP_PATH_MAX),
     RecordLayout("cred_record", CRED_FIELDS),
     RecordLayout("net_record", NET_FIELDS),
+    RecordLayout("module_record", MODULE_FIELDS, "name", MODULE_NAME_MAX),
 )
-HEADER, EXEC_FIXED, FORK, EXIT, CGROUP_FIXED, CRED, NET = (layout.fixed for layout in LAYOUTS)
+HEADER, EXEC_FIXED, FORK, EXIT, CGROUP_FIXED, CRED, NET, MODULE_FIXED = (layout.fixed for layout in LAYOUTS)
 # the fixed-size layouts, by record type: a record shorter than its layout is damaged
 _FIXED_LAYOUTS = {RECORD_FORK: FORK, RECORD_EXIT: EXIT, RECORD_CGROUP_MKDIR: CGROUP_FIXED,
-                  RECORD_CGROUP_RMDIR: CGROUP_FIXED, RECORD_CRED: CRED, RECORD_NET: NET}
+                  RECORD_CGROUP_RMDIR: CGROUP_FIXED, RECORD_CRED: CRED, RECORD_NET: NET,
+                  RECORD_MODULE: MODULE_FIXED}
 
 # The constants both sides share. ARGS_MAX and FILENAME_MAX_LEN are left out: the probe sets ARGS_MAX by cflag,
 # and the decoder reads neither (the record's lengths say how much was sent).
 SHARED_CONSTANTS = (
     "RECORD_EXEC", "RECORD_FORK", "RECORD_EXIT", "RECORD_CGROUP_MKDIR", "RECORD_CGROUP_RMDIR", "RECORD_CRED",
-    "RECORD_NET", "CRED_UID", "CRED_GID", "CRED_SID", "NET_ATTEMPTED", "NET_ACCEPTED",
+    "RECORD_NET", "RECORD_MODULE", "MODULE_NAME_MAX", "CRED_UID", "CRED_GID", "CRED_SID", "NET_ATTEMPTED",
+    "NET_ACCEPTED",
     "EXEC_ARGS_TRUNCATED", "EXEC_ARGS_READ_FAILED", "EXEC_FILENAME_TRUNCATED", "EXEC_CWD_TRUNCATED",
     "EXEC_ENV_TRUNCATED",
     "LOSS_RINGBUF_FULL", "LOSS_ARGS_TRUNCATED", "LOSS_ARGS_READ_FAILED", "LOSS_PATH_TRUNCATED", "LOSS_COUNTERS",
@@ -249,6 +257,10 @@ def decode(raw: bytes, env_vars: re.Pattern[bytes] | None = None) -> Record:
         return CredRecord(ktime, pid, kind, uid, gid, euid, egid, sid, start)
     if record_type == RECORD_NET:
         return decode_net(raw)
+    if record_type == RECORD_MODULE:
+        (_t, _s, ktime, pid, taints, start) = MODULE_FIXED.unpack_from(raw)
+        name = _cstr(raw[MODULE_FIXED.size : MODULE_FIXED.size + MODULE_NAME_MAX])
+        return ModuleRecord(ktime, pid, start, name, taints)
     if record_type in (RECORD_CGROUP_MKDIR, RECORD_CGROUP_RMDIR):
         (_t, _s, ktime, root, level, cgroup_id, path_len, _pad) = CGROUP_FIXED.unpack_from(raw)
         start = CGROUP_FIXED.size

@@ -98,6 +98,7 @@ class ProbeOptions:
     net_events: bool = False  # probe TCP connects and accepts where the kernel has the tracepoints
     env_vars: tuple[str, ...] = ()  # environment variables kept per exec (process.env_vars); () reads none
     fork_events: bool = False  # send every fork at once (fork documents) instead of only the forks needed
+    module_events: bool = False  # probe module loads where the kernel has module:module_load
 
 
 class Probe:
@@ -135,6 +136,7 @@ class Probe:
             "cred_events": opts.cred_events,
             "net_events": opts.net_events,
             "fork_events": opts.fork_events,
+            "module_events": opts.module_events,
             "env_max": ENV_MAX_BYTES if opts.env_vars else 0,
         })
         events = self._maps["events"]
