@@ -151,24 +151,20 @@ static __always_inline void cross_mounts(void **dentry, void **vfsmnt)
     }
 }
 
-/* The working directory as the task itself sees it (relative to its own root, so a container's path is the
- * path inside the container), as components from leaf to root; user space reverses them. Returns the bytes
- * written at the start of e->data.
+/* A path as the task itself sees it (relative to its own root, so a container's path is the path inside the
+ * container), as components from leaf to root written at e->data[base...]; user space reverses them. Returns
+ * the bytes written. A path that does not reach the task's root (a file outside it: runc's re-exec of the host's
+ * binary from inside a container's mount namespace) ends at the top of the mount tree, which reads as the path
+ * the host sees.
  *
  * Two loops keep the verifier's work linear: the first only follows pointers (its branches differ in
  * unknown values, so their states merge), the second only copies names. */
-static __always_inline u32 fill_cwd(struct exec_record *e, const void *task)
+static __always_inline u32 fill_path(struct exec_record *e, u32 base, void *dentry, void *vfsmnt,
+                                     void *root_dentry, void *root_mnt, u32 truncated_flag)
 {
     u32 zero = 0;
     struct cwd_names *names = cwd_scratch.lookup(&zero);
-    if (!names)
-        return 0;
-    void *fs = read_ptr(task, OFF_TASK_FS);
-    void *dentry = read_ptr(fs, OFF_FS_PWD + OFF_PATH_DENTRY);
-    void *vfsmnt = read_ptr(fs, OFF_FS_PWD + OFF_PATH_MNT);
-    void *root_dentry = read_ptr(fs, OFF_FS_ROOT + OFF_PATH_DENTRY);
-    void *root_mnt = read_ptr(fs, OFF_FS_ROOT + OFF_PATH_MNT);
-    if (!dentry || !vfsmnt)
+    if (!names || !dentry || !vfsmnt)
         return 0;
 
     u32 count = CWD_DEPTH;
@@ -191,8 +187,9 @@ static __always_inline u32 fill_cwd(struct exec_record *e, const void *task)
         dentry = parent;
     }
     if (count >= CWD_DEPTH)
-        e->flags |= EXEC_CWD_TRUNCATED;
+        e->flags |= truncated_flag;
 
+    char *out = &e->data[base & (CWD_MAX - 1)];
     u32 off = 0;
     for (u32 j = 0; j < CWD_DEPTH; j++) {
         if (j >= count)
@@ -200,10 +197,10 @@ static __always_inline u32 fill_cwd(struct exec_record *e, const void *task)
         /* >=, not >: from CWD_MAX - CWD_NAME_MAX a full-length name ends at CWD_MAX, which the caller's mask
          * turns into 0, and the working directory of a process in /<255 chars>/<255>/<255>/<255> read as "/" */
         if (off >= CWD_MAX - CWD_NAME_MAX) {
-            e->flags |= EXEC_CWD_TRUNCATED;
+            e->flags |= truncated_flag;
             break;
         }
-        long n = bpf_probe_read_kernel_str(&e->data[off & (CWD_MAX - 1)], CWD_NAME_MAX,
+        long n = bpf_probe_read_kernel_str(&out[off & (CWD_MAX - 1)], CWD_NAME_MAX,
                                            (void *)names->name[j & (CWD_DEPTH - 1)]);
         if (n <= 0)
             break;
@@ -337,9 +334,19 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
                       (read_u32(inode, OFF_INODE_CTIME_NSEC) & 0x3fffffff);
     e->argc = read_u32(bprm, OFF_BPRM_ARGC);
 
-    u32 cwd_len = fill_cwd(e, task) & (CWD_MAX - 1);
+    void *fs = read_ptr(task, OFF_TASK_FS);
+    void *root_dentry = read_ptr(fs, OFF_FS_ROOT + OFF_PATH_DENTRY);
+    void *root_mnt = read_ptr(fs, OFF_FS_ROOT + OFF_PATH_MNT);
+    u32 cwd_len = fill_path(e, 0, read_ptr(fs, OFF_FS_PWD + OFF_PATH_DENTRY), read_ptr(fs, OFF_FS_PWD + OFF_PATH_MNT),
+                            root_dentry, root_mnt, EXEC_CWD_TRUNCATED) & (CWD_MAX - 1);
     e->cwd_len = cwd_len;
-    char *rest = &e->data[cwd_len];
+    /* the file actually executed, walked from the new image's file (a link such as /bin/sh -> dash, or runc's
+     * re-exec through /proc/self/exe, reads as the file itself), as Elastic Defend reports process.executable */
+    u32 exe_len = fill_path(e, cwd_len, read_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY),
+                            read_ptr(file, OFF_FILE_F_PATH + OFF_PATH_MNT), root_dentry, root_mnt,
+                            EXEC_EXE_TRUNCATED) & (CWD_MAX - 1);
+    e->exe_len = exe_len;
+    char *rest = &e->data[cwd_len + exe_len];
 
     u32 filename_len = 0;
     const char *filename = read_ptr(bprm, OFF_BPRM_FILENAME);
@@ -396,7 +403,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
 #endif
     e->env_len = env_len;
 
-    u32 size = sizeof(*e) - sizeof(e->data) + cwd_len + filename_len + (u32)args_len + (u32)env_len;
+    u32 size = sizeof(*e) - sizeof(e->data) + cwd_len + exe_len + filename_len + (u32)args_len + (u32)env_len;
     e->hdr.size = size;
     if (events.ringbuf_output(e, size, wakeup_flags()) < 0)
         count_loss(LOSS_RINGBUF_FULL);

@@ -59,6 +59,7 @@ enum exec_flags {
     EXEC_FILENAME_TRUNCATED = 4, /* path did not fit in FILENAME_MAX_LEN: what was kept is a cut prefix */
     EXEC_CWD_TRUNCATED = 8,      /* the working directory was deeper or longer than CWD_DEPTH/CWD_MAX */
     EXEC_ENV_TRUNCATED = 16,     /* the environment did not fit in ENV_MAX, or could not be read */
+    EXEC_EXE_TRUNCATED = 32,     /* the executed file's path was deeper or longer than CWD_DEPTH/CWD_MAX */
 };
 
 /* Indexes into the loss counters map */
@@ -107,12 +108,12 @@ struct exec_record {
     u16 args_len_hi;
     u16 cwd_len;
     u16 env_len;
-    u16 pad;
+    u16 exe_len; /* the executed file's path components, leaf first, after the working directory's */
     char comm[COMM_LEN];
-    /* working-directory components leaf first, each NUL-terminated; then the filename; then argv
-     * (NUL-separated); then the environment (NUL-separated). CWD_NAME_MAX of slack lets the last component read
-     * go unchecked by length. */
-    char data[CWD_MAX + CWD_NAME_MAX + FILENAME_MAX_LEN + ARGS_MAX + ENV_MAX];
+    /* working-directory components leaf first, each NUL-terminated; then the executed file's, the same way; then
+     * the filename as passed; then argv (NUL-separated); then the environment (NUL-separated). CWD_NAME_MAX of
+     * slack lets the last component read go unchecked by length. */
+    char data[2 * CWD_MAX + CWD_NAME_MAX + FILENAME_MAX_LEN + ARGS_MAX + ENV_MAX];
 };
 
 struct fork_record {

@@ -116,6 +116,9 @@ class Process:
     previous: tuple[PreviousImage, ...] | None = None
     env_vars: tuple[str, ...] = ()  # the configured variables of its environment at exec, "NAME=value"
     env_truncated: bool = False  # its environment was longer than the probe reads: a variable may be missing
+    # the file actually executed, as the kernel walked it from the new image's file (/usr/bin/dash for /bin/sh),
+    # where it differs from `executable` (the path as passed)
+    resolved: str = ""
 
     @property
     def command_line(self) -> str:
@@ -217,7 +220,7 @@ class ProcessTable:
         else:
             child = replace(parent, pid=rec.pid, ppid=rec.parent_pid, start_boottime_ns=rec.start_boottime_ns,
                             entity_id=eid, exec_seen=False, cgroup_id=rec.cgroup_id, leaders=None, placed=None,
-                            previous=None, env_vars=(), env_truncated=False)
+                            previous=None, env_vars=(), env_truncated=False, resolved="")
         self._replace(child)
         return child
 
@@ -247,6 +250,10 @@ class ProcessTable:
             rec.cgroup_id, rec.ns, rec.exe_ino, kernel_dev_to_st_dev(rec.exe_dev), rec.exe_ctime_ns, cwd, True,
             False, truncated, None, None, rec.cap_effective, rec.cap_permitted,
         )
+        if rec.exe_path:
+            resolved = rec.exe_path.decode("utf-8", "backslashreplace")
+            if resolved != executable:
+                proc.resolved = resolved
         if rec.env_vars:
             proc.env_vars = tuple(v.decode("utf-8", "backslashreplace") for v in rec.env_vars)
         proc.env_truncated = rec.env_truncated

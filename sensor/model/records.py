@@ -78,6 +78,9 @@ class ExecRecord:
     # the configured variables of the new image's environment ("NAME=value"), in its order; nothing else of it
     env_vars: tuple[bytes, ...] = ()
     env_truncated: bool = False  # the environment was longer than the probe keeps: a variable may be missing
+    # the file actually executed, walked in the kernel from the new image's file (/usr/bin/dash for a /bin/sh
+    # link), as the process sees it; b"" where unknown (recordings made before it, a path too deep)
+    exe_path: bytes = b""
 
 
 @dataclass(slots=True)

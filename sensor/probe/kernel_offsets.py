@@ -41,6 +41,7 @@ MEMBER_OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_BPRM_FILENAME": ("linux_binprm", "filename"),
     "OFF_BPRM_ARGC": ("linux_binprm", "argc"),
     "OFF_FILE_F_INODE": ("file", "f_inode"),
+    "OFF_FILE_F_PATH": ("file", "f_path"),
     "OFF_INODE_I_INO": ("inode", "i_ino"),
     "OFF_INODE_I_SB": ("inode", "i_sb"),
     "OFF_SB_S_DEV": ("super_block", "s_dev"),

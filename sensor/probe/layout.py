@@ -36,7 +36,7 @@ AF_INET, AF_INET6 = 2, 10
 CRED_UID, CRED_GID, CRED_SID = 1, 2, 3
 CRED_CHANGES = {CRED_UID: "uid_change", CRED_GID: "gid_change", CRED_SID: "session_id_change"}
 EXEC_ARGS_TRUNCATED, EXEC_ARGS_READ_FAILED, EXEC_FILENAME_TRUNCATED, EXEC_CWD_TRUNCATED = 1, 2, 4, 8
-EXEC_ENV_TRUNCATED = 16
+EXEC_ENV_TRUNCATED, EXEC_EXE_TRUNCATED = 16, 32
 LOSS_RINGBUF_FULL, LOSS_ARGS_TRUNCATED, LOSS_ARGS_READ_FAILED, LOSS_PATH_TRUNCATED, LOSS_COUNTERS = 0, 1, 2, 3, 4
 
 ARGS_MAX = 16384
@@ -64,7 +64,7 @@ EXEC_FIELDS: Fields = (
     ("ns[NS_PID]", "I"), ("ns[NS_MNT]", "I"), ("ns[NS_NET]", "I"), ("ns[NS_UTS]", "I"), ("ns[NS_IPC]", "I"),
     ("ns[NS_CGROUP]", "I"), ("ns[NS_USER]", "I"),
     ("argc", "I"), ("filename_len", "H"), ("args_len_lo", "H"), ("args_len_hi", "H"), ("cwd_len", "H"),
-    ("env_len", "H"), ("pad", "H"), ("comm", "16s"),
+    ("env_len", "H"), ("exe_len", "H"), ("comm", "16s"),
 )
 FORK_FIELDS: Fields = (
     *_in("hdr", HEADER_FIELDS),
@@ -125,7 +125,7 @@ SHARED_CONSTANTS = (
     "RECORD_NET", "RECORD_MODULE", "MODULE_NAME_MAX", "CRED_UID", "CRED_GID", "CRED_SID", "NET_ATTEMPTED",
     "NET_ACCEPTED",
     "EXEC_ARGS_TRUNCATED", "EXEC_ARGS_READ_FAILED", "EXEC_FILENAME_TRUNCATED", "EXEC_CWD_TRUNCATED",
-    "EXEC_ENV_TRUNCATED",
+    "EXEC_ENV_TRUNCATED", "EXEC_EXE_TRUNCATED",
     "LOSS_RINGBUF_FULL", "LOSS_ARGS_TRUNCATED", "LOSS_ARGS_READ_FAILED", "LOSS_PATH_TRUNCATED", "LOSS_COUNTERS",
     "CGROUP_PATH_MAX", "CWD_MAX",
 )
@@ -315,18 +315,21 @@ def decode_exec(raw: bytes, env_vars: re.Pattern[bytes] | None = None) -> ExecRe
         pid, tid, old_tid, ppid, uid, gid, euid, egid, sid, pgid, tty_major, tty_minor,
         cgroup_id, start, exe_ino, exe_dev, flags, exe_ctime_ns, cap_effective, cap_permitted,
         ns_pid, ns_mnt, ns_net, ns_uts, ns_ipc, ns_cgroup, ns_user,
-        argc, filename_len, args_lo, args_hi, cwd_len, env_len, _pad, comm,
+        argc, filename_len, args_lo, args_hi, cwd_len, env_len, exe_len, comm,
     ) = EXEC_FIXED.unpack_from(raw)
     args_len = args_lo | (args_hi << 16)
     cwd_base = EXEC_FIXED.size
-    base = cwd_base + cwd_len
+    exe_base = cwd_base + cwd_len
+    base = exe_base + exe_len
     env_base = base + filename_len + args_len
     if env_base + env_len > len(raw):
         raise DecodeError("exec record lengths exceed the record")
     env: tuple[bytes, ...] = ()
     if env_len and env_vars is not None:
         env = tuple(env_vars.findall(raw, env_base, env_base + env_len))
-    cwd = join_cwd(raw[cwd_base:base], bool(flags & EXEC_CWD_TRUNCATED))
+    cwd = join_cwd(raw[cwd_base:exe_base], bool(flags & EXEC_CWD_TRUNCATED))
+    # the executed file's own path; none when cut (a guess at a path is worse than the path as passed)
+    exe_path = join_cwd(raw[exe_base:base], False) if exe_len and not flags & EXEC_EXE_TRUNCATED else b""
     filename = raw[base : base + filename_len]
     argv = split_args(raw[base + filename_len : base + filename_len + args_len])
     truncated = bool(flags & (EXEC_ARGS_TRUNCATED | EXEC_ARGS_READ_FAILED)) or len(argv) < argc
@@ -336,5 +339,5 @@ def decode_exec(raw: bytes, env_vars: re.Pattern[bytes] | None = None) -> ExecRe
         ktime, pid, tid, old_tid, ppid, uid, gid, euid, egid, _cstr(comm), filename, argv, max(argc, len(argv)),
         truncated, cgroup_id, ns, sid, pgid, tty_major, tty_minor, start, exe_ino, exe_dev, cwd, exe_ctime_ns,
         bool(flags & EXEC_FILENAME_TRUNCATED), cap_effective, cap_permitted, env,
-        bool(flags & EXEC_ENV_TRUNCATED),
+        bool(flags & EXEC_ENV_TRUNCATED), exe_path,
     )

@@ -168,6 +168,17 @@ def test_short_path_says_not_truncated(paths_sensor: SensorProcess) -> None:
     assert (get(doc, "process.executable"), get(doc, "process.name")) == ("/bin/true", "true")
 
 
+def test_a_link_is_resolved_in_the_kernel_to_the_file_executed(paths_sensor: SensorProcess) -> None:
+    """/bin/true is /usr/bin/true on a merged-/usr system, /bin/sh a link to dash: process.executable keeps the
+    path as passed, container_sensor.executable.resolved names the file itself as the kernel walked it."""
+    for path in ("/bin/true", "/bin/sh"):
+        child = run_and_wait([path, "-c", "true"] if path == "/bin/sh" else [path])
+        doc = paths_sensor.exec_of(child.pid)
+        real = os.path.realpath(path)
+        assert get(doc, "process.executable") == path
+        assert get(doc, "container_sensor.executable.resolved") == (real if real != path else None)
+
+
 def test_path_longer_than_the_kernel_keeps_is_cut_flagged_and_never_names(
         paths_sensor: SensorProcess, metrics_address: str, tmp_path: Path) -> None:
     """execveat(dir, rel): the kernel's path is "/dev/fd/100/" + rel, longer than PATH_MAX. What is kept ends in

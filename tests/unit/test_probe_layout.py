@@ -223,7 +223,7 @@ def test_the_decoders_read_each_member_by_its_name() -> None:
     common = {"hdr.ktime_ns": "ktime_ns", "pid": "pid", "start_boottime_ns": "start_boottime_ns"}
     values = _distinct(probe_layout.EXEC_FIELDS) | {
         "hdr.type": probe_layout.RECORD_EXEC, "flags": 0, "argc": 1, "filename_len": 6, "args_len_lo": 2,
-        "args_len_hi": 0, "cwd_len": 0, "env_len": 0, "comm": b"sh",
+        "args_len_hi": 0, "cwd_len": 0, "env_len": 0, "exe_len": 0, "comm": b"sh",
     }
     rec = decode(_pack(probe_layout.EXEC_FIELDS, values) + b"/bin/x" + b"x\0")
     assert isinstance(rec, ExecRecord) and (rec.comm, rec.filename, rec.argv) == (b"sh", b"/bin/x", (b"x",))
@@ -327,3 +327,15 @@ def test_only_the_configured_environment_variables_leave_the_decoder() -> None:
         probe_layout.env_filter(["LD_PRELOAD|.*"])
     with pytest.raises(probe_layout.DecodeError):
         decode(_exec_bytes(b"/bin/sh", b"sh\0", 1, env=env)[:-1], keep)  # env_len beyond the record
+
+
+def test_the_executed_files_own_path_is_decoded_and_a_cut_one_dropped() -> None:
+    exe = b"dash\0bin\0usr\0"  # leaf first, as the probe walks it
+    fixed = bytearray(_exec_bytes(b"/bin/sh", b"sh\0", 1))
+    values = list(probe_layout.EXEC_FIXED.unpack_from(fixed))
+    names = [name for name, _code in probe_layout.EXEC_FIELDS]
+    values[names.index("exe_len")] = len(exe)
+    raw = probe_layout.EXEC_FIXED.pack(*values) + exe + b"/bin/sh" + b"sh\0"
+    assert decode(raw).exe_path == b"/usr/bin/dash" and decode(raw).filename == b"/bin/sh"
+    values[names.index("flags")] |= probe_layout.EXEC_EXE_TRUNCATED
+    assert decode(probe_layout.EXEC_FIXED.pack(*values) + exe + b"/bin/sh" + b"sh\0").exe_path == b""
