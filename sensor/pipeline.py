@@ -86,6 +86,10 @@ class LazyAncestry(Sequence[tuple[int, str]]):
 
 LeaderFinder = Callable[[Process, ProcessTable, Any], Leaders]
 
+# The runtimes' own processes that run in a container's cgroup while it is set up (runc init, crun's, conmon's
+# children): never read a container's files through them
+RUNTIME_HELPERS = ("runc", "crun", "runsc", "containerd-shim", "conmon")
+
 
 class LossWarnings:
     """One WARNING line per second at most about records the kernel dropped (ring buffer full), each saying how
@@ -310,8 +314,13 @@ class Pipeline:
         return container, self.resolver.cgroup_path(proc.cgroup_id)
 
     def _names(self, container: ContainerLike | None, proc: Process) -> Any:
-        """The container's own user and group names (None: a host process, or not read yet)."""
+        """The container's own user and group names (None: a host process, or not read yet). Not through the
+        runtime's own processes in the container's cgroup (runc init): their root and mounts are still being
+        set up, and what they show is not yet the container's passwd."""
         if container is None or self.accounts is None:
+            return None
+        # by the file itself: runc init runs /proc/self/exe, which may not be readable as a link any more
+        if (proc.resolved or proc.executable).rsplit("/", 1)[-1] in RUNTIME_HELPERS:
             return None
         return self.accounts.names(container.id, proc.pid)
 

@@ -34,9 +34,13 @@ ENTRIES_MAX = 65536
 NAME_MAX = 64  # useradd's limit is 32; a longer "name" is not one
 REFRESH_S = 30.0
 # after reads that found nothing, the next look waits this long (by failures so far): the runtime may not have
-# switched the process's root yet, the process may have gone; an image without the files settles at REFRESH_S
-RETRY_S = (0.05, 0.2, 1.0, 5.0)
+# switched the process's root yet (the next document's process has), the process may have gone; an image without
+# the files settles at REFRESH_S
+RETRY_S = (0.0, 0.0, 0.0, 0.05, 0.2, 1.0, 5.0)
 CONTAINERS_MAX = 1024
+# A document of a container whose names are not known waits this long for the read it asked for (two small files,
+# a fraction of a millisecond), so that it carries them; a read that takes longer (a FUSE mount) leaves it with ids.
+WAIT_S = 0.005
 QUEUE_MAX = 256
 
 
@@ -110,6 +114,7 @@ class ContainerAccounts:
         self._opener = InRootOpener()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
+        self._read_done = threading.Condition(self._lock)
         self._queue: queue.Queue[tuple[str, int] | None] = queue.Queue(QUEUE_MAX)
         self._pending: set[str] = set()
         self.counts = {"account_reads": 0, "account_reads_failed": 0, "account_lookups_refused": 0,
@@ -132,6 +137,9 @@ class ContainerAccounts:
                     self._pending.add(container_id)
                 except queue.Full:
                     self.counts["account_lookups_refused"] += 1
+            if (entry is None or entry.names is None) and container_id in self._pending and self._thread:
+                self._read_done.wait_for(lambda: container_id not in self._pending, WAIT_S)
+                entry = self._entries.get(container_id)
         if entry is None or entry.names is None:
             self.counts["account_names_missing"] += 1
             return None
@@ -204,6 +212,7 @@ class ContainerAccounts:
             finally:
                 with self._lock:
                     self._pending.discard(container_id)
+                    self._read_done.notify_all()
 
     def stats(self) -> dict[str, int]:
         with self._lock:

@@ -13,6 +13,10 @@ from tests.integration.sensor_process import SensorProcess, get
 
 pytestmark = pytest.mark.kernel
 
+# a container that runs a while (its first documents may go out before its files are read: ids only then),
+# then execs a last long-lived shell whose document must carry the names
+LIFE = "for i in 1 2 3 4 5 6; do sleep 0.3; /bin/true tick; done; exec sh -c 'sleep 0.3' named-late"
+
 
 def test_a_container_user_is_named_as_its_image_names_it(podman_image_ref: str, tmp_path: Path) -> None:  # noqa: F811
     passwd = tmp_path / "passwd"
@@ -23,11 +27,12 @@ def test_a_container_user_is_named_as_its_image_names_it(podman_image_ref: str, 
     with SensorProcess() as sensor:
         done = subprocess.run([*PODMAN_RUN, "--rm", "--name", name, "--user", "4242:4343",
                                "-v", f"{passwd}:/etc/passwd:ro", "-v", f"{group}:/etc/group:ro",
-                               podman_image_ref, "sh", "-c", "sleep 0.5; exec /bin/true named-late"],
+                               podman_image_ref, "sh", "-c", LIFE],
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         late = sensor.wait_for(lambda d: get(d, "container.name") == name
-                               and get(d, "process.args") == ["/bin/true", "named-late"], timeout=20)[0]
+                               and get(d, "process.args") == ["sh", "-c", "sleep 0.3", "named-late"],
+                               timeout=20)[0]
         subprocess.run(["/bin/true", "host-named"], check=True)
         host = sensor.wait_for(lambda d: get(d, "process.args") == ["/bin/true", "host-named"], timeout=10)[0]
     assert get(late, "user.id") == "4242" and get(late, "user.name") == "mallory"
