@@ -64,7 +64,8 @@ def _second_stamp(seconds: int) -> str:
 
 
 _EVENT_ID = struct.Struct("<9sQIB")
-_EVENT_KINDS = {"exec": 1, "exit": 2, "uid_change": 3, "gid_change": 4, "session_id_change": 5, "already_running": 6}
+_EVENT_KINDS = {"exec": 1, "exit": 2, "uid_change": 3, "gid_change": 4, "session_id_change": 5, "already_running": 6,
+                "fork": 7, "load_module": 8, "net": 9}
 
 
 def event_id(boot_id: str, kind: str, pid: int, ktime_ns: int) -> str:
@@ -183,6 +184,12 @@ def exit_code_of(status: int) -> tuple[int, int | None]:
     if signal:
         return 128 + signal, signal
     return (status >> 8) & 0xFF, None
+
+
+# document kind -> Elastic Defend's (event.type, event.action); the rest (uid_change, gid_change,
+# session_id_change) are (change, the kind)
+_DEFEND_EVENTS = {"exec": ("start", "exec"), "exit": ("end", "end"), "fork": ("start", "fork"),
+                  "load_module": ("start", "load_module"), "already_running": ("info", "already_running")}
 
 
 class DocumentBuilder:
@@ -541,24 +548,9 @@ class DocumentBuilder:
         An ExtendedBlock: the members every document of the host (and of the container) shares are its base,
         encoded once."""
         timestamp = iso_time(self.wall(ktime_ns))
-        if kind == "exec":
-            event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
-                                     event_type="start", action="exec")
-        elif kind == "exit":
-            event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
-                                     event_type="end", action="end")
-        elif kind == "load_module":
-            event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
-                                     event_type="start", action="load_module")
-        elif kind == "fork":
-            event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
-                                     event_type="start", action="fork")
-        elif kind == "already_running":
-            event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
-                                     event_type="info", action=kind)
-        else:
-            event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
-                                     event_type="change", action=kind)
+        event_type, action = _DEFEND_EVENTS.get(kind, ("change", kind))
+        event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
+                                 event_type=event_type, action=action)
         body = self._bodies.get(id(proc))
         if (body is not None and body[0] is proc and body[1] is container and body[2] is leaders
                 and body[6] is names):
