@@ -117,6 +117,7 @@ class ContainerAccounts:
         self._read_done = threading.Condition(self._lock)
         self._queue: queue.Queue[tuple[str, int] | None] = queue.Queue(QUEUE_MAX)
         self._pending: set[str] = set()
+        self._waited: set[str] = set()  # containers whose pending read a document has waited for already
         self.counts = {"account_reads": 0, "account_reads_failed": 0, "account_lookups_refused": 0,
                        "account_names_missing": 0}
         self._thread: threading.Thread | None = None
@@ -137,7 +138,11 @@ class ContainerAccounts:
                     self._pending.add(container_id)
                 except queue.Full:
                     self.counts["account_lookups_refused"] += 1
-            if (entry is None or entry.names is None) and container_id in self._pending and self._thread:
+            # one wait per read asked for: a read that hangs (a FUSE mount the container serves) must not make
+            # every document of the container wait
+            if ((entry is None or entry.names is None) and container_id in self._pending
+                    and container_id not in self._waited and self._thread):
+                self._waited.add(container_id)
                 self._read_done.wait_for(lambda: container_id not in self._pending, WAIT_S)
                 entry = self._entries.get(container_id)
         if entry is None or entry.names is None:
@@ -212,6 +217,7 @@ class ContainerAccounts:
             finally:
                 with self._lock:
                     self._pending.discard(container_id)
+                    self._waited.discard(container_id)
                     self._read_done.notify_all()
 
     def stats(self) -> dict[str, int]:

@@ -123,3 +123,28 @@ def test_a_process_still_in_the_hosts_root_is_not_read(tmp_path: Path) -> None:
     accounts = ContainerAccounts(proc, start=False, refresh_s=30.0)
     accounts.refresh("c1", 7)
     assert accounts.names("c1", 7) is None and accounts.stats()["account_reads"] == 0
+
+
+def test_a_read_that_hangs_costs_the_event_loop_one_short_wait(tmp_path: Path, monkeypatch) -> None:
+    """A container can serve its /etc/passwd from a FUSE mount that never answers: its documents go out with ids,
+    and only the first of them waits (WAIT_S) for the read."""
+    import threading
+    import time
+
+    proc, rootfs = _root(tmp_path)
+    release = threading.Event()
+
+    def hang(*_args):
+        release.wait(10)
+        return None
+
+    monkeypatch.setattr(accounts_mod, "_read", hang)
+    accounts = ContainerAccounts(proc)
+    try:
+        began = time.monotonic()
+        for _ in range(200):
+            assert accounts.names("c1", 7) is None
+        assert time.monotonic() - began < 0.5  # 200 waits would be a second
+    finally:
+        release.set()
+        accounts.close()
