@@ -24,7 +24,8 @@ if [ "$want_test" = 1 ]; then
   packages+=(podman runc crun containerd uidmap lxc lxc-templates systemd-container busybox-static
              openssh-client openssh-server autossh debootstrap iproute2 util-linux procps
              gcc libc6-dev  # test_exec_paths.py's static execveat helper; test_probe_layout.py
-             stress-ng)  # scripts/bench_soak.py --contend
+             stress-ng  # scripts/bench_soak.py --contend
+             libcap2-bin openssl coreutils)  # test_elastic_rules_e2e.py: setcap, openssl passwd, base32
 fi
 
 missing=()
