@@ -551,10 +551,9 @@ class DocumentBuilder:
         event_type, action = _DEFEND_EVENTS.get(kind, ("change", kind))
         event = self.event_block(kind=kind, ktime_ns=ktime_ns, pid=proc.pid, sequence=sequence,
                                  event_type=event_type, action=action)
-        body = self._bodies.get(id(proc))
-        if (body is not None and body[0] is proc and body[1] is container and body[2] is leaders
-                and body[6] is names):
-            process, custom, base = body[3], body[4], body[5]
+        body = self._exec_body(proc, container, leaders, names)
+        if body is not None:
+            process, custom, base = body
         else:
             process = self.process_block(proc, parent, leaders, container is not None, names)
             custom = self.custom_block(proc, container, cgroup_path)
@@ -579,6 +578,16 @@ class DocumentBuilder:
             own["user"], own["group"] = _actors(proc, container is None, names)
         own[CUSTOM_KEY] = custom
         return extend(base, own)
+
+    def _exec_body(self, proc: Process, container: ContainerLike | None, leaders: Leaders | None,
+                   names: AccountNamesLike | None) -> tuple[SharedBlock, ExtendedBlock, SharedBlock] | None:
+        """The process block, custom block and base of PROC's exec document, when nothing they were built from
+        has changed since (its later documents reuse them), else None."""
+        body = self._bodies.get(id(proc))
+        if (body is not None and body[0] is proc and body[1] is container and body[2] is leaders
+                and body[6] is names):
+            return body[3], body[4], body[5]
+        return None
 
     def _network_base(self, container: ContainerLike | None) -> SharedBlock:
         """The host's (or the container's) shared members with the network data stream: network documents go
@@ -622,11 +631,9 @@ class DocumentBuilder:
             if rec.pid:
                 own["process"] = {"pid": rec.pid}
             return extend(self._network_base(container), own)
-        body = self._bodies.get(id(proc))
-        if (body is not None and body[0] is proc and body[1] is container and body[2] is leaders
-                and body[6] is names):
-            own["process"] = body[3]
-            own[CUSTOM_KEY] = body[4]
+        body = self._exec_body(proc, container, leaders, names)
+        if body is not None:
+            own["process"], own[CUSTOM_KEY], _base = body
         else:
             own["process"] = self.process_block(proc, parent, leaders or Leaders(), container is not None, names)
             own[CUSTOM_KEY] = self.custom_block(proc, container, cgroup_path)
