@@ -145,10 +145,10 @@ class ContainerAccounts:
                 self._waited.add(container_id)
                 self._read_done.wait_for(lambda: container_id not in self._pending, WAIT_S)
                 entry = self._entries.get(container_id)
-        if entry is None or entry.names is None:
-            self.counts["account_names_missing"] += 1
-            return None
-        return entry.names
+            if entry is None or entry.names is None:
+                self.counts["account_names_missing"] += 1  # under the lock: the reading thread counts too
+                return None
+            return entry.names
 
     def refresh(self, container_id: str, pid: int) -> None:
         """Reads the container's files now (the thread's work; tests call it directly)."""
@@ -160,9 +160,9 @@ class ContainerAccounts:
             return
         passwd = _read(self._opener, root, "/etc/passwd")
         group = _read(self._opener, root, "/etc/group")
-        self.counts["account_reads"] += 1
         identity = (passwd[0] if passwd else None, group[0] if group else None)
         with self._lock:
+            self.counts["account_reads"] += 1
             entry = self._entries.get(container_id)
             if passwd is None and group is None:
                 self.counts["account_reads_failed"] += 1
