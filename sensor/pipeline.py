@@ -320,7 +320,7 @@ class Pipeline:
         if container is None or self.accounts is None:
             return None
         # by the file itself: runc init runs /proc/self/exe, which may not be readable as a link any more
-        if (proc.resolved or proc.executable).rsplit("/", 1)[-1] in RUNTIME_HELPERS:
+        if proc.executable.rsplit("/", 1)[-1] in RUNTIME_HELPERS:
             return None
         return self.accounts.names(container.id, proc.pid)
 

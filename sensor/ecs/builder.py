@@ -451,8 +451,8 @@ class DocumentBuilder:
                 executable["ctime_ns"] = proc.exe_ctime_ns
         # always a boolean, like args_truncated: true when process.executable is a cut prefix of a longer path
         executable["path_truncated"] = proc.path_truncated
-        if proc.resolved:
-            executable["resolved"] = proc.resolved  # the file itself, where process.executable is a link to it
+        if proc.passed:
+            executable["passed"] = proc.passed  # the path as passed, where process.executable is the file it led to
         own["executable"] = executable
         if proc.env_truncated:
             own["env_vars_truncated"] = True

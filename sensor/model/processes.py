@@ -116,9 +116,9 @@ class Process:
     previous: tuple[PreviousImage, ...] | None = None
     env_vars: tuple[str, ...] = ()  # the configured variables of its environment at exec, "NAME=value"
     env_truncated: bool = False  # its environment was longer than the probe reads: a variable may be missing
-    # the file actually executed, as the kernel walked it from the new image's file (/usr/bin/dash for /bin/sh),
-    # where it differs from `executable` (the path as passed)
-    resolved: str = ""
+    # the path as passed to execve, where it differs from `executable` (the file actually executed, as the kernel
+    # walked it from the new image's file: /usr/bin/dash for /bin/sh, the applet's busybox)
+    passed: str = ""
 
     @property
     def command_line(self) -> str:
@@ -220,7 +220,7 @@ class ProcessTable:
         else:
             child = replace(parent, pid=rec.pid, ppid=rec.parent_pid, start_boottime_ns=rec.start_boottime_ns,
                             entity_id=eid, exec_seen=False, cgroup_id=rec.cgroup_id, leaders=None, placed=None,
-                            previous=None, env_vars=(), env_truncated=False, resolved="")
+                            previous=None, env_vars=(), env_truncated=False)
         self._replace(child)
         return child
 
@@ -232,13 +232,25 @@ class ProcessTable:
         args = tuple(b"\0".join(argv).decode("utf-8", "backslashreplace").split("\0")) if argv else ()
         executable = rec.filename.decode("utf-8", "backslashreplace")
         truncated = rec.path_truncated
-        if executable.startswith(("/proc/", "/dev/fd/")):
-            real = self._real_executable(rec.pid, executable, rec.exe_ino)
-            if real != executable:
-                executable, truncated = real, False  # the file's own whole path, not the cut one
-        elif executable and not executable.startswith("/") and cwd.startswith("/"):
-            # execve("./tool") or execve("bin/tool"): ECS wants the absolute path, resolved as the kernel did
-            executable = posixpath.normpath(posixpath.join(cwd, executable))
+        if rec.exe_path:
+            # Elastic Defend's process.executable: the file itself, walked in the kernel from the new image's file
+            passed = executable
+            if passed and not passed.startswith("/") and cwd.startswith("/"):
+                passed = posixpath.normpath(posixpath.join(cwd, passed))
+            executable = rec.exe_path.decode("utf-8", "backslashreplace")
+            # a cut path as passed is no path at all: left out rather than kept as a wrong one
+            passed = "" if truncated or passed == executable else passed
+            truncated = False
+        else:
+            # a recording from before the walk, or a path the walk could not finish
+            passed = ""
+            if executable.startswith(("/proc/", "/dev/fd/")):
+                real = self._real_executable(rec.pid, executable, rec.exe_ino)
+                if real != executable:
+                    executable, truncated = real, False  # the file's own whole path, not the cut one
+            elif executable and not executable.startswith("/") and cwd.startswith("/"):
+                # execve("./tool") or execve("bin/tool"): ECS wants the absolute path, resolved as the kernel did
+                executable = posixpath.normpath(posixpath.join(cwd, executable))
         # A cut path's last component is whatever byte the cut fell on ("/x/y/ssh" of "/x/y/sshd-not/true"): the
         # name must not come from it.
         name = name_from_comm(rec.comm) if truncated else executable.rsplit("/", 1)[-1]
@@ -250,10 +262,8 @@ class ProcessTable:
             rec.cgroup_id, rec.ns, rec.exe_ino, kernel_dev_to_st_dev(rec.exe_dev), rec.exe_ctime_ns, cwd, True,
             False, truncated, None, None, rec.cap_effective, rec.cap_permitted,
         )
-        if rec.exe_path:
-            resolved = rec.exe_path.decode("utf-8", "backslashreplace")
-            if resolved != executable:
-                proc.resolved = resolved
+        if passed:
+            proc.passed = passed
         if rec.env_vars:
             proc.env_vars = tuple(v.decode("utf-8", "backslashreplace") for v in rec.env_vars)
         proc.env_truncated = rec.env_truncated

@@ -150,6 +150,11 @@ class BuiltinSshRule:
             # in the container would reach another file. Only process.name (from the kernel's comm, never from
             # the cut path) and the file itself (device, inode, /proc/<pid>/exe) are looked at.
             process = {key: value for key, value in process.items() if key != "executable"}
+        passed = executable.get("passed")
+        if isinstance(passed, str) and passed:
+            # process.executable is the file a link led to: the identity looks at the path as passed (a name of
+            # its own, a link to be followed in the container's root), and a link to ssh is ssh by its target's name
+            process = {**process, "executable": passed, "resolved": process.get("executable")}
         container = _container_key(doc, sensor)
         # A container's storm of execs of a few files that are not ssh: decided once per file and container
         seen_key = (container, device, inode, ctime_ns, process.get("executable"), process.get("name"))
@@ -165,7 +170,7 @@ class BuiltinSshRule:
             # ssh by name needs no look at any file: decided here, whatever state the looks are in (the
             # container's inventory is taken at its next exec of another name)
             return self._found(self.identity.check(process.get("executable"), process.get("name"),
-                                                   device, inode, ()), evidence)
+                                                   device, inode, (), resolved=process.get("resolved")), evidence)
         if (self._scanned.get(container) == 0.0 and device is not None and inode is not None
                 and ctime_ns is not None and self.identity.settled_not_ssh(device, inode, ctime_ns)):
             self._settle(seen_key)

@@ -10,13 +10,16 @@ from sensor.rules.alerts import alert_id, utc_now_iso
 
 
 def fold_key(rule_id: str, doc: dict) -> tuple:
-    """Same rule, same container, same executable, same parent."""
+    """Same rule, same container, same executable run by the same path, same parent: the file reached through a
+    link of another name is another way in, and alerts of its own."""
     process = doc.get("process") or {}
     parent = process.get("parent") or {}
     container = doc.get("container") or {}
-    where = container.get("id") or ((doc.get("container_sensor") or {}).get("namespaces") or {}).get("mnt")
+    custom = doc.get("container_sensor") or {}
+    where = container.get("id") or (custom.get("namespaces") or {}).get("mnt")
     who = parent.get("entity_id") or (parent.get("pid"), parent.get("executable"))
-    return (rule_id, where, process.get("executable") or process.get("name"), who)
+    passed = (custom.get("executable") or {}).get("passed")
+    return (rule_id, where, process.get("executable") or process.get("name"), passed, who)
 
 
 @dataclass

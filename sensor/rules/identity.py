@@ -204,12 +204,17 @@ class ExecutableIdentity:
         return None
 
     def check(self, executable: str | None, process_name: str | None, device: int | None,
-              inode: int | None, pids: Sequence[int], ctime_ns: int | None = None) -> Outcome:
-        """`classify`, saying why when the file could not be decided."""
+              inode: int | None, pids: Sequence[int], ctime_ns: int | None = None,
+              resolved: str | None = None) -> Outcome:
+        """`classify`, saying why when the file could not be decided. `resolved` is the file the kernel found
+        at `executable` when that was a link: named ssh there, the exec is ssh through a symbolic link."""
         name = self.by_name(executable, process_name)
         if name is not None:
             if device is not None and inode is not None:
                 self._learn((device, inode), name)
+            if (isinstance(resolved, str) and os.path.basename(resolved) == name
+                    and os.path.basename(executable or "") != name):
+                return Outcome(Recognition(name, "symlink", resolved))
             return Outcome(Recognition(name, "name"))
         if device is None or inode is None:
             return Outcome(None)

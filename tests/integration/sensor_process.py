@@ -33,6 +33,18 @@ def get(doc: Doc, dotted: str, default: Any = None) -> Any:
     return node
 
 
+def invoked(doc: Doc) -> str | None:
+    """The path the exec was given: process.executable is the file it led to (a link's target, busybox for an
+    applet, the interpreter of a script), the path as passed is kept beside it where it differs."""
+    return get(doc, "container_sensor.executable.passed") or get(doc, "process.executable")
+
+
+def invoked_name(doc: Doc) -> str | None:
+    """The last component of `invoked`: the name a command was run under ("echo" for busybox's applet)."""
+    path = invoked(doc)
+    return path.rsplit("/", 1)[-1] if isinstance(path, str) else None
+
+
 class SensorProcess:
     """`container-sensor run` writing NDJSON to a file; the test reads documents as they arrive."""
 

@@ -25,7 +25,7 @@ from tests.integration.conftest_containers import (
     runc_kube_container,
     test_rootfs,
 )
-from tests.integration.sensor_process import SHARED, SensorProcess, get
+from tests.integration.sensor_process import SHARED, SensorProcess, get, invoked_name
 
 pytestmark = [pytest.mark.kernel, pytest.mark.containers]
 
@@ -52,7 +52,7 @@ def elastic_ssh_alert(sensor: SensorProcess, mark: str) -> dict:
 def execs(sensor: SensorProcess, name: str, *, marker: str, timeout: float = 15.0) -> list[dict]:
     """Exec documents of NAME whose command line carries MARKER (so concurrent tests never match)."""
     return sensor.wait_for(lambda d: get(d, "event.kind") == "event" and get(d, "event.action") == "exec"
-                           and get(d, "process.name") == name and marker in (get(d, "process.command_line") or ""),
+                           and invoked_name(d) == name and marker in (get(d, "process.command_line") or ""),
                            timeout)
 
 
@@ -103,10 +103,10 @@ def test_exec_into_container_started_before_sensor_with_nested_shells(live, podm
     assert get(doc, "container.id") == podman_container.id
     assert get(doc, "container.name") == podman_container.name
     assert get(doc, "process.entry_leader.entry_meta.type") == "container"
-    assert get(doc, "process.entry_leader.name") == "sh"
+    assert get(doc, "process.entry_leader.name") == "busybox"  # /bin/sh's file, as Elastic Defend names it
     assert get(doc, "process.entry_leader.same_as_process") is False
     assert get(doc, "process.entry_leader.parent.pid") is not None
-    assert get(doc, "process.parent.name") == "sh"
+    assert get(doc, "process.parent.name") == "busybox"
 
 
 def test_ssh_in_runc_kubepods_bundle(live, runc_kube_container):
@@ -147,7 +147,7 @@ def test_lxc_attach_is_a_container_session(live, lxc_container):
     assert get(doc, "container.runtime") == "lxc"
     # lxc-attach neither setsids nor has a runtime parent Elastic's model knows: typed from the evidence
     assert get(doc, "process.entry_leader.entry_meta.type") == "container"
-    assert get(doc, "process.entry_leader.name") == "sh"
+    assert get(doc, "process.entry_leader.name") == "busybox"  # /bin/sh's file, as Elastic Defend names it
     # so Elastic's ssh-in-container rule fires where Elastic's own session model would not let it
     subprocess.run(["lxc-attach", "-n", lxc_container.name, "--", "/usr/bin/ssh", "-V", "-o", f"User={mark}"],
                    capture_output=True, timeout=60)
@@ -162,7 +162,7 @@ def test_nspawn_session(live, nspawn_root):
     assert get(doc, "container.runtime") == "systemd-nspawn"
     assert get(doc, "container.id", "").startswith("pidns-")
     assert get(doc, "process.entry_leader.entry_meta.type") == "container"
-    assert get(doc, "process.entry_leader.name") == "sh"
+    assert get(doc, "process.entry_leader.name") == "busybox"  # /bin/sh's file, as Elastic Defend names it
     subprocess.run(nspawn_argv(nspawn_root, "/usr/bin/ssh", "-V", "-o", f"User={mark}"), capture_output=True,
                    timeout=60)
     assert get(elastic_ssh_alert(live, mark), "container.runtime") == "systemd-nspawn"
@@ -178,7 +178,7 @@ def test_nsenter_into_container_started_before_sensor(live, podman_container):
     assert get(doc, "container.name") == podman_container.name
     assert "decided_by=namespaces-of-known-container" in get(doc, "container_sensor.container_evidence")
     assert get(doc, "process.entry_leader.entry_meta.type") == "container"
-    assert get(doc, "process.entry_leader.name") == "sh"
+    assert get(doc, "process.entry_leader.name") == "busybox"  # /bin/sh's file, as Elastic Defend names it
 
 
 def test_host_negatives(live):

@@ -24,7 +24,7 @@ import pytest
 from sensor.probe.capabilities import CAPABILITIES
 from tests.integration import sensor_process
 from tests.integration.rootfs import RootfsUnavailable, copy_rootfs
-from tests.integration.sensor_process import REPO, SensorProcess, get
+from tests.integration.sensor_process import REPO, SensorProcess, get, invoked, invoked_name
 from tests.integration.test_detection import BUILTIN, alerts_for, in_container
 
 pytestmark = [pytest.mark.kernel, pytest.mark.containers]
@@ -91,12 +91,12 @@ def root() -> Iterator[Path]:
 def container_done(sensor: SensorProcess, container_id: str) -> None:
     """Waits for the end of the container's shell (after everything it ran), and a little for late alerts."""
     sensor.wait_for(lambda d: get(d, "event.action") == "end" and get(d, "container.id") == container_id
-                    and get(d, "process.name") == "sh", timeout=20)
+                    and invoked_name(d) == "sh", timeout=20)
     time.sleep(2)
 
 
 def recognised(sensor: SensorProcess, container_id: str) -> dict[str, str]:
-    return {get(a, "process.executable"): get(a, "container_sensor.alert.recognized_by")
+    return {invoked(a): get(a, "container_sensor.alert.recognized_by")
             for a in sensor.alerts() if get(a, "container.id") == container_id and get(a, "rule.name") == BUILTIN}
 
 

@@ -11,7 +11,7 @@ import msgpack
 from sensor.ecs.builder import DocumentBuilder
 from sensor.model.host import HostFacts
 from sensor.model.processes import Process, ProcessTable, name_from_comm
-from sensor.model.records import ExecRecord, Namespaces, RecordingWriter, from_wire, read_recording, to_wire
+from sensor.model.records import ExecRecord, ForkRecord, Namespaces, RecordingWriter, from_wire, read_recording, to_wire
 from sensor.model.sessions import SSHD, Leaders, find_leaders
 from sensor.probe import layout as probe_layout
 from sensor.rules.detector import Detector
@@ -144,3 +144,57 @@ def test_builtin_rule_does_not_take_a_cut_path_for_ssh() -> None:
     # a cut path hiding ssh: comm, the kernel's own name for the file, still says ssh
     alerts, _ = detector.inspect(container_doc("/dev/fd/100/" + "b" * 200, "ssh", True, st.st_dev, st.st_ino + 2))
     assert [a["container_sensor"]["alert"]["program"] for a in alerts] == ["ssh"]
+
+
+def _table() -> ProcessTable:
+    return ProcessTable(boot_id="boot-1")
+
+
+def _document(proc: Process) -> dict:
+    return DocumentBuilder(HOST, boot_wall_offset_ns=0).process_event(
+        kind="exec", ktime_ns=2_000_000_000, sequence=1, proc=proc, parent=None,
+        leaders=Leaders(group=proc, session=proc, entry=proc, entry_type="unknown"), container=None,
+        cgroup_path=None)
+
+
+def test_the_file_walked_in_the_kernel_is_the_executable_and_the_path_passed_is_kept() -> None:
+    """/bin/sh -> /usr/bin/dash: Elastic Defend's process.executable and process.name are the file's."""
+    proc = _table().on_exec(exec_record(filename=b"/bin/sh", path_truncated=False, exe_path=b"/usr/bin/dash"))
+    assert (proc.executable, proc.name, proc.passed, proc.path_truncated) == ("/usr/bin/dash", "dash", "/bin/sh",
+                                                                              False)
+    doc = _document(proc)
+    assert doc["process"]["executable"] == "/usr/bin/dash" and doc["process"]["name"] == "dash"
+    assert doc["container_sensor"]["executable"]["passed"] == "/bin/sh"
+
+
+def test_a_relative_path_passed_is_made_absolute_and_left_out_when_it_is_the_file() -> None:
+    table = _table()
+    relative = table.on_exec(exec_record(filename=b"./bin/tool", path_truncated=False, exe_path=b"/usr/bin/true"),
+                             cwd="/work")
+    assert (relative.executable, relative.passed) == ("/usr/bin/true", "/work/bin/tool")
+    same = table.on_exec(exec_record(pid=301, filename=b"bin/true", path_truncated=False, exe_path=b"/usr/bin/true"),
+                         cwd="/usr")
+    assert (same.executable, same.passed) == ("/usr/bin/true", "")
+    assert "passed" not in _document(same)["container_sensor"]["executable"]
+
+
+def test_a_cut_path_passed_gives_way_to_the_whole_file_walked() -> None:
+    """The cut path is no path: the walked file names the process, and the cut one is kept nowhere."""
+    proc = _table().on_exec(exec_record(exe_path=b"/tmp/deep/sshd.fake"))
+    assert (proc.executable, proc.name, proc.passed, proc.path_truncated) == ("/tmp/deep/sshd.fake", "sshd.fake",
+                                                                              "", False)
+
+
+def test_without_the_walk_the_path_passed_names_the_process_as_before() -> None:
+    """A recording made before the walk, or a file deeper than the probe walks."""
+    proc = _table().on_exec(exec_record(filename=b"/bin/sh", path_truncated=False))
+    assert (proc.executable, proc.name, proc.passed) == ("/bin/sh", "sh", "")
+    assert _table().on_exec(exec_record()).path_truncated is True
+
+
+def test_a_fork_keeps_the_path_its_parent_was_run_by() -> None:
+    table = _table()
+    table.on_exec(exec_record(filename=b"/bin/sh", path_truncated=False, exe_path=b"/usr/bin/dash"))
+    child = table.on_fork(ForkRecord(ktime_ns=3, parent_pid=300, pid=302, start_boottime_ns=2_000_000_001,
+                                     cgroup_id=77))
+    assert (child.executable, child.passed) == ("/usr/bin/dash", "/bin/sh")

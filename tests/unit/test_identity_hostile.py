@@ -186,10 +186,11 @@ class GatedIdentity(ExecutableIdentity):
         self.gate = gate
         self.slow_inodes = set(slow_inodes)
 
-    def check(self, executable, process_name, device, inode, pids, ctime_ns=None):  # type: ignore[override]
+    def check(self, executable, process_name, device, inode, pids, ctime_ns=None,  # type: ignore[override]
+              resolved=None):
         if inode in self.slow_inodes:
             self.gate.wait(30)
-        return super().check(executable, process_name, device, inode, pids, ctime_ns)
+        return super().check(executable, process_name, device, inode, pids, ctime_ns, resolved)
 
 
 def container_exec(executable: str, device: int, inode: int, pid: int) -> dict:
@@ -290,3 +291,15 @@ def test_a_look_still_under_way_at_shutdown_still_alerts(tmp_path: Path) -> None
     threading.Timer(0.2, gate.set).start()      # the look returns while the sensor is shutting down
     alerts = detector.flush(wait_s=5)
     assert [a["container_sensor"]["alert"]["identity_late"] for a in alerts] == [True]
+
+
+def test_a_link_whose_file_is_named_ssh_is_ssh_through_a_link_without_a_look(tmp_path: Path) -> None:
+    """process.executable is the file the kernel executed: a link /tmp/slogin to /usr/bin/ssh is known at once,
+    and said to be a link; a file named ssh run under its own name stays `name`; a link to a file of another
+    name is left to the look at the file."""
+    identity = ExecutableIdentity(proc_root=str(tmp_path), host_paths=())
+    linked = identity.check("/tmp/slogin", "ssh", 1, 2, (), resolved="/usr/bin/ssh").recognition
+    assert linked == Recognition("ssh", "symlink", "/usr/bin/ssh")
+    direct = identity.check("/usr/bin/sshd", "sshd", 1, 3, ()).recognition
+    assert direct == Recognition("sshd", "name")
+    assert identity.check("/tmp/x", "busybox", 1, 4, (), resolved="/bin/busybox").recognition is None
