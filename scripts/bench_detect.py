@@ -7,14 +7,20 @@
           another container at random moments: alert latency p50/p99 from exec (@timestamp, taken in the
           kernel) to the alert's creation and to its arrival on stdout, ssh execs without an alert (missed),
           and the storm's exec rate with the sensor and all rules against no sensor and a sensor without rules.
+  short   Renamed copies of ssh run once in podman containers (from an image: overlayfs, removed by --rm) that
+          end within tens of milliseconds: the catch rate and alert latency per case. Cases: `copy` (the copy
+          runs and the container ends), `replaced` (then `mv -f` of another binary over it), `deleted` (then
+          `rm`), `overwritten` (then another binary's bytes written into the same file).
 
 Run from the repository: .venv/bin/python scripts/bench_detect.py micro
                          sudo .venv/bin/python scripts/bench_detect.py live
+                         sudo .venv/bin/python scripts/bench_detect.py short --runs 200
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime as dt
 import json
@@ -291,6 +297,117 @@ def live(args: argparse.Namespace) -> None:
     print(f"sensor summary (last round): {summary}")
 
 
+SHORT_CASES = {
+    "copy": "cp /usr/bin/ssh /tmp/{n}; /tmp/{n} -V -o User={mark}",
+    "replaced": "cp /usr/bin/ssh /tmp/{n}; cp /bin/busybox /tmp/o; /tmp/{n} -V -o User={mark}; mv -f /tmp/o /tmp/{n}",
+    "deleted": "cp /usr/bin/ssh /tmp/{n}; /tmp/{n} -V -o User={mark}; rm -f /tmp/{n}",
+    "overwritten": "cp /usr/bin/ssh /tmp/{n}; /tmp/{n} -V -o User={mark}; cat /bin/busybox > /tmp/{n}",
+}
+
+
+class MarkReader(threading.Thread):
+    """Exec documents and built-in alerts whose command line carries a run's marker, with arrival times."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.execs: dict[str, dict] = {}
+        self.alerts: dict[str, tuple[float, dict]] = {}
+        self.unknown: dict[str, str] = {}
+
+    def run(self) -> None:
+        for line in self.stream:
+            if b"cs-short-" not in line:
+                continue
+            arrived = time.time()
+            doc = json.loads(line)
+            mark = next((a.split("=", 1)[1] for a in doc.get("process", {}).get("args", [])
+                         if a.startswith("User=cs-short-")), None)
+            if mark is None:
+                continue
+            if doc.get("event", {}).get("kind") == "alert" and doc.get("rule", {}).get("name") == BUILTIN:
+                self.alerts.setdefault(mark, (arrived, doc))
+            elif doc.get("event", {}).get("action") == "exec":
+                self.execs[mark] = doc
+                status = doc.get("container_sensor", {}).get("identity", {}).get("reason")
+                if status:
+                    self.unknown[mark] = status
+
+
+def short(args: argparse.Namespace) -> None:
+    """Renamed ssh in containers that end at once: caught or not, per case."""
+    if os.geteuid() != 0:
+        raise SystemExit("bench_detect.py short: run as root (BPF and containers)")
+    from tests.integration.rootfs import podman_image
+
+    image = podman_image()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-short-"))
+    ready, err_path = workdir / "ready", workdir / "stderr.log"
+    cmd = [sys.executable, "-m", "sensor", "run", "--ready-file", str(ready), "--metrics-address", "off",
+           "--log-format", "text", "--fold-window", "0.000001"]
+    cases = [c for c in args.cases.split(",") if c]
+    lifetimes: dict[str, list[float]] = {c: [] for c in cases}
+    marks: dict[str, list[str]] = {c: [] for c in cases}
+    with open(err_path, "wb") as err:
+        sensor = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=REPO, start_new_session=True)
+        reader = MarkReader(sensor.stdout)
+        reader.start()
+        while not ready.exists():
+            if sensor.poll() is not None:
+                raise SystemExit(f"sensor failed to start: {err_path.read_text()}")
+            time.sleep(0.05)
+        try:
+            for i in range(args.runs):
+                for case in cases:   # interleaved
+                    mark = f"cs-short-{case}-{i}-{os.urandom(3).hex()}"
+                    script = SHORT_CASES[case].format(n=f"kw{i}", mark=mark)
+                    # the container's own shell times its life: from its start to the end of the last command
+                    timed = f"s=$(date +%s%N); {script}; e=$(date +%s%N); echo $(( (e - s) / 1000 ))"
+                    done = subprocess.run([*PODMAN, image, "/bin/sh", "-c", timed], capture_output=True, text=True,
+                                          timeout=120)
+                    marks[case].append(mark)
+                    with contextlib.suppress(ValueError, IndexError):
+                        lifetimes[case].append(int(done.stdout.strip().splitlines()[-1]) / 1000)
+            deadline = time.monotonic() + 20
+            wanted = {m for ms in marks.values() for m in ms}
+            while not wanted <= set(reader.alerts) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            sensor.terminate()
+            try:
+                sensor.wait(60)
+            except subprocess.TimeoutExpired:
+                sensor.kill()
+                sensor.wait()
+            reader.join(10)
+    summary = [line for line in err_path.read_text().splitlines() if "events seen" in line]
+    shutil.rmtree(workdir, ignore_errors=True)
+    print(f"renamed copies of ssh in podman containers ({image}, --rm) that end at once; {args.runs} runs per "
+          f"case, interleaved; load average at the end {os.getloadavg()[0]:.2f}")
+    for case in cases:
+        caught = [m for m in marks[case] if m in reader.alerts]
+        latencies = []
+        ways: dict[str, int] = {}
+        for m in caught:
+            _, alert = reader.alerts[m]
+            if m in reader.execs:   # the exec's @timestamp is taken in the kernel
+                latencies.append((iso_seconds(alert["@timestamp"]) - iso_seconds(reader.execs[m]["@timestamp"]))
+                                 * 1000)
+            way = f'{alert["container_sensor"]["alert"].get("recognized_by")}' \
+                  f'/{alert["container_sensor"]["alert"].get("evidence", "-")}'
+            ways[way] = ways.get(way, 0) + 1
+        unknown: dict[str, int] = {}
+        for m in marks[case]:
+            if m not in reader.alerts and m in reader.unknown:
+                unknown[reader.unknown[m]] = unknown.get(reader.unknown[m], 0) + 1
+        seen = sum(1 for m in marks[case] if m in reader.execs)
+        print(f"{case:12s} caught {len(caught):4d}/{len(marks[case])}  (exec documents {seen})  "
+              f"container life p50 {percentile(lifetimes[case], 0.5):5.1f} ms  "
+              f"alert p50 {percentile(latencies, 0.5):6.1f} ms p99 {percentile(latencies, 0.99):6.1f} ms  "
+              f"by {ways}  missed as {unknown or '-'}")
+    print(f"sensor summary: {summary[-1] if summary else '-'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -306,8 +423,11 @@ def main() -> None:
     v.add_argument("--settle", type=float, default=2.0, help="seconds for the containers to start")
     v.add_argument("--seed", type=int, default=4)
     v.add_argument("--rounds", type=int, default=3)
+    t = sub.add_parser("short", help="renamed ssh in containers that end at once: catch rate per case")
+    t.add_argument("--runs", type=int, default=200, help="containers per case")
+    t.add_argument("--cases", default=",".join(SHORT_CASES), help="comma-separated: " + ", ".join(SHORT_CASES))
     args = parser.parse_args()
-    (micro if args.mode == "micro" else live)(args)
+    {"micro": micro, "live": live, "short": short}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ fi
 packages=(python3 python3-venv python3-pip python3-bpfcc libbpf1 linux-headers-amd64 ca-certificates)
 if [ "$want_test" = 1 ]; then
   packages+=(podman runc crun containerd uidmap lxc lxc-templates systemd-container busybox-static
-             openssh-client openssh-server autossh debootstrap iproute2 util-linux procps
+             openssh-client openssh-server autossh dropbear-bin debootstrap iproute2 util-linux procps
              gcc libc6-dev  # test_exec_paths.py's static execveat helper; test_probe_layout.py
              stress-ng  # scripts/bench_soak.py --contend
              libcap2-bin openssl coreutils)  # test_elastic_rules_e2e.py: setcap, openssl passwd, base32

@@ -13,11 +13,14 @@ is unknown and why, and should the look finish later and find ssh, the alert is 
 from __future__ import annotations
 
 import collections
+import os
 import time
 from dataclasses import dataclass, field
 
+from sensor.containers.rootfs import OPEN_FLAGS
+from sensor.containers.rootpins import RootPins
 from sensor.rules.alerts import container_evidence
-from sensor.rules.identity import ExecutableIdentity, Outcome, Recognition
+from sensor.rules.identity import ExecutableIdentity, Outcome, Recognition, device_forms
 from sensor.rules.metadata import RuleMetadata
 from sensor.rules.offthread import BoundedWorker, Job
 
@@ -112,8 +115,11 @@ class _Pending:
 
 class BuiltinSshRule:
     def __init__(self, identity: ExecutableIdentity, max_containers: int = 10000,
-                 worker: BoundedWorker | None = None) -> None:
+                 worker: BoundedWorker | None = None, pins: RootPins | None = None,
+                 proc_root: str = "/proc") -> None:
         self.identity = identity
+        self.pins = pins
+        self._proc = proc_root.rstrip("/")
         self.metadata = BUILTIN_SSH_RULE
         self.worker = worker if worker is not None else BoundedWorker("ssh identity")
         # Both written by hand, not cachetools: the look worker writes them while the pipeline thread reads them
@@ -130,7 +136,7 @@ class BuiltinSshRule:
         self._waiting: dict[int, int] = {}      # id(job) -> pending execs waiting for it
         self._in_flight: dict[tuple[int, int], Job] = {}    # (device, inode) -> its look, while not done
         self.counts = {"identity_unknown": 0, "identity_late_matches": 0, "identity_pending_dropped": 0,
-                       "identity_coalesced": 0}
+                       "identity_coalesced": 0, "identity_files_held": 0, "identity_files_not_held": 0}
         self.unknown_by_reason: dict[str, int] = {}
         self.last_error: Exception | None = None
 
@@ -163,6 +169,11 @@ class BuiltinSshRule:
         evidence = container_evidence(doc)
         if not evidence:
             return None
+        mnt_ns = (sensor.get("namespaces") or {}).get("mnt")
+        pid = process.get("pid")
+        if self.pins is not None and isinstance(mnt_ns, int) and isinstance(pid, int):
+            # while the container still runs: its root, for a look that may come after it is gone
+            self.pins.see(pid, mnt_ns)
         device = device if isinstance(device, int) else None
         inode = inode if isinstance(inode, int) else None
         ctime_ns = ctime_ns if isinstance(ctime_ns, int) else None
@@ -186,9 +197,15 @@ class BuiltinSshRule:
             if self._waiting.get(id(running), 0) < PENDING_PER_LOOK:
                 self._keep_pending(_Pending(running, doc, evidence))
             return self._unknown(UNKNOWN_DEFERRED, evidence)
+        # The executed file itself, opened now while the process may still run: the look reads it even if the
+        # process, the container, or the path's file (replaced, deleted) is gone by then
+        held = self._hold(pid, device, inode)
         job = self.worker.call(self._look, container, process.get("executable"), process.get("name"),
-                               device, inode, _live_pids(process), ctime_ns)
+                               device, inode, _live_pids(process), ctime_ns, held,
+                               mnt_ns if isinstance(mnt_ns, int) else None)
         if job.refused:
+            if held is not None:
+                os.close(held)
             return self._unknown(UNKNOWN_BUSY, evidence)
         if not job.done.is_set():
             if inode_key is not None:
@@ -208,12 +225,39 @@ class BuiltinSshRule:
             return None
         return self._found(outcome, evidence)
 
+    def _hold(self, pid: object, device: int | None, inode: int | None) -> int | None:
+        """A descriptor of the process's executed file, when it still runs that file (the pid not reused, no
+        exec since: same device and inode as the record)."""
+        if not isinstance(pid, int) or device is None or inode is None:
+            return None
+        try:
+            fd = os.open(f"{self._proc}/{pid}/exe", OPEN_FLAGS)
+        except OSError:
+            self.counts["identity_files_not_held"] += 1
+            return None
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            st = None
+        if st is None or st.st_ino != inode or device not in device_forms(st.st_dev):
+            os.close(fd)
+            self.counts["identity_files_not_held"] += 1
+            return None
+        self.counts["identity_files_held"] += 1
+        return fd
+
     def _look(self, container: object, executable: str | None, name: str | None, device: int | None,
-              inode: int | None, pids: list[int], ctime_ns: int | None) -> Outcome:
+              inode: int | None, pids: list[int], ctime_ns: int | None, held: int | None = None,
+              mnt_ns: int | None = None) -> Outcome:
         """On the worker: the container's ssh inventory (once), then the executed file."""
-        if self._scan_once(container, pids):
-            self._not_ssh.clear()  # new ssh binaries may be known now
-        return self.identity.check(executable, name, device, inode, pids, ctime_ns)
+        roots = self.pins.dup_roots(mnt_ns) if self.pins is not None and mnt_ns is not None else []
+        try:
+            if self._scan_once(container, pids):
+                self._not_ssh.clear()  # new ssh binaries may be known now
+            return self.identity.check(executable, name, device, inode, pids, ctime_ns, held=held, roots=roots)
+        finally:
+            for fd in (*roots, *((held,) if held is not None else ())):
+                os.close(fd)
 
     def _found(self, outcome: Outcome, evidence: list[str]) -> SshMatch | None:
         if outcome.recognition is not None:

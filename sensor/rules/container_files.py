@@ -15,7 +15,11 @@ import time
 from collections.abc import Callable
 
 _ELF_MAGIC = b"\x7fELF"
-_MARKERS = (b"AUTOSSH_GATETIME", b"OpenSSH_", b"usage: sshd ", b"usage: ssh ")
+# Strings every build carries: autossh's environment variable; OpenSSH's version prefix, the server's and the
+# client's usage lines, and the privilege separation step of the server (sshd and, from OpenSSH 9.8, sshd-session,
+# which has no usage line); Dropbear's server and client banners (a multi-call dropbearmulti has both).
+_MARKERS = (b"AUTOSSH_GATETIME", b"OpenSSH_", b"usage: sshd ", b"usage: ssh ", b"privsep_preauth",
+            b"Dropbear server v", b"Dropbear SSH client v")
 _CHUNK = 256 * 1024
 # All looks together read at most this much per second (about a tenth of a core here): a container that keeps
 # the sensor reading costly files slows its own looks, not the sensor.
@@ -105,29 +109,26 @@ def scan_file(fd: int, size: int, limit: int, deadline: float,
 
 
 def _program_of_markers(found: set[bytes]) -> str:
-    if _MARKERS[0] in found:
+    autossh, openssh, server_usage, client_usage, privsep, dropbear_server, dropbear_client = _MARKERS
+    if autossh in found:
         return "autossh"
-    if _MARKERS[1] not in found:
+    if dropbear_server in found or dropbear_client in found:
+        if dropbear_server in found and dropbear_client in found:
+            return "dropbearmulti"
+        return "dropbear" if dropbear_server in found else "dbclient"
+    if openssh not in found:
         return ""
-    if _MARKERS[2] in found:
+    if server_usage in found or privsep in found:
         return "sshd"
-    if _MARKERS[3] in found:
+    if client_usage in found:
         return "ssh"
     return ""
 
 
 def program_from_content(data: bytes, limit: int | None = None) -> str:
-    """Which OpenSSH/autossh program an ELF image is, from strings every build carries; "" for none.
-    Only the first `limit` bytes are searched."""
+    """Which ssh program an ELF image is, from strings every build carries; "" for none. Only the first `limit`
+    bytes are searched."""
     if data[:4] != _ELF_MAGIC:
         return ""
     end = len(data) if limit is None else min(limit, len(data))
-    if data.find(b"AUTOSSH_GATETIME", 0, end) >= 0:
-        return "autossh"
-    if data.find(b"OpenSSH_", 0, end) < 0:
-        return ""
-    if data.find(b"usage: sshd ", 0, end) >= 0:
-        return "sshd"
-    if data.find(b"usage: ssh ", 0, end) >= 0:
-        return "ssh"
-    return ""
+    return _program_of_markers({marker for marker in _MARKERS if data.find(marker, 0, end) >= 0})

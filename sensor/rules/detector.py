@@ -14,10 +14,11 @@ import math
 import time
 from collections.abc import Callable
 
+from sensor.containers.rootpins import RootPins
 from sensor.rules.alerts import build_alert
 from sensor.rules.builtin_ssh import UNKNOWN_ERROR, BuiltinSshRule, SshMatch
 from sensor.rules.folding import AlertFolder, fold_key
-from sensor.rules.identity import ExecutableIdentity
+from sensor.rules.identity import ExecutableIdentity, program_kind
 from sensor.rules.loader import LoadedRule
 from sensor.rules.metadata import RuleMetadata
 from sensor.rules.offthread import BoundedWorker
@@ -39,7 +40,9 @@ class Detector:
         self._has_rules = bool(self._single or self._sequences)
         self._identity = ExecutableIdentity(proc_root)
         self._identity_worker = BoundedWorker("ssh identity", wait_s=identity_wait_s)
-        self._builtin = BuiltinSshRule(self._identity, worker=self._identity_worker) if builtin_ssh else None
+        self._root_pins = RootPins(proc_root) if builtin_ssh else None
+        self._builtin = (BuiltinSshRule(self._identity, worker=self._identity_worker, pins=self._root_pins,
+                                        proc_root=proc_root) if builtin_ssh else None)
         self._identity_note: dict | None = None
         self._folder = AlertFolder(fold_window_s)
         self._clock = clock
@@ -143,9 +146,13 @@ class Detector:
         assert self._builtin is not None and found.recognition is not None
         recognition = found.recognition
         self._counts["builtin_matches"] += 1
-        details: dict = {"recognized_by": recognition.way, "program": recognition.program}
+        implementation, role = program_kind(recognition.program, _argv0_name(doc))
+        details: dict = {"recognized_by": recognition.way, "program": recognition.program,
+                         "implementation": implementation, "role": role}
         if recognition.target:
             details["symlink_target"] = recognition.target
+        if recognition.evidence:
+            details["evidence"] = recognition.evidence
         if late:
             details["identity_late"] = True   # the exec's own document went out saying "unknown: timeout"
         return self._raise(doc, self._builtin.metadata, details)
@@ -251,8 +258,20 @@ class Detector:
         stats.update({"identity_timeouts": worker["timeouts"], "identity_deferred": worker["deferred"],
                       "identity_refused": worker["refused"], "identity_looks_queued": worker["queued_now"],
                       "identity_workers": worker["threads"], "identity_workers_stuck": worker["stuck_now"]})
+        if self._root_pins is not None:
+            stats.update(self._root_pins.counts)
+            stats["root_pins"] = self._root_pins.pinned
         if self._builtin is not None:
             stats.update(self._builtin.counts)
             for reason, count in self._builtin.unknown_by_reason.items():
                 stats[f"identity_unknown_{reason}"] = count
         return stats
+
+
+def _argv0_name(doc: dict) -> str | None:
+    """The name a process was run under (argv[0]'s last component): what a multi-call binary dispatches on."""
+    process = doc.get("process")
+    args = process.get("args") if isinstance(process, dict) else None
+    if isinstance(args, list) and args and isinstance(args[0], str):
+        return args[0].rsplit("/", 1)[-1]
+    return None

@@ -27,17 +27,38 @@ import stat
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sensor.containers.rootfs import OPEN_FLAGS, InRootOpener, follow_link_in_root, resolve_in_root
 from sensor.rules.container_files import DEFAULT_READ_RATE, ReadBudget, scan_file
 
-SSH_PROGRAMS = ("ssh", "sshd", "autossh")
+# program -> (implementation, role): OpenSSH's client and server (from 9.8 each connection runs in sshd-session,
+# from 10.0 authentication in sshd-auth), autossh, and Dropbear's server, client and multi-call binary (whose
+# role is the name it was run under)
+SSH_PROGRAM_KINDS = {
+    "ssh": ("openssh", "client"), "sshd": ("openssh", "server"), "sshd-session": ("openssh", "server"),
+    "sshd-auth": ("openssh", "server"), "autossh": ("autossh", "client"), "dropbear": ("dropbear", "server"),
+    "dbclient": ("dropbear", "client"), "dropbearmulti": ("dropbear", ""),
+}
+SSH_PROGRAMS = tuple(SSH_PROGRAM_KINDS)
+# dropbearmulti's applets: the name it runs under says the role
+_MULTI_ROLES = {"dropbear": "server", "dbclient": "client", "ssh": "client", "scp": "client"}
 HOST_SSH_PATHS = (
     "/usr/bin/ssh", "/bin/ssh", "/usr/local/bin/ssh", "/usr/bin/slogin",
     "/usr/sbin/sshd", "/sbin/sshd", "/usr/local/sbin/sshd",
+    "/usr/lib/openssh/sshd-session", "/usr/libexec/sshd-session", "/usr/lib/openssh/sshd-auth",
+    "/usr/libexec/sshd-auth",
     "/usr/lib/autossh/autossh", "/usr/bin/autossh", "/usr/local/bin/autossh",
+    "/usr/sbin/dropbear", "/usr/bin/dbclient", "/usr/bin/dropbearmulti", "/usr/sbin/dropbearmulti",
 )
+
+
+def program_kind(program: str, invoked_as: str | None = None) -> tuple[str, str]:
+    """(implementation, role) of a recognised program; a multi-call binary's role from the name it ran under."""
+    implementation, role = SSH_PROGRAM_KINDS.get(program, ("", ""))
+    if not role and invoked_as:
+        role = _MULTI_ROLES.get(invoked_as, "")
+    return implementation, role or "unknown"
 DEFAULT_MAX_READ_BYTES = 16 * 1024 * 1024
 # A file that could not be reached (every process that could show it has exited) is tried again at most this
 # often, so a storm of short-lived execs of one unreachable binary costs a dict lookup per event.
@@ -53,11 +74,22 @@ UNKNOWN_REPLACED = "replaced"            # the path now leads to another file (o
 UNKNOWN_TIME_BUDGET = "time_budget"      # reading the file took longer than the budget of one look
 
 
+# Where the bytes read came from (Recognition.evidence): the very file executed, held since the exec was processed
+# or opened through the process; the path inside a live process's root; the path inside a root held since the
+# container's first exec (the container may be gone); the (device, inode) of a binary known before.
+EVIDENCE_EXECUTED = "executed_file"
+EVIDENCE_ROOT = "container_root"
+EVIDENCE_PINNED_ROOT = "pinned_root"
+EVIDENCE_KNOWN = "known_inode"
+
+
 @dataclass(frozen=True)
 class Recognition:
-    program: str          # "ssh", "sshd" or "autossh"
+    program: str          # one of SSH_PROGRAMS
     way: str              # "name", "symlink", "hardlink", "content" or "inode"
     target: str | None = None   # where a symlink led, inside the container's root
+    # EVIDENCE_*: what the verdict was read from ("" for a name); told in the alert, not part of what was found
+    evidence: str = field(default="", compare=False)
 
 
 @dataclass
@@ -67,6 +99,7 @@ class _Verdict:
     ctime_ns: int | None
     retry_at: float = 0.0  # for "unreadable": when to try to reach the file again
     reason: str = ""      # for "unreadable": why (UNKNOWN_*)
+    evidence: str = ""    # EVIDENCE_*
 
 
 @dataclass(frozen=True)
@@ -78,7 +111,7 @@ class Outcome:
 
 
 # openat2(2) resolution flags (linux/openat2.h)
-def _device_forms(st_dev: int) -> tuple[int, int]:
+def device_forms(st_dev: int) -> tuple[int, int]:
     """The userspace st_dev and the kernel's internal dev_t (major << 20 | minor) of the same device."""
     return st_dev, (os.major(st_dev) << 20) | os.minor(st_dev)
 
@@ -136,7 +169,7 @@ class ExecutableIdentity:
             finally:
                 os.close(fd)
         if program:
-            for dev in _device_forms(st.st_dev):
+            for dev in device_forms(st.st_dev):
                 self._inventory[(dev, st.st_ino)] = program
 
     def _program_known(self, key: tuple[int, int]) -> str | None:
@@ -180,7 +213,7 @@ class ExecutableIdentity:
                     st = os.stat(resolve_in_root(root, final)[0])
                 except OSError:
                     continue
-                for dev in _device_forms(st.st_dev):
+                for dev in device_forms(st.st_dev):
                     self._learn((dev, st.st_ino), name)
             return True
         return False
@@ -205,9 +238,11 @@ class ExecutableIdentity:
 
     def check(self, executable: str | None, process_name: str | None, device: int | None,
               inode: int | None, pids: Sequence[int], ctime_ns: int | None = None,
-              resolved: str | None = None) -> Outcome:
+              resolved: str | None = None, held: int | None = None, roots: Sequence[int] = ()) -> Outcome:
         """`classify`, saying why when the file could not be decided. `resolved` is the file the kernel found
-        at `executable` when that was a link: named ssh there, the exec is ssh through a symbolic link."""
+        at `executable` when that was a link: named ssh there, the exec is ssh through a symbolic link.
+        `held`: a descriptor of the executed file opened while the process still ran; `roots`: descriptors of
+        the container's roots held since its first exec. Both stay the caller's to close."""
         name = self.by_name(executable, process_name)
         if name is not None:
             if device is not None and inode is not None:
@@ -219,15 +254,15 @@ class ExecutableIdentity:
         if device is None or inode is None:
             return Outcome(None)
         key = (device, inode)
-        verdict = self._verdict(key, executable, pids, ctime_ns)
+        verdict = self._verdict(key, executable, pids, ctime_ns, held, roots)
         if verdict.source == "unreadable":
             return Outcome(None, verdict.reason or UNKNOWN_UNREACHABLE)
         if not verdict.program:
             return Outcome(None)
-        return Outcome(self._way(verdict, key, executable, pids))
+        return Outcome(self._way(verdict, key, executable, pids, roots))
 
     def _verdict(self, key: tuple[int, int], executable: str | None, pids: Sequence[int],
-                 ctime_ns: int | None = None) -> _Verdict:
+                 ctime_ns: int | None = None, held: int | None = None, roots: Sequence[int] = ()) -> _Verdict:
         cached = self._verdicts.get(key)
         if cached is not None:
             if cached.source == "unreadable":
@@ -246,7 +281,7 @@ class ExecutableIdentity:
                 self.counts["identity_stale"] += 1
             self._verdicts.pop(key, None)
         self.counts["identity_lookups"] += 1
-        verdict = self._identify(key, executable, pids)
+        verdict = self._identify(key, executable, pids, ctime_ns, held, roots)
         if len(self._verdicts) >= self._cache_size:
             self._verdicts.clear()   # a scan for the oldest key on every insert would cost more than relearning
         self._verdicts[key] = verdict
@@ -257,44 +292,64 @@ class ExecutableIdentity:
             st = os.stat(f"{self._proc}/{pid}/exe")
         except OSError:
             return True  # the process is gone: nothing newer to compare with
-        if st.st_ino != key[1] or key[0] not in _device_forms(st.st_dev):
+        if st.st_ino != key[1] or key[0] not in device_forms(st.st_dev):
             return True  # the pid was reused by another program; the cached verdict is for key, not for it
         return st.st_ctime_ns == ctime_ns
 
-    def _open_candidates(self, executable: str | None, pids: Sequence[int]) -> Iterable[int]:
-        """Open descriptors of what may be the executed file: the exec'd process's own image first, then the
-        path inside each relative's root. The caller closes them."""
+    def _open_candidates(self, executable: str | None, pids: Sequence[int], held: int | None,
+                         roots: Sequence[int]) -> Iterable[tuple[int, str]]:
+        """Open descriptors of what may be the executed file, with where each came from: the file held since the
+        exec, the exec'd process's own image, the path inside each relative's root, then inside the roots held
+        since the container's first exec. The caller closes them."""
+        if held is not None:
+            try:
+                copy = os.dup(held)
+            except OSError:
+                copy = -1
+            if copy >= 0:
+                yield copy, EVIDENCE_EXECUTED
         if pids:
             try:
                 fd = os.open(f"{self._proc}/{pids[0]}/exe", OPEN_FLAGS)
             except OSError:
                 fd = -1
             if fd >= 0:
-                yield fd
+                yield fd, EVIDENCE_EXECUTED
         if executable and executable.startswith("/"):
-            for pid in pids:
+            places = [*((f"{self._proc}/{pid}/root", EVIDENCE_ROOT) for pid in pids),
+                      *((f"/proc/self/fd/{root}", EVIDENCE_PINNED_ROOT) for root in roots)]
+            for root, evidence in places:
                 try:
-                    yield self._opener.open(f"{self._proc}/{pid}/root", executable)
+                    fd = self._opener.open(root, executable)
                 except OSError:
                     continue
+                yield fd, evidence
 
-    def _identify(self, key: tuple[int, int], executable: str | None, pids: Sequence[int]) -> _Verdict:
+    def _identify(self, key: tuple[int, int], executable: str | None, pids: Sequence[int],
+                  ctime_ns: int | None = None, held: int | None = None, roots: Sequence[int] = ()) -> _Verdict:
         deadline = time.monotonic() + self._max_check_s
         replaced = False
-        for fd in self._open_candidates(executable, pids):
+        for fd, evidence in self._open_candidates(executable, pids, held, roots):
             try:
                 st = os.fstat(fd)
-                if st.st_ino != key[1] or key[0] not in _device_forms(st.st_dev):
+                if st.st_ino != key[1] or key[0] not in device_forms(st.st_dev):
                     replaced = True
                     continue
                 known = self._program_known(key)
                 if known:
-                    return _Verdict(known, "inventory", st.st_ctime_ns)
+                    return _Verdict(known, "inventory", st.st_ctime_ns, evidence=EVIDENCE_KNOWN)
                 if not stat.S_ISREG(st.st_mode):
                     replaced = True   # the inode executed was a regular file: this is not what ran
                     continue
+                # Changed since the exec (written into after the process ended: a running image cannot be): what
+                # it says now is not what ran. ssh it may still say, which is then believed; anything else leaves
+                # the file undecided, never settled as not ssh.
+                changed = bool(ctime_ns) and st.st_ctime_ns != ctime_ns
                 if st.st_size < 4:
-                    return _Verdict("", "content", st.st_ctime_ns)
+                    if changed:
+                        replaced = True
+                        continue
+                    return _Verdict("", "content", st.st_ctime_ns, evidence=evidence)
                 if st.st_size > self._max_read:
                     self.counts["identity_partial_scans"] += 1
                 self.counts["identity_content_reads"] += 1
@@ -302,14 +357,17 @@ class ExecutableIdentity:
                 if not finished:
                     self.counts["identity_time_budget"] += 1
                     return self._unreadable(UNKNOWN_TIME_BUDGET)
-                return _Verdict(program, "content", st.st_ctime_ns)
+                if changed and not program:
+                    replaced = True
+                    continue
+                return _Verdict(program, "content", st.st_ctime_ns, evidence=evidence)
             except OSError:
                 continue
             finally:
                 os.close(fd)
         known = self._program_known(key)
         if known:
-            return _Verdict(known, "inventory", None)
+            return _Verdict(known, "inventory", None, evidence=EVIDENCE_KNOWN)
         if replaced:
             self.counts["identity_replaced"] += 1
         self.counts["identity_unreadable"] += 1
@@ -325,29 +383,32 @@ class ExecutableIdentity:
             st = os.stat(path)
         except OSError:
             return False
-        return st.st_ino == key[1] and key[0] in _device_forms(st.st_dev)
+        return st.st_ino == key[1] and key[0] in device_forms(st.st_dev)
 
     def _way(self, verdict: _Verdict, key: tuple[int, int], executable: str | None,
-             pids: Sequence[int]) -> Recognition:
-        if executable and executable.startswith("/"):
-            for pid in pids:
-                root = f"{self._proc}/{pid}/root"
-                if not os.path.isdir(root + "/"):
-                    continue
-                host_path, is_link = resolve_in_root(root, executable)
-                if is_link:
-                    # only a link whose target is the very file executed: a parent outside the container
-                    # (a runtime's shim) shows the host's root, where the same path may be another file
-                    target = follow_link_in_root(root, executable)
-                    if target is not None and self._is_file(resolve_in_root(root, target)[0], key):
-                        return Recognition(verdict.program, "symlink", target)
-                    continue
-                try:
-                    st = os.lstat(host_path)
-                except OSError:
-                    continue
-                if st.st_ino == key[1]:
-                    if st.st_nlink > 1:
-                        return Recognition(verdict.program, "hardlink")
-                    return Recognition(verdict.program, "content" if verdict.source == "content" else "inode")
-        return Recognition(verdict.program, "content" if verdict.source == "content" else "inode")
+             pids: Sequence[int], roots: Sequence[int] = ()) -> Recognition:
+        evidence = verdict.evidence
+        fallback = Recognition(verdict.program, "content" if verdict.source == "content" else "inode",
+                               evidence=evidence)
+        if not executable or not executable.startswith("/"):
+            return fallback
+        for root in [*(f"{self._proc}/{pid}/root" for pid in pids), *(f"/proc/self/fd/{fd}" for fd in roots)]:
+            if not os.path.isdir(root + "/"):
+                continue
+            host_path, is_link = resolve_in_root(root, executable)
+            if is_link:
+                # only a link whose target is the very file executed: a parent outside the container
+                # (a runtime's shim) shows the host's root, where the same path may be another file
+                target = follow_link_in_root(root, executable)
+                if target is not None and self._is_file(resolve_in_root(root, target)[0], key):
+                    return Recognition(verdict.program, "symlink", target, evidence)
+                continue
+            try:
+                st = os.lstat(host_path)
+            except OSError:
+                continue
+            if st.st_ino == key[1]:
+                if st.st_nlink > 1:
+                    return Recognition(verdict.program, "hardlink", evidence=evidence)
+                return fallback
+        return fallback

@@ -187,10 +187,10 @@ class GatedIdentity(ExecutableIdentity):
         self.slow_inodes = set(slow_inodes)
 
     def check(self, executable, process_name, device, inode, pids, ctime_ns=None,  # type: ignore[override]
-              resolved=None):
+              **kwargs):
         if inode in self.slow_inodes:
             self.gate.wait(30)
-        return super().check(executable, process_name, device, inode, pids, ctime_ns, resolved)
+        return super().check(executable, process_name, device, inode, pids, ctime_ns, **kwargs)
 
 
 def container_exec(executable: str, device: int, inode: int, pid: int) -> dict:

@@ -215,3 +215,41 @@ def test_a_root_where_the_path_is_another_file_is_not_believed(tmp_path: Path) -
     assert found == Recognition("ssh", "symlink", "/usr/bin/ssh")
     assert ExecutableIdentity(proc_root=str(proc), host_paths=()).classify(
         "/usr/bin/slogin", "slogin", st.st_dev, st.st_ino, [100]) is None
+
+
+DROPBEAR = Path("/usr/sbin/dropbear")
+DBCLIENT = Path("/usr/bin/dbclient")
+
+
+@pytest.mark.skipif(not DROPBEAR.exists() or not DBCLIENT.exists(), reason="apt-get install -y dropbear-bin")
+def test_dropbear_server_and_client_by_content() -> None:
+    assert program_from_content(DROPBEAR.read_bytes()) == "dropbear"
+    assert program_from_content(DBCLIENT.read_bytes()) == "dbclient"
+
+
+def test_a_multi_call_dropbear_and_a_session_server_by_content() -> None:
+    """dropbearmulti carries both banners; OpenSSH's sshd-session (9.8+) has no usage line, only the server's
+    privilege separation step beside the version."""
+    elf = b"\x7fELF" + b"\0" * 60
+    assert program_from_content(elf + b"Dropbear server v%s\0Dropbear SSH client v%s\0") == "dropbearmulti"
+    assert program_from_content(elf + b"OpenSSH_9.8\0privsep_preauth failed\0") == "sshd"
+    assert program_from_content(elf + b"privsep_preauth failed\0") == ""   # not OpenSSH's
+
+
+def test_implementation_and_role_of_each_program() -> None:
+    from sensor.rules.identity import program_kind
+    assert program_kind("sshd-session") == ("openssh", "server")
+    assert program_kind("sshd-auth") == ("openssh", "server")
+    assert program_kind("ssh") == ("openssh", "client")
+    assert program_kind("autossh") == ("autossh", "client")
+    assert program_kind("dropbear") == ("dropbear", "server")
+    assert program_kind("dbclient") == ("dropbear", "client")
+    assert program_kind("dropbearmulti", "dbclient") == ("dropbear", "client")
+    assert program_kind("dropbearmulti", "dropbear") == ("dropbear", "server")
+    assert program_kind("dropbearmulti", "kworker") == ("dropbear", "unknown")
+
+
+def test_every_implementation_is_known_by_name() -> None:
+    for name in ("sshd-session", "sshd-auth", "dropbear", "dbclient", "dropbearmulti"):
+        assert ExecutableIdentity.by_name(f"/usr/lib/x/{name}", None) == name
+    assert ExecutableIdentity.by_name("/usr/bin/dropbearkey", "dropbearkey") is None   # a key tool, no ssh
