@@ -125,7 +125,8 @@ def build_pipeline(config: Config, outputs: list[Output], *, live: bool,
     return Pipeline(table=table, builder=builder, outputs=outputs, resolver=resolver,
                     detector=build_detector(sections.detection, live=live), leaders=build_leaders(),
                     emit_already_running=sections.events.already_running, emit_fork=sections.probe.fork,
-                    accounts=accounts)
+                    accounts=accounts,
+                    alert_metadata_wait_s=sections.detection.alert_metadata_wait if live else 0.0)
 
 
 def probe_options(config: ProbeConfig) -> ProbeOptions:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -144,6 +145,8 @@ class PipelineStats:
     cgroup_events: int = 0
     documents: int = 0
     alerts: int = 0
+    alerts_held: int = 0  # alerts that waited for their container's runtime state
+    alerts_without_metadata: int = 0  # of those, sent at the deadline without it
     output_errors: int = 0
     kernel_lost: int = 0
     argv_truncated: int = 0
@@ -239,6 +242,8 @@ class Pipeline:
         emit_already_running: bool = True,
         emit_fork: bool = False,
         accounts: Accounts | None = None,
+        alert_metadata_wait_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.table = table
         self.builder = builder
@@ -254,6 +259,11 @@ class Pipeline:
         self.loss_warnings = LossWarnings()
         self._sequence = 0
         self.heartbeat = Heartbeat(0.0)  # never stalled until the live loop sets the configured stall_timeout
+        # Alerts of a container whose runtime state was not read yet wait for it, at most this long (0: never);
+        # its documents do not: (deadline, process, alerts), oldest first
+        self._alert_metadata_wait_s = alert_metadata_wait_s
+        self._held_alerts: deque[tuple[float, Process, list[dict[str, Any]]]] = deque()
+        self._clock = clock
         table.on_forget = builder.forget_process
 
     def handle(self, record: Record) -> None:
@@ -361,6 +371,8 @@ class Pipeline:
                                              leaders=self._leaders(proc, self.table, container),
                                              container=container, cgroup_path=cgroup_path,
                                              names=self._names(container, proc))
+            self._emit_inspected(doc, proc, container)
+            return
         self._emit_inspected(doc)
 
     def _on_module(self, rec: ModuleRecord) -> None:
@@ -383,9 +395,10 @@ class Pipeline:
             names=self._names(container, proc),
             module=(module.name.decode("utf-8", "backslashreplace"), module.taints) if module else None,
         )
-        self._emit_inspected(doc)
+        self._emit_inspected(doc, proc, container)
 
-    def _emit_inspected(self, doc: dict[str, Any]) -> None:
+    def _emit_inspected(self, doc: dict[str, Any], proc: Process | None = None,
+                        container: ContainerLike | None = None) -> None:
         if self.detector is None:
             self.emit(doc)
             return
@@ -395,9 +408,45 @@ class Pipeline:
         if identity is not None:
             doc = self.builder.with_custom(doc, {"identity": identity})
         self.emit(doc)
+        if not alerts:
+            return
+        if (self._alert_metadata_wait_s > 0 and proc is not None and container is not None
+                and getattr(container, "metadata_complete", True) is False):
+            # a container's first moments: its name, image and pod are likely a few tens of ms away
+            self._held_alerts.append((self._clock() + self._alert_metadata_wait_s, proc, alerts))
+            self.stats.alerts_held += len(alerts)
+            return
         for alert in alerts:
             self.stats.alerts += 1
             self.emit(alert)
+
+    def release_held_alerts(self, force: bool = False) -> None:
+        """Alerts held for their container's runtime state: out once the state is read, or at their deadline
+        with what is known (`container_sensor.alert.container_metadata` says which). Called every poll."""
+        if not self._held_alerts:
+            return
+        now = self._clock()
+        waiting: deque[tuple[float, Process, list[dict[str, Any]]]] = deque()
+        for deadline, proc, alerts in self._held_alerts:
+            container, _ = self._container(proc)
+            complete = container is not None and getattr(container, "metadata_complete", True) is not False
+            if not (complete or force or now >= deadline):
+                waiting.append((deadline, proc, alerts))
+                continue
+            if not complete:
+                self.stats.alerts_without_metadata += len(alerts)
+            for alert in alerts:
+                if container is not None:
+                    alert["container"] = self.builder.container_block(container)
+                    orchestrator = self.builder.orchestrator_block(container)
+                    if orchestrator is not None:
+                        alert["orchestrator"] = orchestrator
+                details = alert.get("container_sensor", {}).get("alert")
+                if isinstance(details, dict):
+                    details["container_metadata"] = "complete" if complete else "incomplete"
+                self.stats.alerts += 1
+                self.emit(alert)
+        self._held_alerts = waiting
 
     def emit(self, doc: dict[str, Any]) -> None:
         self.stats.documents += 1
@@ -418,6 +467,7 @@ class Pipeline:
 
     def finish(self) -> None:
         """At shutdown: release every open fold window, so no counted repeat is lost, then flush."""
+        self.release_held_alerts(force=True)
         if self.detector is not None:
             for alert in self.detector.flush():
                 self.stats.alerts += 1

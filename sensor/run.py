@@ -299,6 +299,7 @@ def _run_live(config: Config, stop: StopFlag, record_to: Path | None,
         collector = GarbageCollection()
         while not stop.stopped:
             probe.poll(POLL_MS)
+            pipeline.release_held_alerts()
             pipeline.flush()
             now = time.monotonic()
             heartbeat.beat(now)

@@ -59,6 +59,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("rules.paths", parse_paths, "Elastic detection-rule files or directories to load (list)"),
     Option("rules.builtin", parse_bool, "load the built-in ssh/sshd/autossh-in-container rule"),
     Option("fold_window", parse_duration, "window within which identical alerts fold into one with a count"),
+    Option("alert_metadata_wait", parse_duration,
+           "longest an alert waits for its container's name, image and pod not yet read (0: never)"),
     Option("metrics.address", parse_address, "HOST:PORT of /metrics and /healthz; off disables"),
     Option("log.format", choice(LOG_FORMATS), "json or text log lines on stderr"),
     Option("log.level", choice(LOG_LEVELS), "debug, info, warning, error or critical"),

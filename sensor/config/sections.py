@@ -48,6 +48,7 @@ class DetectionConfig:
     rules_paths: tuple[Path, ...]
     builtin: bool
     fold_window: float
+    alert_metadata_wait: float  # seconds an alert waits for its container's runtime state (live only)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,7 +131,8 @@ def build_sections(config: Config) -> Sections:
         resolver=ResolverConfig(runtime_state_root=config.runtime_state_root),
         events=EventsConfig(already_running=config.events_already_running),
         detection=DetectionConfig(rules_paths=config.rules_paths, builtin=config.rules_builtin,
-                                  fold_window=config.fold_window),
+                                  fold_window=config.fold_window,
+                                  alert_metadata_wait=config.alert_metadata_wait),
         outputs=OutputsConfig(
             kinds=config.outputs,
             format=config.format,

@@ -59,6 +59,7 @@ class Config:
     rules_paths: tuple[Path, ...] = ()
     rules_builtin: bool = True
     fold_window: float = 60.0
+    alert_metadata_wait: float = 0.25
     metrics_address: str | None = "127.0.0.1:9464"
     log_format: str = "json"
     log_level: str = "info"

@@ -28,6 +28,8 @@ PIPELINE_COUNTERS = {
     "connections_accepted": "connections_accepted_total",
     "connections_unattributed": "connections_unattributed_total",
     "alerts": "alerts_total",
+    "alerts_held": "alerts_held_total",
+    "alerts_without_metadata": "alerts_without_metadata_total",
     "output_errors": "output_errors_total",
     "argv_truncated": "argv_truncated_total",
     "argv_read_failed": "argv_read_failed_total",

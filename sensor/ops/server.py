@@ -68,6 +68,8 @@ METRIC_HELP = {
     "argv_read_failed_total": "Exec records whose arguments could not be read.",
     "path_truncated_total": "Exec records whose executable path was longer than the probe keeps and was cut.",
     "alerts_total": "Alerts raised by the rules.",
+    "alerts_held_total": "Alerts that waited for their container's runtime state.",
+    "alerts_without_metadata_total": "Alerts sent at the wait's end without their container's runtime state.",
     "rule_errors_total": "Rule evaluations that failed.",
     "rules_loaded": "Detection rules loaded, built-in rule excluded.",
     "output_errors_total": "Writes an output raised an error for.",

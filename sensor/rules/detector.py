@@ -17,6 +17,7 @@ from collections.abc import Callable
 from sensor.containers.rootpins import RootPins
 from sensor.rules.alerts import build_alert
 from sensor.rules.builtin_ssh import UNKNOWN_ERROR, BuiltinSshRule, SshMatch
+from sensor.rules.builtin_ssh_network import BuiltinSshNetworkRule
 from sensor.rules.folding import AlertFolder, fold_key
 from sensor.rules.identity import ExecutableIdentity, program_kind
 from sensor.rules.loader import LoadedRule
@@ -43,10 +44,12 @@ class Detector:
         self._root_pins = RootPins(proc_root) if builtin_ssh else None
         self._builtin = (BuiltinSshRule(self._identity, worker=self._identity_worker, pins=self._root_pins,
                                         proc_root=proc_root) if builtin_ssh else None)
+        self._network = BuiltinSshNetworkRule() if builtin_ssh else None
         self._identity_note: dict | None = None
         self._folder = AlertFolder(fold_window_s)
         self._clock = clock
-        self._counts = {"events": 0, "alerts": 0, "builtin_matches": 0, "rule_matches": 0, "rule_errors": 0,
+        self._counts = {"events": 0, "alerts": 0, "builtin_matches": 0, "builtin_network_matches": 0,
+                        "rule_matches": 0, "rule_errors": 0,
                         "detector_errors": 0, "alerts_skipped": 0}
         self.rule_errors: dict[str, int] = {}
         self.rule_matches: dict[str, int] = {}
@@ -101,6 +104,18 @@ class Detector:
                     self._identity_note = {"status": "unknown", "reason": found.unknown}
                     if found.unknown == UNKNOWN_ERROR and self._builtin.last_error is not None:
                         self._rule_error(self._builtin.metadata.name, self._builtin.last_error)
+        if self._network is not None:
+            try:
+                connection = self._network.match(doc)
+            except Exception as exc:
+                self._rule_error(self._network.metadata.name, exc)
+                connection = None
+            if connection is not None:
+                self._counts["builtin_network_matches"] += 1
+                details = {"reason": connection.reason, "ssh_port": connection.port}
+                if connection.program:
+                    details["program"] = connection.program
+                out.extend(self._raise(doc, self._network.metadata, details))
         if not self._has_rules:
             return out  # the built-in rule alone: no budget clock to read, no loops to enter, per document
         process = doc.get("process")
@@ -147,6 +162,11 @@ class Detector:
         recognition = found.recognition
         self._counts["builtin_matches"] += 1
         implementation, role = program_kind(recognition.program, _argv0_name(doc))
+        if self._network is not None:
+            # its connections, whatever the port, are ssh's
+            executable = (doc.get("container_sensor") or {}).get("executable") or {}
+            self._network.remember((doc.get("process") or {}).get("entity_id"), recognition.program, role,
+                                   (executable.get("device"), executable.get("inode")))
         details: dict = {"recognized_by": recognition.way, "program": recognition.program,
                          "implementation": implementation, "role": role}
         if recognition.target:
@@ -258,6 +278,8 @@ class Detector:
         stats.update({"identity_timeouts": worker["timeouts"], "identity_deferred": worker["deferred"],
                       "identity_refused": worker["refused"], "identity_looks_queued": worker["queued_now"],
                       "identity_workers": worker["threads"], "identity_workers_stuck": worker["stuck_now"]})
+        if self._network is not None:
+            stats.update(self._network.sizes)
         if self._root_pins is not None:
             stats.update(self._root_pins.counts)
             stats["root_pins"] = self._root_pins.pinned

@@ -19,7 +19,10 @@ def fold_key(rule_id: str, doc: dict) -> tuple:
     where = container.get("id") or (custom.get("namespaces") or {}).get("mnt")
     who = parent.get("entity_id") or (parent.get("pid"), parent.get("executable"))
     passed = (custom.get("executable") or {}).get("passed")
-    return (rule_id, where, process.get("executable") or process.get("name"), passed, who)
+    # a connection's peer: repeats to one peer fold, another peer is another alert
+    peer = doc.get("destination") or {}
+    return (rule_id, where, process.get("executable") or process.get("name"), passed, who, peer.get("ip"),
+            peer.get("port"))
 
 
 @dataclass

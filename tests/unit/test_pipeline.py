@@ -107,3 +107,78 @@ def test_elastic_rule_matches_the_documents_the_builder_makes() -> None:
     assert ssh_exec["process"]["entry_leader"]["entry_meta"]["type"] == "container"
     alerts = [d for d in out.docs if d["event"]["kind"] == "alert"]
     assert [a["rule"]["name"] for a in alerts] == [rules[0].name]
+
+
+class _LateMetadata:
+    """A container whose runtime state is read only after `ready_after` lookups (its first moments)."""
+
+    def __init__(self, ready_after: int) -> None:
+        from sensor.containers.info import ContainerInfo
+        self.partial = ContainerInfo(id=PODMAN_ID, runtime="containerd", metadata_complete=False)
+        self.full = ContainerInfo(id=PODMAN_ID, runtime="containerd", name="web",
+                                  image_name="docker.io/library/busybox",
+                                  pod_name="web-6d9f7c", pod_namespace="shop", pod_uid="5f0c1e2d",
+                                  metadata_complete=True)
+        self.lookups = 0
+        self.ready_after = ready_after
+
+    def on_cgroup(self, rec) -> None:
+        pass
+
+    def resolve(self, cgroup_id, ns, ancestry=(), pid=0):
+        self.lookups += 1
+        return self.full if self.lookups > self.ready_after else self.partial
+
+    def cgroup_path(self, cgroup_id):
+        return PODMAN_CGROUP
+
+    def stats(self):
+        return {}
+
+
+def _held_pipeline(resolver, now: list[float]) -> tuple[Pipeline, MemoryOutput]:
+    out = MemoryOutput()
+    pipeline = Pipeline(table=ProcessTable("boot-1"), builder=DocumentBuilder(HOST, boot_wall_offset_ns=0),
+                        outputs=[out], resolver=resolver, leaders=find_leaders,
+                        detector=Detector([], builtin_ssh=True, proc_root=str(NOWHERE)),
+                        alert_metadata_wait_s=0.25, clock=lambda: now[0])
+    return pipeline, out
+
+
+def test_an_alert_waits_for_its_containers_metadata_its_document_does_not() -> None:
+    now = [100.0]
+    resolver = _LateMetadata(ready_after=1)
+    pipeline, out = _held_pipeline(resolver, now)
+    pipeline.handle(exec_rec(600, 500, (b"/usr/bin/ssh", b"-V"), CONTAINER_NS, 9001, 30_000))
+    assert [d["event"]["kind"] for d in out.docs] == ["event"]   # the exec's document at once, no name yet
+    assert "name" not in out.docs[0]["container"]
+    now[0] += 0.05
+    pipeline.release_held_alerts()   # the state is read by now
+    alert = out.docs[-1]
+    assert alert["event"]["kind"] == "alert"
+    assert alert["container"]["name"] == "web" and alert["orchestrator"]["namespace"] == "shop"
+    assert alert["container_sensor"]["alert"]["container_metadata"] == "complete"
+    assert (pipeline.stats.alerts_held, pipeline.stats.alerts_without_metadata, pipeline.stats.alerts) == (1, 0, 1)
+
+
+def test_an_alert_goes_out_at_the_deadline_without_metadata_and_says_so() -> None:
+    now = [100.0]
+    pipeline, out = _held_pipeline(_LateMetadata(ready_after=10**9), now)
+    pipeline.handle(exec_rec(600, 500, (b"/usr/bin/ssh", b"-V"), CONTAINER_NS, 9001, 30_000))
+    now[0] += 0.1
+    pipeline.release_held_alerts()
+    assert [d["event"]["kind"] for d in out.docs] == ["event"]
+    now[0] += 0.2
+    pipeline.release_held_alerts()
+    alert = out.docs[-1]
+    assert alert["event"]["kind"] == "alert" and alert["container"]["id"] == PODMAN_ID
+    assert alert["container_sensor"]["alert"]["container_metadata"] == "incomplete"
+    assert pipeline.stats.alerts_without_metadata == 1
+
+
+def test_held_alerts_go_out_at_shutdown() -> None:
+    now = [100.0]
+    pipeline, out = _held_pipeline(_LateMetadata(ready_after=10**9), now)
+    pipeline.handle(exec_rec(600, 500, (b"/usr/bin/ssh", b"-V"), CONTAINER_NS, 9001, 30_000))
+    pipeline.finish()
+    assert out.docs[-1]["event"]["kind"] == "alert"
