@@ -320,8 +320,11 @@ class MarkReader(threading.Thread):
         action = doc.get("event", {}).get("action")
         if not cid or action not in ("exec", "end"):
             return
-        if str(doc.get("process", {}).get("executable", "")).rsplit("/", 1)[-1] in ("runc", "crun", "conmon"):
-            return   # the runtime's own setup: the container's life is that of what runs in it
+        process = doc.get("process", {})
+        names = {str(process.get("executable", "")).rsplit("/", 1)[-1],
+                 str((process.get("args") or [""])[0]).rsplit("/", 1)[-1]}
+        if names & {"runc", "crun", "conmon", "exe"}:
+            return   # the runtime's own setup (runc init, however named): the container's life is what runs in it
         stamp = iso_seconds(doc["@timestamp"])
         span = self.spans.setdefault(cid, [stamp, stamp])
         span[0], span[1] = min(span[0], stamp), max(span[1], stamp)

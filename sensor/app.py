@@ -76,7 +76,7 @@ def build_detector(config: DetectionConfig, *, live: bool = True) -> Any:
         for refusal in refused:
             log.warning("rule refused: %s (%s): %s", refusal.name, refusal.path, refusal.reason)
     return Detector(rules, builtin_ssh=config.builtin, fold_window_s=config.fold_window,
-                    proc_root="/proc" if live else NO_PROC)
+                    proc_root="/proc" if live else NO_PROC, host_mnt_ns=host_namespaces().mnt if live else None)
 
 
 def build_resolver(host_ns: Namespaces, config: ResolverConfig | None) -> Any:

@@ -265,7 +265,9 @@ def _run_live(config: Config, stop: StopFlag, record_to: Path | None,
             recorder.write(record)
         pipeline.handle(record)
 
-    probe = Probe(on_record, probe_options(sections.probe))
+    detector = pipeline.detector
+    probe = Probe(on_record, probe_options(sections.probe),
+                  look_ahead=detector.look_ahead if detector is not None else None)
     heartbeat = pipeline.heartbeat
     heartbeat.stall_timeout = sections.ops.stall_timeout
     notifier = SystemdNotifier(heartbeat.check)

@@ -14,6 +14,7 @@ import socket
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sensor.model.records import (
     CgroupRecord,
@@ -305,6 +306,33 @@ def env_filter(names: Iterable[str]) -> re.Pattern[bytes] | None:
     if bad:
         raise ValueError(f"not environment variable names: {', '.join(bad)}")
     return re.compile(rb"(?:^|(?<=\0))(?:" + b"|".join(re.escape(n.encode()) for n in names) + rb")=[^\0]*")
+
+
+def _offset(fields: Fields, member: str) -> int:
+    at = 0
+    for name, code in fields:
+        if name == member:
+            return at
+        at += struct.calcsize("<" + code)
+    raise KeyError(member)
+
+
+# What the look ahead reads of an exec record, without decoding it: (pid, start, exe_ino, exe_dev, ctime, mnt ns)
+_PEEK_PID = _offset(EXEC_FIELDS, "pid")
+_PEEK_FILE = struct.Struct("<QQQIIQ")   # start_boottime_ns, exe_ino ... exe_ctime_ns, with cgroup_id first
+_PEEK_FILE_AT = _offset(EXEC_FIELDS, "cgroup_id")
+_PEEK_MNT_AT = _offset(EXEC_FIELDS, "ns[NS_MNT]")
+
+
+def peek_exec(buffer: Any, offset: int, size: int) -> tuple[int, int, int, int, int, int] | None:
+    """(pid, start_boottime_ns, exe_ino, exe_dev, exe_ctime_ns, mnt namespace) of the exec record at `offset` of
+    `buffer`, else None: a few fixed-offset reads and no copy, for looking ahead in the ring before the records
+    are handled in order."""
+    if size < EXEC_FIXED.size or HEADER.unpack_from(buffer, offset)[0] != RECORD_EXEC:
+        return None
+    pid = struct.unpack_from("<I", buffer, offset + _PEEK_PID)[0]
+    _cgroup, start, ino, dev, _flags, ctime = _PEEK_FILE.unpack_from(buffer, offset + _PEEK_FILE_AT)
+    return pid, start, ino, dev, ctime, struct.unpack_from("<I", buffer, offset + _PEEK_MNT_AT)[0]
 
 
 def decode_exec(raw: bytes, env_vars: re.Pattern[bytes] | None = None) -> ExecRecord:

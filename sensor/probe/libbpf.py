@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import select
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -54,6 +55,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.ring_buffer__consume.argtypes = (ctypes.c_void_p,)
     lib.ring_buffer__consume.restype = ctypes.c_int
     lib.ring_buffer__free.argtypes = (ctypes.c_void_p,)
+    lib.ring_buffer__epoll_fd.restype = ctypes.c_int
+    lib.ring_buffer__epoll_fd.argtypes = (ctypes.c_void_p,)
     lib.ring_buffer__free.restype = None
 
 
@@ -132,6 +135,7 @@ class LibbpfRingReader:
         if not ring:
             raise _failed(f"opening the ring buffer of BPF map fd {map_fd}")
         self._ring: int | None = ring
+        self._epoll_fd = -1   # libbpf's own: readable when a ring has data
 
     def _after(self) -> bool:
         """Raises what the callback caught; says whether the call stopped at BATCH records (more may wait)."""
@@ -141,6 +145,14 @@ class LibbpfRingReader:
         if raised is not None:
             raise raised
         return full
+
+    def wait(self, timeout_ms: int) -> None:
+        """Waits up to timeout_ms for a wake-up, consuming nothing (a look ahead comes between)."""
+        if self._ring is None:
+            return
+        if self._epoll_fd < 0:
+            self._epoll_fd = self._lib.ring_buffer__epoll_fd(self._ring)
+        select.select([self._epoll_fd], [], [], timeout_ms / 1000)
 
     def wait_and_consume(self, timeout_ms: int) -> None:
         """Waits up to timeout_ms for a wake-up, then consumes up to BATCH records: the probe wakes the consumer

@@ -36,9 +36,10 @@ from sensor.probe.layout import (
     DecodeError,
     decode,
     env_filter,
+    peek_exec,
 )
 from sensor.probe.libbpf import LibbpfError, LibbpfRingReader, percpu_u64_values
-from sensor.probe.ringbuf import RingBufferReader, RingPositions
+from sensor.probe.ringbuf import RingBufferReader, RingPeeker, RingPositions
 
 log = logging.getLogger("container_sensor")
 
@@ -101,12 +102,25 @@ class ProbeOptions:
     module_events: bool = False  # probe module loads where the kernel has module:module_load
 
 
+# Records handled between two looks ahead in the ring (about a millisecond of handling): the look at the
+# records written since the last one costs a few loads when there are none.
+PEEK_EVERY = 16
+
+
 class Probe:
     """The loaded BPF program, held as file descriptors. `poll` delivers each record to the callback given at
     construction."""
 
-    def __init__(self, on_record: Callable[[Record], None], options: ProbeOptions) -> None:
+    def __init__(self, on_record: Callable[[Record], None], options: ProbeOptions,
+                 look_ahead: Callable[[tuple[int, int, int, int, int, int]], None] | None = None) -> None:
         self._on_record = on_record
+        # shown each exec record waiting in the ring before any is handled (peek_exec's tuple): what must be
+        # done while the process may still run (the ssh identity's hold on the executed file) is not delayed by
+        # the records ahead of it
+        self._look_ahead = look_ahead
+        self._peeker: RingPeeker | None = None
+        self._since_peek = 0
+        self.look_ahead_errors = 0
         self._options = options
         self._maps: dict[str, int] = {}
         self._links: dict[str, int] = {}
@@ -148,6 +162,8 @@ class Probe:
             else:
                 self._libbpf_reader = LibbpfRingReader(events, self._handle)
             self._positions = RingPositions(events)
+            if self._look_ahead is not None and ringbuf.supported():
+                self._peeker = RingPeeker(events)
         except OSError as exc:
             self.close()
             raise ProbeError(f"cannot open the BPF ring buffer: {exc}") from exc
@@ -161,6 +177,12 @@ class Probe:
         return sorted(self._links)
 
     def _handle(self, raw: bytes) -> None:
+        if self._peeker is not None:
+            # a batch takes a while to handle: what arrived meanwhile is looked at every few records
+            self._since_peek += 1
+            if self._since_peek >= PEEK_EVERY:
+                self._since_peek = 0
+                self._peek()
         try:
             record = decode(raw, self._env_filter)
         except Exception as error:  # DecodeError, or a decoder bug a hostile record found: lost, never fatal
@@ -187,9 +209,33 @@ class Probe:
         since the last wake-up are consumed whether or not a wake-up came."""
         if self._reader is not None:
             self._reader.wait(timeout_ms)
+            self._peek()
             self._reader.consume(self._handle)
         elif self._libbpf_reader is not None:
-            self._libbpf_reader.wait_and_consume(timeout_ms)
+            if self._peeker is None:
+                self._libbpf_reader.wait_and_consume(timeout_ms)
+            else:
+                self._libbpf_reader.wait(timeout_ms)
+                self._peek()
+                self._libbpf_reader.consume()
+
+    def _peek(self) -> None:
+        if self._peeker is None or self._look_ahead is None:
+            return
+        look = self._look_ahead
+
+        def exec_only(buffer: object, offset: int, size: int) -> None:
+            found = peek_exec(buffer, offset, size)
+            if found is not None:
+                look(found)
+
+        try:
+            self._peeker.peek(exec_only)
+        except Exception as error:   # the look ahead is an optimisation: never a reason to stop reading
+            self.look_ahead_errors += 1
+            if self.look_ahead_errors == 1:
+                log.error("looking ahead in the ring buffer failed (counted; records are still handled): %s: %s",
+                          type(error).__name__, error)
 
     def detach(self) -> None:
         """Stops the probes from writing records; the ring and what it holds stay readable."""
@@ -241,6 +287,9 @@ class Probe:
         if self._positions is not None:
             self._positions.close()
             self._positions = None
+        if self._peeker is not None:
+            self._peeker.close()
+            self._peeker = None
         _close_all([*self._links.values(), *self._maps.values()])
         self._links = {}
         self._maps = {}

@@ -66,6 +66,49 @@ class RingPositions:
         self._producer.close()
 
 
+class RingPeeker:
+    """Looks at the records waiting in the ring without consuming them (whichever reader consumes them): the
+    consumer page and the data are mapped read-only. Each record is shown once: the next look starts where the
+    last one ended. Only from the thread that consumes, before it consumes: the records between the consumer and
+    the producer positions cannot be overwritten until that thread frees them."""
+
+    def __init__(self, map_fd: int) -> None:
+        page = mmap.PAGESIZE
+        data_size = ring_data_size(map_fd)
+        if data_size <= 0 or data_size & (data_size - 1):
+            raise OSError(f"ring buffer size {data_size} is not a power of two")
+        self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=0)
+        self._ring = mmap.mmap(map_fd, page + 2 * data_size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self._data = page
+        self._mask = data_size - 1
+        self._seen = 0   # the position the last look reached
+
+    def peek(self, look: Callable[[mmap.mmap, int, int], object]) -> int:
+        """Calls look(buffer, offset, size) for each committed record not shown before, no copy made (the
+        data pages are mapped twice in a row, so a record is contiguous); returns how many were shown."""
+        ring, data, mask = self._ring, self._data, self._mask
+        read_position, read_length = _POSITION.unpack_from, _LENGTH.unpack_from
+        position = max(read_position(self._consumer, 0)[0], self._seen)
+        produced = read_position(ring, 0)[0]
+        shown = 0
+        while position < produced:
+            at = data + (position & mask)
+            length = read_length(ring, at)[0]
+            if length & BUSY_BIT:
+                break
+            size = length & LENGTH_MASK
+            if not length & DISCARD_BIT:
+                look(ring, at + HEADER_SIZE, size)
+                shown += 1
+            position += (size + HEADER_SIZE + 7) & ~7
+        self._seen = position
+        return shown
+
+    def close(self) -> None:
+        self._consumer.close()
+        self._ring.close()
+
+
 class RingBufferReader:
     def __init__(self, map_fd: int) -> None:
         page = mmap.PAGESIZE

@@ -31,6 +31,10 @@ NOT_SSH_KEPT = 16384
 PENDING_KEPT = 2048
 PENDING_KEPT_S = 600.0
 PENDING_PER_LOOK = 4
+# Executed files held by the look ahead in the ring (before their records are handled): at most this many, each
+# for at most EARLY_KEPT_S (an exec whose document never asks for its file, one named ssh, gives its back then)
+EARLY_KEPT = 1024
+EARLY_KEPT_S = 5.0
 UNKNOWN_TIMEOUT = "timeout"      # the look did not finish within the event loop's wait
 UNKNOWN_DEFERRED = "deferred"    # the loop had spent its share of time waiting for looks: the look is queued
 UNKNOWN_BUSY = "workers_busy"    # the queue of looks is full: this one was not queued
@@ -116,10 +120,14 @@ class _Pending:
 class BuiltinSshRule:
     def __init__(self, identity: ExecutableIdentity, max_containers: int = 10000,
                  worker: BoundedWorker | None = None, pins: RootPins | None = None,
-                 proc_root: str = "/proc") -> None:
+                 proc_root: str = "/proc", host_mnt_ns: int | None = None) -> None:
         self.identity = identity
         self.pins = pins
         self._proc = proc_root.rstrip("/")
+        self._host_mnt_ns = host_mnt_ns
+        # (pid, inode) -> (descriptor of the executed file, when taken): held by the look ahead, claimed by match
+        self._early: dict[tuple[int, int], tuple[int, float]] = {}
+        self._early_expiry = 0.0
         self.metadata = BUILTIN_SSH_RULE
         self.worker = worker if worker is not None else BoundedWorker("ssh identity")
         # Both written by hand, not cachetools: the look worker writes them while the pipeline thread reads them
@@ -136,15 +144,66 @@ class BuiltinSshRule:
         self._waiting: dict[int, int] = {}      # id(job) -> pending execs waiting for it
         self._in_flight: dict[tuple[int, int], Job] = {}    # (device, inode) -> its look, while not done
         self.counts = {"identity_unknown": 0, "identity_late_matches": 0, "identity_pending_dropped": 0,
-                       "identity_coalesced": 0, "identity_files_held": 0, "identity_files_not_held": 0}
+                       "identity_coalesced": 0, "identity_files_held": 0, "identity_files_not_held": 0,
+                       "identity_files_held_ahead": 0, "identity_files_ahead_unclaimed": 0,
+                       "identity_files_ahead_refused": 0}
         self.unknown_by_reason: dict[str, int] = {}
         self.last_error: Exception | None = None
+
+    def look_ahead(self, pid: int, start_ns: int, inode: int, device: int, ctime_ns: int, mnt_ns: int) -> None:
+        """An exec record still waiting in the ring (the event loop, before the records ahead of it are handled):
+        outside the host's mount namespace, its root is pinned and its executed file held while the process may
+        still run, for the look its document may ask for. Nothing for a file already known not to be ssh."""
+        if self._host_mnt_ns is None or mnt_ns == self._host_mnt_ns or (pid, inode) in self._early:
+            return
+        now = time.monotonic()
+        if now >= self._early_expiry:
+            self._expire_early(now)
+        if ctime_ns and self.identity.settled_not_ssh(device, inode, ctime_ns):
+            return
+        if self.pins is not None:
+            self.pins.see(pid, mnt_ns)
+        if len(self._early) >= EARLY_KEPT:
+            self.counts["identity_files_ahead_refused"] += 1
+            return
+        fd = self._hold(pid, device, inode)
+        if fd is not None:
+            self._early[(pid, inode)] = (fd, now)
+            self.counts["identity_files_held_ahead"] += 1
+
+    def _expire_early(self, now: float) -> None:
+        self._early_expiry = now + 1.0
+        for key, (fd, since) in list(self._early.items()):
+            if now - since >= EARLY_KEPT_S:
+                del self._early[key]
+                os.close(fd)
+                self.counts["identity_files_ahead_unclaimed"] += 1
+
+    def _claim_early(self, pid: object, inode: object) -> int | None:
+        if not self._early or not isinstance(pid, int) or not isinstance(inode, int):
+            return None
+        entry = self._early.pop((pid, inode), None)
+        return entry[0] if entry is not None else None
 
     def match(self, doc: dict) -> SshMatch | None:
         """ssh recognised (how, and which fields place it in a container), identity unknown, or None: not ssh,
         or not an exec in a container."""
         if not _is_exec_start(doc):
             return None
+        early = None
+        if self._early:
+            # what the look ahead held for this exec: claimed whatever happens next, closed when not needed
+            process = doc.get("process") or {}
+            executable = (doc.get("container_sensor") or {}).get("executable") or {}
+            early = self._claim_early(process.get("pid"), executable.get("inode"))
+        taken = [False]
+        try:
+            return self._match(doc, early, taken)
+        finally:
+            if early is not None and not taken[0]:
+                os.close(early)
+
+    def _match(self, doc: dict, early: int | None, taken: list[bool]) -> SshMatch | None:
         process = doc.get("process")
         if not isinstance(process, dict):
             return None
@@ -199,7 +258,8 @@ class BuiltinSshRule:
             return self._unknown(UNKNOWN_DEFERRED, evidence)
         # The executed file itself, opened now while the process may still run: the look reads it even if the
         # process, the container, or the path's file (replaced, deleted) is gone by then
-        held = self._hold(pid, device, inode)
+        held = early if early is not None else self._hold(pid, device, inode)
+        taken[0] = True   # the job closes it, or the refusal below
         job = self.worker.call(self._look, container, process.get("executable"), process.get("name"),
                                device, inode, _live_pids(process), ctime_ns, held,
                                mnt_ns if isinstance(mnt_ns, int) else None)

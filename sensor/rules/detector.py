@@ -33,7 +33,7 @@ class Detector:
                  max_sequences: int = 10000, proc_root: str = "/proc",
                  clock: Callable[[], float] = time.monotonic, identity_wait_s: float = 0.05,
                  rule_budget_s: float | None = 0.05, budget_clock: Callable[[], float] = time.perf_counter,
-                 budget_cpu_clock: Callable[[], float] = time.thread_time) -> None:
+                 budget_cpu_clock: Callable[[], float] = time.thread_time, host_mnt_ns: int | None = None) -> None:
         self._single = [(rule, rule.compiled.predicate, rule.compiled.required_names, rule.compiled.names_folded)
                         for rule in rules if not rule.compiled.is_sequence]
         self._sequences = [(rule, SequenceMatcher(rule.compiled, max_sequences))
@@ -43,7 +43,7 @@ class Detector:
         self._identity_worker = BoundedWorker("ssh identity", wait_s=identity_wait_s)
         self._root_pins = RootPins(proc_root) if builtin_ssh else None
         self._builtin = (BuiltinSshRule(self._identity, worker=self._identity_worker, pins=self._root_pins,
-                                        proc_root=proc_root) if builtin_ssh else None)
+                                        proc_root=proc_root, host_mnt_ns=host_mnt_ns) if builtin_ssh else None)
         self._network = BuiltinSshNetworkRule() if builtin_ssh else None
         self._identity_note: dict | None = None
         self._folder = AlertFolder(fold_window_s)
@@ -66,6 +66,15 @@ class Detector:
     @property
     def rules(self) -> list[LoadedRule]:
         return [entry[0] for entry in self._single] + [rule for rule, _ in self._sequences]
+
+    def look_ahead(self, found: tuple[int, int, int, int, int, int]) -> None:
+        """An exec record still waiting in the ring buffer (sensor.probe.layout.peek_exec's tuple): the built-in
+        rule holds what it may need while the process can still show it."""
+        if self._builtin is not None:
+            try:
+                self._builtin.look_ahead(*found)
+            except Exception as exc:  # an optimisation: its failure is counted, never a stop
+                self._rule_error(self._builtin.metadata.name, exc)
 
     def inspect(self, doc: dict) -> tuple[list[dict], dict | None]:
         """Alert documents raised by this event, and what its document should say of the executed file's
