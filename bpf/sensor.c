@@ -159,6 +159,24 @@ static __always_inline void cross_mounts(void **dentry, void **vfsmnt)
  *
  * Two loops keep the verifier's work linear: the first only follows pointers (its branches differ in
  * unknown values, so their states merge), the second only copies names. */
+/* FNV-1a over the HEAD_BYTES the kernel read of the executed file, a 64-bit word at a time (little-endian, as
+ * sensor/rules/identity.py computes it from a file): 64 bytes of stack per step */
+static __always_inline u64 head_hash(const char *head)
+{
+    u64 hash = 0xcbf29ce484222325ULL;
+#pragma unroll
+    for (int part = 0; part < HEAD_BYTES / 64; part++) {
+        u64 words[8] = {};
+        bpf_probe_read_kernel(words, sizeof(words), head + part * 64);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            hash ^= words[i];
+            hash *= 0x100000001b3ULL;
+        }
+    }
+    return hash;
+}
+
 static __always_inline u32 fill_path(struct exec_record *e, u32 base, void *dentry, void *vfsmnt,
                                      void *root_dentry, void *root_mnt, u32 truncated_flag)
 {
@@ -333,6 +351,8 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     e->exe_ctime_ns = read_u64(inode, OFF_INODE_CTIME_SEC) * 1000000000ULL +
                       (read_u32(inode, OFF_INODE_CTIME_NSEC) & 0x3fffffff);
     e->argc = read_u32(bprm, OFF_BPRM_ARGC);
+    e->exe_size = read_u64(inode, OFF_INODE_I_SIZE);
+    e->exe_head_hash = head_hash((const char *)bprm + OFF_BPRM_BUF);
 
     void *fs = read_ptr(task, OFF_TASK_FS);
     void *root_dentry = read_ptr(fs, OFF_FS_ROOT + OFF_PATH_DENTRY);

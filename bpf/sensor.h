@@ -23,6 +23,7 @@
 #define ENV_MAX 0
 #endif
 #define CGROUP_PATH_MAX 512 /* must be a power of two */
+#define HEAD_BYTES 256 /* BINPRM_BUF_SIZE: the bytes of the executed file the kernel reads into linux_binprm.buf */
 #define CWD_MAX 1024 /* bytes of working-directory components kept; must be a power of two */
 #define CWD_NAME_MAX 256 /* one path component, NUL included */
 #define CWD_DEPTH 32 /* path components walked; must be a power of two */
@@ -101,6 +102,11 @@ struct exec_record {
     u64 exe_ctime_ns; /* the executed file's inode change time: with dev and ino, its identity over time */
     u64 cap_effective; /* capability sets after the exec (bit N: capability N) */
     u64 cap_permitted;
+    /* the executed file's size and a hash of its first BINPRM_BUF_SIZE bytes, which the kernel has just read to
+     * load it: an ELF header and program headers name one build of one binary, so a copy of ssh is known by them
+     * even when the file is gone before anyone can read it */
+    u64 exe_size;
+    u64 exe_head_hash;
     u32 ns[NS_COUNT];
     u32 argc;
     u16 filename_len;

@@ -451,6 +451,10 @@ class DocumentBuilder:
                 executable["ctime_ns"] = proc.exe_ctime_ns
         # always a boolean, like args_truncated: true when process.executable is a cut prefix of a longer path
         executable["path_truncated"] = proc.path_truncated
+        if proc.exe_head_hash:
+            # what the kernel read of the file to load it: a build of a binary, known even once the file is gone
+            executable["size"] = proc.exe_size
+            executable["head_hash"] = f"{proc.exe_head_hash:016x}"
         if proc.passed:
             executable["passed"] = proc.passed  # the path as passed, where process.executable is the file it led to
         own["executable"] = executable

@@ -119,6 +119,9 @@ class Process:
     # the path as passed to execve, where it differs from `executable` (the file actually executed, as the kernel
     # walked it from the new image's file: /usr/bin/dash for /bin/sh, the applet's busybox)
     passed: str = ""
+    # the executed file's size and the hash of its first 256 bytes as the kernel read them (0: unknown)
+    exe_size: int = 0
+    exe_head_hash: int = 0
 
     @property
     def command_line(self) -> str:
@@ -264,6 +267,9 @@ class ProcessTable:
         )
         if passed:
             proc.passed = passed
+        if rec.exe_head_hash:
+            proc.exe_size = rec.exe_size
+            proc.exe_head_hash = rec.exe_head_hash
         if rec.env_vars:
             proc.env_vars = tuple(v.decode("utf-8", "backslashreplace") for v in rec.env_vars)
         proc.env_truncated = rec.env_truncated

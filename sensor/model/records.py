@@ -81,6 +81,10 @@ class ExecRecord:
     # the file actually executed, walked in the kernel from the new image's file (/usr/bin/dash for a /bin/sh
     # link), as the process sees it; b"" where unknown (recordings made before it, a path too deep)
     exe_path: bytes = b""
+    # the executed file's size and the hash of its first 256 bytes as the kernel read them to load it (see
+    # sensor.rules.identity.head_fingerprint); 0 in recordings made before they were captured
+    exe_size: int = 0
+    exe_head_hash: int = 0
 
 
 @dataclass(slots=True)

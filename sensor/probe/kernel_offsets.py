@@ -40,6 +40,8 @@ MEMBER_OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_BPRM_FILE": ("linux_binprm", "file"),
     "OFF_BPRM_FILENAME": ("linux_binprm", "filename"),
     "OFF_BPRM_ARGC": ("linux_binprm", "argc"),
+    "OFF_BPRM_BUF": ("linux_binprm", "buf"),
+    "OFF_INODE_I_SIZE": ("inode", "i_size"),
     "OFF_FILE_F_INODE": ("file", "f_inode"),
     "OFF_FILE_F_PATH": ("file", "f_path"),
     "OFF_INODE_I_INO": ("inode", "i_ino"),

@@ -61,7 +61,7 @@ EXEC_FIELDS: Fields = (
     ("pid", "I"), ("tid", "I"), ("old_tid", "I"), ("ppid", "I"), ("uid", "I"), ("gid", "I"), ("euid", "I"),
     ("egid", "I"), ("sid", "I"), ("pgid", "I"), ("tty_major", "I"), ("tty_minor", "I"),
     ("cgroup_id", "Q"), ("start_boottime_ns", "Q"), ("exe_ino", "Q"), ("exe_dev", "I"), ("flags", "I"),
-    ("exe_ctime_ns", "Q"), ("cap_effective", "Q"), ("cap_permitted", "Q"),
+    ("exe_ctime_ns", "Q"), ("cap_effective", "Q"), ("cap_permitted", "Q"), ("exe_size", "Q"), ("exe_head_hash", "Q"),
     ("ns[NS_PID]", "I"), ("ns[NS_MNT]", "I"), ("ns[NS_NET]", "I"), ("ns[NS_UTS]", "I"), ("ns[NS_IPC]", "I"),
     ("ns[NS_CGROUP]", "I"), ("ns[NS_USER]", "I"),
     ("argc", "I"), ("filename_len", "H"), ("args_len_lo", "H"), ("args_len_hi", "H"), ("cwd_len", "H"),
@@ -341,7 +341,7 @@ def decode_exec(raw: bytes, env_vars: re.Pattern[bytes] | None = None) -> ExecRe
     (
         _type, _size, ktime,
         pid, tid, old_tid, ppid, uid, gid, euid, egid, sid, pgid, tty_major, tty_minor,
-        cgroup_id, start, exe_ino, exe_dev, flags, exe_ctime_ns, cap_effective, cap_permitted,
+        cgroup_id, start, exe_ino, exe_dev, flags, exe_ctime_ns, cap_effective, cap_permitted, exe_size, head_hash,
         ns_pid, ns_mnt, ns_net, ns_uts, ns_ipc, ns_cgroup, ns_user,
         argc, filename_len, args_lo, args_hi, cwd_len, env_len, exe_len, comm,
     ) = EXEC_FIXED.unpack_from(raw)
@@ -367,5 +367,5 @@ def decode_exec(raw: bytes, env_vars: re.Pattern[bytes] | None = None) -> ExecRe
         ktime, pid, tid, old_tid, ppid, uid, gid, euid, egid, _cstr(comm), filename, argv, max(argc, len(argv)),
         truncated, cgroup_id, ns, sid, pgid, tty_major, tty_minor, start, exe_ino, exe_dev, cwd, exe_ctime_ns,
         bool(flags & EXEC_FILENAME_TRUNCATED), cap_effective, cap_permitted, env,
-        bool(flags & EXEC_ENV_TRUNCATED), exe_path,
+        bool(flags & EXEC_ENV_TRUNCATED), exe_path, exe_size, head_hash,
     )

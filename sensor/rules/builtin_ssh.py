@@ -89,6 +89,17 @@ def _container_key(doc: dict, sensor: dict) -> object:
     return ("mnt", (sensor.get("namespaces") or {}).get("mnt"))
 
 
+def _fingerprint(executable: dict) -> tuple[int, int] | None:
+    """(size, head hash) of the executed file as the kernel read it at exec, from the document."""
+    size, head = executable.get("size"), executable.get("head_hash")
+    if not isinstance(size, int) or not isinstance(head, str):
+        return None
+    try:
+        return size, int(head, 16)
+    except ValueError:
+        return None
+
+
 def _live_pids(process: dict) -> list[int]:
     """The exec'd process first, then relatives that are likely still alive and share its mount namespace."""
     pids: list[int] = []
@@ -236,11 +247,13 @@ class BuiltinSshRule:
         device = device if isinstance(device, int) else None
         inode = inode if isinstance(inode, int) else None
         ctime_ns = ctime_ns if isinstance(ctime_ns, int) else None
+        fingerprint = _fingerprint(executable)
         if self.identity.by_name(process.get("executable"), process.get("name")) is not None:
             # ssh by name needs no look at any file: decided here, whatever state the looks are in (the
             # container's inventory is taken at its next exec of another name)
             return self._found(self.identity.check(process.get("executable"), process.get("name"),
-                                                   device, inode, (), resolved=process.get("resolved")), evidence)
+                                                   device, inode, (), resolved=process.get("resolved"),
+                                                   fingerprint=fingerprint), evidence)
         if (self._scanned.get(container) == 0.0 and device is not None and inode is not None
                 and ctime_ns is not None and self.identity.settled_not_ssh(device, inode, ctime_ns)):
             self._settle(seen_key)
@@ -262,7 +275,7 @@ class BuiltinSshRule:
         taken[0] = True   # the job closes it, or the refusal below
         job = self.worker.call(self._look, container, process.get("executable"), process.get("name"),
                                device, inode, _live_pids(process), ctime_ns, held,
-                               mnt_ns if isinstance(mnt_ns, int) else None)
+                               mnt_ns if isinstance(mnt_ns, int) else None, fingerprint)
         if job.refused:
             if held is not None:
                 os.close(held)
@@ -308,13 +321,14 @@ class BuiltinSshRule:
 
     def _look(self, container: object, executable: str | None, name: str | None, device: int | None,
               inode: int | None, pids: list[int], ctime_ns: int | None, held: int | None = None,
-              mnt_ns: int | None = None) -> Outcome:
+              mnt_ns: int | None = None, fingerprint: tuple[int, int] | None = None) -> Outcome:
         """On the worker: the container's ssh inventory (once), then the executed file."""
         roots = self.pins.dup_roots(mnt_ns) if self.pins is not None and mnt_ns is not None else []
         try:
             if self._scan_once(container, pids):
                 self._not_ssh.clear()  # new ssh binaries may be known now
-            return self.identity.check(executable, name, device, inode, pids, ctime_ns, held=held, roots=roots)
+            return self.identity.check(executable, name, device, inode, pids, ctime_ns, held=held, roots=roots,
+                                       fingerprint=fingerprint)
         finally:
             for fd in (*roots, *((held,) if held is not None else ())):
                 os.close(fd)

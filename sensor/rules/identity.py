@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -81,12 +82,30 @@ EVIDENCE_EXECUTED = "executed_file"
 EVIDENCE_ROOT = "container_root"
 EVIDENCE_PINNED_ROOT = "pinned_root"
 EVIDENCE_KNOWN = "known_inode"
+EVIDENCE_FINGERPRINT = "head_fingerprint"   # no bytes read: the size and head the kernel read at exec
+HEAD_BYTES = 256   # bpf/sensor.h HEAD_BYTES (BINPRM_BUF_SIZE)
+_FNV_OFFSET, _FNV_PRIME, _U64 = 0xCBF29CE484222325, 0x100000001B3, (1 << 64) - 1
+
+
+def head_hash(head: bytes) -> int:
+    """FNV-1a over the first HEAD_BYTES of a file (zero-filled past its end, as the kernel's buffer is), a
+    little-endian 64-bit word at a time: what the probe computes at exec (bpf/sensor.c head_hash)."""
+    head = head[:HEAD_BYTES].ljust(HEAD_BYTES, b"\0")
+    value = _FNV_OFFSET
+    for (word,) in struct.iter_unpack("<Q", head):
+        value = ((value ^ word) * _FNV_PRIME) & _U64
+    return value
+
+
+def head_fingerprint(fd: int) -> tuple[int, int]:
+    """(size, head_hash) of an open file."""
+    return os.fstat(fd).st_size, head_hash(os.pread(fd, HEAD_BYTES, 0))
 
 
 @dataclass(frozen=True)
 class Recognition:
     program: str          # one of SSH_PROGRAMS
-    way: str              # "name", "symlink", "hardlink", "content" or "inode"
+    way: str              # "name", "symlink", "hardlink", "content", "inode" or "fingerprint"
     target: str | None = None   # where a symlink led, inside the container's root
     # EVIDENCE_*: what the verdict was read from ("" for a name); told in the alert, not part of what was found
     evidence: str = field(default="", compare=False)
@@ -139,9 +158,12 @@ class ExecutableIdentity:
         self._known: dict[tuple[int, int], str] = {}
         self._known_size = max(1, known_size)
         self._known_lock = threading.Lock()
+        # (size, head hash) -> program: the builds of ssh binaries seen (the host's, and those read or executed
+        # by name in containers), at most `known_size`, oldest first out; written under the same lock
+        self._fingerprints: dict[tuple[int, int], str] = {}
         self.counts = {"identity_cache_hits": 0, "identity_lookups": 0, "identity_content_reads": 0,
                        "identity_unreadable": 0, "identity_partial_scans": 0, "identity_stale": 0,
-                       "identity_replaced": 0, "identity_time_budget": 0}
+                       "identity_replaced": 0, "identity_time_budget": 0, "identity_fingerprint_matches": 0}
         self._inventory_paths = tuple(host_paths)
         for path in self._inventory_paths:
             self._learn_path(path)
@@ -171,6 +193,11 @@ class ExecutableIdentity:
         if program:
             for dev in device_forms(st.st_dev):
                 self._inventory[(dev, st.st_ino)] = program
+            try:
+                with open(path, "rb") as file:
+                    self.learn_fingerprint(head_fingerprint(file.fileno()), program)
+            except OSError:
+                pass
 
     def _program_known(self, key: tuple[int, int]) -> str | None:
         return self._inventory.get(key) or self._known.get(key)
@@ -183,6 +210,14 @@ class ExecutableIdentity:
             while len(known) >= self._known_size:
                 del known[next(iter(known))]
             known.setdefault(key, program)
+
+    def learn_fingerprint(self, fingerprint: tuple[int, int] | None, program: str) -> None:
+        if not fingerprint or not fingerprint[1] or fingerprint in self._fingerprints:
+            return
+        with self._known_lock:
+            while len(self._fingerprints) >= self._known_size:
+                del self._fingerprints[next(iter(self._fingerprints))]
+            self._fingerprints.setdefault(fingerprint, program)
 
     @property
     def known_count(self) -> int:
@@ -215,6 +250,16 @@ class ExecutableIdentity:
                     continue
                 for dev in device_forms(st.st_dev):
                     self._learn((dev, st.st_ino), name)
+                try:   # and its build, for a copy of it run once the container can no longer be looked into
+                    fd = self._opener.open(root, final)
+                except OSError:
+                    continue
+                try:
+                    self.learn_fingerprint(head_fingerprint(fd), name)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
             return True
         return False
 
@@ -238,15 +283,18 @@ class ExecutableIdentity:
 
     def check(self, executable: str | None, process_name: str | None, device: int | None,
               inode: int | None, pids: Sequence[int], ctime_ns: int | None = None,
-              resolved: str | None = None, held: int | None = None, roots: Sequence[int] = ()) -> Outcome:
+              resolved: str | None = None, held: int | None = None, roots: Sequence[int] = (),
+              fingerprint: tuple[int, int] | None = None) -> Outcome:
         """`classify`, saying why when the file could not be decided. `resolved` is the file the kernel found
         at `executable` when that was a link: named ssh there, the exec is ssh through a symbolic link.
         `held`: a descriptor of the executed file opened while the process still ran; `roots`: descriptors of
-        the container's roots held since its first exec. Both stay the caller's to close."""
+        the container's roots held since its first exec. Both stay the caller's to close. `fingerprint`: the
+        (size, head hash) the kernel read at exec, the evidence left when the file cannot be read any more."""
         name = self.by_name(executable, process_name)
         if name is not None:
             if device is not None and inode is not None:
                 self._learn((device, inode), name)
+            self.learn_fingerprint(fingerprint, name)
             if (isinstance(resolved, str) and os.path.basename(resolved) == name
                     and os.path.basename(executable or "") != name):
                 return Outcome(Recognition(name, "symlink", resolved))
@@ -256,6 +304,11 @@ class ExecutableIdentity:
         key = (device, inode)
         verdict = self._verdict(key, executable, pids, ctime_ns, held, roots)
         if verdict.source == "unreadable":
+            # the file is gone, replaced or changed: what the kernel read of it at exec still names its build
+            known = self._fingerprints.get(fingerprint) if fingerprint else None
+            if known:
+                self.counts["identity_fingerprint_matches"] += 1
+                return Outcome(Recognition(known, "fingerprint", evidence=EVIDENCE_FINGERPRINT))
             return Outcome(None, verdict.reason or UNKNOWN_UNREACHABLE)
         if not verdict.program:
             return Outcome(None)
@@ -360,6 +413,8 @@ class ExecutableIdentity:
                 if changed and not program:
                     replaced = True
                     continue
+                if program and not changed:
+                    self.learn_fingerprint((st.st_size, head_hash(os.pread(fd, HEAD_BYTES, 0))), program)
                 return _Verdict(program, "content", st.st_ctime_ns, evidence=evidence)
             except OSError:
                 continue

@@ -177,13 +177,13 @@ def test_a_member_moved_within_the_same_size_fails_and_is_named(tmp_path: Path) 
     assert layout(structs, "exec_record")[0]["data"] == probe_layout.EXEC_FIXED.size
 
     mismatches = layout_mismatches(c_layout(tmp_path, tmp_path))
-    assert "exec_record.cwd_len: C offset 152, Python 158" in mismatches
-    assert "exec_record.filename_len: C offset 154, Python 152" in mismatches
+    assert "exec_record.cwd_len: C offset 168, Python 174" in mismatches
+    assert "exec_record.filename_len: C offset 170, Python 168" in mismatches
     assert not [m for m in mismatches if not m.startswith(("exec_record.cwd_len:", "exec_record.filename_len:",
                                                            "exec_record.args_len_lo:", "exec_record.args_len_hi:"))]
     result = compile_static_asserts(tmp_path, tmp_path)
     assert result.returncode != 0
-    assert "exec_record.cwd_len: sensor/probe/layout.py reads it at offset 158" in result.stderr
+    assert "exec_record.cwd_len: sensor/probe/layout.py reads it at offset 174" in result.stderr
 
 
 def test_a_resized_member_fails_and_is_named(tmp_path: Path) -> None:
@@ -231,7 +231,7 @@ def test_the_decoders_read_each_member_by_its_name() -> None:
                                                                         "user")}
     _assert_read_by_name(rec, values, common | namespaces | {m: m for m in (
         "tid", "old_tid", "ppid", "uid", "gid", "euid", "egid", "sid", "pgid", "tty_major", "tty_minor", "cgroup_id",
-        "exe_ino", "exe_dev", "exe_ctime_ns", "cap_effective", "cap_permitted")})
+        "exe_ino", "exe_dev", "exe_ctime_ns", "cap_effective", "cap_permitted", "exe_size", "exe_head_hash")})
 
     values = _distinct(probe_layout.FORK_FIELDS) | {"hdr.type": probe_layout.RECORD_FORK}
     _assert_read_by_name(decode(_pack(probe_layout.FORK_FIELDS, values)), values, common | {
@@ -251,7 +251,7 @@ def _exec_bytes(filename: bytes, args: bytes, argc: int, flags: int = 0, cwd: by
     fixed = probe_layout.EXEC_FIXED.pack(
         probe_layout.RECORD_EXEC, 0, 123, 10, 10, 10, 1, 0, 0, 1000, 1000, 5, 10, 136, 2,
         77, 99, 4242, (8 << 20) | 1, flags, 1_700_000_000_123_456_789, (1 << 21) | 1, (1 << 41) - 1,
-        1, 2, 3, 4, 5, 6, 7, argc, len(filename),
+        1129504, 0x446972CFB1684848, 1, 2, 3, 4, 5, 6, 7, argc, len(filename),
         len(args) & 0xFFFF,
         len(args) >> 16, len(cwd), len(env), 0, b"bash\0" + b"\0" * 11,
     )

@@ -58,7 +58,7 @@ ARG = st.one_of(
 def exec_fixed(*, argc: int, filename_len: int, args_len: int, cwd_len: int, flags: int = 0,
                comm: bytes = b"x", ids: tuple[int, ...] = (0,) * 12, size: int = 0, env_len: int = 0) -> bytes:
     return EXEC_FIXED.pack(
-        RECORD_EXEC, size, 1_000, *ids, 7, 8, 9, 10, flags, 11, 0, 0, 1, 2, 3, 4, 5, 6, 7,
+        RECORD_EXEC, size, 1_000, *ids, 7, 8, 9, 10, flags, 11, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7,
         argc, filename_len, args_len & 0xFFFF, args_len >> 16, cwd_len, env_len, 0, comm,
     )
 

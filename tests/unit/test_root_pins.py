@@ -143,3 +143,28 @@ def test_the_file_held_since_the_exec_outlives_mv_and_rm_and_a_rewrite_is_not_se
         assert outcome.recognition is None and outcome.unknown == "replaced"
     finally:
         os.close(held)
+
+
+@pytest.mark.skipif(not SSH.exists(), reason="openssh-client missing")
+def test_a_gone_file_is_known_by_the_head_the_kernel_read() -> None:
+    """Nothing left to read (process, container and file gone): the size and the hash of the first 256 bytes the
+    kernel read at exec name the build, learned from the host's ssh; a file of another build stays unknown."""
+    from sensor.rules.identity import EVIDENCE_FINGERPRINT, head_hash
+    head = SSH.read_bytes()[:256]
+    fingerprint = (SSH.stat().st_size, head_hash(head))
+    identity = ExecutableIdentity()   # learns the host's ssh binaries, and their builds
+    outcome = identity.check("/tmp/kworker", "kworker", 1, 999_999_999, [], 5, fingerprint=fingerprint)
+    assert outcome.recognition is not None
+    assert (outcome.recognition.program, outcome.recognition.way, outcome.recognition.evidence) == (
+        "ssh", "fingerprint", EVIDENCE_FINGERPRINT)
+    other = identity.check("/tmp/other", "other", 1, 999_999_998, [], 5, fingerprint=(fingerprint[0] + 1,
+                                                                                   fingerprint[1]))
+    assert other.recognition is None and other.unknown == "unreachable"
+
+
+def test_the_head_hash_is_the_probes() -> None:
+    """The same FNV-1a as bpf/sensor.c: a short file is hashed as the kernel's zero-filled buffer."""
+    from sensor.rules.identity import head_hash
+    assert head_hash(b"") == head_hash(b"\0" * 256)
+    assert head_hash(b"\x7fELF") != head_hash(b"\x7fELF\x01")
+    assert head_hash(b"x" * 300) == head_hash(b"x" * 256)
