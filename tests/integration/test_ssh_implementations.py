@@ -55,6 +55,10 @@ def root() -> Iterator[Path]:
         (root / "usr/lib/openssh").mkdir(parents=True, exist_ok=True)
         for name in ("sshd-session", "sshd-auth"):
             shutil.copy2(root / "usr/sbin/sshd", root / "usr/lib/openssh" / name)
+        # a host key, so that a server in the container really listens
+        key = root / "etc/ssh/ssh_host_ed25519_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True,
+                       capture_output=True, timeout=30)
         yield root
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -137,8 +141,8 @@ def test_ssh_connections_in_a_container_alert_with_both_ends(detecting: SensorPr
     client, and a plain nc to port 22: the network rule names the reason, the ssh side's port, both ends and the
     container."""
     container_id = in_container(root, (
-        "cp /usr/sbin/sshd /tmp/web; /tmp/web -p 8022 -h /etc/ssh/ssh_host_ed25519_key -o PidFile=none"
-        " -o StrictModes=no; sleep 1;"
+        "cp /usr/sbin/sshd /tmp/web; /tmp/web -f /dev/null -p 8022 -h /etc/ssh/ssh_host_ed25519_key"
+        " -o PidFile=none -o StrictModes=no; sleep 1;"
         " ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -p 8022"
         " root@127.0.0.1 true; nc -w 1 127.0.0.1 22 </dev/null; sleep 2"))
 
