@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.ecs_fields import ecs_problems
-from tests.integration.conftest_containers import CGROUP_V2
+from tests.integration.conftest_containers import CGROUP_V2, podman_image_ref, test_rootfs  # noqa: F401
 from tests.integration.rootfs import RootfsUnavailable, _copy_into, _shared_libraries, copy_rootfs
 from tests.integration.sensor_process import SensorProcess, get, invoked
 from tests.integration.test_detection import in_container
@@ -162,3 +162,32 @@ def test_ssh_connections_in_a_container_alert_with_both_ends(detecting: SensorPr
     assert get(plain, "container_sensor.alert.ssh_port") == 22
     for alert in (accepted, client, plain):
         assert get(alert, "event.category") == ["network"] and ecs_problems(alert) == []
+
+
+SHORT_CASES = {
+    "copy": "cp /usr/bin/ssh /tmp/{n}; /tmp/{n} -V -o User={mark}",
+    "replaced": "cp /usr/bin/ssh /tmp/{n}; cp /bin/busybox /tmp/o; /tmp/{n} -V -o User={mark}; mv -f /tmp/o /tmp/{n}",
+    "deleted": "cp /usr/bin/ssh /tmp/{n}; /tmp/{n} -V -o User={mark}; rm -f /tmp/{n}",
+    "overwritten": "cp /usr/bin/ssh /tmp/{n}; /tmp/{n} -V -o User={mark}; cat /bin/busybox > /tmp/{n}",
+}
+
+
+def test_a_renamed_ssh_in_a_container_gone_at_once_still_alerts(detecting: SensorProcess,
+                                                                podman_image_ref: str) -> None:  # noqa: F811
+    """The copy runs once as the container's last command (the shell execs it in place), and the container is
+    removed (--rm, overlayfs upper layer deleted) right after; or the copy is replaced, deleted or written over
+    first. Each alerts, saying what the verdict was read from."""
+    from tests.integration.test_detection import PODMAN as RUN
+    marks = {}
+    for case, script in SHORT_CASES.items():
+        for i in range(3):
+            mark = f"short-{case}-{i}-{os.urandom(3).hex()}"
+            subprocess.run([*RUN, podman_image_ref, "/bin/sh", "-c", script.format(n=f"kw{i}", mark=mark)],
+                           capture_output=True, timeout=120)
+            marks[mark] = case
+    for mark, case in marks.items():
+        alert = detecting.wait_for(lambda d, m=mark: get(d, "event.kind") == "alert" and get(d, "rule.name") == BUILTIN
+                                   and f"User={m}" in (get(d, "process.args") or []), timeout=20)[0]
+        details = alert["container_sensor"]["alert"]
+        assert details["program"] == "ssh" and details["recognized_by"] in ("content", "fingerprint"), (case, details)
+        assert details["evidence"] in ("executed_file", "container_root", "pinned_root", "head_fingerprint"), case
