@@ -302,7 +302,7 @@ class ExecutableIdentity:
         if device is None or inode is None:
             return Outcome(None)
         key = (device, inode)
-        verdict = self._verdict(key, executable, pids, ctime_ns, held, roots)
+        verdict = self._verdict(key, executable, pids, ctime_ns, held, roots, fingerprint)
         if verdict.source == "unreadable":
             # the file is gone, replaced or changed: what the kernel read of it at exec still names its build
             known = self._fingerprints.get(fingerprint) if fingerprint else None
@@ -315,7 +315,8 @@ class ExecutableIdentity:
         return Outcome(self._way(verdict, key, executable, pids, roots))
 
     def _verdict(self, key: tuple[int, int], executable: str | None, pids: Sequence[int],
-                 ctime_ns: int | None = None, held: int | None = None, roots: Sequence[int] = ()) -> _Verdict:
+                 ctime_ns: int | None = None, held: int | None = None, roots: Sequence[int] = (),
+                 fingerprint: tuple[int, int] | None = None) -> _Verdict:
         cached = self._verdicts.get(key)
         if cached is not None:
             if cached.source == "unreadable":
@@ -334,7 +335,7 @@ class ExecutableIdentity:
                 self.counts["identity_stale"] += 1
             self._verdicts.pop(key, None)
         self.counts["identity_lookups"] += 1
-        verdict = self._identify(key, executable, pids, ctime_ns, held, roots)
+        verdict = self._identify(key, executable, pids, ctime_ns, held, roots, fingerprint)
         if len(self._verdicts) >= self._cache_size:
             self._verdicts.clear()   # a scan for the oldest key on every insert would cost more than relearning
         self._verdicts[key] = verdict
@@ -379,7 +380,8 @@ class ExecutableIdentity:
                 yield fd, evidence
 
     def _identify(self, key: tuple[int, int], executable: str | None, pids: Sequence[int],
-                  ctime_ns: int | None = None, held: int | None = None, roots: Sequence[int] = ()) -> _Verdict:
+                  ctime_ns: int | None = None, held: int | None = None, roots: Sequence[int] = (),
+                  fingerprint: tuple[int, int] | None = None) -> _Verdict:
         deadline = time.monotonic() + self._max_check_s
         replaced = False
         for fd, evidence in self._open_candidates(executable, pids, held, roots):
@@ -398,6 +400,10 @@ class ExecutableIdentity:
                 # it says now is not what ran. ssh it may still say, which is then believed; anything else leaves
                 # the file undecided, never settled as not ssh.
                 changed = bool(ctime_ns) and st.st_ctime_ns != ctime_ns
+                if fingerprint and not changed:
+                    # a change time ticks coarsely (a jiffy): written over within the tick of the copy, only the
+                    # size and head the kernel read at exec tell the file is no longer what ran
+                    changed = (st.st_size, head_hash(os.pread(fd, HEAD_BYTES, 0))) != fingerprint
                 if st.st_size < 4:
                     if changed:
                         replaced = True
@@ -410,7 +416,8 @@ class ExecutableIdentity:
                 if not finished:
                     self.counts["identity_time_budget"] += 1
                     return self._unreadable(UNKNOWN_TIME_BUDGET)
-                if changed and not program:
+                if not program and (changed or (fingerprint and fingerprint in self._fingerprints)):
+                    # no ssh in it now, but what ran was not this, or had the head of an ssh build
                     replaced = True
                     continue
                 if program and not changed:

@@ -168,3 +168,21 @@ def test_the_head_hash_is_the_probes() -> None:
     assert head_hash(b"") == head_hash(b"\0" * 256)
     assert head_hash(b"\x7fELF") != head_hash(b"\x7fELF\x01")
     assert head_hash(b"x" * 300) == head_hash(b"x" * 256)
+
+
+@pytest.mark.skipif(not SSH.exists(), reason="openssh-client missing")
+def test_written_over_within_the_tick_of_the_copy_the_head_tells(tmp_path: Path) -> None:
+    """A change time ticks coarsely: a copy written over within the same tick keeps the ctime the kernel recorded
+    at exec. The size and head recorded at exec still tell the file is not what ran, and name its build."""
+    from sensor.rules.identity import head_hash
+    copy = tmp_path / "kworker"
+    data = SSH.read_bytes()
+    fingerprint = (len(data), head_hash(data[:256]))
+    copy.write_bytes(Path("/bin/true").read_bytes())   # what is there now
+    st = copy.stat()
+    identity = ExecutableIdentity()
+    with open(copy, "rb") as held:
+        outcome = identity.check(str(copy), "kworker", st.st_dev, st.st_ino, [], st.st_ctime_ns, held=held.fileno(),
+                                 fingerprint=fingerprint)
+    assert outcome.recognition is not None and outcome.recognition.way == "fingerprint"
+    assert not identity.settled_not_ssh(st.st_dev, st.st_ino, st.st_ctime_ns)
