@@ -325,10 +325,10 @@ _PEEK_MNT_AT = _offset(EXEC_FIELDS, "ns[NS_MNT]")
 
 
 def peek_exec(buffer: Any, offset: int, size: int) -> tuple[int, int, int, int, int, int] | None:
-    """(pid, start_boottime_ns, exe_ino, exe_dev, exe_ctime_ns, mnt namespace) of the exec record at `offset` of
-    `buffer`, else None: a few fixed-offset reads and no copy, for looking ahead in the ring before the records
-    are handled in order."""
-    if size < EXEC_FIXED.size or HEADER.unpack_from(buffer, offset)[0] != RECORD_EXEC:
+    """(pid, start_boottime_ns, exe_ino, exe_dev, exe_ctime_ns, mnt namespace) of the exec record (its type
+    checked by the caller) at `offset` of `buffer`, else None when too short: a few fixed-offset reads and no
+    copy, for looking ahead in the ring before the records are handled in order."""
+    if size < EXEC_FIXED.size:
         return None
     pid = struct.unpack_from("<I", buffer, offset + _PEEK_PID)[0]
     _cgroup, start, ino, dev, _flags, ctime = _PEEK_FILE.unpack_from(buffer, offset + _PEEK_FILE_AT)

@@ -33,6 +33,7 @@ from sensor.probe.layout import (
     LOSS_COUNTERS,
     LOSS_PATH_TRUNCATED,
     LOSS_RINGBUF_FULL,
+    RECORD_EXEC,
     DecodeError,
     decode,
     env_filter,
@@ -230,7 +231,7 @@ class Probe:
                 look(found)
 
         try:
-            self._peeker.peek(exec_only)
+            self._peeker.peek(exec_only, RECORD_EXEC)
         except Exception as error:   # the look ahead is an optimisation: never a reason to stop reading
             self.look_ahead_errors += 1
             if self.look_ahead_errors == 1:

@@ -83,9 +83,10 @@ class RingPeeker:
         self._mask = data_size - 1
         self._seen = 0   # the position the last look reached
 
-    def peek(self, look: Callable[[mmap.mmap, int, int], object]) -> int:
-        """Calls look(buffer, offset, size) for each committed record not shown before, no copy made (the
-        data pages are mapped twice in a row, so a record is contiguous); returns how many were shown."""
+    def peek(self, look: Callable[[mmap.mmap, int, int], object], record_type: int) -> int:
+        """Calls look(buffer, offset, size) for each committed record of `record_type` (its first u32) not shown
+        before, no copy made (the data pages are mapped twice in a row, so a record is contiguous); returns how
+        many were shown."""
         ring, data, mask = self._ring, self._data, self._mask
         read_position, read_length = _POSITION.unpack_from, _LENGTH.unpack_from
         position = max(read_position(self._consumer, 0)[0], self._seen)
@@ -97,7 +98,7 @@ class RingPeeker:
             if length & BUSY_BIT:
                 break
             size = length & LENGTH_MASK
-            if not length & DISCARD_BIT:
+            if not length & DISCARD_BIT and size >= 4 and read_length(ring, at + HEADER_SIZE)[0] == record_type:
                 look(ring, at + HEADER_SIZE, size)
                 shown += 1
             position += (size + HEADER_SIZE + 7) & ~7

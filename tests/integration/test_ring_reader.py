@@ -80,3 +80,40 @@ def test_an_endless_storm_does_not_hold_the_sensor_after_sigterm(reader: str,
     assert status == 0, sensor.stderr()
     assert "drain cut" not in sensor.stderr()
     assert took < 20, f"the sensor took {took:.1f}s to stop"
+
+
+@pytest.mark.parametrize("reader", ["mmap", "libbpf"])
+def test_the_look_ahead_sees_each_exec_before_it_is_handled(reader: str) -> None:
+    """The look ahead in the ring (sensor.probe.ringbuf.RingPeeker) is shown every exec record, with the fields
+    the decoder reads, before the record is handled; records are still all handled, in order."""
+    from sensor.model.records import ExecRecord
+    from sensor.probe.loader import Probe, ProbeOptions
+
+    ahead: dict[int, tuple[int, ...]] = {}
+    handled: list[tuple[ExecRecord, bool]] = []
+
+    def look(found: tuple[int, int, int, int, int, int]) -> None:
+        ahead.setdefault(found[0], found)
+
+    def on_record(record: object) -> None:
+        if isinstance(record, ExecRecord):
+            handled.append((record, record.pid in ahead))
+
+    probe = Probe(on_record, ProbeOptions(ringbuf_pages=256, args_max=4096, ring_reader=reader), look_ahead=look)
+    probe.load()
+    try:
+        marker = f"ahead-{os.getpid()}"
+        subprocess.run(["/bin/sh", "-c", f"i=0; while [ $i -lt 200 ]; do /bin/true {marker}; i=$((i+1)); done"],
+                       check=True, timeout=60)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and sum(1 for r, _ in handled if marker.encode() in r.argv) < 200:
+            probe.poll(5)
+    finally:
+        probe.close()
+    ours = [(r, seen) for r, seen in handled if marker.encode() in r.argv]
+    assert len(ours) == 200
+    for record, seen in ours:
+        assert seen, record.pid
+        pid, start, ino, dev, ctime, mnt = ahead[record.pid]
+        assert (start, ino, dev, ctime, mnt) == (record.start_boottime_ns, record.exe_ino, record.exe_dev,
+                                                 record.exe_ctime_ns, record.ns.mnt)
