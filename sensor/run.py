@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import resource
 import signal
 import threading
 import time
@@ -188,6 +189,20 @@ class GarbageCollection:
             self.freezes += 1
 
 
+def raise_open_files(wanted: int = 65536) -> None:
+    """Raises the soft limit of open files toward the hard one (at most `wanted`): the ssh identity holds
+    descriptors of files containers executed, and of their roots, a share of this limit (sensor.rules.builtin_ssh,
+    sensor.containers.rootpins), so a systemd default of 1024 would leave them little room."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as error:
+        log.warning("open files limit left at %d (%s): the ssh identity holds fewer files", soft, error)
+
+
 def boost_priority(levels: int, proc_root: Path = Path("/proc")) -> None:
     """Runs the sensor `levels` nice levels above normal, as auditd does by default (priority_boost = 4): in a
     saturated machine a normal-priority consumer waits behind the workload for tens of milliseconds at a time,
@@ -248,6 +263,7 @@ def _run_live(config: Config, stop: StopFlag, record_to: Path | None,
     if ready is not None:
         ready.check()  # a bad path fails now, with one line, not after the probes have attached
     outputs = build_outputs(sections.outputs)
+    raise_open_files()
     pipeline = build_pipeline(config, outputs, live=True)
     recorder = None
     record_stream = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import os
+import resource
 import time
 from dataclasses import dataclass, field
 
@@ -89,6 +90,11 @@ def _container_key(doc: dict, sensor: dict) -> object:
     return ("mnt", (sensor.get("namespaces") or {}).get("mnt"))
 
 
+def open_files_limit() -> int:
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
+
+
 def _fingerprint(executable: dict) -> tuple[int, int] | None:
     """(size, head hash) of the executed file as the kernel read it at exec, from the document."""
     size, head = executable.get("size"), executable.get("head_hash")
@@ -138,6 +144,9 @@ class BuiltinSshRule:
         self._host_mnt_ns = host_mnt_ns
         # (pid, inode) -> (descriptor of the executed file, when taken): held by the look ahead, claimed by match
         self._early: dict[tuple[int, int], tuple[int, float]] = {}
+        # an eighth of the open files limit at most: a container that floods execs must not leave the sensor
+        # without descriptors for its outputs and its own reads
+        self._early_kept = min(EARLY_KEPT, max(16, open_files_limit() // 8))
         self._early_expiry = 0.0
         self.metadata = BUILTIN_SSH_RULE
         self.worker = worker if worker is not None else BoundedWorker("ssh identity")
@@ -174,7 +183,7 @@ class BuiltinSshRule:
             return
         if self.pins is not None:
             self.pins.see(pid, mnt_ns)
-        if len(self._early) >= EARLY_KEPT:
+        if len(self._early) >= self._early_kept:
             self.counts["identity_files_ahead_refused"] += 1
             return
         fd = self._hold(pid, device, inode)

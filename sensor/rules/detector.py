@@ -14,9 +14,9 @@ import math
 import time
 from collections.abc import Callable
 
-from sensor.containers.rootpins import RootPins
+from sensor.containers.rootpins import DEFAULT_MAX_TOTAL, RootPins
 from sensor.rules.alerts import build_alert
-from sensor.rules.builtin_ssh import UNKNOWN_ERROR, BuiltinSshRule, SshMatch
+from sensor.rules.builtin_ssh import UNKNOWN_ERROR, BuiltinSshRule, SshMatch, open_files_limit
 from sensor.rules.builtin_ssh_network import BuiltinSshNetworkRule
 from sensor.rules.folding import AlertFolder, fold_key
 from sensor.rules.identity import ExecutableIdentity, program_kind
@@ -41,7 +41,9 @@ class Detector:
         self._has_rules = bool(self._single or self._sequences)
         self._identity = ExecutableIdentity(proc_root)
         self._identity_worker = BoundedWorker("ssh identity", wait_s=identity_wait_s)
-        self._root_pins = RootPins(proc_root) if builtin_ssh else None
+        # a sixteenth of the open files limit at most (sensor.run.raise_open_files raises it at start)
+        self._root_pins = (RootPins(proc_root, max_total=min(DEFAULT_MAX_TOTAL, max(8, open_files_limit() // 16)))
+                           if builtin_ssh else None)
         self._builtin = (BuiltinSshRule(self._identity, worker=self._identity_worker, pins=self._root_pins,
                                         proc_root=proc_root, host_mnt_ns=host_mnt_ns) if builtin_ssh else None)
         self._network = BuiltinSshNetworkRule() if builtin_ssh else None

@@ -37,3 +37,14 @@ def test_session_leader_boosts_its_autogroup_and_a_session_member_only_itself(tm
     assert boosted(3, tmp_path, new_session=True) == base - 3
     assert autogroup.read_text() == "-3\n"
     assert boosted(0, tmp_path, new_session=False) == base
+
+
+def test_the_open_files_limit_is_raised_toward_the_hard_limit() -> None:
+    """In a child (the limit is the process's): a systemd-like soft limit of 1024 is raised, never past hard."""
+    script = ("import resource; from sensor.run import raise_open_files; "
+              "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, soft), hard)); "
+              "raise_open_files(4096); print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    soft, hard = int(out[0]), int(out[1])
+    assert soft == (4096 if hard == -1 else min(4096, hard))
