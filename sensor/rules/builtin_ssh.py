@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from sensor.containers.rootfs import OPEN_FLAGS
 from sensor.containers.rootpins import RootPins
+from sensor.model.processes import kernel_dev_to_st_dev
 from sensor.rules.alerts import container_evidence
 from sensor.rules.identity import ExecutableIdentity, Outcome, Recognition, device_forms
 from sensor.rules.metadata import RuleMetadata
@@ -179,7 +180,8 @@ class BuiltinSshRule:
         now = time.monotonic()
         if now >= self._early_expiry:
             self._expire_early(now)
-        if ctime_ns and self.identity.settled_not_ssh(device, inode, ctime_ns):
+        # the verdicts are kept by the device number as documents carry it (st_dev), the record has the kernel's
+        if ctime_ns and self.identity.settled_not_ssh(kernel_dev_to_st_dev(device), inode, ctime_ns):
             return
         if self.pins is not None:
             self.pins.see(pid, mnt_ns)

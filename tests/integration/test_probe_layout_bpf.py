@@ -34,7 +34,7 @@ def test_a_member_moved_in_sensor_h_stops_the_load_and_is_named(tmp_path: Path) 
                                                                      "    u16 cwd_len;\n    u16 filename_len;\n"))
     result = _load(tmp_path / "bpf")
     assert result.returncode != 0 and "loaded" not in result.stdout
-    assert "exec_record.cwd_len: sensor/probe/layout.py reads it at offset 158" in result.stderr
+    assert "exec_record.cwd_len: sensor/probe/layout.py reads it at offset 174" in result.stderr
     assert "ProbeError: cannot compile or load the BPF program" in result.stderr
 
 
