@@ -196,6 +196,17 @@ class AlertReader(threading.Thread):
                 self.ssh_arrivals[doc["event"]["id"]] = arrived
 
 
+def stop_sensor(sensor: subprocess.Popen, reader: threading.Thread) -> None:
+    """SIGTERM, then SIGKILL after a minute; the reader thread ends with its stdout."""
+    sensor.terminate()
+    try:
+        sensor.wait(60)
+    except subprocess.TimeoutExpired:
+        sensor.kill()
+        sensor.wait()
+    reader.join(10)
+
+
 def run_sensor(args: argparse.Namespace, root: Path, extra: list[str]) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-detect-"))
     ready, err_path = workdir / "ready", workdir / "stderr.log"
@@ -216,13 +227,7 @@ def run_sensor(args: argparse.Namespace, root: Path, extra: list[str]) -> dict[s
             if time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        sensor.terminate()
-        try:
-            sensor.wait(60)
-        except subprocess.TimeoutExpired:
-            sensor.kill()
-            sensor.wait()
-        reader.join(10)
+        stop_sensor(sensor, reader)
     summary = [line for line in err_path.read_text().splitlines() if "events seen" in line]
     shutil.rmtree(workdir, ignore_errors=True)
     return {"seconds": seconds, "execs": execs, "reader": reader, "trigger_id": trigger_id,
@@ -395,13 +400,7 @@ def short(args: argparse.Namespace) -> None:
             for loop in noise:
                 os.killpg(loop.pid, 9)
                 loop.wait()
-            sensor.terminate()
-            try:
-                sensor.wait(60)
-            except subprocess.TimeoutExpired:
-                sensor.kill()
-                sensor.wait()
-            reader.join(10)
+            stop_sensor(sensor, reader)
     summary = [line for line in err_path.read_text().splitlines() if "events seen" in line]
     shutil.rmtree(workdir, ignore_errors=True)
     print(f"renamed copies of ssh in podman containers ({image}, --rm) that end at once; {args.runs} runs per "

@@ -42,6 +42,16 @@ UNKNOWN_DEFERRED = "deferred"    # the loop had spent its share of time waiting 
 UNKNOWN_BUSY = "workers_busy"    # the queue of looks is full: this one was not queued
 UNKNOWN_ERROR = "error"
 
+# MITRE ATT&CK T1021.004 SSH under TA0008 Lateral Movement: the mapping Elastic's ssh rules give, shared by the
+# built-in rules
+SSH_LATERAL_MOVEMENT = {
+    "framework": "MITRE ATT&CK",
+    "tactic": {"id": "TA0008", "name": "Lateral Movement", "reference": "https://attack.mitre.org/tactics/TA0008/"},
+    "technique": [{"id": "T1021", "name": "Remote Services", "reference": "https://attack.mitre.org/techniques/T1021/",
+                   "subtechnique": [{"id": "T1021.004", "name": "SSH",
+                                     "reference": "https://attack.mitre.org/techniques/T1021/004/"}]}],
+}
+
 BUILTIN_SSH_RULE = RuleMetadata(
     rule_id="0c6f3e52-6a0e-4c1b-9f4e-0b5c9a7d2e41",
     name="SSH Client or Server Started Inside a Container",
@@ -58,13 +68,7 @@ BUILTIN_SSH_RULE = RuleMetadata(
     ruleset="container-sensor built-in",
     license="Apache-2.0",
     threat=(
-        {"framework": "MITRE ATT&CK",
-         "tactic": {"id": "TA0008", "name": "Lateral Movement",
-                    "reference": "https://attack.mitre.org/tactics/TA0008/"},
-         "technique": [{"id": "T1021", "name": "Remote Services",
-                        "reference": "https://attack.mitre.org/techniques/T1021/",
-                        "subtechnique": [{"id": "T1021.004", "name": "SSH",
-                                          "reference": "https://attack.mitre.org/techniques/T1021/004/"}]}]},
+        SSH_LATERAL_MOVEMENT,
         {"framework": "MITRE ATT&CK",
          "tactic": {"id": "TA0003", "name": "Persistence",
                     "reference": "https://attack.mitre.org/tactics/TA0003/"},

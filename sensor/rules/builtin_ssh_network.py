@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from sensor.rules.alerts import container_evidence
+from sensor.rules.builtin_ssh import SSH_LATERAL_MOVEMENT
 from sensor.rules.metadata import RuleMetadata
 
 SSH_PORT = 22
@@ -36,15 +37,7 @@ BUILTIN_SSH_NETWORK_RULE = RuleMetadata(
     version="1",
     ruleset="container-sensor built-in",
     license="Apache-2.0",
-    threat=(
-        {"framework": "MITRE ATT&CK",
-         "tactic": {"id": "TA0008", "name": "Lateral Movement",
-                    "reference": "https://attack.mitre.org/tactics/TA0008/"},
-         "technique": [{"id": "T1021", "name": "Remote Services",
-                        "reference": "https://attack.mitre.org/techniques/T1021/",
-                        "subtechnique": [{"id": "T1021.004", "name": "SSH",
-                                          "reference": "https://attack.mitre.org/techniques/T1021/004/"}]}]},
-    ),
+    threat=(SSH_LATERAL_MOVEMENT,),
 )
 
 REASON_PORT = "ssh_port"              # to port 22, or accepted on it
