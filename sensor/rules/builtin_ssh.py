@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import os
 import resource
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -153,6 +154,11 @@ class BuiltinSshRule:
         # without descriptors for its outputs and its own reads
         self._early_kept = min(EARLY_KEPT, max(16, open_files_limit() // 8))
         self._early_expiry = 0.0
+        self._early_lock = threading.Lock()
+        # Opening /proc/<pid>/exe or /root reaches the container's file system, which a FUSE daemon in the
+        # container may answer never: those opens run on a thread of their own, never on the event loop (a stuck
+        # one only means files are not held early: the look opens them itself, on its own workers)
+        self._holder = BoundedWorker("ssh identity holds", wait_s=0.0, max_queued=EARLY_KEPT, max_threads=2)
         self.metadata = BUILTIN_SSH_RULE
         self.worker = worker if worker is not None else BoundedWorker("ssh identity")
         # Both written by hand, not cachetools: the look worker writes them while the pipeline thread reads them
@@ -187,28 +193,38 @@ class BuiltinSshRule:
         # the verdicts are kept by the device number as documents carry it (st_dev), the record has the kernel's
         if ctime_ns and self.identity.settled_not_ssh(kernel_dev_to_st_dev(device), inode, ctime_ns):
             return
-        if self.pins is not None:
-            self.pins.see(pid, mnt_ns)
-        if len(self._early) >= self._early_kept:
+        if len(self._early) >= self._early_kept or self._holder.call(self._hold_ahead, pid, device, inode,
+                                                                       mnt_ns).refused:
             self.counts["identity_files_ahead_refused"] += 1
-            return
+
+    def _hold_ahead(self, pid: int, device: int, inode: int, mnt_ns: int | None) -> None:
+        """On the holder thread: the container's root pinned, the executed file held."""
+        if self.pins is not None and mnt_ns is not None:
+            self.pins.see(pid, mnt_ns)
         fd = self._hold(pid, device, inode)
-        if fd is not None:
-            self._early[(pid, inode)] = (fd, now)
-            self.counts["identity_files_held_ahead"] += 1
+        if fd is None:
+            return
+        with self._early_lock:
+            if (pid, inode) in self._early:
+                os.close(fd)
+                return
+            self._early[(pid, inode)] = (fd, time.monotonic())
+        self.counts["identity_files_held_ahead"] += 1
 
     def _expire_early(self, now: float) -> None:
         self._early_expiry = now + 1.0
-        for key, (fd, since) in list(self._early.items()):
-            if now - since >= EARLY_KEPT_S:
-                del self._early[key]
-                os.close(fd)
-                self.counts["identity_files_ahead_unclaimed"] += 1
+        with self._early_lock:
+            for key, (fd, since) in list(self._early.items()):
+                if now - since >= EARLY_KEPT_S:
+                    del self._early[key]
+                    os.close(fd)
+                    self.counts["identity_files_ahead_unclaimed"] += 1
 
     def _claim_early(self, pid: object, inode: object) -> int | None:
         if not self._early or not isinstance(pid, int) or not isinstance(inode, int):
             return None
-        entry = self._early.pop((pid, inode), None)
+        with self._early_lock:
+            entry = self._early.pop((pid, inode), None)
         return entry[0] if entry is not None else None
 
     def match(self, doc: dict) -> SshMatch | None:
@@ -255,10 +271,6 @@ class BuiltinSshRule:
         if not evidence:
             return None
         mnt_ns = (sensor.get("namespaces") or {}).get("mnt")
-        pid = process.get("pid")
-        if self.pins is not None and isinstance(mnt_ns, int) and isinstance(pid, int):
-            # while the container still runs: its root, for a look that may come after it is gone
-            self.pins.see(pid, mnt_ns)
         device = device if isinstance(device, int) else None
         inode = inode if isinstance(inode, int) else None
         ctime_ns = ctime_ns if isinstance(ctime_ns, int) else None
@@ -284,9 +296,9 @@ class BuiltinSshRule:
             if self._waiting.get(id(running), 0) < PENDING_PER_LOOK:
                 self._keep_pending(_Pending(running, doc, evidence))
             return self._unknown(UNKNOWN_DEFERRED, evidence)
-        # The executed file itself, opened now while the process may still run: the look reads it even if the
-        # process, the container, or the path's file (replaced, deleted) is gone by then
-        held = early if early is not None else self._hold(pid, device, inode)
+        # The executed file itself, held since the look ahead (or opened by the look, while the process may still
+        # run): the look reads it even if the process, the container, or the path's file is gone by then
+        held = early
         taken[0] = True   # the job closes it, or the refusal below
         job = self.worker.call(self._look, container, process.get("executable"), process.get("name"),
                                device, inode, _live_pids(process), ctime_ns, held,
@@ -339,6 +351,8 @@ class BuiltinSshRule:
               mnt_ns: int | None = None, fingerprint: tuple[int, int] | None = None) -> Outcome:
         """On the worker: the container's ssh inventory (once), then the executed file."""
         roots = self.pins.dup_roots(mnt_ns) if self.pins is not None and mnt_ns is not None else []
+        if held is None and pids and inode is not None:
+            held = self._claim_early(pids[0], inode)   # the holder may have been slower than the document
         try:
             if self._scan_once(container, pids):
                 self._not_ssh.clear()  # new ssh binaries may be known now
