@@ -207,20 +207,26 @@ def stop_sensor(sensor: subprocess.Popen, reader: threading.Thread) -> None:
     reader.join(10)
 
 
+def start_sensor(cmd: list[str], err: Any, ready: Path, err_path: Path, reader_type: type) -> tuple[Any, Any]:
+    """The sensor in its own session (as a service runs: see bench_exec.py, autogroup scheduling), its stdout
+    read by a `reader_type` thread, once its ready file exists."""
+    sensor = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=REPO, start_new_session=True)
+    reader = reader_type(sensor.stdout)
+    reader.start()
+    while not ready.exists():
+        if sensor.poll() is not None:
+            raise SystemExit(f"sensor failed to start: {err_path.read_text()}")
+        time.sleep(0.05)
+    return sensor, reader
+
+
 def run_sensor(args: argparse.Namespace, root: Path, extra: list[str]) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-detect-"))
     ready, err_path = workdir / "ready", workdir / "stderr.log"
     cmd = [sys.executable, "-m", "sensor", "run", "--ready-file", str(ready), "--metrics-address", "off",
            "--log-format", "text", *extra]
     with open(err_path, "wb") as err:
-        # its own session, as a service runs (see bench_exec.py: autogroup scheduling)
-        sensor = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=REPO, start_new_session=True)
-        reader = AlertReader(sensor.stdout)
-        reader.start()
-        while not ready.exists():
-            if sensor.poll() is not None:
-                raise SystemExit(f"sensor failed to start: {err_path.read_text()}")
-            time.sleep(0.05)
+        sensor, reader = start_sensor(cmd, err, ready, err_path, AlertReader)
         seconds, execs, trigger_id = run_storm(args, root)
         deadline = time.monotonic() + 20
         while len(reader.alerts) < len(reader.ssh_execs) or len(reader.ssh_execs) < args.ssh:
@@ -375,13 +381,7 @@ def short(args: argparse.Namespace) -> None:
     lifetimes: dict[str, list[float]] = {c: [] for c in cases}
     marks: dict[str, list[str]] = {c: [] for c in cases}
     with open(err_path, "wb") as err:
-        sensor = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=REPO, start_new_session=True)
-        reader = MarkReader(sensor.stdout)
-        reader.start()
-        while not ready.exists():
-            if sensor.poll() is not None:
-                raise SystemExit(f"sensor failed to start: {err_path.read_text()}")
-            time.sleep(0.05)
+        sensor, reader = start_sensor(cmd, err, ready, err_path, MarkReader)
         # host exec noise, as an attacker would make to put the sensor behind: a loop of /bin/true per worker
         noise = [subprocess.Popen(["/bin/sh", "-c", "while :; do /bin/true; done"], start_new_session=True)
                  for _ in range(args.storm)]

@@ -400,10 +400,12 @@ class ExecutableIdentity:
                 # it says now is not what ran. ssh it may still say, which is then believed; anything else leaves
                 # the file undecided, never settled as not ssh.
                 changed = bool(ctime_ns) and st.st_ctime_ns != ctime_ns
+                # the file's build as it is now: read once, to compare with the exec's and to learn it
+                current = (st.st_size, head_hash(os.pread(fd, HEAD_BYTES, 0)))
                 if fingerprint and not changed:
                     # a change time ticks coarsely (a jiffy): written over within the tick of the copy, only the
                     # size and head the kernel read at exec tell the file is no longer what ran
-                    changed = (st.st_size, head_hash(os.pread(fd, HEAD_BYTES, 0))) != fingerprint
+                    changed = current != fingerprint
                 if st.st_size < 4:
                     if changed:
                         replaced = True
@@ -421,7 +423,7 @@ class ExecutableIdentity:
                     replaced = True
                     continue
                 if program and not changed:
-                    self.learn_fingerprint((st.st_size, head_hash(os.pread(fd, HEAD_BYTES, 0))), program)
+                    self.learn_fingerprint(current, program)
                 return _Verdict(program, "content", st.st_ctime_ns, evidence=evidence)
             except OSError:
                 continue
