@@ -490,6 +490,11 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     else
         r.exit_code = read_u32(task, OFF_TASK_EXIT_CODE);
     r.start_boottime_ns = read_u64(task, OFF_TASK_START_BOOTTIME);
+    void *pid = read_ptr(task, OFF_TASK_THREAD_PID);
+    u32 level = read_u32(pid, OFF_PID_LEVEL) & 0x1f;
+    const char *upid = (const char *)pid + OFF_PID_NUMBERS + level * SIZEOF_UPID;
+    r.ns_pid = read_u32((void *)upid, OFF_UPID_NR);
+    r.pid_ns = read_u32(read_ptr((void *)upid, OFF_UPID_NS), OFF_PID_NS_INUM);
     if (events.ringbuf_output(&r, sizeof(r), wakeup_flags()) < 0)
         count_loss(LOSS_RINGBUF_FULL);
     return 0;

@@ -137,6 +137,10 @@ struct exit_record {
     u32 pid;
     s32 exit_code;
     u64 start_boottime_ns;
+    /* the task's own pid namespace and its pid there: 1 is that namespace's init, whose end ends the namespace,
+     * after which the kernel may give its inode number to a new one (user space forgets what it tied to it) */
+    u32 pid_ns;
+    u32 ns_pid;
 };
 
 /* The caller's credentials and session just after a successful set*id or setsid call (user space compares them

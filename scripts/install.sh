@@ -23,6 +23,7 @@ packages=(python3 python3-venv python3-pip python3-bpfcc libbpf1 linux-headers-a
 if [ "$want_test" = 1 ]; then
   packages+=(podman runc crun containerd uidmap lxc lxc-templates systemd-container busybox-static
              openssh-client openssh-server autossh dropbear-bin debootstrap iproute2 util-linux procps
+             docker.io  # test_runtimes.py: dockerd started by the tests (cgroupfs driver)
              gcc libc6-dev  # test_exec_paths.py's static execveat helper; test_probe_layout.py
              stress-ng  # scripts/bench_soak.py --contend
              libcap2-bin openssl coreutils)  # test_elastic_rules_e2e.py: setcap, openssl passwd, base32

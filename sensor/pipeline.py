@@ -43,6 +43,8 @@ class Resolver(Protocol):
 
     def cgroup_path(self, cgroup_id: int) -> str | None: ...
 
+    def pid_namespace_ended(self, pid_ns: int) -> None: ...
+
     def stats(self) -> dict[str, int]: ...
 
 
@@ -343,9 +345,11 @@ class Pipeline:
     def _on_exit(self, rec: ExitRecord) -> None:
         self.stats.exits += 1
         proc = self.table.on_exit(rec)
-        if proc is None or not self._emit_exit:
-            return
-        self._emit_process_event("exit", rec.ktime_ns, proc, rec.exit_code)
+        if proc is not None and self._emit_exit:
+            self._emit_process_event("exit", rec.ktime_ns, proc, rec.exit_code)
+        if rec.ns_pid == 1 and self.resolver is not None:
+            # after its own end document, which still names the container it ran in
+            self.resolver.pid_namespace_ended(rec.pid_ns)
 
     def _on_net(self, rec: NetRecord) -> None:
         if rec.action == "connection_attempted":

@@ -7,7 +7,9 @@ Decision, from evidence captured at exec time (cgroup v2 id, namespace inodes) a
      exec that does not move into the container's cgroup): that container (BY_NAMESPACE_OF_KNOWN);
   3. otherwise, pid and mnt and one of uts/ipc/net namespaces differ from the host's: a container known only
      by its namespaces (systemd-nspawn --keep-unit, unshare/nsenter made ones); the runtime is named from the
-     nearest ancestor that is a known launcher (BY_NAMESPACES);
+     nearest ancestor that is a known launcher (BY_NAMESPACES). When a conmon in the host's pid namespace is
+     among the ancestors (rootless podman on a cgroup v1 host), its argv names the podman container: its id,
+     name and image are used (conmon.py; read on the worker, waited for briefly at the container's first exec);
   4. otherwise the host: None. A host service in its own cgroup, or a process that only unshared its mount
      namespace, stays on the host.
 Each (cgroup path, namespaces) pair is decided once and cached; the runtimes' on-disk metadata is read by a
@@ -25,6 +27,7 @@ cgroupmap.py) and the worker's queue is capped (worker.py).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -37,6 +40,7 @@ from cachetools import FIFOCache
 
 from sensor.model.records import CgroupRecord, Namespaces
 
+from . import conmon
 from .cgroupmap import V2_HIERARCHY, CgroupMap, CgroupMount, find_v2_mount
 from .info import (
     BY_CGROUP,
@@ -70,6 +74,8 @@ LAUNCHERS: tuple[tuple[str, str], ...] = (
     ("bwrap", "bubblewrap"),
     ("firejail", "firejail"),
 )
+
+log = logging.getLogger(__name__)
 
 _MISSING = object()
 _NO_METADATA_RUNTIMES = frozenset({"systemd-nspawn", "libvirt-lxc"})
@@ -148,6 +154,18 @@ class ContainerResolver:
         self._metadata: dict[tuple[str, bool], ContainerMetadata | None] = {}
         # pid namespace -> the cgroup match of the container that owns it (oldest written forgotten first)
         self._by_pid_ns: FIFOCache[int, CgroupMatch] = FIFOCache(cache_size)
+        # pid namespace -> (podman id, metadata) read from the conmon above it, None when no conmon of the host's
+        # was found above it; written by the worker only
+        self._by_conmon: dict[int, tuple[str, ContainerMetadata] | None] = {}
+        self._store_refusal_logged = False
+        # bumped whenever a pid namespace ends: a conmon look begun before does not store what it found, which
+        # could be about the namespace that ended rather than a new one given its inode number
+        self._ns_epoch = 0
+        # pid namespace (not the host's) -> the keys of `_resolved` decided for it without a container cgroup
+        # (by namespaces, by a known container's namespace, or the host): forgotten when the namespace ends,
+        # since a new namespace may then get the same inode numbers (seen here: a rootless podman container took
+        # every namespace inode of a docker container removed just before). Oldest first out past cache_size.
+        self._keys_by_pid_ns: dict[int, set[tuple[str | None, Namespaces]]] = {}
         # (pid, mnt) namespaces -> the v1 cgroup path read once for them
         self._v1_by_ns: FIFOCache[tuple[int, int], str | None] = FIFOCache(cache_size)
         self._last_rescan = 0.0
@@ -159,6 +177,8 @@ class ContainerResolver:
             "metadata_requested": 0, "metadata_found": 0, "metadata_missing": 0, "cgroup_records": 0,
             "cgroup_records_bad": 0, "first_looks": 0, "first_looks_read": 0, "first_looks_waited": 0,
             "first_looks_found": 0, "first_looks_over_budget": 0, "metadata_pruned": 0,
+            "conmon_looks": 0, "conmon_found": 0, "conmon_refused": 0, "conmon_store_unreadable": 0,
+            "pid_namespaces_forgotten": 0,
         }
 
     # -- set-up --------------------------------------------------------------------------------------------
@@ -288,7 +308,8 @@ class ContainerResolver:
                 self._counts["resolve_cached"] += 1
                 return None
             info: ContainerInfo = cached  # type: ignore[assignment]
-            if info.metadata_complete or self._metadata_key(info) not in self._metadata:
+            if info.metadata_complete or (self._metadata_key(info) not in self._metadata
+                                          and info.pid_namespace not in self._by_conmon):
                 self._counts["resolve_cached"] += 1
                 return info
         if path is None:
@@ -299,7 +320,26 @@ class ContainerResolver:
             self._resolved[key] = _HOST if info is None else info
             if len(self._resolved) > self._cache_size:
                 self._resolved.popitem(last=False)
+            if ns.pid != self._host_ns.pid and (info is None or info.decided_by != BY_CGROUP):
+                keys = self._keys_by_pid_ns.get(ns.pid)
+                if keys is None:
+                    if len(self._keys_by_pid_ns) >= self._cache_size:
+                        self._keys_by_pid_ns.pop(next(iter(self._keys_by_pid_ns)))
+                    keys = self._keys_by_pid_ns[ns.pid] = set()
+                keys.add(key)
         return info
+
+    def pid_namespace_ended(self, pid_ns: int) -> None:
+        """The init of pid namespace PID_NS ended, and with it the namespace: from now on its inode number may
+        name a new one. What was tied to that number goes (the container owning it, the conmon identity, the
+        decisions made for it without a container cgroup), so a new container is decided afresh."""
+        self._ns_epoch += 1
+        forgot = self._by_pid_ns.pop(pid_ns, None) is not None
+        forgot |= self._by_conmon.pop(pid_ns, _MISSING) is not _MISSING
+        for key in self._keys_by_pid_ns.pop(pid_ns, ()):
+            forgot |= self._resolved.pop(key, None) is not None
+        if forgot:
+            self._counts["pid_namespaces_forgotten"] += 1
 
     def _decide(self, cgroup_id: int, path: str | None, ns: Namespaces, ancestry: Sequence[tuple[int, str]],
                 pid: int) -> ContainerInfo | None:
@@ -326,10 +366,24 @@ class ContainerResolver:
             return replace(info, cgroup_path=path, decided_by=BY_NAMESPACE_OF_KNOWN)
         if looks_like_container(diff):
             self._counts["containers_by_namespaces"] += 1
+            named = self._by_conmon.get(ns.pid, _MISSING)
+            monitors: tuple[int, ...] = ()
+            if named is _MISSING:
+                monitors = tuple(p for p, name in ancestry if name.startswith("conmon"))
+                if monitors:
+                    named = self._look_at_conmon(ns.pid, monitors)
+            if isinstance(named, tuple):
+                cid, meta = named
+                image_name, image_tag, image_digest = split_image(meta.image)
+                return ContainerInfo(
+                    id=cid, runtime="podman", name=meta.name, image_name=image_name, image_tag=image_tag,
+                    image_digest=image_digest, cgroup_id=cgroup_id, cgroup_path=path, namespaces_differing=diff,
+                    pid_namespace=ns.pid, decided_by=BY_NAMESPACES, id_source=ID_RUNTIME, metadata_complete=True,
+                )
             return ContainerInfo(
                 id=f"pidns-{ns.pid}", runtime=launcher_runtime(ancestry), cgroup_id=cgroup_id,
                 cgroup_path=path, namespaces_differing=diff, pid_namespace=ns.pid, decided_by=BY_NAMESPACES,
-                id_source=ID_PID_NAMESPACE, metadata_complete=True,
+                id_source=ID_PID_NAMESPACE, metadata_complete=named is not _MISSING or not monitors,
             )
         self._counts["host"] += 1
         return None
@@ -448,6 +502,64 @@ class ContainerResolver:
 
         if self._worker.submit(("meta", mkey), job, give_up):
             counts["metadata_requested"] += 1
+
+    def _look_at_conmon(self, pid_ns: int, monitors: tuple[int, ...]) -> object:
+        """Has the worker read the container's identity from the first of MONITORS (ancestors named conmon,
+        nearest first) that runs in the host's pid namespace (one in the container is the container's own
+        process, whatever its name), waiting for it as long as a first look may wait. Returns what is known
+        then: (id, metadata), None (no conmon of the host's above it) or _MISSING (not read yet)."""
+        key = ("conmon", pid_ns)
+        proc_root = self._proc_root
+        host_pid_ns = self._host_ns.pid
+        counts = self._counts
+        found_by_ns = self._by_conmon
+        cache_size = self._cache_size
+        epoch = self._ns_epoch
+
+        def remember(value: tuple[str, ContainerMetadata] | None) -> None:
+            if self._ns_epoch != epoch:
+                return  # a pid namespace ended meanwhile: this may be about it; the next exec looks again
+            while len(found_by_ns) >= cache_size:
+                found_by_ns.pop(next(iter(found_by_ns)), None)
+            found_by_ns[pid_ns] = value
+
+        def job() -> bool:
+            for pid in monitors:
+                try:
+                    if os.stat(proc_root / str(pid) / "ns" / "pid").st_ino != host_pid_ns:
+                        continue
+                except OSError:
+                    continue
+                args = conmon.read_conmon(proc_root, pid)
+                if args is None:
+                    continue
+                meta, problem = conmon.lookup(args)
+                if problem is not None:
+                    counts["conmon_store_unreadable"] += 1
+                    if not self._store_refusal_logged:
+                        self._store_refusal_logged = True
+                        log.warning("podman container %s: its store could not be read (%s); its name comes from "
+                                    "conmon and it has no image (counted in container_sensor_resolver_"
+                                    "conmon_store_unreadable)", args.container_id[:12], problem)
+                remember((args.container_id, meta))
+                counts["conmon_found"] += 1
+                return True
+            counts["conmon_refused"] += 1
+            remember(None)
+            return True  # no conmon of the host above it (gone, or only the container's own): nothing to retry
+
+        if self._worker.submit(key, job):
+            counts["conmon_looks"] += 1
+        now = time.monotonic()
+        window_start, spent = self._first_window
+        if now - window_start >= 1.0:
+            window_start, spent = now, 0.0
+        wait = min(self._first_wait_s, self._first_share - spent)
+        if wait > 0:
+            self._worker.hurry(key, wait)
+            spent += time.monotonic() - now
+        self._first_window = (window_start, spent)
+        return found_by_ns.get(pid_ns, _MISSING)
 
     def _v1_path(self, pid: int, ns: Namespaces) -> str | None:
         key = (ns.pid, ns.mnt)

@@ -110,6 +110,8 @@ class ExitRecord:
     pid: int
     exit_code: int  # as wait(2) reports it: (status << 8) | signal
     start_boottime_ns: int = 0
+    pid_ns: int = 0  # the process's own pid namespace (inode number); 0 in recordings made before it was sent
+    ns_pid: int = 0  # its pid in that namespace: 1 is the namespace's init, whose end ends the namespace
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,7 +71,8 @@ FORK_FIELDS: Fields = (
     *_in("hdr", HEADER_FIELDS),
     ("parent_pid", "I"), ("pid", "I"), ("start_boottime_ns", "Q"), ("uid", "I"), ("gid", "I"), ("cgroup_id", "Q"),
 )
-EXIT_FIELDS: Fields = (*_in("hdr", HEADER_FIELDS), ("pid", "I"), ("exit_code", "i"), ("start_boottime_ns", "Q"))
+EXIT_FIELDS: Fields = (*_in("hdr", HEADER_FIELDS), ("pid", "I"), ("exit_code", "i"), ("start_boottime_ns", "Q"),
+                       ("pid_ns", "I"), ("ns_pid", "I"))
 CRED_FIELDS: Fields = (
     *_in("hdr", HEADER_FIELDS), ("pid", "I"), ("change", "I"), ("uid", "I"), ("gid", "I"), ("euid", "I"),
     ("egid", "I"), ("sid", "I"), ("pad", "I"), ("start_boottime_ns", "Q"),
@@ -248,8 +249,8 @@ def decode(raw: bytes, env_vars: re.Pattern[bytes] | None = None) -> Record:
         (_t, _s, ktime, parent_pid, pid, start, uid, gid, cgroup_id) = FORK.unpack_from(raw)
         return ForkRecord(ktime, parent_pid, pid, start, uid, gid, cgroup_id)
     if record_type == RECORD_EXIT:
-        (_t, _s, ktime, pid, exit_code, start) = EXIT.unpack_from(raw)
-        return ExitRecord(ktime, pid, exit_code, start)
+        (_t, _s, ktime, pid, exit_code, start, pid_ns, ns_pid) = EXIT.unpack_from(raw)
+        return ExitRecord(ktime, pid, exit_code, start, pid_ns, ns_pid)
     if record_type == RECORD_CRED:
         (_t, _s, ktime, pid, change, uid, gid, euid, egid, sid, _pad, start) = CRED.unpack_from(raw)
         kind = CRED_CHANGES.get(change)

@@ -1,8 +1,11 @@
-"""Real containers for integration tests: podman+runc, a kubepods-shaped runc bundle, LXC, systemd-nspawn.
+"""Real containers for integration tests: podman+runc (rootful and rootless), Docker, containerd's `ctr`, a
+kubepods-shaped runc bundle, LXC, systemd-nspawn.
 
 Import the fixtures where they are used (`from tests.integration.conftest_containers import podman_container`)
-or into tests/integration/conftest.py. Each skips with the reason when its runtime cannot run here; each
-cleans up what it started. Everything is built from the cached root filesystem of tests/integration/rootfs.py.
+or into tests/integration/conftest.py. Each skips when its runtime is not installed; Docker, containerd and
+rootless podman fail (not skip) when installed but unable to run a container, so a broken runtime is never a
+silently green suite. Each cleans up what it started, daemons included. Everything is built from the cached root
+filesystem of tests/integration/rootfs.py.
 """
 
 from __future__ import annotations
@@ -263,7 +266,7 @@ def containerd_container(test_rootfs: Path, podman_image_ref: str) -> Iterator[R
         except AssertionError:
             daemon.kill()
             daemon.wait()
-            pytest.skip("containerd did not start")
+            pytest.fail(f"containerd is installed but did not start: see {rootfs_mod.CACHE_DIR / 'containerd.log'}")
     cid = f"cs-ctr-{secrets.token_hex(4)}"
     try:
         archive = rootfs_mod.CACHE_DIR / f"{test_rootfs.name}-docker-archive.tar"
@@ -274,7 +277,7 @@ def containerd_container(test_rootfs: Path, podman_image_ref: str) -> Iterator[R
                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                  timeout=60)
         if started.returncode != 0:
-            pytest.skip(f"ctr run failed: {started.stderr.decode(errors='replace').strip()}")
+            pytest.fail(f"ctr run failed: {started.stderr.decode(errors='replace').strip()}")
 
         def task_pid() -> int:
             for line in _run(["ctr", "-n", "default", "task", "ls"]).stdout.splitlines()[1:]:
@@ -294,6 +297,149 @@ def containerd_container(test_rootfs: Path, podman_image_ref: str) -> Iterator[R
             except subprocess.TimeoutExpired:
                 daemon.kill()
                 daemon.wait()
+
+
+def _stop(daemon: subprocess.Popen) -> None:
+    daemon.terminate()
+    try:
+        daemon.wait(20)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait()
+
+
+def _docker_up(docker: str) -> bool:
+    return _run([docker, "info", "--format", "{{.ServerVersion}}"], timeout=20).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def docker_image_ref(test_rootfs: Path) -> Iterator[str]:
+    """The test root filesystem `docker import`ed into a Docker daemon: the one running, or one started here
+    (cgroupfs driver, no bridge, no iptables rules) and stopped at the end of the session."""
+    _need("docker", "dockerd")
+    docker = shutil.which("docker") or "docker"
+    daemon = None
+    if not _docker_up(docker):
+        log_path = rootfs_mod.CACHE_DIR / "dockerd.log"
+        with open(log_path, "ab") as log:
+            daemon = subprocess.Popen(["dockerd", "--iptables=false", "--bridge=none"], stdout=log, stderr=log,
+                                      stdin=subprocess.DEVNULL)
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: daemon.poll() is not None or _docker_up(docker), 60, "dockerd")
+        if daemon.poll() is not None or not _docker_up(docker):
+            _stop(daemon)
+            tail = log_path.read_text(errors="replace").splitlines()[-5:]
+            pytest.fail("dockerd is installed but did not start: " + " | ".join(tail))
+    ref = "container-sensor-test:1"
+    try:
+        if _run([docker, "image", "inspect", ref]).returncode != 0:
+            tar = subprocess.Popen(["tar", "-C", str(test_rootfs), "-c", "."], stdout=subprocess.PIPE)
+            imported = subprocess.run([docker, "import", "-c", 'CMD ["/bin/sh"]', "-", ref], stdin=tar.stdout,
+                                      capture_output=True, text=True, timeout=120)
+            tar.wait()
+            if imported.returncode != 0:
+                pytest.fail(f"docker import failed: {imported.stderr.strip()}")
+        yield ref
+    finally:
+        if daemon is not None:
+            _stop(daemon)
+
+
+DOCKER_RUN = ["run", "--network", "none"]
+
+
+@pytest.fixture(scope="session")
+def docker_container(docker_image_ref: str) -> Iterator[RunningContainer]:
+    """A detached Docker container running `sleep` (cgroup /docker/<id> with the cgroupfs driver)."""
+    docker = shutil.which("docker") or "docker"
+    name = f"cs-docker-{secrets.token_hex(4)}"
+    started = _run([docker, *DOCKER_RUN, "-d", "--name", name, docker_image_ref, "sleep", "3600"], timeout=120)
+    if started.returncode != 0:
+        pytest.fail(f"docker run failed: {started.stderr.strip()}")
+    cid = started.stdout.strip().splitlines()[-1]
+    try:
+        pid = int(_run([docker, "inspect", "-f", "{{.State.Pid}}", name]).stdout.strip())
+        yield RunningContainer("docker", cid, name, pid, image=docker_image_ref)
+    finally:
+        _run([docker, "rm", "-f", name], timeout=60)
+
+
+ROOTLESS_USER = "cs-rootless"
+ROOTLESS_SUBIDS = "300000-365535"
+
+
+@dataclass(frozen=True)
+class RootlessPodman:
+    """podman run by an unprivileged user (user namespace; no cgroup of its own on a cgroup v1 host)."""
+
+    user: str
+    uid: int
+    image: str
+
+    def argv(self, *podman_args: str) -> list[str]:
+        return ["runuser", "-u", self.user, "--", "env", f"XDG_RUNTIME_DIR=/run/user/{self.uid}",
+                f"HOME=/home/{self.user}", "podman", *podman_args]
+
+    def run_argv(self, *args: str) -> list[str]:
+        return self.argv("--runtime", "runc", "run", "--network", "none", "--ulimit", "nofile=1024:1024",
+                         "--ulimit", "nproc=4096:4096", *args)
+
+    def run(self, *podman_args: str, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(*podman_args), capture_output=True, text=True, cwd="/", **kw)
+
+
+def _has_subids(user: str, path: str) -> bool:
+    try:
+        return any(line.split(":", 1)[0] == user for line in Path(path).read_text().splitlines())
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def rootless_podman(test_rootfs: Path) -> Iterator[RootlessPodman]:
+    """An unprivileged user (made here when missing, with subordinate id ranges) and the test image in their own
+    podman store. Every process of that user is ended at the end of the session (podman's pause process)."""
+    _need("podman", "runc", "newuidmap", "newgidmap", "useradd", "runuser")
+    if _run(["id", "-u", ROOTLESS_USER]).returncode != 0:
+        made = _run(["useradd", "-m", "-s", "/bin/sh", ROOTLESS_USER])
+        if made.returncode != 0:
+            pytest.fail(f"useradd failed: {made.stderr.strip()}")
+    if not _has_subids(ROOTLESS_USER, "/etc/subuid") or not _has_subids(ROOTLESS_USER, "/etc/subgid"):
+        _run(["usermod", "--add-subuids", ROOTLESS_SUBIDS, "--add-subgids", ROOTLESS_SUBIDS, ROOTLESS_USER],
+             check=True)
+    uid = int(_run(["id", "-u", ROOTLESS_USER]).stdout)
+    runtime_dir = Path(f"/run/user/{uid}")
+    runtime_dir.mkdir(parents=True, exist_ok=True)
+    os.chown(runtime_dir, uid, uid)
+    os.chmod(runtime_dir, 0o700)
+    rootless = RootlessPodman(ROOTLESS_USER, uid, "localhost/container-sensor-test:1")
+    try:
+        if rootless.run("image", "exists", rootless.image).returncode != 0:
+            tar = subprocess.Popen(["tar", "-C", str(test_rootfs), "-c", "."], stdout=subprocess.PIPE)
+            imported = subprocess.run(rootless.argv("import", "--change", "CMD=/bin/sh", "-", rootless.image),
+                                      stdin=tar.stdout, capture_output=True, text=True, cwd="/", timeout=300)
+            tar.wait()
+            if imported.returncode != 0:
+                pytest.fail(f"rootless podman import failed: {imported.stderr.strip()}")
+        yield rootless
+    finally:
+        _run(["pkill", "-KILL", "-u", ROOTLESS_USER])
+
+
+@pytest.fixture(scope="session")
+def rootless_container(rootless_podman: RootlessPodman) -> Iterator[RunningContainer]:
+    """A detached rootless podman container running `sleep`, started by the unprivileged user."""
+    name = f"cs-rootless-{secrets.token_hex(4)}"
+    started = subprocess.run(rootless_podman.run_argv("-d", "--name", name, rootless_podman.image, "sleep", "3600"),
+                             capture_output=True, text=True, cwd="/", timeout=120)
+    if started.returncode != 0:
+        pytest.fail(f"rootless podman run failed: {started.stderr.strip()}")
+    cid = started.stdout.strip().splitlines()[-1]
+    try:
+        pid = int(rootless_podman.run("inspect", "-f", "{{.State.Pid}}", name).stdout.strip())
+        yield RunningContainer("podman", cid, name, pid, image=rootless_podman.image)
+    finally:
+        rootless_podman.run("rm", "-f", "-t", "0", name, timeout=60)
 
 
 @pytest.fixture

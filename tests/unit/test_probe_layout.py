@@ -300,8 +300,8 @@ def test_decode_rejects_lengths_beyond_the_record() -> None:
 def test_decode_fork_exit_cgroup() -> None:
     fork = decode(probe_layout.FORK.pack(2, 48, 5, 100, 101, 555, 0, 0, 9))
     assert fork == ForkRecord(5, 100, 101, 555, 0, 0, 9)
-    exit_ = decode(probe_layout.EXIT.pack(3, 32, 6, 101, 256, 555))
-    assert exit_ == ExitRecord(6, 101, 256, 555)
+    exit_ = decode(probe_layout.EXIT.pack(3, 40, 6, 101, 256, 555, 4026532249, 1))
+    assert exit_ == ExitRecord(6, 101, 256, 555, 4026532249, 1)
     path = b"/libpod_parent/libpod-abc"
     cg = decode(probe_layout.CGROUP_FIXED.pack(4, 0, 7, 0, 2, 4242, len(path), 0) + path)
     assert cg == CgroupRecord(7, "mkdir", 0, 4242, 2, path)

@@ -18,7 +18,7 @@ def test_a_record_the_pipeline_fails_on_is_counted_and_the_next_one_still_delive
             raise KeyError("a bug in a later stage")
 
     probe = Probe(on_record, UNLOADED)
-    exit_record = probe_layout.EXIT.pack(probe_layout.RECORD_EXIT, probe_layout.EXIT.size, 5, 100, 0, 555)
+    exit_record = probe_layout.EXIT.pack(probe_layout.RECORD_EXIT, probe_layout.EXIT.size, 5, 100, 0, 555, 0, 0)
     probe._handle(exit_record)  # private: what both ring readers call per record
     probe._handle(exit_record)
     probe._handle(b"\x01\x00")  # private: shorter than any header
