@@ -73,11 +73,15 @@ def _ops_server(config: Config, health: PipelineHealth) -> Any:
     return server
 
 
+_CONFIG_OPTION = click.option(
+    "--config", "config_file", type=click.Path(path_type=Path), default=None,
+    help="YAML configuration file (default: $CONTAINER_SENSOR_CONFIG or /etc/container-sensor/config.yaml when "
+         "present).")
+
+
 def _run_options(func: Any) -> Any:
     options = [
-        click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
-                     help="YAML configuration file (default: $CONTAINER_SENSOR_CONFIG or "
-                          "/etc/container-sensor/config.yaml when present)."),
+        _CONFIG_OPTION,
         click.option("--output", "outputs", multiple=True,
                      help="stdout (default), file:PATH or elasticsearch:URL; repeat for several."),
         click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
@@ -88,12 +92,15 @@ def _run_options(func: Any) -> Any:
                      help="Elastic detection-rule TOML file or folder; repeat for several."),
         click.option("--no-builtin-rules", is_flag=True, default=None,
                      help="Do not run the built-in ssh-in-container rule."),
-        click.option("--fold-window", type=float, default=None,
-                     help="Seconds within which identical alerts are folded into one with a count."),
+        click.option("--fold-window", default=None,
+                     help="Window within which identical alerts fold into one with a count: seconds or a "
+                          f"duration such as 90s or 1m (default {DEFAULTS.fold_window:g}s)."),
         click.option("--metrics-address", default=None,
                      help=f"HOST:PORT for /healthz and /metrics (default {DEFAULTS.metrics_address}; 'off' disables)."),
-        click.option("--log-format", type=click.Choice(LOG_FORMATS), default=None),
-        click.option("--log-level", default=None),
+        click.option("--log-format", type=click.Choice(LOG_FORMATS), default=None,
+                     help=f"The sensor's own log lines on stderr (default {DEFAULTS.log_format})."),
+        click.option("--log-level", default=None,
+                     help=f"debug, info, warning or error (default {DEFAULTS.log_level})."),
         click.option("--stall-timeout", default=None,
                      help="/livez fails once the pipeline has not advanced this long "
                           f"(default {DEFAULTS.stall_timeout:g}s; 0 never)."),
@@ -107,7 +114,7 @@ def _run_options(func: Any) -> Any:
 
 
 def _flags(outputs: tuple[str, ...], fmt: str | None, ready_file: Path | None, rules_paths: tuple[Path, ...],
-           no_builtin_rules: bool | None, fold_window: float | None, metrics_address: str | None,
+           no_builtin_rules: bool | None, fold_window: str | None, metrics_address: str | None,
            log_format: str | None, log_level: str | None, stall_timeout: str | None = None,
            drain_timeout: str | None = None) -> dict[str, Any]:
     flags: dict[str, Any] = {
@@ -148,7 +155,9 @@ def _run(config_file: Path | None, flags: dict[str, Any], record_to: Path | None
         summary = run_live(config, record_to=record_to, on_ready=health.attach)
     except ProbeError as exc:
         _fail(f"{exc} (run 'container-sensor check' for every prerequisite)")
-    except (OutputSpecError, DetectionUnavailable) as exc:
+    except OutputSpecError as exc:
+        _fail(str(exc), 2 if exc.configuration else 1)
+    except DetectionUnavailable as exc:
         _fail(str(exc))
     except StateFileError as exc:  # the ready file or the recording: a link, another user's file, no directory
         _fail(str(exc))
@@ -195,7 +204,9 @@ def replay(file: Path, config_file: Path | None, **kwargs: Any) -> None:
         with open(file, "rb") as stream:
             reader = RecordingReader(stream)
             summary = run_replay(config, reader, reader.meta)
-    except (OutputSpecError, DetectionUnavailable) as exc:
+    except OutputSpecError as exc:
+        _fail(str(exc), 2 if exc.configuration else 1)
+    except DetectionUnavailable as exc:
         _fail(str(exc))
     except ValueError as exc:
         _fail(f"{file}: {exc}")
@@ -219,16 +230,17 @@ def config_show(config_file: Path | None, **kwargs: Any) -> None:
 
 
 @main.command()
+@_CONFIG_OPTION
 @click.option("--timeout", type=float, default=15.0, show_default=True,
               help="Seconds to wait for the alert after the container starts.")
 @click.option("--method", type=click.Choice(["auto", "podman", "unshare"]), default="auto", show_default=True,
               help="How to make the container: podman, or new namespaces with unshare when no runtime is here.")
-def selftest(timeout: float, method: str) -> None:
+def selftest(config_file: Path | None, timeout: float, method: str) -> None:
     """Start ssh in a short-lived container and check that its alert comes out; exit 0 when it does."""
     from sensor.ops.logs import setup_logging
     from sensor.selftest import run_selftest
 
-    config = _load_config(None, {"metrics_address": "off"})
+    config = _load_config(config_file, {"metrics_address": "off"})
     setup_logging("text", "warning")
     result = run_selftest(config, method=method, timeout=timeout)
     for line in result.lines:
@@ -237,12 +249,13 @@ def selftest(timeout: float, method: str) -> None:
 
 
 @main.command()
-def check() -> None:
+@_CONFIG_OPTION
+def check(config_file: Path | None) -> None:
     """Name each missing prerequisite with its fix; exit non-zero when the sensor cannot run here."""
     from sensor.ops.deploy_checks import deployment_checks
     from sensor.ops.preflight import report, run_checks
 
-    text, can_run = report(run_checks(deployment_checks(_load_config(None, {"metrics_address": "off"}))))
+    text, can_run = report(run_checks(deployment_checks(_load_config(config_file, {"metrics_address": "off"}))))
     click.echo(text)
     sys.exit(0 if can_run else 1)
 

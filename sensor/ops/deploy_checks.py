@@ -211,6 +211,58 @@ def check_ready_file(config: Config) -> Check:
                  "mount a writable volume there (DaemonSet: an emptyDir at /run/container-sensor)")
 
 
+SYSTEMD_UNITS = (Path("/etc/systemd/system/container-sensor.service"),
+                 Path("/lib/systemd/system/container-sensor.service"),
+                 Path("/usr/lib/systemd/system/container-sensor.service"))
+
+
+def unit_writable_paths(unit: Path) -> tuple[Path, ...] | None:
+    """The paths the installed systemd unit (with its drop-ins) lets the sensor write, or None when it does not
+    make the file system read-only (no ProtectSystem=strict)."""
+    files = [unit, *sorted(Path(f"/etc/systemd/system/{unit.name}.d").glob("*.conf"))]
+    strict = False
+    # not /tmp: with PrivateTmp= it is the unit's own, and what is written there is gone when the unit stops
+    writable: list[Path] = []
+    prefixes = {"ReadWritePaths": "", "StateDirectory": "/var/lib", "LogsDirectory": "/var/log",
+                "RuntimeDirectory": "/run", "CacheDirectory": "/var/cache"}
+    for file in files:
+        try:
+            lines = file.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            key, sep, value = line.strip().partition("=")
+            if not sep or key.startswith("#"):
+                continue
+            if key == "ProtectSystem":
+                strict = value.strip() == "strict"
+            elif key in prefixes:
+                for item in value.split():
+                    item = item.lstrip("-+")
+                    writable.append(Path(prefixes[key] + "/" + item) if prefixes[key] else Path(item))
+    return tuple(writable) if strict else None
+
+
+def check_file_output(config: Config, units: tuple[Path, ...] = SYSTEMD_UNITS) -> Check:
+    outputs = config.sections.outputs
+    path = outputs.file.path
+    if "file" not in outputs.kinds or path is None:
+        return Check("file output", True, "none configured")
+    path = path.absolute()
+    why = _writable_dir(path.parent)
+    if why is not None:
+        return Check("file output", False, f"cannot write in {path.parent}: {why}",
+                     "give a path in a writable directory (DaemonSet: a hostPath volume)")
+    unit = next((u for u in units if u.exists()), None)
+    writable = unit_writable_paths(unit) if unit is not None else None
+    if writable is not None and not any(path.is_relative_to(w) for w in writable):
+        return Check("file output", False, f"{path} is read-only to the sensor run by {unit} "
+                     f"(ProtectSystem=strict; writable: {', '.join(str(w) for w in writable)})",
+                     "write to /var/log/container-sensor/ (the unit's LogsDirectory), or add "
+                     f"ReadWritePaths={path.parent} in a drop-in (systemctl edit container-sensor)", fatal=False)
+    return Check("file output", True, f"{path.parent} is writable")
+
+
 def deployment_checks(config: Config) -> tuple[Callable[[], Check], ...]:
     """The checks for `container-sensor check` beyond sensor.ops.preflight's, bound to the configuration."""
     return (
@@ -220,4 +272,5 @@ def deployment_checks(config: Config) -> tuple[Callable[[], Check], ...]:
         lambda: check_runtime_state(root=config.sections.resolver.runtime_state_root),
         lambda: check_spool(config),
         lambda: check_ready_file(config),
+        lambda: check_file_output(config),
     )

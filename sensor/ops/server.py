@@ -428,6 +428,11 @@ def probe(address: str, path: str = "/healthz", timeout: float = 3.0) -> tuple[b
 def main(argv: list[str]) -> int:
     address = os.environ.get("CONTAINER_SENSOR_METRICS_ADDRESS") or DEFAULT_ADDRESS
     path = argv[0] if argv else "/healthz"
+    if address.strip().lower() in ("off", "none", "false", "no"):
+        # the sensor was told to serve nothing: there is no answer to wait for, and saying so beats a parse error
+        print(f"CONTAINER_SENSOR_METRICS_ADDRESS is {address.strip()!r}: the sensor serves no {path} to ask; "
+              "give it HOST:PORT (and the same to the sensor) to probe it", file=sys.stderr)
+        return 2
     try:
         ok, body = probe(address, path)
     except ValueError as error:

@@ -17,11 +17,14 @@ if TYPE_CHECKING:
 
 
 class OutputSpecError(ValueError):
-    """One or more outputs cannot be built; one line per problem."""
+    """One or more outputs cannot be built; one line per problem. `configuration`: every problem is in what the
+    outputs were told (a spec, a URL, an index name), none in the host (a file or spool that cannot be opened),
+    so the sensor exits with the configuration error's status, on which systemd does not restart it."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], configuration: bool = True) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.configuration = configuration
 
 
 def _show(spec: str) -> str:
@@ -76,6 +79,7 @@ def build_outputs(specs: list[str], config: OutputsConfig) -> list[Output]:
     """One output per spec, in order. Raises OutputSpecError naming every bad spec, one line each."""
     outputs: list[Output] = []
     problems: list[str] = []
+    configuration = True  # every problem so far is one of configuration
     seen: set[str] = set()
     for spec in specs or ["stdout"]:
         key = spec.strip()
@@ -86,13 +90,18 @@ def build_outputs(specs: list[str], config: OutputsConfig) -> list[Output]:
             outputs.append(_build_one(key, config))
         except OutputSpecError as error:
             problems.extend(error.problems)
-        except (ElasticsearchConfigError, FileOutputError, SpoolError) as error:
+            configuration = configuration and error.configuration
+        except ElasticsearchConfigError as error:
             problems.append(f"--output {_show(key)}: {error}")
+        except (FileOutputError, SpoolError) as error:
+            problems.append(f"--output {_show(key)}: {error}")
+            configuration = False
         except OSError as error:
             problems.append(f"--output {_show(key)}: {error.strerror or error}: {error.filename or ''}".rstrip(": "))
+            configuration = False
     if problems:
         for output in outputs:
             output.close(timeout=0)
-        raise OutputSpecError(problems)
+        raise OutputSpecError(problems, configuration)
     return outputs
 

@@ -123,4 +123,4 @@ def test_ready_file(tmp_path):
 def test_deployment_checks_run_here(tmp_path):
     checks = [check() for check in deployment_checks(Config(spool_dir=tmp_path))]
     assert [c.name for c in checks] == ["kernel", "cgroupfs", "host namespaces", "runtime state", "spool",
-                                        "ready file"]
+                                        "ready file", "file output"]

@@ -67,9 +67,13 @@ def test_credentials_in_a_url_never_appear_in_errors(tmp_path: Path) -> None:
     message = str(raised.value)
     assert "hunter2" not in message
     assert "spool" in message
+    # a spool that cannot be made is the host's problem, not the configuration's: exit 1, restarts allowed
+    assert raised.value.configuration is False
 
 
 def test_bad_data_stream_name_is_refused(tmp_path: Path) -> None:
     config = Config(spool_dir=tmp_path / "spool", elasticsearch_index="Logs With Spaces")
-    with pytest.raises(OutputSpecError, match="not a valid index or data stream name"):
+    with pytest.raises(OutputSpecError, match="not a valid index or data stream name") as raised:
         build_outputs(["elasticsearch:http://127.0.0.1:9"], config.sections.outputs)
+    # a configuration error: `run` exits 2, on which the systemd unit does not restart (no restart loop)
+    assert raised.value.configuration is True
