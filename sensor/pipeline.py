@@ -31,6 +31,7 @@ from sensor.model.records import (
 )
 from sensor.model.sessions import Leaders, stored_leaders
 from sensor.outputs.base import Output
+from sensor.rules.alerts import alert_message
 
 log = logging.getLogger(__name__)
 
@@ -442,6 +443,9 @@ class Pipeline:
             for alert in alerts:
                 if container is not None:
                     alert["container"] = self.builder.container_block(container)
+                    rule_name = (alert.get("rule") or {}).get("name")
+                    if isinstance(rule_name, str):
+                        alert["message"] = alert_message(rule_name, alert["container"])
                     orchestrator = self.builder.orchestrator_block(container)
                     if orchestrator is not None:
                         alert["orchestrator"] = orchestrator

@@ -69,6 +69,17 @@ def ecs_threat(mapping: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return threat
 
 
+def alert_message(rule_name: str, container: Any) -> str:
+    """ECS `message` of an alert: the rule's name and where it fired. Elastic's *External Alerts* rule, which
+    promotes alerts from other sources into Kibana's Alerts page, names each by this field
+    (`rule_name_override: message`); without it they would be listed unnamed."""
+    if isinstance(container, dict) and container.get("id"):
+        where = container.get("name") or str(container["id"])[:12]
+        image = (container.get("image") or {}).get("name") if isinstance(container.get("image"), dict) else None
+        return f"{rule_name} in container {where}" + (f" ({image})" if image else "")
+    return rule_name
+
+
 def build_alert(doc: dict, rule: RuleMetadata, details: dict[str, Any], *,
                 created: str | None = None) -> dict:
     """A copy of the event with `event.kind: alert`, the rule, its threat mapping and
@@ -92,6 +103,7 @@ def build_alert(doc: dict, rule: RuleMetadata, details: dict[str, Any], *,
     if isinstance(stream, dict):
         alert["data_stream"] = {**stream, "dataset": ALERT_DATASET}
     alert["rule"] = rule.rule_fields()
+    alert["message"] = alert_message(rule.name, alert.get("container"))
     if rule.threat:
         alert["threat"] = ecs_threat(rule.threat)
     sensor = alert.setdefault("container_sensor", {})

@@ -158,6 +158,8 @@ def test_an_alert_waits_for_its_containers_metadata_its_document_does_not() -> N
     assert alert["event"]["kind"] == "alert"
     assert alert["container"]["name"] == "web" and alert["orchestrator"]["namespace"] == "shop"
     assert alert["container_sensor"]["alert"]["container_metadata"] == "complete"
+    assert alert["message"].endswith("in container web" + (f" ({alert['container']['image']['name']})"
+                                                            if "image" in alert["container"] else ""))
     assert (pipeline.stats.alerts_held, pipeline.stats.alerts_without_metadata, pipeline.stats.alerts) == (1, 0, 1)
 
 
