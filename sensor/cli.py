@@ -260,6 +260,82 @@ def check(config_file: Path | None) -> None:
     sys.exit(0 if can_run else 1)
 
 
+def _elasticsearch_settings(config_file: Path | None, url: str | None) -> Any:
+    from sensor.outputs.elasticsearch_settings import ElasticsearchConfigError
+    from sensor.outputs.factory import elasticsearch_settings
+
+    config = _load_config(config_file, {"metrics_address": "off"})
+    section = config.sections.outputs.elasticsearch
+    target = url or section.url
+    if not target:
+        _fail("no Elasticsearch URL: give --url, or elasticsearch.url (CONTAINER_SENSOR_ELASTICSEARCH_URL)", 2)
+    try:
+        return elasticsearch_settings(target, section)
+    except ElasticsearchConfigError as exc:
+        _fail(str(exc), 2)
+
+
+_URL_OPTION = click.option("--url", default=None,
+                           help="Elasticsearch URL (default: elasticsearch.url of the configuration); credentials "
+                                "come from the configuration or CONTAINER_SENSOR_ELASTICSEARCH_* variables.")
+
+
+@main.group("setup")
+def setup_group() -> None:
+    """Prepare what the sensor writes to, as Beats' `setup` does."""
+
+
+@setup_group.command("elasticsearch")
+@_CONFIG_OPTION
+@_URL_OPTION
+@click.option("--dry-run", is_flag=True, help="Print the templates as JSON and connect to nothing.")
+def setup_elasticsearch_command(config_file: Path | None, url: str | None, dry_run: bool) -> None:
+    """Map the sensor's own fields in the streams it writes (the @custom component templates Defend's and the
+    built-in index templates compose in) and install the alerts stream's index template. Needs
+    manage_index_templates: run it once with an administrator's credentials, not the sensor's."""
+    if dry_run:
+        import json
+
+        from sensor.outputs.elasticsearch_templates import (
+            ALERTS_TEMPLATE,
+            DATASETS,
+            alerts_index_template,
+            custom_component_template,
+            custom_template_name,
+        )
+
+        plan = {f"_component_template/{custom_template_name(d)}": custom_component_template(None)[0]
+                for d in DATASETS}
+        plan[f"_index_template/{ALERTS_TEMPLATE}"] = alerts_index_template()
+        click.echo(json.dumps(plan, indent=2))
+        return
+    from sensor.outputs.elasticsearch_setup import setup_elasticsearch
+
+    report = setup_elasticsearch(_elasticsearch_settings(config_file, url))
+    for line in report.lines:
+        click.echo(line)
+    sys.exit(0 if report.ok else 1)
+
+
+@main.group("test")
+def test_group() -> None:
+    """Check a connection without sending anything, as Beats' `test` does."""
+
+
+@test_group.command("output")
+@_CONFIG_OPTION
+@_URL_OPTION
+def test_output_command(config_file: Path | None, url: str | None) -> None:
+    """Connect to Elasticsearch and check that the credentials hold every privilege the sensor needs (monitor;
+    create_doc and auto_configure on its streams). Writes nothing; exits 1 when something is missing."""
+    from sensor.outputs.elasticsearch_setup import check_output
+
+    report = check_output(_elasticsearch_settings(config_file, url))
+    for line in report.lines:
+        click.echo(line)
+    sys.exit(0 if report.ok else 1)
+
+
 def _add_rules_commands() -> None:
     from sensor.rules.commands import rules_group
 

@@ -88,6 +88,12 @@ class EsServer:
             "rejected": 0,
         }
         self.seen_accept: list[str] = []
+        # templates as PUT (name -> body), and the privileges of the credentials: cluster privileges, and per index
+        # pattern its privileges; None is a cluster with security off (`_has_privileges` refuses, as it does)
+        self.component_templates: dict[str, dict[str, Any]] = {}
+        self.index_templates: dict[str, dict[str, Any]] = {}
+        self.privileges: tuple[set[str], dict[str, set[str]]] | None = (
+            {"all"}, {"*": {"all"}})
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -351,11 +357,54 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._error(404, "index_not_found_exception", f"no such index [{stream.group(1)}]", compat)
             return
+        template = re.fullmatch(r"/_(component|index)_template/([^/]+)", path)
+        if template:
+            self._template(template.group(1), template.group(2), body, compat)
+            return
+        if path == "/_security/user/_has_privileges" and self.command in ("GET", "POST"):
+            self._has_privileges(body, compat)
+            return
         count = re.fullmatch(r"/([^/_][^/]*)/_count", path)
         if count and self.command in ("GET", "POST"):
             self._send(200, {"count": state.count(count.group(1))}, compat)
             return
         self._error(404, "resource_not_found_exception", f"no handler for {self.command} {path}", compat)
+
+    def _template(self, kind: str, name: str, body: bytes, compat: int | None) -> None:
+        state = self.server.state
+        store = state.component_templates if kind == "component" else state.index_templates
+        with state.lock:
+            if self.command == "PUT":
+                store[name] = json.loads(body)
+                state.counters[f"{kind}_template_puts"] = state.counters.get(f"{kind}_template_puts", 0) + 1
+                answer: Any = {"acknowledged": True}
+            elif self.command == "GET" and name in store:
+                answer = {f"{kind}_templates": [{"name": name, f"{kind}_template": store[name]}]}
+            else:
+                answer = None
+        if answer is None:
+            self._error(404, "resource_not_found_exception", f"{kind} template matching [{name}] not found", compat)
+        else:
+            self._send(200, answer, compat)
+
+    def _has_privileges(self, body: bytes, compat: int | None) -> None:
+        granted = self.server.state.privileges
+        if granted is None:
+            self._error(500, "exception", "Security must be explicitly enabled when using a [basic] license. Enable "
+                        "security by setting [xpack.security.enabled] to [true] in the elasticsearch.yml file and "
+                        "restart the node.", compat)
+            return
+        cluster_granted, index_granted = granted
+        asked = json.loads(body or b"{}")
+        cluster = {p: "all" in cluster_granted or p in cluster_granted for p in asked.get("cluster", [])}
+        index: dict[str, dict[str, bool]] = {}
+        for entry in asked.get("index", []):
+            for name in entry.get("names", []):
+                held = index_granted.get(name, set()) | index_granted.get("*", set())
+                index[name] = {p: "all" in held or p in held for p in entry.get("privileges", [])}
+        every = all(cluster.values()) and all(all(v.values()) for v in index.values())
+        self._send(200, {"username": "test", "has_all_requested": every, "cluster": cluster, "index": index,
+                         "application": {}}, compat)
 
     def _bulk(self, body: bytes, index: str | None, compat: int | None) -> None:
         state = self.server.state

@@ -25,13 +25,20 @@ class PipelineHealth:
         return pipeline_metrics(self._pipeline)
 
     def health(self) -> tuple[bool, str]:
+        """Readiness: the probes are attached and the pipeline advances. An output's trouble is said in the answer
+        but does not fail it: an Elasticsearch outage reaches every node at once, and marking them all NotReady
+        would say nothing the output's own metrics do not, while the spool already keeps the events."""
         pipeline = self._pipeline
         if pipeline is None:
             return False, "probe not attached yet"
+        flowing, why = pipeline.heartbeat.check()
+        if not flowing:
+            return False, why
         unhealthy = [o.name for o in pipeline.outputs if not o.healthy()]
         if unhealthy:
-            return False, f"outputs unhealthy: {', '.join(unhealthy)}"
-        return True, "probes attached, outputs healthy"
+            return True, f"probes attached, pipeline advancing; outputs unhealthy: {', '.join(unhealthy)} " \
+                         "(see container_sensor_output_healthy)"
+        return True, "probes attached, pipeline advancing, outputs healthy"
 
     def live(self) -> tuple[bool, str]:
         pipeline = self._pipeline
