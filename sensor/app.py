@@ -102,6 +102,16 @@ def build_leaders() -> Callable:
     return SessionModel()
 
 
+def build_keep(sections: Any) -> Any:
+    """Which documents reach the outputs; raises FilterError (a configuration error) for a bad `filter.where`."""
+    from sensor.rules.noise import FilterSettings, build_filter
+
+    f = sections.filter
+    return build_filter(FilterSettings(where=f.where, alerts_only=f.alerts_only,
+                                       containers_allow=f.containers_allow, containers_deny=f.containers_deny,
+                                       namespaces_allow=f.namespaces_allow, namespaces_deny=f.namespaces_deny))
+
+
 def build_pipeline(config: Config, outputs: list[Output], *, live: bool,
                    meta: dict[str, Any] | None = None) -> Pipeline:
     """meta: a recording's metadata, so a replay reproduces the recorded boot id and timestamps."""
@@ -122,7 +132,7 @@ def build_pipeline(config: Config, outputs: list[Output], *, live: bool,
         resolver = build_resolver(Namespaces(*meta["host_ns"]), None)
     else:
         resolver = None
-    return Pipeline(table=table, builder=builder, outputs=outputs, resolver=resolver,
+    return Pipeline(table=table, builder=builder, outputs=outputs, resolver=resolver, keep=build_keep(sections),
                     detector=build_detector(sections.detection, live=live), leaders=build_leaders(),
                     emit_already_running=sections.events.already_running, emit_fork=sections.probe.fork,
                     accounts=accounts,

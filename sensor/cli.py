@@ -46,6 +46,17 @@ def _load_config(config_file: Path | None, flags: dict[str, Any]) -> Config:
         sys.exit(2)
 
 
+def _check_filter(config: Config) -> None:
+    """A `filter.where` that does not parse is a configuration error: said before anything starts."""
+    from sensor.app import build_keep
+    from sensor.rules.noise import FilterError
+
+    try:
+        build_keep(config.sections)
+    except FilterError as exc:
+        _fail(f"config: {exc}", 2)
+
+
 def _setup_logging(config: Config) -> None:
     from sensor.config.credentials import protect_stderr
     from sensor.ops.logs import setup_logging
@@ -92,6 +103,11 @@ def _run_options(func: Any) -> Any:
                      help="Elastic detection-rule TOML file or folder; repeat for several."),
         click.option("--no-builtin-rules", is_flag=True, default=None,
                      help="Do not run the built-in ssh-in-container rule."),
+        click.option("--where", "where", default=None, metavar="EQL",
+                     help="Write only the documents meeting this EQL condition, e.g. 'container.id != null' or "
+                          "'process where process.name == \"curl\"'; alerts always go out."),
+        click.option("--alerts-only", is_flag=True, default=None,
+                     help="Write alerts only; detection still sees every document."),
         click.option("--fold-window", default=None,
                      help="Window within which identical alerts fold into one with a count: seconds or a "
                           f"duration such as 90s or 1m (default {DEFAULTS.fold_window:g}s)."),
@@ -116,7 +132,8 @@ def _run_options(func: Any) -> Any:
 def _flags(outputs: tuple[str, ...], fmt: str | None, ready_file: Path | None, rules_paths: tuple[Path, ...],
            no_builtin_rules: bool | None, fold_window: str | None, metrics_address: str | None,
            log_format: str | None, log_level: str | None, stall_timeout: str | None = None,
-           drain_timeout: str | None = None) -> dict[str, Any]:
+           drain_timeout: str | None = None, where: str | None = None,
+           alerts_only: bool | None = None) -> dict[str, Any]:
     flags: dict[str, Any] = {
         "outputs": list(outputs) or None,
         "format": fmt,
@@ -129,6 +146,8 @@ def _flags(outputs: tuple[str, ...], fmt: str | None, ready_file: Path | None, r
         "log_level": log_level,
         "stall_timeout": stall_timeout,
         "drain_timeout": drain_timeout,
+        "filter_where": where,
+        "filter_alerts_only": alerts_only,
     }
     return flags
 
@@ -148,6 +167,7 @@ def _run(config_file: Path | None, flags: dict[str, Any], record_to: Path | None
     from sensor.run import run_live
 
     config = _load_config(config_file, flags)
+    _check_filter(config)
     _setup_logging(config)
     health = PipelineHealth()
     server = _ops_server(config, health)
@@ -199,6 +219,7 @@ def replay(file: Path, config_file: Path | None, **kwargs: Any) -> None:
     flags = _flags(**kwargs)
     flags["metrics_address"] = flags["metrics_address"] or "off"
     config = _load_config(config_file, flags)
+    _check_filter(config)
     _setup_logging(config)
     try:
         with open(file, "rb") as stream:
@@ -211,6 +232,37 @@ def replay(file: Path, config_file: Path | None, **kwargs: Any) -> None:
     except ValueError as exc:
         _fail(f"{file}: {exc}")
     click.echo(summary.line(), err=True)
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path, allow_dash=True, dir_okay=False))
+@click.option("-f", "--follow", is_flag=True, help="Keep reading as the file grows (as tail -f).")
+@click.option("--alerts-only", is_flag=True, help="Show alerts only.")
+@click.option("--color/--no-color", default=None, help="Colour (default: when writing to a terminal).")
+def view(file: Path, follow: bool, alerts_only: bool, color: bool | None) -> None:
+    """Show NDJSON the sensor wrote (FILE, or - for stdin) for a person: one line per document, processes
+    indented under their parents in each container's tree, alerts in red."""
+    from sensor.outputs.view import TreeView, render
+    from sensor.outputs.view import follow as follow_lines
+
+    tree = TreeView(color=sys.stdout.isatty() if color is None else color, alerts_only=alerts_only)
+    try:
+        stream = sys.stdin if str(file) == "-" else open(file, encoding="utf-8", errors="replace")  # noqa: SIM115
+    except OSError as exc:
+        _fail(f"{file}: {exc.strerror}")
+    try:
+        lines = follow_lines(stream) if follow else stream
+        for line in render(lines, tree):
+            click.echo(line, color=tree.color)  # click would strip colour asked for off a terminal
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # `view FILE | head`
+        sys.stderr.close()
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+    if tree.skipped:
+        click.echo(f"container-sensor: {tree.skipped} lines were not documents and were skipped", err=True)
 
 
 @main.group("config")

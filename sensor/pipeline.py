@@ -147,6 +147,7 @@ class PipelineStats:
     connections_unattributed: int = 0  # network documents without their process (unknown to the probe or table)
     cgroup_events: int = 0
     documents: int = 0
+    documents_filtered: int = 0  # left out by the filter.* options (--where, --alerts-only, allow/deny lists)
     alerts: int = 0
     alerts_held: int = 0  # alerts that waited for their container's runtime state
     alerts_without_metadata: int = 0  # of those, sent at the deadline without it
@@ -247,8 +248,11 @@ class Pipeline:
         accounts: Accounts | None = None,
         alert_metadata_wait_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        keep: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
         self.table = table
+        # which documents reach the outputs (the filter.* options); detection has seen each one already
+        self._keep = keep
         self.builder = builder
         self.outputs = outputs
         self.resolver = resolver
@@ -457,6 +461,9 @@ class Pipeline:
         self._held_alerts = waiting
 
     def emit(self, doc: dict[str, Any]) -> None:
+        if self._keep is not None and not self._keep(doc):
+            self.stats.documents_filtered += 1
+            return
         self.stats.documents += 1
         for output in self.outputs:
             try:

@@ -46,6 +46,7 @@ class RunSummary:
     alerts: int
     output_dropped: int
     paths_truncated: int = 0  # exec records whose executable path was cut (flagged in their documents)
+    filtered: int = 0  # documents the filter.* options left out
     spooled: int = 0  # documents left in the Elasticsearch spool, sent at the next start
     undelivered: int = 0  # documents an output still held in memory at exit: lost
     drain_cut: str = ""  # what ended the SIGTERM drain early ("the 20s drain deadline", "a second SIGINT")
@@ -55,6 +56,7 @@ class RunSummary:
     def line(self) -> str:
         line = (f"container-sensor: {self.seen} events seen, {self.emitted} documents emitted, "
                 f"{self.lost} lost, {self.alerts} alerts, {self.output_dropped} dropped by outputs")
+        line += f", {self.filtered} left out by filters" if self.filtered else ""
         return line + (f", {self.paths_truncated} executable paths cut" if self.paths_truncated else "") + self.left()
 
     def left(self) -> str:
@@ -446,4 +448,5 @@ def summarize(pipeline: Pipeline, outputs: list[Output], seen: int, undecodable:
     dropped = sum(o.stats().get("dropped", 0) for o in outputs)
     stats = pipeline.stats
     return RunSummary(seen=seen, emitted=stats.documents, lost=stats.kernel_lost + undecodable, alerts=stats.alerts,
-                      output_dropped=dropped, paths_truncated=stats.path_truncated)
+                      output_dropped=dropped, paths_truncated=stats.path_truncated,
+                      filtered=stats.documents_filtered)

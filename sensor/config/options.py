@@ -23,6 +23,7 @@ from sensor.config.parsing import (
     parse_paths,
     parse_size,
     parse_str,
+    parse_strs,
 )
 
 ENV_PREFIX = "CONTAINER_SENSOR_"
@@ -102,6 +103,17 @@ OPTIONS: tuple[Option, ...] = (
            "/livez fails and systemd watchdog pings stop once the pipeline has not advanced this long; 0 never"),
     Option("drain_timeout", parse_duration,
            "most time SIGTERM/SIGINT spends draining the ring buffer and outputs before exiting"),
+    Option("filter.where", parse_str,
+           "EQL condition a document must meet to be written (alerts always are), e.g. 'container.id != null'"),
+    Option("filter.alerts_only", parse_bool, "write alerts only (detection still sees every document)"),
+    Option("filter.allow_containers", parse_strs,
+           "write only the documents of containers whose name, image or id matches one of these globs (list)"),
+    Option("filter.deny_containers", parse_strs,
+           "never write the documents of containers whose name, image or id matches one of these globs (list)"),
+    Option("filter.allow_namespaces", parse_strs,
+           "write only the documents of these Kubernetes namespaces (globs, list); others' containers and the "
+           "host pass"),
+    Option("filter.deny_namespaces", parse_strs, "never write the documents of these Kubernetes namespaces (list)"),
     Option("runtime_state_root", parse_path,
            "where the host's / is seen for the runtimes' state (/run/containerd, ...); a DaemonSet mounts /host"),
 )

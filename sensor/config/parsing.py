@@ -111,6 +111,10 @@ def parse_env_names(raw: Any) -> tuple[str, ...]:
     return names
 
 
+def parse_strs(raw: Any) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_items(raw)))
+
+
 def parse_paths(raw: Any) -> tuple[Path, ...]:
     return tuple(Path(item) for item in _items(raw))
 

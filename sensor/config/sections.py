@@ -110,6 +110,16 @@ class OpsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FilterConfig:
+    where: str | None  # EQL condition a written document meets; None: any
+    alerts_only: bool
+    containers_allow: tuple[str, ...]  # globs on container name, image name or id; (): any
+    containers_deny: tuple[str, ...]
+    namespaces_allow: tuple[str, ...]  # globs on orchestrator.namespace; (): any
+    namespaces_deny: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Sections:
     probe: ProbeConfig
     host: HostConfig
@@ -117,6 +127,7 @@ class Sections:
     events: EventsConfig
     detection: DetectionConfig
     outputs: OutputsConfig
+    filter: FilterConfig
     ops: OpsConfig
 
 
@@ -146,6 +157,11 @@ def build_sections(config: Config) -> Sections:
                 alerts_index=config.elasticsearch_alerts_index, timeout=config.elasticsearch_timeout,
                 spool=SpoolConfig(dir=config.spool_dir, limit=config.spool_limit, policy=config.spool_policy)),
         ),
+        filter=FilterConfig(where=config.filter_where, alerts_only=config.filter_alerts_only,
+                            containers_allow=config.filter_allow_containers,
+                            containers_deny=config.filter_deny_containers,
+                            namespaces_allow=config.filter_allow_namespaces,
+                            namespaces_deny=config.filter_deny_namespaces),
         ops=OpsConfig(metrics_address=config.metrics_address, stall_timeout=config.stall_timeout,
                       drain_timeout=config.drain_timeout, ready_file=config.ready_file,
                       priority_boost=config.priority_boost,

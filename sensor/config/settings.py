@@ -98,6 +98,13 @@ class Config:
     # connection_attempted/connection_accepted documents (TCP connects and accepts), as Elastic Defend writes them
     events_network: bool = True
     priority_boost: int = 4
+    # what reaches the outputs (sensor/rules/noise.py): everything by default
+    filter_where: str | None = None
+    filter_alerts_only: bool = False
+    filter_allow_containers: tuple[str, ...] = ()
+    filter_deny_containers: tuple[str, ...] = ()
+    filter_allow_namespaces: tuple[str, ...] = ()
+    filter_deny_namespaces: tuple[str, ...] = ()
     stall_timeout: float = 30.0
     drain_timeout: float = 20.0
     runtime_state_root: Path = Path("/")

@@ -13,6 +13,7 @@ from typing import Any
 PIPELINE_COUNTERS = {
     "records": "events_seen_total",
     "documents": "events_emitted_total",
+    "documents_filtered": "events_filtered_total",
     "kernel_lost": "events_lost_total",
     "execs": "execs_total",
     "forks": "forks_total",
