@@ -284,6 +284,8 @@ def _run_live(config: Config, stop: StopFlag, record_to: Path | None,
         pipeline.handle(record)
 
     detector = pipeline.detector
+    reloader = start_reloader(sections.detection.rules_paths, detector)
+    hangups = install_sighup(reloader)
     probe = Probe(on_record, probe_options(sections.probe),
                   look_ahead=detector.look_ahead if detector is not None else None)
     heartbeat = pipeline.heartbeat
@@ -319,6 +321,10 @@ def _run_live(config: Config, stop: StopFlag, record_to: Path | None,
         collector = GarbageCollection()
         while not stop.stopped:
             probe.poll(POLL_MS)
+            if reloader is not None:
+                reloader.apply_pending()
+            if hangups.pending:
+                hangups.report()
             pipeline.release_held_alerts()
             pipeline.flush()
             now = time.monotonic()
@@ -353,6 +359,9 @@ def _run_live(config: Config, stop: StopFlag, record_to: Path | None,
             for output in outputs:
                 output.close()
         probe.close()
+        hangups.uninstall()
+        if reloader is not None:
+            reloader.close()
         if pipeline.resolver is not None:
             pipeline.resolver.close()
         if pipeline.accounts is not None:
@@ -367,6 +376,49 @@ def _run_live(config: Config, stop: StopFlag, record_to: Path | None,
     if cut is not None:
         summary = replace(summary, drain_cut=cut.reason, ring_left=ring_left, exit_code=cut.exit_code)
     return summary
+
+
+def start_reloader(paths: tuple[Path, ...], detector: Any) -> Any:
+    """Reloads the rule files on SIGHUP and when they change; None without rule files or detection."""
+    if not paths or detector is None:
+        return None
+    from sensor.rules.reload import RulesReloader
+
+    return RulesReloader(paths, detector.replace_rules, on_refused=detector.reload_refused)
+
+
+class Hangups:
+    """SIGHUP asks for a rules reload; its default action (ending the process) is never what a sensor wants."""
+
+    def __init__(self, reloader: Any) -> None:
+        self.reloader = reloader
+        self.pending = False
+        self._previous: Any = None
+
+    def install(self) -> Hangups:
+        self._previous = signal.signal(signal.SIGHUP, self._handler)
+        return self
+
+    def _handler(self, _signum: int, _frame: Any) -> None:
+        self.pending = True
+        if self.reloader is not None:
+            self.reloader.request()
+
+    def report(self) -> None:
+        """On the loop (logging is not for signal handlers)."""
+        self.pending = False
+        if self.reloader is None:
+            log.info("SIGHUP: no rule files configured (rules.paths), nothing to reload")
+        else:
+            log.info("SIGHUP: reloading the rules")
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+
+
+def install_sighup(reloader: Any) -> Hangups:
+    return Hangups(reloader).install()
 
 
 def close_outputs(outputs: list[Output], stop: StopFlag) -> None:

@@ -38,6 +38,11 @@ PIPELINE_COUNTERS = {
 }
 
 
+def label_value(text: str) -> str:
+    """TEXT as a Prometheus label value: backslash, double quote and newline escaped, as the format asks."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def _stats(stage: Any) -> dict[str, Any]:
     if stage is None:
         return {}
@@ -83,6 +88,10 @@ def pipeline_metrics(pipeline: Any) -> dict[str, float]:
             values["elasticsearch_errors_total"] = out.get("bulk_failures", 0) + out.get("dead_lettered", 0)
         values[f"output_healthy{label}"] = 1 if output.healthy() else 0
 
+    by_rule = getattr(getattr(pipeline, "detector", None), "alerts_by_rule", None)
+    if isinstance(by_rule, dict):
+        for rule_name, count in list(by_rule.items()):
+            values[f'rule_alerts_total{{rule="{label_value(str(rule_name))}"}}'] = count
     detector = _stats(getattr(pipeline, "detector", None))
     if detector:
         values["rule_errors_total"] = detector.get("rule_errors", 0) + detector.get("detector_errors", 0)

@@ -59,6 +59,7 @@ REFUSAL_REASONS = ("evicted", "busy", "timeout", "too_large")
 METRIC_HELP = {
     "events_seen_total": "Kernel records received from the probe (exec, fork, exit, cgroup).",
     "events_emitted_total": "Documents (events and alerts) handed to the outputs.",
+    "rule_alerts_total": "Alerts raised, per rule (by its name; folded repeats count once, with their summary).",
     "events_filtered_total": "Documents left out by the filter.* options (--where, --alerts-only, allow/deny lists).",
     "events_lost_total": "Records the kernel dropped because the ring buffer was full.",
     "execs_total": "Exec records received.",

@@ -41,17 +41,39 @@ def rules_group() -> None:
 
 @rules_group.command("check")
 @_rules_option
-@click.option("--strict", is_flag=True, help="Exit 1 when any rule is refused.")
+@click.option("--strict", is_flag=True, help="Exit 1 when any rule is refused, for whatever reason.")
 def rules_check(rules_paths: tuple[Path, ...], strict: bool) -> None:
-    """List which rules load (and will run on the node) and which are refused, with why."""
+    """List which rules load (and will run on the node) and which are refused, with why. Exit 1 when a file is
+    not valid TOML, when no rule file is found, or when a loaded rule names a field the sensor never writes
+    (a test of it can never match); 2 when a path does not exist."""
+    from sensor.ecs.inventory import inventory
+    from sensor.rules.coverage import fields_never_written
+
     loaded, refused = _load_all(rules_paths)
+    fields = inventory()
+    unknown_fields = 0
     for rule in loaded:
         kind = "sequence" if rule.compiled.is_sequence else "event"
         click.echo(f"loaded   {rule.path}: {rule.name!r} ({kind}, {rule.rule_id})")
+        for name in fields_never_written(rule.query, fields):
+            unknown_fields += 1
+            click.echo(f"  unknown field {name}: the sensor never writes it")
+    broken = [r for r in refused if r.reason.startswith(("not valid TOML", "cannot read"))]
     for refusal in refused:
         click.echo(f"refused  {refusal.path}: {refusal.name!r}: {refusal.reason}")
-    click.echo(f"{len(loaded)} loaded, {len(refused)} refused")
+    click.echo(f"{len(loaded)} loaded, {len(refused)} refused"
+               + (f", {unknown_fields} unknown fields" if unknown_fields else ""))
+    problems = []
+    if not loaded and not refused:
+        problems.append("no rule file (*.toml) under " + ", ".join(str(p) for p in rules_paths))
+    if broken:
+        problems.append(f"{len(broken)} files are not valid TOML")
+    if unknown_fields:
+        problems.append(f"{unknown_fields} fields that no document carries")
     if strict and refused:
+        problems.append(f"{len(refused)} rules refused (--strict)")
+    if problems:
+        click.echo("error: " + "; ".join(problems), err=True)
         sys.exit(1)
 
 

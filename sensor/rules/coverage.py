@@ -273,6 +273,17 @@ def classify_eql(text: str, inventory: FieldInventory) -> tuple[str, list[str]]:
     return (WEAKENED, reasons) if reasons else (CAN_FIRE, [])
 
 
+def fields_never_written(text: str, inventory: FieldInventory) -> list[str]:
+    """The fields an EQL query names that no document of the sensor carries (a typo, or another agent's field):
+    a test of one never matches, a negated test always does."""
+    try:
+        query = parse_query(text)
+    except QueryError:
+        return []
+    evaluator = _Evaluator(inventory)
+    return sorted({name for name in _fields_in(query) if not evaluator._present(name)})
+
+
 # KQL: field names before a colon, outside quoted strings; `not` scopes are not followed
 _KQL_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _KQL_FIELD = re.compile(r"(?<![\w.@])([A-Za-z_@][\w.@-]*)\s*:")

