@@ -104,9 +104,15 @@ def build_leaders() -> Callable:
 
 def build_keep(sections: Any) -> Any:
     """Which documents reach the outputs; raises FilterError (a configuration error) for a bad `filter.where`."""
-    from sensor.rules.noise import FilterSettings, build_filter
-
     f = sections.filter
+    if not (f.where or f.alerts_only or f.containers_allow or f.containers_deny or f.namespaces_allow
+            or f.namespaces_deny):
+        return None  # nothing to import or call: every document goes out
+    try:
+        from sensor.rules.noise import FilterSettings, build_filter
+    except ImportError as exc:
+        raise DetectionUnavailable(f"filters cannot start: {exc} (a dependency is missing: run scripts/install.sh "
+                                   "again, or pip install the sensor with its dependencies)") from exc
     return build_filter(FilterSettings(where=f.where, alerts_only=f.alerts_only,
                                        containers_allow=f.containers_allow, containers_deny=f.containers_deny,
                                        namespaces_allow=f.namespaces_allow, namespaces_deny=f.namespaces_deny))
@@ -121,7 +127,8 @@ def build_pipeline(config: Config, outputs: list[Output], *, live: bool,
     if meta.get("boot_id"):
         facts = replace(facts, boot_id=meta["boot_id"])
     table = ProcessTable(facts.boot_id or "unknown-boot")
-    builder = DocumentBuilder(facts, boot_wall_offset_ns=meta.get("boot_wall_offset_ns") or boot_wall_offset_ns())
+    builder = DocumentBuilder(facts, boot_wall_offset_ns=meta.get("boot_wall_offset_ns") or boot_wall_offset_ns(),
+                              cluster_name=sections.host.cluster_name)
     accounts = None
     if live:
         from sensor.containers.accounts import ContainerAccounts

@@ -48,12 +48,13 @@ def _load_config(config_file: Path | None, flags: dict[str, Any]) -> Config:
 
 def _check_filter(config: Config) -> None:
     """A `filter.where` that does not parse is a configuration error: said before anything starts."""
-    from sensor.app import build_keep
-    from sensor.rules.noise import FilterError
+    from sensor.app import DetectionUnavailable, build_keep
 
     try:
         build_keep(config.sections)
-    except FilterError as exc:
+    except DetectionUnavailable as exc:
+        _fail(str(exc))
+    except ValueError as exc:  # sensor.rules.noise.FilterError
         _fail(f"config: {exc}", 2)
 
 

@@ -66,6 +66,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("log.format", choice(LOG_FORMATS), "json or text log lines on stderr"),
     Option("log.level", choice(LOG_LEVELS), "debug, info, warning, error or critical"),
     Option("node_name", parse_str, "name of this node (the DaemonSet passes spec.nodeName)"),
+    Option("kubernetes.cluster_name", parse_str, "orchestrator.cluster.name written with Kubernetes containers"),
     Option("file.path", parse_path, "file the file output writes (rotated)"),
     Option("file.max_bytes", parse_size, "size at which the file output rotates"),
     Option("file.backups", parse_int, "rotated files kept"),

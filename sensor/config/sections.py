@@ -31,6 +31,7 @@ class ProbeConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HostConfig:
     node_name: str | None  # None: the kernel's hostname
+    cluster_name: str | None  # orchestrator.cluster.name; None: not written
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -138,7 +139,7 @@ def build_sections(config: Config) -> Sections:
                           ring_reader=config.probe_ring_reader, cred_changes=config.events_cred_changes,
                           network=config.events_network, env_vars=config.events_env_vars,
                           fork=config.events_fork, modules=config.events_modules),
-        host=HostConfig(node_name=config.node_name),
+        host=HostConfig(node_name=config.node_name, cluster_name=config.kubernetes_cluster_name),
         resolver=ResolverConfig(runtime_state_root=config.runtime_state_root),
         events=EventsConfig(already_running=config.events_already_running),
         detection=DetectionConfig(rules_paths=config.rules_paths, builtin=config.rules_builtin,

@@ -32,6 +32,9 @@ class ContainerInfo:
       image_name / image_tag: the image reference split at its tag ("registry/repo" and "tag"); image_tag is a
           single string (ECS container.image.tag is an array: the builder wraps it). image_digest when the
           reference pins one ("sha256:...").
+      pod_labels / workload_kind: the pod's labels and the kind of workload that made it (sensor.containers.
+          metadata.workload_kind), where the runtime keeps them on disk (CRI-O's and cri-dockerd's sandboxes;
+          containerd keeps them only in its database, so they are absent there).
       pod_uid / pod_name / pod_namespace: Kubernetes pod of the container (pod_uid from the cgroup path even
           when no runtime state is readable; name and namespace from the runtime's annotations).
     Evidence (for container_sensor.* and for the session model):
@@ -53,6 +56,8 @@ class ContainerInfo:
     pod_uid: str | None = None
     pod_name: str | None = None
     pod_namespace: str | None = None
+    pod_labels: tuple[tuple[str, str], ...] = ()  # the pod's labels, where the runtime's state on disk has them
+    workload_kind: str | None = None  # the pod's controller (Deployment, StatefulSet, DaemonSet, Job), from its labels
     cgroup_id: int = 0
     cgroup_path: str | None = None
     container_cgroup: str | None = None
@@ -83,6 +88,8 @@ class ContainerMetadata:
     pod_uid: str | None = None
     pod_name: str | None = None
     pod_namespace: str | None = None
+    pod_labels: tuple[tuple[str, str], ...] = ()
+    workload_kind: str | None = None
     source: str = ""  # the file it came from, for debugging
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -127,6 +128,36 @@ def _from_annotations(annotations: Mapping[str, str], source: str) -> ContainerM
         pod_namespace=annotations.get(keys["pod_namespace"]) or None,
         source=source,
     )
+
+
+# Labels the controllers put on the pods they make, and the kind of workload each says made the pod: set by
+# Kubernetes itself, so the kind is read, not guessed from the pod's name.
+def workload_kind(labels: Mapping[str, str]) -> str | None:
+    if "pod-template-hash" in labels:
+        return "Deployment"  # through its ReplicaSet
+    if "controller-revision-hash" in labels:
+        if "statefulset.kubernetes.io/pod-name" in labels:
+            return "StatefulSet"
+        if "pod-template-generation" in labels:
+            return "DaemonSet"
+    if "batch.kubernetes.io/job-name" in labels or "job-name" in labels:
+        return "Job"
+    return None
+
+
+def _label_pairs(labels: Any) -> tuple[tuple[str, str], ...]:
+    """A pod's own labels, sorted; the runtime's io.kubernetes.* bookkeeping left out."""
+    if not isinstance(labels, dict):
+        return ()
+    return tuple(sorted((str(k), str(v)) for k, v in labels.items()
+                        if isinstance(k, str) and not k.startswith("io.kubernetes.") and isinstance(v, str | int)))
+
+
+def _with_pod_labels(found: ContainerMetadata, labels: Any) -> ContainerMetadata:
+    pairs = _label_pairs(labels)
+    if not pairs:
+        return found
+    return replace(found, pod_labels=pairs, workload_kind=workload_kind(dict(pairs)))
 
 
 def _bundle_metadata(bundle: Path, max_bytes: int | None = None) -> ContainerMetadata | None:
@@ -298,7 +329,7 @@ class MetadataReader:
             name = (data.get("Name") or "").lstrip("/") or None
             if labels.get(DOCKER_K8S_LABELS["name"]):
                 name = labels[DOCKER_K8S_LABELS["name"]]
-            return ContainerMetadata(
+            found = ContainerMetadata(
                 runtime="docker",
                 name=name,
                 image=config.get("Image") or None,
@@ -307,6 +338,15 @@ class MetadataReader:
                 pod_namespace=labels.get(DOCKER_K8S_LABELS["pod_namespace"]),
                 source=str(path),
             )
+            sandbox = labels.get("io.kubernetes.sandbox.id")
+            if isinstance(sandbox, str) and re.fullmatch(r"[0-9a-f]{64}", sandbox):
+                # cri-dockerd puts the pod's labels on its sandbox (pause) container
+                sandbox_data = self._json(root / "containers" / sandbox / "config.v2.json")
+                self.file_reads += 1
+                sandbox_labels = (sandbox_data.get("Config") or {}).get("Labels") if isinstance(
+                    sandbox_data, dict) else None
+                found = _with_pod_labels(found, sandbox_labels)
+            return found
         return None
 
     def _containerd(self, container_id: str) -> ContainerMetadata | None:
@@ -325,11 +365,30 @@ class MetadataReader:
 
     def _crio(self, container_id: str) -> ContainerMetadata | None:
         for run in self.roots.crio_run:
-            found = self._bundle(run / "overlay-containers" / container_id / "userdata")
+            userdata = run / "overlay-containers" / container_id / "userdata"
+            found = self._bundle(userdata)
             self.file_reads += 1
             if found is not None:
-                return replace(found, runtime=found.runtime or "cri-o")
+                found = replace(found, runtime=found.runtime or "cri-o")
+                return _with_pod_labels(found, self._crio_pod_labels(run, userdata))
         return None
+
+    def _crio_pod_labels(self, run: Path, userdata: Path) -> Any:
+        """The pod's labels: CRI-O writes them (JSON) into its sandbox's annotations, which each container's name."""
+        config = self._json(userdata / "config.json")
+        annotations = config.get("annotations") if isinstance(config, dict) else None
+        sandbox = annotations.get("io.kubernetes.cri-o.SandboxID") if isinstance(annotations, dict) else None
+        if not isinstance(sandbox, str) or not re.fullmatch(r"[0-9a-f]{64}", sandbox):
+            return None
+        sandbox_config = self._json(run / "overlay-containers" / sandbox / "userdata" / "config.json")
+        self.file_reads += 1
+        sandbox_annotations = sandbox_config.get("annotations") if isinstance(sandbox_config, dict) else None
+        text = sandbox_annotations.get("io.kubernetes.cri-o.Labels") if isinstance(sandbox_annotations, dict) \
+            else None
+        try:
+            return json.loads(text) if isinstance(text, str) else None
+        except ValueError:
+            return None
 
     def _runc_state(self, container_id: str) -> ContainerMetadata | None:
         for root in self.roots.runc_roots:

@@ -416,6 +416,8 @@ class ContainerResolver:
             pod_uid=match.pod_uid or (meta.pod_uid if meta else None),
             pod_name=meta.pod_name if meta else None,
             pod_namespace=meta.pod_namespace if meta else None,
+            pod_labels=meta.pod_labels if meta else (),
+            workload_kind=meta.workload_kind if meta else None,
             cgroup_id=cgroup_id,
             cgroup_path=path,
             container_cgroup=match.container_cgroup,

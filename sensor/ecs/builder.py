@@ -41,6 +41,8 @@ class ContainerLike(Protocol):
     pod_uid: str | None
     pod_name: str | None
     pod_namespace: str | None
+    pod_labels: tuple[tuple[str, str], ...]
+    workload_kind: str | None
     cgroup_path: str | None
 
 
@@ -202,8 +204,10 @@ class DocumentBuilder:
         network_dataset: str = "endpoint.events.network",
         data_stream_namespace: str = "default",
         agent_id: str = "",
+        cluster_name: str | None = None,
     ) -> None:
         self.boot_wall_offset_ns = boot_wall_offset_ns
+        self.cluster_name = cluster_name  # orchestrator.cluster.name of Kubernetes containers
         self._dataset = data_stream_dataset
         # The members every document of this host shares, built once (see SharedBlock).
         self._host_base = SharedBlock({
@@ -426,18 +430,26 @@ class DocumentBuilder:
                 block["image"]["tag"] = [container.image_tag]
         return block
 
-    @staticmethod
-    def orchestrator_block(container: ContainerLike) -> dict[str, Any] | None:
+    def orchestrator_block(self, container: ContainerLike) -> dict[str, Any] | None:
         if not (container.pod_name or container.pod_uid):
             return None
-        resource: dict[str, Any] = {"type": "pod", "parent": {"type": "namespace"}}
+        resource: dict[str, Any] = {"type": "pod"}
         if container.pod_name:
             resource["name"] = container.pod_name
         if container.pod_uid:
             resource["id"] = container.pod_uid
+        kind = getattr(container, "workload_kind", None)
+        if kind:
+            # ECS: the kind of the workload resource the pod belongs to (Deployment, StatefulSet, DaemonSet, Job)
+            resource["parent"] = {"type": kind}
+        labels = getattr(container, "pod_labels", ())
+        if labels:
+            resource["label"] = [f"{key}:{value}" for key, value in labels]
         block: dict[str, Any] = {"type": "kubernetes", "resource": resource}
         if container.pod_namespace:
             block["namespace"] = container.pod_namespace
+        if self.cluster_name:
+            block["cluster"] = {"name": self.cluster_name}
         return block
 
     def custom_block(self, proc: Process, container: ContainerLike | None,

@@ -155,6 +155,18 @@ def test_every_field_the_golden_documents_carry_is_mapped() -> None:
     assert set(SENSOR_FIELDS) == {"container_sensor", "container", "orchestrator"}
 
 
+def test_the_documented_api_key_role_is_the_least_test_output_asks_for() -> None:
+    import re
+    from pathlib import Path
+
+    from sensor.outputs.elasticsearch_templates import api_key_role
+
+    doc = (Path(__file__).resolve().parents[2] / "docs/elasticsearch.md").read_text()
+    body = re.search(r"POST /_security/api_key\n(\{.*?\n\})", doc, re.S).group(1)
+    documented = json.loads(body)["role_descriptors"]
+    assert documented == api_key_role(stream_patterns(ElasticsearchSettings(url="http://es:9200")))
+
+
 def test_reports_are_plain_functions_too(server: EsServer) -> None:
     settings = ElasticsearchSettings(url=server.url)
     assert setup_elasticsearch(settings).ok and check_output(settings).ok
