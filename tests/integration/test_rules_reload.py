@@ -46,7 +46,8 @@ def test_sighup_and_a_changed_folder_reload_the_rules_without_losing_events(tmp_
     folder.mkdir()
     first = f"reload-a-{os.urandom(3).hex()}"
     write(folder, "first", first, "00000000-0000-4000-8000-0000000000a1")
-    with SensorProcess("--rules", str(folder)) as sensor:
+    # no folding: the same rule firing on /bin/echo again within a minute would fold into the first alert
+    with SensorProcess("--rules", str(folder), "--fold-window", "0") as sensor:
         loop = subprocess.Popen(["/bin/sh", "-c", "while :; do /bin/true; done"])
         try:
             subprocess.run(["/bin/echo", first], check=True, capture_output=True)
@@ -68,6 +69,7 @@ def test_sighup_and_a_changed_folder_reload_the_rules_without_losing_events(tmp_
             deadline = time.monotonic() + 30
             while sensor.stderr().count("rules reloaded") < 2 and time.monotonic() < deadline:
                 time.sleep(0.1)
+            assert sensor.stderr().count("rules reloaded") == 2, sensor.stderr()[-3000:]
             subprocess.run(["/bin/echo", third], check=True, capture_output=True)
             subprocess.run(["/bin/echo", first], check=True, capture_output=True)
             alert_of(sensor, "first", third)
