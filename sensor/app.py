@@ -143,7 +143,8 @@ def build_pipeline(config: Config, outputs: list[Output], *, live: bool,
                     detector=build_detector(sections.detection, live=live), leaders=build_leaders(),
                     emit_already_running=sections.events.already_running, emit_fork=sections.probe.fork,
                     accounts=accounts,
-                    alert_metadata_wait_s=sections.detection.alert_metadata_wait if live else 0.0)
+                    alert_metadata_wait_s=sections.detection.alert_metadata_wait if live else 0.0,
+                    measure_latency=live)
 
 
 def probe_options(config: ProbeConfig) -> ProbeOptions:

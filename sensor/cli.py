@@ -77,7 +77,7 @@ def _ops_server(config: Config, health: PipelineHealth) -> Any:
         return None
     from sensor.ops.server import OpsServer
 
-    server = OpsServer(address, health.metrics, health.health, health.live)
+    server = OpsServer(address, health.metrics, health.health, health.live, histograms=health.histograms)
     try:
         server.start()
     except OSError as exc:

@@ -5,6 +5,7 @@ Takes plain records (from the probe or a recording) and knows nothing of where t
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
@@ -161,6 +162,25 @@ class PipelineStats:
         return {k: v for k, v in ((n, getattr(self, n)) for n in self.__slots__) if isinstance(v, int)}
 
 
+class LatencyHistogram:
+    """Observed delays in seconds, by bucket (Prometheus' default bounds, cut to what a sensor's delays span):
+    one bisect and two additions per observation, no lock (one writer, the event loop; /metrics reads a copy)."""
+
+    BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(self.BOUNDS) + 1)
+        self.total = 0.0
+
+    def observe_ns(self, delay_ns: int) -> None:
+        seconds = max(0, delay_ns) / 1e9
+        self.counts[bisect.bisect_left(self.BOUNDS, seconds)] += 1
+        self.total += seconds
+
+    def snapshot(self) -> tuple[tuple[float, ...], list[int], float]:
+        return self.BOUNDS, list(self.counts), self.total
+
+
 _CHANGE_COUNTERS = {"uid_change": "uid_changes", "gid_change": "gid_changes",
                     "session_id_change": "session_id_changes"}
 
@@ -249,10 +269,15 @@ class Pipeline:
         alert_metadata_wait_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         keep: Callable[[dict[str, Any]], bool] | None = None,
+        measure_latency: bool = False,
     ) -> None:
         self.table = table
         # which documents reach the outputs (the filter.* options); detection has seen each one already
         self._keep = keep
+        # live only: from the kernel's timestamp of an exec to its document, and to its alert, handed to the outputs
+        self._measure_latency = measure_latency
+        self.exec_latency = LatencyHistogram()
+        self.alert_latency = LatencyHistogram()
         self.builder = builder
         self.outputs = outputs
         self.resolver = resolver
@@ -269,7 +294,8 @@ class Pipeline:
         # Alerts of a container whose runtime state was not read yet wait for it, at most this long (0: never);
         # its documents do not: (deadline, process, alerts), oldest first
         self._alert_metadata_wait_s = alert_metadata_wait_s
-        self._held_alerts: deque[tuple[float, Process, list[dict[str, Any]]]] = deque()
+        # (deadline, process, alerts, kernel time of the event that raised them)
+        self._held_alerts: deque[tuple[float, Process, list[dict[str, Any]], int]] = deque()
         self._clock = clock
         table.on_forget = builder.forget_process
 
@@ -380,9 +406,9 @@ class Pipeline:
                                              leaders=self._leaders(proc, self.table, container),
                                              container=container, cgroup_path=cgroup_path,
                                              names=self._names(container, proc))
-            self._emit_inspected(doc, proc, container)
+            self._emit_inspected(doc, proc, container, rec.ktime_ns)
             return
-        self._emit_inspected(doc)
+        self._emit_inspected(doc, ktime_ns=rec.ktime_ns)
 
     def _on_module(self, rec: ModuleRecord) -> None:
         self.stats.module_loads += 1
@@ -404,10 +430,12 @@ class Pipeline:
             names=self._names(container, proc),
             module=(module.name.decode("utf-8", "backslashreplace"), module.taints) if module else None,
         )
-        self._emit_inspected(doc, proc, container)
+        self._emit_inspected(doc, proc, container, ktime_ns)
+        if kind == "exec" and self._measure_latency:
+            self.exec_latency.observe_ns(time.clock_gettime_ns(time.CLOCK_BOOTTIME) - ktime_ns)
 
     def _emit_inspected(self, doc: dict[str, Any], proc: Process | None = None,
-                        container: ContainerLike | None = None) -> None:
+                        container: ContainerLike | None = None, ktime_ns: int = 0) -> None:
         if self.detector is None:
             self.emit(doc)
             return
@@ -422,12 +450,19 @@ class Pipeline:
         if (self._alert_metadata_wait_s > 0 and proc is not None and container is not None
                 and getattr(container, "metadata_complete", True) is False):
             # a container's first moments: its name, image and pod are likely a few tens of ms away
-            self._held_alerts.append((self._clock() + self._alert_metadata_wait_s, proc, alerts))
+            self._held_alerts.append((self._clock() + self._alert_metadata_wait_s, proc, alerts, ktime_ns))
             self.stats.alerts_held += len(alerts)
             return
         for alert in alerts:
             self.stats.alerts += 1
             self.emit(alert)
+        self._alert_out(ktime_ns, len(alerts))
+
+    def _alert_out(self, ktime_ns: int, count: int) -> None:
+        if self._measure_latency and ktime_ns:
+            delay = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - ktime_ns
+            for _ in range(count):
+                self.alert_latency.observe_ns(delay)
 
     def release_held_alerts(self, force: bool = False) -> None:
         """Alerts held for their container's runtime state: out once the state is read, or at their deadline
@@ -435,12 +470,12 @@ class Pipeline:
         if not self._held_alerts:
             return
         now = self._clock()
-        waiting: deque[tuple[float, Process, list[dict[str, Any]]]] = deque()
-        for deadline, proc, alerts in self._held_alerts:
+        waiting: deque[tuple[float, Process, list[dict[str, Any]], int]] = deque()
+        for deadline, proc, alerts, ktime_ns in self._held_alerts:
             container, _ = self._container(proc)
             complete = container is not None and getattr(container, "metadata_complete", True) is not False
             if not (complete or force or now >= deadline):
-                waiting.append((deadline, proc, alerts))
+                waiting.append((deadline, proc, alerts, ktime_ns))
                 continue
             if not complete:
                 self.stats.alerts_without_metadata += len(alerts)
@@ -458,6 +493,7 @@ class Pipeline:
                     details["container_metadata"] = "complete" if complete else "incomplete"
                 self.stats.alerts += 1
                 self.emit(alert)
+            self._alert_out(ktime_ns, len(alerts))
         self._held_alerts = waiting
 
     def emit(self, doc: dict[str, Any]) -> None:

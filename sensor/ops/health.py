@@ -24,6 +24,13 @@ class PipelineHealth:
     def metrics(self) -> dict[str, float]:
         return pipeline_metrics(self._pipeline)
 
+    def histograms(self) -> dict[str, Any]:
+        pipeline = self._pipeline
+        if pipeline is None or not hasattr(pipeline, "exec_latency"):
+            return {}
+        return {"exec_to_document_seconds": pipeline.exec_latency.snapshot(),
+                "exec_to_alert_seconds": pipeline.alert_latency.snapshot()}
+
     def health(self) -> tuple[bool, str]:
         """Readiness: the probes are attached and the pipeline advances. An output's trouble is said in the answer
         but does not fail it: an Elasticsearch outage reaches every node at once, and marking them all NotReady

@@ -34,8 +34,11 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http import HTTPStatus
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from sensor import __version__
 from sensor.config.parsing import split_address
@@ -43,6 +46,7 @@ from sensor.config.parsing import split_address
 log = logging.getLogger(__name__)
 
 PREFIX = "container_sensor_"
+# what every Prometheus since 2.0 takes; generate_latest writes this format by default
 CONTENT_TYPE_METRICS = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_ADDRESS = "127.0.0.1:9464"
 TEXT = "text/plain; charset=utf-8"
@@ -90,53 +94,75 @@ METRIC_HELP = {
     "ops_connections_open": "Connections open to this ops server.",
     "ops_requests_refused_total": "Ops server connections closed unanswered or answered busy, by reason.",
     "info": "Constant 1, labelled with the sensor's version.",
+    "exec_to_document_seconds": "From the kernel's timestamp of an exec to its document handed to the outputs.",
+    "exec_to_alert_seconds": "From the kernel's timestamp of the event that raised an alert to the alert handed to "
+                             "the outputs (waits for container metadata included).",
 }
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABELS = re.compile(r'\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*"(?:,(?=[a-zA-Z_]))?)*\}')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\.)*)"')
+_UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
+
+# A histogram as the pipeline keeps it: upper bounds (seconds), the count in each bucket (not cumulative, one more
+# than the bounds: the last is above every bound), and the sum of the observations.
+Histogram = tuple[tuple[float, ...], list[int], float]
 
 
-def _format_value(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(float(value))
-
-
-def _split_name(key: str) -> tuple[str, str] | None:
-    """('events_seen_total', '{output="x"}') from a metrics key, or None when the key is not a valid name."""
+def _split_name(key: str) -> tuple[str, dict[str, str]] | None:
+    """('events_seen_total', {'output': 'x'}) from a metrics key, or None when the key is not a valid name."""
     brace = key.find("{")
     name, labels = (key, "") if brace < 0 else (key[:brace], key[brace:])
     if not _NAME.fullmatch(name) or (labels and not _LABELS.fullmatch(labels)):
         return None
-    return name, labels
+    return name, {k: re.sub(r'\\[\\"n]', lambda m: _UNESCAPE[m.group()], v) for k, v in _LABEL.findall(labels)}
 
 
-def render_metrics(values: dict[str, float], healthy: bool) -> str:
-    """The Prometheus text exposition (format 0.0.4) of `values`, plus the sensor's own info and health."""
-    families: dict[str, list[tuple[str, float]]] = {}
-    for key, value in values.items():
-        parts = _split_name(key)
-        if parts is None or isinstance(value, str | bytes) or value is None:
-            log.debug("metric %r with value %r is not exposable; left out", key, value)
-            continue
-        name, labels = parts
-        name = name.removeprefix(PREFIX)
-        families.setdefault(name, []).append((labels, float(value)))
-    families.setdefault("healthy", []).append(("", 1.0 if healthy else 0.0))
-    families.setdefault("info", []).append((f'{{version="{__version__}"}}', 1.0))
+class _Scrape:
+    """One scrape's values as a prometheus_client collector: `_total` names as counters, the rest as gauges."""
 
-    lines: list[str] = []
-    for name in sorted(families):
-        full = PREFIX + name
-        if name in METRIC_HELP:
-            lines.append(f"# HELP {full} {METRIC_HELP[name]}")
-        lines.append(f"# TYPE {full} {'counter' if name.endswith('_total') else 'gauge'}")
-        lines.extend(f"{full}{labels} {_format_value(value)}" for labels, value in families[name])
-    return "\n".join(lines) + "\n"
+    def __init__(self, values: dict[str, float], healthy: bool, histograms: dict[str, Histogram]) -> None:
+        self.values = values
+        self.healthy = healthy
+        self.histograms = histograms
+
+    def collect(self) -> Iterator[Metric]:
+        samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for key, value in self.values.items():
+            parts = _split_name(key)
+            if parts is None or isinstance(value, str | bytes | bool) or value is None:
+                log.debug("metric %r with value %r is not exposable; left out", key, value)
+                continue
+            name, labels = parts
+            samples.setdefault(name.removeprefix(PREFIX), []).append((labels, float(value)))
+        samples.setdefault("healthy", []).append(({}, 1.0 if self.healthy else 0.0))
+        samples.setdefault("info", []).append(({"version": __version__}, 1.0))
+        for name in sorted(samples):
+            label_names = sorted({key for labels, _ in samples[name] for key in labels})
+            kind = CounterMetricFamily if name.endswith("_total") else GaugeMetricFamily
+            family = kind(PREFIX + name, METRIC_HELP.get(name, f"container-sensor {name.replace('_', ' ')}."),
+                          labels=label_names)
+            for labels, value in samples[name]:
+                family.add_metric([labels.get(key, "") for key in label_names], value)
+            yield family
+        for name, (bounds, counts, total) in sorted(self.histograms.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*bounds, math.inf), counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if math.isinf(bound) else repr(float(bound)), cumulative))
+            yield HistogramMetricFamily(PREFIX + name, METRIC_HELP.get(name, name), buckets=buckets,
+                                        sum_value=total)
+
+
+def render_metrics(values: dict[str, float], healthy: bool, histograms: dict[str, Histogram] | None = None) -> str:
+    """The Prometheus text exposition of `values` (and of HISTOGRAMS), the sensor's own info and health, and the
+    standard process_* and python_* metrics of the sensor's process, through prometheus_client."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Scrape(values, healthy, histograms or {}))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return generate_latest(registry).decode()
 
 
 def _always_alive() -> tuple[bool, str]:
@@ -184,9 +210,11 @@ class OpsServer:
         workers: int = WORKERS,
         max_calls: int = MAX_CALLS,
         call_timeout: float = CALL_TIMEOUT,
+        histograms: Callable[[], dict[str, Histogram]] | None = None,
     ) -> None:
         self.host, self.port = split_address(address, allow_any_port=True)
         self.metrics = metrics
+        self.histograms = histograms or dict
         self.health = health
         self.live = live or _always_alive
         self.max_connections = max_connections
@@ -387,7 +415,8 @@ class OpsServer:
 
     def _metrics(self) -> tuple[HTTPStatus, str, str]:
         healthy, _ = self.health()
-        return HTTPStatus.OK, render_metrics({**self.metrics(), **self.stats()}, healthy), CONTENT_TYPE_METRICS
+        return (HTTPStatus.OK, render_metrics({**self.metrics(), **self.stats()}, healthy, self.histograms()),
+                CONTENT_TYPE_METRICS)
 
     def _settle(self, future: asyncio.Future, result: tuple[HTTPStatus, str, str]) -> None:
         self._calls -= 1

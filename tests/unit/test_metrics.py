@@ -35,4 +35,4 @@ def test_names_and_values_follow_the_pipeline():
     text = render_metrics(values, healthy=True)
     assert "# TYPE container_sensor_events_seen_total counter" in text
     assert "# TYPE container_sensor_process_table_size gauge" in text
-    assert 'container_sensor_output_written_total{output="memory"} 5' in text
+    assert 'container_sensor_output_written_total{output="memory"} 5.0' in text

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-import re
 import socket
 import threading
 import urllib.error
 import urllib.request
+from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from sensor import __version__
 from sensor.ops.server import OpsServer, main, probe, render_metrics
@@ -54,6 +55,17 @@ def test_healthz_follows_the_pipeline(pipeline_server):
     assert get(server, "/livez")[0] == 200
 
 
+def _families(body: str) -> dict[str, Any]:
+    """The exposition as Prometheus reads it: prometheus_client's own parser."""
+    return {family.name: family for family in text_string_to_metric_families(body)}
+
+
+def _value(families: dict[str, Any], name: str, **labels: str) -> float:
+    base = name.removesuffix("_total")
+    (sample,) = [s for s in families[base].samples if s.name == name and s.labels == labels]
+    return sample.value
+
+
 def test_metrics_exposition(pipeline_server):
     pipeline, server = pipeline_server
     pipeline.counters.update({"events_seen_total": 12345, "output_queue_depth": 7, "spool_bytes": 1.5})
@@ -61,43 +73,51 @@ def test_metrics_exposition(pipeline_server):
     status, content_type, body = get(server, "/metrics")
     assert status == 200
     assert content_type == "text/plain; version=0.0.4; charset=utf-8"
-    lines = body.splitlines()
-    assert "# TYPE container_sensor_events_seen_total counter" in lines
-    assert "container_sensor_events_seen_total 12345" in lines
-    assert "# TYPE container_sensor_output_queue_depth gauge" in lines
-    assert "container_sensor_output_queue_depth 7" in lines
-    assert "container_sensor_spool_bytes 1.5" in lines
-    assert 'container_sensor_output_errors_total{output="elasticsearch"} 3' in lines
-    assert "container_sensor_healthy 0" in lines
-    assert f'container_sensor_info{{version="{__version__}"}} 1' in lines
-    # Every sample line is NAME[{labels}] VALUE, and each family has exactly one TYPE line before its samples.
-    sample = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? (-?[0-9.e+]+|NaN|[+-]Inf)$')
-    typed: set[str] = set()
-    for line in lines:
-        if line.startswith("# TYPE "):
-            name = line.split()[2]
-            assert name not in typed
-            typed.add(name)
-        elif not line.startswith("# HELP "):
-            assert sample.match(line), line
-            assert re.split(r"[{ ]", line)[0] in typed
+    families = _families(body)
+    assert families["container_sensor_events_seen"].type == "counter"
+    assert _value(families, "container_sensor_events_seen_total") == 12345
+    assert families["container_sensor_output_queue_depth"].type == "gauge"
+    assert _value(families, "container_sensor_output_queue_depth") == 7
+    assert _value(families, "container_sensor_spool_bytes") == 1.5
+    assert _value(families, "container_sensor_output_errors_total", output="elasticsearch") == 3
+    assert _value(families, "container_sensor_healthy") == 0
+    assert _value(families, "container_sensor_info", version=__version__) == 1
+    # the standard metrics of the sensor's own process, as every exporter has them
+    assert _value(families, "process_resident_memory_bytes") > 0
+    assert families["process_cpu_seconds"].type == "counter"
+    assert "python_info" in families
 
 
 def test_metrics_reflect_new_values(pipeline_server):
     pipeline, server = pipeline_server
     pipeline.counters["events_seen_total"] = 1
-    assert "container_sensor_events_seen_total 1\n" in get(server, "/metrics")[2]
+    assert _value(_families(get(server, "/metrics")[2]), "container_sensor_events_seen_total") == 1
     pipeline.counters["events_seen_total"] = 2
-    assert "container_sensor_events_seen_total 2\n" in get(server, "/metrics")[2]
+    assert _value(_families(get(server, "/metrics")[2]), "container_sensor_events_seen_total") == 2
+
+
+def test_latency_histograms_as_prometheus_histograms() -> None:
+    from sensor.pipeline import LatencyHistogram
+
+    exec_latency = LatencyHistogram()
+    for delay_ms in (0.5, 3, 3, 40, 20_000):
+        exec_latency.observe_ns(int(delay_ms * 1e6))
+    body = render_metrics({}, True, {"exec_to_document_seconds": exec_latency.snapshot()})
+    family = _families(body)["container_sensor_exec_to_document_seconds"]
+    assert family.type == "histogram"
+    buckets = {s.labels["le"]: s.value for s in family.samples if s.name.endswith("_bucket")}
+    assert (buckets["0.001"], buckets["0.005"], buckets["0.05"], buckets["10.0"], buckets["+Inf"]) == (1, 3, 4, 4, 5)
+    (count,) = [s.value for s in family.samples if s.name.endswith("_count")]
+    assert count == 5
 
 
 def test_render_skips_what_prometheus_cannot_take():
     values = {"bad name": 1, "ok_total": 2, "text_value": "x", "bad_labels{x=1}": 3}
     text = render_metrics({**values, "container_sensor_x": float("nan")}, healthy=True)
     assert "bad name" not in text and "text_value" not in text and "bad_labels" not in text
-    assert "container_sensor_ok_total 2" in text
+    assert "container_sensor_ok_total 2.0" in text
     assert "container_sensor_x NaN" in text  # an already prefixed name is not prefixed twice
-    assert "container_sensor_healthy 1" in text
+    assert "container_sensor_healthy 1.0" in text
 
 
 def test_failing_callable_answers_500_and_server_survives():
