@@ -12,6 +12,10 @@ import sys
 import time
 from typing import IO, Any
 
+import ecs_logging
+
+from sensor import __version__
+
 LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -36,23 +40,30 @@ def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     return {key: value for key, value in vars(record).items() if key not in _STANDARD_ATTRIBUTES}
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: @timestamp, log.level, log.logger, message, error.*, plus `extra=` fields."""
+# top-level names ecs-logging writes, and the ECS field sets a log line may carry
+_ECS_ROOTS = frozenset({"@timestamp", "message", "log", "ecs", "error", "process", "service", "event", "labels",
+                        "tags", "host", "agent", "url", "user", "container", "orchestrator", "trace", "span",
+                        "transaction", "container_sensor"})
 
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "@timestamp": _timestamp(record.created),
-            "log.level": record.levelname.lower(),
-            "log.logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info and record.exc_info[0] is not None:
-            doc["error.type"] = record.exc_info[0].__name__
-            doc["error.message"] = str(record.exc_info[1])
-            doc["error.stack_trace"] = self.formatException(record.exc_info)
-        for key, value in _extra_fields(record).items():
-            doc.setdefault(key, value)
-        return json.dumps(doc, default=str, separators=(",", ":"))
+
+class JsonFormatter(ecs_logging.StdlibFormatter):
+    """One ECS document per line, written by Elastic's ecs-logging (what Filebeat and Elastic Agent take as they
+    are): `@timestamp`, `log.level`, `log.logger`, `message`, `error.*` for exceptions, `process.*`, `service.*`,
+    and the `extra=` fields. Where in the source a line was logged is left out (`log.origin`): noise for an
+    operator, and a file path per line."""
+
+    def __init__(self) -> None:
+        super().__init__(exclude_fields=("log.origin", "log.original"),
+                         extra={"service": {"name": "container-sensor", "version": __version__,
+                                            "type": "container-sensor"}})
+
+    def format_to_ecs(self, record: logging.LogRecord) -> dict[str, Any]:
+        doc = super().format_to_ecs(record)
+        # a line's own fields (`extra=`) are no ECS fields: under the sensor's key, as in its documents
+        own = {key: doc.pop(key) for key in [k for k in doc if k.split(".", 1)[0] not in _ECS_ROOTS]}
+        if own:
+            doc.setdefault("container_sensor", {}).update(own)
+        return doc
 
 
 class TextFormatter(logging.Formatter):

@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from sensor.ops.logs import setup_logging
+from tests.ecs_fields import ecs_problems
 
 
 @pytest.fixture(autouse=True)
@@ -30,11 +31,15 @@ def test_json_lines_with_extra_fields_and_errors():
         log.exception("attach failed")
     first, second = (json.loads(line) for line in stream.getvalue().splitlines())
     assert first["message"] == "attached 5 tracepoints"
-    assert first["log.level"] == "info" and first["log.logger"] == "sensor.probe.loader"
-    assert first["ringbuf_bytes"] == 8388608
-    assert first["@timestamp"].endswith("Z") and len(first["@timestamp"]) == 27
-    assert second["error.type"] == "OSError" and second["error.message"] == "EPERM"
-    assert "Traceback" in second["error.stack_trace"]
+    assert first["log.level"] == "info" and first["log"]["logger"] == "sensor.probe.loader"
+    assert first["container_sensor"]["ringbuf_bytes"] == 8388608  # a line's own fields, under the sensor's key
+    assert first["@timestamp"].endswith("Z")
+    assert first["service"]["name"] == "container-sensor" and "ecs.version" in first
+    assert second["error"]["type"] == "OSError" and second["error"]["message"] == "EPERM"
+    assert second["message"] == "attach failed" and second["error"]["stack_trace"]
+    # every field is ECS (or under the sensor's own key): Filebeat and Elastic Agent take the lines as they are
+    for line in (first, second):
+        assert ecs_problems(line) == [], line
 
 
 def test_text_lines():
