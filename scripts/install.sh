@@ -19,7 +19,8 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-packages=(python3 python3-venv python3-pip python3-bpfcc libbpf1 linux-headers-amd64 ca-certificates)
+arch="$(dpkg --print-architecture)"  # amd64 or arm64: the fallback header tree must be this machine's
+packages=(python3 python3-venv python3-pip python3-bpfcc libbpf1 "linux-headers-$arch" ca-certificates)
 if [ "$want_test" = 1 ]; then
   packages+=(podman runc crun containerd uidmap lxc lxc-templates systemd-container busybox-static
              openssh-client openssh-server autossh dropbear-bin debootstrap iproute2 util-linux procps
@@ -45,12 +46,12 @@ fi
 release="$(uname -r)"
 build="/lib/modules/$release/build"
 if [ ! -e "$build/include" ] && [ ! -e "$build/Makefile" ]; then
-  fallback="$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1 || true)"
+  fallback="$(ls -d /usr/src/linux-headers-*-"$arch" 2>/dev/null | sort -V | tail -n 1 || true)"
   if [ -z "$fallback" ]; then
     echo "install.sh: no kernel header tree found under /usr/src" >&2
     exit 1
   fi
-  common="${fallback%-amd64}-common"
+  common="${fallback%-"$arch"}-common"
   mkdir -p "/lib/modules/$release"
   ln -sfn "$fallback" "$build"
   [ -d "$common" ] && ln -sfn "$common" "/lib/modules/$release/source"

@@ -26,11 +26,23 @@ def has_headers(build: Path) -> bool:
     return (build / "include").is_dir() or (build / "Makefile").is_file()
 
 
-def fallback_tree(usr_src: Path = USR_SRC) -> tuple[Path, Path] | None:
-    """(build, source) of the newest Debian-style linux-headers-*-<arch> tree, and its -common sibling."""
-    candidates = sorted(usr_src.glob("linux-headers-*"), reverse=True)
+# The kernel's name of the machine -> Debian's name of the architecture, which its header packages end with.
+DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
+def debian_arch(machine: str | None = None) -> str:
+    machine = machine or os.uname().machine
+    return DEBIAN_ARCH.get(machine, machine)
+
+
+def fallback_tree(usr_src: Path = USR_SRC, machine: str | None = None) -> tuple[Path, Path] | None:
+    """(build, source) of the newest Debian-style linux-headers-*-<arch> tree of this machine's architecture
+    (an arm64 node must not compile against x86 headers: their asm/ directories differ), and its -common
+    sibling."""
+    arch = debian_arch(machine)
+    candidates = sorted(usr_src.glob(f"linux-headers-*-{arch}"), reverse=True)
     for build in candidates:
-        if build.name.endswith("-common") or not (build / "include").is_dir():
+        if not (build / "include").is_dir():
             continue
         prefix = build.name.rsplit("-", 1)[0]
         common = usr_src / f"{prefix}-common"
@@ -48,7 +60,7 @@ def ensure_kernel_headers(release: str | None = None) -> Path:
     if tree is None:
         raise HeaderError(
             f"no kernel headers for {release} and no fallback tree under {USR_SRC}: "
-            "install Debian's linux-headers-amd64 (any version works; offsets come from BTF)"
+            f"install Debian's linux-headers-{debian_arch()} (any version works; offsets come from BTF)"
         )
     fallback_build, fallback_source = tree
     try:

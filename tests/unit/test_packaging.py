@@ -293,8 +293,10 @@ def test_containerfile_base_and_entry_point():
     assert text.splitlines()[[line.startswith("FROM") for line in text.splitlines()].index(True)] == (
         "FROM docker.io/library/debian:bookworm"
     )
-    for package in ("python3-bpfcc", "linux-headers-amd64", "python3-venv"):
+    # the header tree of the image's own architecture (amd64 or arm64), never a fixed one
+    for package in ("python3-bpfcc", '"linux-headers-$(dpkg --print-architecture)"', "python3-venv"):
         assert package in text
+    assert "linux-headers-amd64" not in text
     assert "/usr/bin/python3 -m venv --system-site-packages" in text
     assert 'CMD ["run"]' in text
 
@@ -350,3 +352,24 @@ def test_rules_configmap_is_mounted_where_the_configuration_loads_rules_and_its_
     loaded, refused = load_rules(folder)
     assert loaded and not refused
     assert all(fields_never_written(rule.query, inventory()) == [] for rule in loaded)
+
+
+def test_fallback_headers_are_the_machines_own_architecture(tmp_path):
+    from sensor.probe.kernel_headers import debian_arch, fallback_tree
+
+    for name in ("linux-headers-6.1.0-28-amd64", "linux-headers-6.1.0-28-arm64", "linux-headers-6.1.0-28-common",
+                 "linux-headers-6.1.0-30-arm64"):
+        (tmp_path / name / "include").mkdir(parents=True)
+    # the newest arm64 tree; without a -common sibling of its version, the tree is its own source
+    newest_arm64 = tmp_path / "linux-headers-6.1.0-30-arm64"
+    assert fallback_tree(tmp_path, "aarch64") == (newest_arm64, newest_arm64)
+    assert fallback_tree(tmp_path, "x86_64") == (tmp_path / "linux-headers-6.1.0-28-amd64",
+                                                 tmp_path / "linux-headers-6.1.0-28-common")
+    assert fallback_tree(tmp_path, "riscv64") is None  # no tree of that architecture: none, never another's
+    assert (debian_arch("x86_64"), debian_arch("aarch64")) == ("amd64", "arm64")
+
+
+def test_install_script_takes_the_machines_architecture():
+    text = (REPO / "scripts" / "install.sh").read_text()
+    assert 'arch="$(dpkg --print-architecture)"' in text and '"linux-headers-$arch"' in text
+    assert "amd64" not in text.replace("amd64 or arm64", "")
