@@ -373,3 +373,19 @@ def test_install_script_takes_the_machines_architecture():
     text = (REPO / "scripts" / "install.sh").read_text()
     assert 'arch="$(dpkg --print-architecture)"' in text and '"linux-headers-$arch"' in text
     assert "amd64" not in text.replace("amd64 or arm64", "")
+
+
+def test_documented_service_monitor_selects_the_sensor_pods():
+    import re
+
+    text = (REPO / "docs" / "operations.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "ServiceMonitor" in b]
+    service, monitor = [d for d in yaml.safe_load_all(block) if d]
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(service, version, strict=True)
+    pod_labels = daemonset()["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    port = split_address("0.0.0.0:9464")[1]
+    assert service["spec"]["ports"][0]["targetPort"] == port
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
