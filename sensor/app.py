@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -79,6 +80,17 @@ def build_detector(config: DetectionConfig, *, live: bool = True) -> Any:
                     proc_root="/proc" if live else NO_PROC, host_mnt_ns=host_namespaces().mnt if live else None)
 
 
+def build_pod_index(config: ResolverConfig) -> Any:
+    """This node's pods from the API server: only with kubernetes.api auto and a service account token mounted."""
+    from sensor.containers.kubeapi import PodIndex, in_cluster
+
+    if config.kubernetes_api == "off" or not in_cluster():
+        return None
+    node = config.node_name or os.uname().nodename
+    log.info("kubernetes API: reading the pods of node %s for their labels and workload kinds", node)
+    return PodIndex(node)
+
+
 def build_resolver(host_ns: Namespaces, config: ResolverConfig | None) -> Any:
     """config: the live resolver's section; None for a replay."""
     from sensor.containers.metadata import StateRoots
@@ -89,7 +101,8 @@ def build_resolver(host_ns: Namespaces, config: ResolverConfig | None) -> Any:
         # mounted, not each runtime's directory (which the kubelet would create on nodes without that runtime).
         state_root = config.runtime_state_root
         roots = StateRoots.under(state_root) if state_root != Path("/") else None
-        return ContainerResolver(host_ns=host_ns, cgroup_root=cgroup_v2_root(), state_roots=roots)
+        return ContainerResolver(host_ns=host_ns, cgroup_root=cgroup_v2_root(), state_roots=roots,
+                                 pods=build_pod_index(config))
     # A replay knows cgroups only from the recording: nothing is read from this host's cgroupfs or /proc, which
     # may not be the recorded host's. Runtime state (names, images) is still looked up where it exists.
     nowhere = Path("/nonexistent/container-sensor-replay")

@@ -67,6 +67,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("log.level", choice(LOG_LEVELS), "debug, info, warning, error or critical"),
     Option("node_name", parse_str, "name of this node (the DaemonSet passes spec.nodeName)"),
     Option("kubernetes.cluster_name", parse_str, "orchestrator.cluster.name written with Kubernetes containers"),
+    Option("kubernetes.api", choice(("auto", "off")),
+           "pod labels and workload kinds from the API server: auto (when a service account token is mounted) or off"),
     Option("file.path", parse_path, "file the file output writes (rotated)"),
     Option("file.max_bytes", parse_size, "size at which the file output rotates"),
     Option("file.backups", parse_int, "rotated files kept"),

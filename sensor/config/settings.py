@@ -65,6 +65,7 @@ class Config:
     log_level: str = "info"
     node_name: str | None = None
     kubernetes_cluster_name: str | None = None
+    kubernetes_api: str = "auto"
     file_path: Path | None = None
     file_max_bytes: int = 100 * 1024 * 1024
     file_backups: int = 5

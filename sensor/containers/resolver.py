@@ -53,6 +53,7 @@ from .info import (
     ContainerMetadata,
     split_image,
 )
+from .kubeapi import PodIndex
 from .layouts import CgroupMatch, PathMatcher
 from .metadata import WATCH_EVERY_S, CostlyLookup, MetadataReader, StateRoots
 from .namespaces import differing, looks_like_container, read_namespaces
@@ -119,8 +120,10 @@ class ContainerResolver:
         first_look_wait_s: float = FIRST_LOOK_WAIT_S,
         first_look_share: float = FIRST_LOOK_SHARE,
         first_look_max_file_bytes: int = FIRST_LOOK_MAX_FILE_BYTES,
+        pods: PodIndex | None = None,
     ) -> None:
         self._host_ns = host_ns
+        self._pods = pods  # this node's pods from the API server (kubernetes.api), or None
         self._proc_root = proc_root
         if cgroup_root is not None:
             self._mount: CgroupMount | None = CgroupMount(Path(cgroup_root), "/")
@@ -406,6 +409,9 @@ class ContainerResolver:
                 self._request_metadata(match)
         image_name, image_tag, image_digest = split_image(meta.image if meta else None)
         name = meta.name if meta and meta.name else (match.id if match.id_is_name else None)
+        pod_uid = match.pod_uid or (meta.pod_uid if meta else None)
+        # what the node's state lacks of a pod (containerd keeps no labels on disk), from the API server when asked
+        pod = self._pods.get(pod_uid) if self._pods is not None and pod_uid else None
         return ContainerInfo(
             id=match.id,
             runtime=runtime or (meta.runtime if meta else None),
@@ -413,11 +419,11 @@ class ContainerResolver:
             image_name=image_name,
             image_tag=image_tag,
             image_digest=image_digest,
-            pod_uid=match.pod_uid or (meta.pod_uid if meta else None),
-            pod_name=meta.pod_name if meta else None,
-            pod_namespace=meta.pod_namespace if meta else None,
-            pod_labels=meta.pod_labels if meta else (),
-            workload_kind=meta.workload_kind if meta else None,
+            pod_uid=pod_uid,
+            pod_name=(meta.pod_name if meta else None) or (pod.name if pod else None),
+            pod_namespace=(meta.pod_namespace if meta else None) or (pod.namespace if pod else None),
+            pod_labels=(meta.pod_labels if meta else ()) or (pod.labels if pod else ()),
+            workload_kind=(meta.workload_kind if meta else None) or (pod.workload_kind if pod else None),
             cgroup_id=cgroup_id,
             cgroup_path=path,
             container_cgroup=match.container_cgroup,
@@ -629,7 +635,11 @@ class ContainerResolver:
             metadata_file_reads=self._reader.file_reads + self._first_reader.file_reads,
             worker_errors=self._worker.failed,
         )
+        if self._pods is not None:
+            out.update(self._pods.counts, pods_known=self._pods.size)
         return out
 
     def close(self) -> None:
         self._worker.close()
+        if self._pods is not None:
+            self._pods.close()

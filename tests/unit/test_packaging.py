@@ -322,7 +322,8 @@ def _render(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
 
 
-@pytest.mark.parametrize("overlay", [KUBERNETES, LEAST_PRIVILEGE], ids=["base", "least-privilege"])
+@pytest.mark.parametrize("overlay", [KUBERNETES, LEAST_PRIVILEGE, PACKAGING / "kubernetes-api-metadata"],
+                         ids=["base", "least-privilege", "api-metadata"])
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_overlay_renders_and_every_object_validates(overlay, version):
     docs = _render(overlay)
