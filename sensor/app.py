@@ -80,18 +80,18 @@ def build_detector(config: DetectionConfig, *, live: bool = True) -> Any:
                     proc_root="/proc" if live else NO_PROC, host_mnt_ns=host_namespaces().mnt if live else None)
 
 
-def build_pod_index(config: ResolverConfig) -> Any:
+def build_pod_index(config: ResolverConfig, node_name: str | None) -> Any:
     """This node's pods from the API server: only with kubernetes.api auto and a service account token mounted."""
     from sensor.containers.kubeapi import PodIndex, in_cluster
 
     if config.kubernetes_api == "off" or not in_cluster():
         return None
-    node = config.node_name or os.uname().nodename
+    node = node_name or os.uname().nodename
     log.info("kubernetes API: reading the pods of node %s for their labels and workload kinds", node)
     return PodIndex(node)
 
 
-def build_resolver(host_ns: Namespaces, config: ResolverConfig | None) -> Any:
+def build_resolver(host_ns: Namespaces, config: ResolverConfig | None, node_name: str | None = None) -> Any:
     """config: the live resolver's section; None for a replay."""
     from sensor.containers.metadata import StateRoots
     from sensor.containers.resolver import ContainerResolver
@@ -102,7 +102,7 @@ def build_resolver(host_ns: Namespaces, config: ResolverConfig | None) -> Any:
         state_root = config.runtime_state_root
         roots = StateRoots.under(state_root) if state_root != Path("/") else None
         return ContainerResolver(host_ns=host_ns, cgroup_root=cgroup_v2_root(), state_roots=roots,
-                                 pods=build_pod_index(config))
+                                 pods=build_pod_index(config, node_name))
     # A replay knows cgroups only from the recording: nothing is read from this host's cgroupfs or /proc, which
     # may not be the recorded host's. Runtime state (names, images) is still looked up where it exists.
     nowhere = Path("/nonexistent/container-sensor-replay")
@@ -146,7 +146,7 @@ def build_pipeline(config: Config, outputs: list[Output], *, live: bool,
     if live:
         from sensor.containers.accounts import ContainerAccounts
 
-        resolver = build_resolver(host_namespaces(), sections.resolver)
+        resolver = build_resolver(host_namespaces(), sections.resolver, sections.host.node_name)
         accounts = ContainerAccounts()
     elif meta.get("host_ns"):
         resolver = build_resolver(Namespaces(*meta["host_ns"]), None)

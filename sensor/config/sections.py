@@ -38,7 +38,6 @@ class HostConfig:
 class ResolverConfig:
     runtime_state_root: Path
     kubernetes_api: str  # "auto": this node's pods from the API server when in a pod with a token; "off": never
-    node_name: str | None  # the node whose pods are read (the DaemonSet passes spec.nodeName)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,8 +141,7 @@ def build_sections(config: Config) -> Sections:
                           network=config.events_network, env_vars=config.events_env_vars,
                           fork=config.events_fork, modules=config.events_modules),
         host=HostConfig(node_name=config.node_name, cluster_name=config.kubernetes_cluster_name),
-        resolver=ResolverConfig(runtime_state_root=config.runtime_state_root, kubernetes_api=config.kubernetes_api,
-                                node_name=config.node_name),
+        resolver=ResolverConfig(runtime_state_root=config.runtime_state_root, kubernetes_api=config.kubernetes_api),
         events=EventsConfig(already_running=config.events_already_running),
         detection=DetectionConfig(rules_paths=config.rules_paths, builtin=config.rules_builtin,
                                   fold_window=config.fold_window,
