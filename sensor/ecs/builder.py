@@ -308,6 +308,9 @@ class DocumentBuilder:
             block["user"] = {"id": str(proc.euid)}
             block["real_group"] = {"id": str(proc.gid)}
             block["group"] = {"id": str(proc.egid)}
+        if proc.cwd:
+            # Defend writes it for the parent and the leaders too; Elastic's rules read process.parent's
+            block["working_directory"] = proc.cwd
         block["interactive"] = proc.interactive
         return block
 
