@@ -117,18 +117,14 @@ def build_leaders() -> Callable:
 
 def build_keep(sections: Any) -> Any:
     """Which documents reach the outputs; raises FilterError (a configuration error) for a bad `filter.where`."""
-    f = sections.filter
-    if not (f.where or f.alerts_only or f.containers_allow or f.containers_deny or f.namespaces_allow
-            or f.namespaces_deny):
+    if not sections.filter.active:
         return None  # nothing to import or call: every document goes out
     try:
-        from sensor.rules.noise import FilterSettings, build_filter
+        from sensor.rules.noise import build_filter
     except ImportError as exc:
         raise DetectionUnavailable(f"filters cannot start: {exc} (a dependency is missing: run scripts/install.sh "
                                    "again, or pip install the sensor with its dependencies)") from exc
-    return build_filter(FilterSettings(where=f.where, alerts_only=f.alerts_only,
-                                       containers_allow=f.containers_allow, containers_deny=f.containers_deny,
-                                       namespaces_allow=f.namespaces_allow, namespaces_deny=f.namespaces_deny))
+    return build_filter(sections.filter)
 
 
 def build_pipeline(config: Config, outputs: list[Output], *, live: bool,

@@ -120,6 +120,12 @@ class FilterConfig:
     namespaces_allow: tuple[str, ...]  # globs on orchestrator.namespace; (): any
     namespaces_deny: tuple[str, ...]
 
+    @property
+    def active(self) -> bool:
+        """Whether any document can be left out (else nothing need be imported or called per document)."""
+        return bool(self.where or self.alerts_only or self.containers_allow or self.containers_deny
+                    or self.namespaces_allow or self.namespaces_deny)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Sections:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from sensor.config.sections import FilterConfig
 from sensor.rules.eql_compile import Unsupported, compile_query
 from sensor.rules.eql_parse import QueryError, parse_query
 
@@ -25,21 +25,6 @@ Doc = dict[str, Any]
 
 class FilterError(ValueError):
     """A filter that cannot work (an EQL condition that does not parse, or is a sequence)."""
-
-
-@dataclass(frozen=True)
-class FilterSettings:
-    where: str | None = None
-    alerts_only: bool = False
-    containers_allow: tuple[str, ...] = ()
-    containers_deny: tuple[str, ...] = ()
-    namespaces_allow: tuple[str, ...] = ()
-    namespaces_deny: tuple[str, ...] = ()
-
-    @property
-    def active(self) -> bool:
-        return bool(self.where or self.alerts_only or self.containers_allow or self.containers_deny
-                    or self.namespaces_allow or self.namespaces_deny)
 
 
 def _globs(patterns: Sequence[str]) -> re.Pattern[str] | None:
@@ -74,7 +59,7 @@ def _container_keys(doc: Doc) -> list[str] | None:
     return keys
 
 
-def build_filter(settings: FilterSettings) -> Callable[[Doc], bool] | None:
+def build_filter(settings: FilterConfig) -> Callable[[Doc], bool] | None:
     """The predicate deciding which documents go out, or None when every one does."""
     if not settings.active:
         return None

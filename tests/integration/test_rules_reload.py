@@ -13,26 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests.integration.sensor_process import SensorProcess, get
+from tests.rule_files import rule_toml
 
 pytestmark = pytest.mark.kernel
-
-RULE = """[rule]
-rule_id = "{rule_id}"
-name = "{name}"
-description = "reload test"
-type = "eql"
-language = "eql"
-severity = "medium"
-risk_score = 47
-query = '''
-process where event.type == "start" and process.args == "{marker}"
-'''
-"""
 
 
 def write(folder: Path, name: str, marker: str, rule_id: str) -> None:
     staged = folder / f".{name}.tmp"
-    staged.write_text(RULE.format(rule_id=rule_id, name=name, marker=marker))
+    staged.write_text(rule_toml(name, f'process where event.type == "start" and process.args == "{marker}"', rule_id))
     os.replace(staged, folder / f"{name}.toml")  # whole at once, as a ConfigMap update is
 
 

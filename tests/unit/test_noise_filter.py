@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from sensor.config.sections import FilterConfig
 from sensor.config.settings import load_config
-from sensor.rules.noise import FilterError, FilterSettings, build_filter
+from sensor.rules.noise import FilterError, build_filter
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests/fixtures/golden"
@@ -27,30 +28,37 @@ def doc(kind: str = "event", container: dict | None = None, namespace: str | Non
     return out
 
 
+def filter_config(**given) -> FilterConfig:
+    """The filter section with what a test gives and nothing else (sections have no defaults of their own)."""
+    empty = {"where": None, "alerts_only": False, "containers_allow": (), "containers_deny": (),
+             "namespaces_allow": (), "namespaces_deny": ()}
+    return FilterConfig(**{**empty, **given})
+
+
 WEB = {"id": "a" * 64, "name": "web-1", "image": {"name": "docker.io/library/nginx"}}
 CI = {"id": "b" * 64, "name": "ci-runner-7", "image": {"name": "ghcr.io/acme/runner"}}
 
 
 def test_no_filter_keeps_everything_at_no_cost() -> None:
-    assert build_filter(FilterSettings()) is None
+    assert build_filter(filter_config()) is None
 
 
 def test_alerts_only_and_alerts_always_out() -> None:
-    keep = build_filter(FilterSettings(alerts_only=True, containers_deny=("web-*",), where="process.name == \"x\""))
+    keep = build_filter(filter_config(alerts_only=True, containers_deny=("web-*",), where="process.name == \"x\""))
     assert not keep(doc())
     assert keep(doc("alert", WEB))  # a denied container's alert still goes out
 
 
 def test_container_lists_match_name_image_or_id() -> None:
-    deny = build_filter(FilterSettings(containers_deny=("ci-runner-*", "docker.io/library/*")))
+    deny = build_filter(filter_config(containers_deny=("ci-runner-*", "docker.io/library/*")))
     assert not deny(doc(container=CI)) and not deny(doc(container=WEB))
     assert deny(doc())  # the host is not a container
-    allow = build_filter(FilterSettings(containers_allow=("b" * 64,)))
+    allow = build_filter(filter_config(containers_allow=("b" * 64,)))
     assert allow(doc(container=CI)) and not allow(doc(container=WEB)) and allow(doc())
 
 
 def test_namespace_lists() -> None:
-    keep = build_filter(FilterSettings(namespaces_allow=("shop", "pay*"), namespaces_deny=("payments-dev",)))
+    keep = build_filter(filter_config(namespaces_allow=("shop", "pay*"), namespaces_deny=("payments-dev",)))
     assert keep(doc(container=WEB, namespace="shop")) and keep(doc(container=WEB, namespace="payments"))
     assert not keep(doc(container=WEB, namespace="payments-dev"))
     assert not keep(doc(container=WEB, namespace="kube-system"))
@@ -58,16 +66,16 @@ def test_namespace_lists() -> None:
 
 
 def test_where_takes_a_condition_or_a_query() -> None:
-    in_containers = build_filter(FilterSettings(where="container.id != null"))
+    in_containers = build_filter(filter_config(where="container.id != null"))
     assert in_containers(doc(container=WEB)) and not in_containers(doc())
-    by_query = build_filter(FilterSettings(where='process where process.name : "SSH*"'))
+    by_query = build_filter(filter_config(where='process where process.name : "SSH*"'))
     assert by_query(doc(name="sshd")) and not by_query(doc(name="bash"))
 
 
 @pytest.mark.parametrize("bad", ['process.name ==', 'sequence [process where true] [process where true]'])
 def test_a_bad_where_is_refused(bad: str) -> None:
     with pytest.raises(FilterError, match="filter.where"):
-        build_filter(FilterSettings(where=bad))
+        build_filter(filter_config(where=bad))
 
 
 def test_lists_from_the_environment_and_the_file(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from sensor.cli import main
+from tests.rule_files import rule_toml
 from tests.unit.rules_docs import container_ssh_exec, host_ssh_exec
 
 SHARED_RULES = Path(__file__).resolve().parents[2].parent / "shared" / "rules"
@@ -68,18 +69,7 @@ def test_test_unreadable_input_exits_non_zero(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
 
 
-RULE = """[rule]
-rule_id = "00000000-0000-4000-8000-000000000001"
-name = "Typo"
-description = "a rule with a misspelt field"
-type = "eql"
-language = "eql"
-severity = "low"
-risk_score = 21
-query = '''
-process where event.type == "start" and process.nmae == "ssh"
-'''
-"""
+RULE = rule_toml("Typo", 'process where event.type == "start" and process.nmae == "ssh"', severity="low")
 
 
 def test_check_fails_on_what_would_silently_never_match(tmp_path: Path) -> None:

@@ -13,26 +13,15 @@ from sensor.ops.server import render_metrics
 from sensor.rules.detector import Detector
 from sensor.rules.loader import load_rules
 from sensor.rules.reload import RulesReloader, rules_signature
+from tests.rule_files import rule_toml
 from tests.unit.rules_docs import container_ssh_exec
 
-RULE = """[rule]
-rule_id = "{rule_id}"
-name = "{name}"
-description = "test"
-type = "eql"
-language = "eql"
-severity = "high"
-risk_score = 73
-query = '''
-{query}
-'''
-"""
 SEQUENCE = 'sequence by host.id [process where process.name == "sh"] [process where process.name == "ssh"]'
 
 
 def write_rule(folder: Path, name: str, query: str, rule_id: str = "00000000-0000-4000-8000-00000000000a") -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.toml").write_text(RULE.format(rule_id=rule_id, name=name, query=query))
+    (folder / f"{name}.toml").write_text(rule_toml(name, query, rule_id, severity="high"))
 
 
 def configmap(root: Path, version: str, rules: dict[str, str]) -> None:
