@@ -434,6 +434,12 @@ class ContainerResolver:
             metadata_complete=complete,
         )
 
+    def _first_look_window(self) -> tuple[float, float]:
+        """(start of the current second, time first looks spent in it): the budget every first look shares."""
+        now = time.monotonic()
+        window_start, spent = self._first_window
+        return (now, 0.0) if now - window_start >= 1.0 else (window_start, spent)
+
     def _first_look(self, match: CgroupMatch, path: str) -> object:
         """A container's first exec: its metadata read here when cheap, else waited for briefly; _MISSING when
         neither gave it (the worker goes on looking, and a later event of the container carries it)."""
@@ -444,10 +450,7 @@ class ContainerResolver:
         if len(self._cgroup_of) >= self._cache_size:
             self._cgroup_of.pop(next(iter(self._cgroup_of)))
         self._cgroup_of[mkey] = match.container_cgroup or path
-        now = time.monotonic()
-        window_start, spent = self._first_window
-        if now - window_start >= 1.0:
-            window_start, spent = now, 0.0
+        window_start, spent = self._first_look_window()
         if spent >= self._first_share:
             self._counts["first_looks_over_budget"] += 1
             return _MISSING
@@ -559,9 +562,7 @@ class ContainerResolver:
         if self._worker.submit(key, job):
             counts["conmon_looks"] += 1
         now = time.monotonic()
-        window_start, spent = self._first_window
-        if now - window_start >= 1.0:
-            window_start, spent = now, 0.0
+        window_start, spent = self._first_look_window()
         wait = min(self._first_wait_s, self._first_share - spent)
         if wait > 0:
             self._worker.hurry(key, wait)

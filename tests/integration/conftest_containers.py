@@ -291,18 +291,14 @@ def containerd_container(test_rootfs: Path, podman_image_ref: str) -> Iterator[R
         _run(["ctr", "-n", "default", "task", "rm", "-f", cid])
         _run(["ctr", "-n", "default", "container", "rm", cid])
         if daemon is not None:
-            daemon.terminate()
-            try:
-                daemon.wait(10)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            _stop(daemon, 10)
 
 
-def _stop(daemon: subprocess.Popen) -> None:
+def _stop(daemon: subprocess.Popen, grace_s: float = 20) -> None:
+    """SIGTERM a daemon this module started, SIGKILL after GRACE_S."""
     daemon.terminate()
     try:
-        daemon.wait(20)
+        daemon.wait(grace_s)
     except subprocess.TimeoutExpired:
         daemon.kill()
         daemon.wait()
